@@ -1,0 +1,53 @@
+# Two commands for a newcomer: `make demo` serves the demo model, `make test` runs the tests.
+# Both create .venv and install on first use, and are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ASSETS ?= assets/demo
+# The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build. Override for GPU hosts.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+
+.PHONY: help install demo test lint proto proto-check demo-assets clean
+
+help:
+	@echo "make demo   - install, build the demo assets if missing, serve the demo model"
+	@echo "make test   - install (dev + shard extras), ruff check, pytest"
+	@echo "make proto  - regenerate the gRPC stubs from proto/*.proto"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml Makefile
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev,shard]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(VENV)/bin/pytest -m "not gpu" $(PYTEST_ARGS)
+
+proto: install
+	$(PY) proto/gen.py
+
+proto-check: install
+	$(PY) proto/gen.py --check
+
+$(ASSETS)/model/config.json: | install
+	$(VENV)/bin/chameleon demo-assets $(ASSETS)
+
+demo-assets: $(ASSETS)/model/config.json
+
+demo: install demo-assets
+	$(VENV)/bin/chameleon launch --model-id $(ASSETS)/model --adapter-dir $(ASSETS)/adapters
+
+clean:
+	rm -rf $(VENV) build *.egg-info

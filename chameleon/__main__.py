@@ -1,0 +1,5 @@
+import sys
+
+from chameleon.cli import main
+
+sys.exit(main())

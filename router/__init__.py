@@ -1,0 +1,4 @@
+"""The router process: client APIs (fmaas gRPC, TGI/OpenAI HTTP), validation, the serving loop.
+
+Never imports torch.
+"""

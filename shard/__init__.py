@@ -1,0 +1,1 @@
+"""Shard workers: the generate.v3 server, the model forward, paged KV and multi-LoRA execution."""

@@ -1,0 +1,32 @@
+"""Import boundaries: the policy core and the router never drag in torch (or grpc for the core)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _loaded(code: str) -> set[str]:
+    probe = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_chameleon_loads_neither_torch_nor_grpc():
+    mods = _loaded("import chameleon, chameleon.cli, chameleon.cliargs, chameleon.logs")
+    assert "torch" not in mods
+    assert "grpc" not in mods
+    assert "asyncio" not in mods
+
+
+def test_router_does_not_load_torch():
+    mods = _loaded("import chameleon, router")
+    assert "torch" not in mods
+
+
+def test_cli_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "chameleon", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in ("launch", "router", "shard", "demo-assets", "simulate"):
+        assert name in out.stdout

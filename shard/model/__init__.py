@@ -1,0 +1,1 @@
+"""Model execution: Llama-family forward with paged KV, tensor-parallel layers, the page pool."""

@@ -1,0 +1,43 @@
+"""How the router's CLI configures the engine (one frozen value, built by router/cli.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEDULERS: tuple[str, ...] = ("chameleon", "fifo", "sjf")
+ADAPTER_CACHES: tuple[str, ...] = ("chameleon", "lru", "fairshare", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine settings. `max_input_tokens`/`max_total_tokens` None = take them from the model
+    (max_position_embeddings) capped by the pool the shards carve at Warmup.
+    """
+
+    master_shard_uds_path: str
+    model_id: str = ""
+    adapter_dir: Path | None = None
+    scheduler: str = "chameleon"
+    adapter_cache: str = "chameleon"
+    max_concurrent_requests: int = 128
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
+    max_batch_prefill_tokens: int = 4096
+    max_batch_size: int | None = None
+    stream_buffer: int = 256
+    connect_timeout_s: float = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+        if self.adapter_cache not in ADAPTER_CACHES:
+            raise ValueError(f"unknown adapter cache {self.adapter_cache!r}; "
+                             f"choose from {', '.join(ADAPTER_CACHES)}")
+        if self.max_concurrent_requests < 1:
+            raise ValueError("max_concurrent_requests must be >= 1")
+        if self.max_batch_prefill_tokens < 1:
+            raise ValueError("max_batch_prefill_tokens must be >= 1")
+        if self.stream_buffer < 1:
+            raise ValueError("stream_buffer must be >= 1")

@@ -11,11 +11,12 @@ ADAPTER_CACHES: tuple[str, ...] = ("chameleon", "lru", "fairshare", "none")
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Engine settings. `max_input_tokens`/`max_total_tokens` None = take them from the model
+    """Engine settings. `model_id` defaults to the model folder's name. `max_input_tokens`/`max_total_tokens` None = take them from the model
     (max_position_embeddings) capped by the pool the shards carve at Warmup.
     """
 
     master_shard_uds_path: str
+    model_dir: Path  # the --tokenizer MODEL_DIR: config.json gives the shape for adapter page math
     model_id: str = ""
     adapter_dir: Path | None = None
     scheduler: str = "chameleon"

@@ -11,8 +11,8 @@ ADAPTER_CACHES: tuple[str, ...] = ("chameleon", "lru", "fairshare", "none")
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Engine settings. `model_id` defaults to the model folder's name. `max_input_tokens`/`max_total_tokens` None = take them from the model
-    (max_position_embeddings) capped by the pool the shards carve at Warmup.
+    """Engine settings. `model_id` defaults to the model folder's name. `max_input_tokens` and
+    `max_total_tokens` None = the shard's choice at Warmup, capped by the pool it carves.
     """
 
     master_shard_uds_path: str

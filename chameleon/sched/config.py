@@ -1,0 +1,49 @@
+"""Configuration of the multi-level-queue schedulers (Chameleon and static queues)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MlqConfig:
+    """Every choice the paper leaves open, with its default.
+
+    WRS = (wrs_a*In/MaxIn + wrs_b*Out/MaxOut) * max(AdapterSize/MaxAdapterSize, base_adapter_factor);
+    maxima over the sample window; base-model requests (no adapter) use base_adapter_factor.
+    Refresh (K-means boundaries + quotas): every t_refresh_s, or earlier once `refresh_requests`
+    arrivals were seen since the last refresh (the first refresh uses `first_refresh_requests`);
+    None disables the count trigger. Until the first refresh there is one queue holding everything.
+    K rule (elbow): the smallest K in 1..k_max with WCSS_K - WCSS_kmax <= elbow * WCSS_1.
+    Quotas: Tok_min_i = S_i * D_i * (1/slo_s + lambda_i); the rest of the capacity split by
+    `extra_weights` (default linear decreasing K, K-1, .., 1: smaller-request queues get more).
+    Bypass: scan at most `bypass_lookahead` younger requests of a blocked head's queue.
+    """
+
+    t_refresh_s: float = 300.0
+    first_refresh_requests: int | None = 100
+    refresh_requests: int | None = None
+    window_s: float = 300.0
+    window_max_samples: int = 4096
+    k_max: int = 4
+    elbow: float = 0.1
+    slo_s: float = 5.0
+    wrs_a: float = 0.4
+    wrs_b: float = 0.6
+    base_adapter_factor: float = 0.05
+    extra_weights: tuple[float, ...] | None = None
+    bypass: bool = True
+    bypass_lookahead: int = 8
+    default_service_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.k_max < 1:
+            raise ValueError(f"k_max must be >= 1, got {self.k_max}")
+        if self.t_refresh_s <= 0 or self.window_s <= 0 or self.slo_s <= 0:
+            raise ValueError("t_refresh_s, window_s and slo_s must be > 0")
+        if not 0.0 <= self.elbow < 1.0:
+            raise ValueError(f"elbow must be in [0, 1), got {self.elbow}")
+        if self.extra_weights is not None and (not self.extra_weights or min(self.extra_weights) < 0):
+            raise ValueError("extra_weights must be a non-empty tuple of non-negative numbers")
+        if self.bypass_lookahead < 0 or self.window_max_samples < 1:
+            raise ValueError("bypass_lookahead must be >= 0 and window_max_samples >= 1")

@@ -1,0 +1,46 @@
+"""Entry point of `chameleon launch` (see supervisor.py for the lifecycle)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from chameleon.launch.args import LaunchArgs, parse_args
+from chameleon.launch.plan import build_plan, connect_host, resolve_model
+from chameleon.launch.procs import StartupError
+from chameleon.launch.supervisor import ProgressFactory, Supervisor, Timeouts, no_progress
+from chameleon.logs import setup_logging
+
+log = logging.getLogger("chameleon.launch")
+
+
+def _bars(total: int, desc: str) -> AbstractContextManager[Any]:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="proc", disable=None, leave=False)
+
+
+def _announce(args: LaunchArgs, model: str) -> None:
+    host = connect_host(None)
+    log.info("Chameleon is serving %s on http://%s:%d (TGI + OpenAI routes, /metrics) and gRPC %s:%d "
+             "(fmaas.GenerationService) with %d shard(s)", model, host, args.port, host, args.grpc_port,
+             args.num_shard, extra={"event": "serving", "http_port": args.port, "grpc_port": args.grpc_port,
+                                    "num_shard": args.num_shard})
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    setup_logging(json_output=args.json_output, process="launcher")
+    try:
+        model_dir, adapter_dir = resolve_model(args)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    plan = build_plan(args, model_dir, adapter_dir)
+    progress: ProgressFactory = no_progress if args.json_output else _bars
+    timeouts = Timeouts(startup=args.startup_timeout, drain=args.drain_timeout, stop=args.stop_timeout)
+    supervisor = Supervisor(plan, timeouts, max_restarts=args.max_restarts, progress=progress,
+                            on_serving=lambda: _announce(args, str(model_dir)))
+    return supervisor.run()

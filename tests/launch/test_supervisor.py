@@ -1,0 +1,158 @@
+"""The supervisor with stand-in children (tests/launch/standin.py): startup, a shard-group restart
+after SIGKILL, the stop order on SIGTERM (router drains while the shards are still up), failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chameleon.launch.plan import LaunchPlan, free_port
+from chameleon.launch.procs import ProcSpec, endpoint_ready
+from chameleon.launch.supervisor import Supervisor, Timeouts
+
+STANDIN = str(Path(__file__).with_name("standin.py"))
+
+
+def _plan(sock_dir: Path, ranks: int = 2, shard_extra: tuple[str, ...] = (),
+          router_extra: tuple[str, ...] = ()) -> LaunchPlan:
+    def shards(master_port: int) -> tuple[ProcSpec, ...]:
+        return tuple(ProcSpec(f"shard-{r}", (sys.executable, STANDIN, "unix", f"{sock_dir}/s-{r}",
+                                             *shard_extra),
+                              env={"RANK": str(r), "MASTER_PORT": str(master_port)},
+                              unix_socket=f"{sock_dir}/s-{r}") for r in range(ranks))
+
+    port = free_port()
+    router = ProcSpec("router", (sys.executable, STANDIN, "tcp", str(port), *router_extra),
+                      tcp=("127.0.0.1", port))
+    return LaunchPlan(shards=shards, router=router, master_port=None)
+
+
+def _run_with(sup: Supervisor, script: Callable[[], None]) -> int:
+    """Run the supervisor in this (main) thread while `script` drives it from another thread."""
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            script()
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    serving = threading.Event()
+    sup.on_serving = serving.set
+    worker = threading.Thread(target=lambda: serving.wait(30) and drive(), daemon=True)
+    worker.start()
+    code = sup.run()
+    worker.join(10)
+    if errors:
+        raise errors[0]
+    return code
+
+
+def _wait_for(cond: Callable[[], bool], what: str) -> None:
+    event = threading.Event()
+    for _ in range(600):
+        if cond():
+            return
+        event.wait(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_sigkilled_shard_restarts_group_and_sigterm_drains_router_first(sock_dir):
+    drained = sock_dir / "drained"
+    plan = _plan(sock_dir, router_extra=("--on-term", str(drained), f"{sock_dir}/s-0"))
+    sup = Supervisor(plan, Timeouts(startup=30, drain=10, stop=5, poll=0.05), max_restarts=3)
+    seen: dict[str, object] = {}
+
+    def script() -> None:
+        old = [c.pid for c in sup.shards]
+        router_pid = sup.router.pid
+        os.kill(old[1], signal.SIGKILL)
+        _wait_for(lambda: sup.restarts == 1 and len(sup.shards) == 2
+                  and all(endpoint_ready(c.spec) for c in sup.shards)
+                  and sorted(c.pid for c in sup.shards) != sorted(old), "the restarted group")
+        seen.update(old=old, new=[c.pid for c in sup.shards], router_same=sup.router.pid == router_pid,
+                    survivor_gone=_gone(old[0]))
+
+    assert _run_with(sup, script) == 0
+    assert seen["router_same"], "the router must not be restarted with the shards"
+    assert seen["survivor_gone"], "the surviving rank of the dead group must be stopped"
+    assert not set(seen["new"]) & set(seen["old"])
+    assert drained.read_text() == "shards-up", "the router drains while the shards still serve"
+    assert not list(sock_dir.glob("s-*")), "sockets are removed at shutdown"
+    assert all(c.exited() for c in [*sup.shards, sup.router])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_stale_socket_is_removed_before_start(sock_dir):
+    import socket
+
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(f"{sock_dir}/s-0")
+    stale.close()  # the file stays behind, nothing listens
+    sup = Supervisor(_plan(sock_dir, ranks=1), Timeouts(startup=30, poll=0.05))
+    assert _run_with(sup, lambda: None) == 0
+
+
+def test_shard_exit_at_startup_is_an_error_naming_it(sock_dir, caplog):
+    sup = Supervisor(_plan(sock_dir, shard_extra=("--exit-now", "3")), Timeouts(startup=30, poll=0.05))
+    assert sup.run() == 1
+    assert "shard-0 exited with code 3 before it was ready" in caplog.text
+    assert sup.router is None
+
+
+def test_router_death_stops_everything(sock_dir, caplog):
+    sup = Supervisor(_plan(sock_dir), Timeouts(startup=30, poll=0.05))
+    errors: list[str] = []
+
+    def kill_router() -> None:
+        if not sup.router or not sup.router.pid:
+            errors.append("no router")
+            return
+        os.kill(sup.router.pid, signal.SIGKILL)
+
+    serving = threading.Event()
+    sup.on_serving = serving.set
+    worker = threading.Thread(target=lambda: serving.wait(30) and kill_router(), daemon=True)
+    worker.start()
+    assert sup.run() == 1
+    worker.join(5)
+    assert not errors
+    assert "router killed by SIGKILL; stopping" in caplog.text
+    assert all(c.exited() for c in sup.shards)
+
+
+def test_gives_up_after_max_restarts(sock_dir, caplog):
+    sup = Supervisor(_plan(sock_dir, ranks=1), Timeouts(startup=30, poll=0.05), max_restarts=0)
+
+    def kill_shard() -> None:
+        os.kill(sup.shards[0].pid, signal.SIGKILL)
+
+    serving = threading.Event()
+    sup.on_serving = serving.set
+    threading.Thread(target=lambda: serving.wait(30) and kill_shard(), daemon=True).start()
+    assert sup.run() == 1
+    assert "giving up" in caplog.text
+    assert sup.router is not None and sup.router.exited()
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_ranks_get_distinct_rank_env(sock_dir, ranks):
+    plan = _plan(sock_dir, ranks=ranks)
+    group = plan.shard_group()
+    assert [s.env["RANK"] for s in group] == [str(r) for r in range(ranks)]
+    assert len({s.env["MASTER_PORT"] for s in group}) == 1

@@ -1,0 +1,109 @@
+"""`chameleon shard MODEL_DIR --uds-path PATH`: one shard rank serving generate.v3 on unix://PATH-RANK.
+
+Rank and world come from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, as torchrun sets them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from chameleon.cliargs import EnvArgumentParser
+from chameleon.logs import setup_logging
+
+log = logging.getLogger("shard")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def build_parser() -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="chameleon shard", description=__doc__)
+    p.add_argument("model_dir", type=Path, help="Hugging Face model folder (config.json, tokenizer, "
+                   "safetensors)")
+    p.add_argument("--uds-path", required=True, help="socket path prefix; this rank listens on "
+                   "unix://PATH-RANK")
+    p.add_argument("--lora-adapters", default="", help="adapters loaded at warmup: name=path,... "
+                   "(TGI's LORA_ADAPTERS format)")
+    p.add_argument("--adapter-dir", type=Path, default=None, help="folder whose subfolders <id>/ are "
+                   "PEFT adapters loaded on first use by id")
+    p.add_argument("--memory-budget", type=int, default=2 * 1024**3, help="bytes this rank may use on CPU "
+                   "(weights + activations + page pool); ignored on CUDA")
+    p.add_argument("--memory-fraction", type=float, default=0.9, help="fraction of free CUDA memory to use")
+    p.add_argument("--adapter-pages", type=int, default=None, help="pool pages kept for adapters the shard "
+                   "loads itself (plain-TGI mode); default: what --lora-adapters need, plus 10%% of the "
+                   "pool with --adapter-dir")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight and KV dtype")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if CUDA is "
+                   "available, else cpu)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (pool page)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    p.add_argument("--json-output", action="store_true", help="log one JSON object per line")
+    return p
+
+
+def eos_token_ids(model_dir: Path, tokenizer: object) -> frozenset[int]:
+    """EOS ids from generation_config.json, config.json and the tokenizer."""
+    ids: set[int] = set()
+    for name in ("generation_config.json", "config.json"):
+        f = model_dir / name
+        if f.is_file():
+            value = json.loads(f.read_text()).get("eos_token_id")
+            ids |= set(value) if isinstance(value, list) else ({value} if value is not None else set())
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(int(i) for i in ids)
+
+
+def _device(arg: str | None) -> str:
+    import torch
+
+    if arg:
+        return arg
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+
+def build_core(args: object) -> object:
+    """Load the model, tokenizer and adapters of this rank (DistContext from the environment)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from shard.model.dist import DistContext
+    from shard.model.runner import ModelRunner
+    from shard.server.adapters import AdapterManager, parse_lora_adapters
+    from shard.server.headroom import DeviceMemory
+    from shard.server.servicer import ShardCore, ShardOptions
+
+    if not (args.model_dir / "config.json").is_file():
+        raise SystemExit(f"chameleon shard: {args.model_dir} has no config.json (not a model folder)")
+    if args.adapter_dir is not None and not args.adapter_dir.is_dir():
+        raise SystemExit(f"chameleon shard: --adapter-dir {args.adapter_dir} is not a folder")
+    named = parse_lora_adapters(args.lora_adapters)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    dist = DistContext.from_env(device=device)
+    runner = ModelRunner(args.model_dir, dtype=getattr(torch, args.dtype), device=device, dist=dist,
+                         block_size=args.block_size)
+    tokenizer = AutoTokenizer.from_pretrained(str(args.model_dir))
+    options = ShardOptions(uds_path=args.uds_path, memory=DeviceMemory(torch.device(device),
+                           args.memory_budget), adapter_pages=args.adapter_pages,
+                           memory_fraction=args.memory_fraction, dtype_name=args.dtype)
+    manager = AdapterManager(runner.adapters, named, args.adapter_dir)
+    return ShardCore(runner, tokenizer, eos_token_ids(args.model_dir, tokenizer), manager, options)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    setup_logging(json_output=args.json_output, process=f"shard-{os.environ.get('RANK', '0')}")
+    if args.block_size < 1 or args.memory_budget < 1:
+        raise SystemExit("chameleon shard: --block-size and --memory-budget must be positive")
+    from shard.server.server import serve
+
+    core = build_core(args)
+    try:
+        serve(core)
+    finally:
+        core.runner.dist.shutdown()
+    return 0

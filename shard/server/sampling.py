@@ -1,0 +1,176 @@
+"""Next-token choice: logits processors (penalties, temperature, top-k, top-p, typical-p) and the
+greedy / seeded-sampling choice, per request, applied to one batch step.
+
+Semantics follow TGI's NextTokenChooser: penalties apply in greedy and sampling mode; the warpers
+(temperature, top-k, top-p, typical-p) apply only when `do_sample` is true; greedy is the argmax.
+Proto3 zero values mean "unset" (temperature 0 -> 1.0, top_p 0 -> 1.0, repetition_penalty 0 -> 1.0).
+Each sampling request owns a `torch.Generator` seeded from its `seed`, so a request reproduces its
+tokens whatever batch it shares (generator state travels with the request through filter/concat).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def from_pb(cls, p: object) -> SamplingParams:
+        """From a generate.v3 NextTokenChooserParameters; validates ranges (ValueError on bad input)."""
+        params = cls(
+            do_sample=bool(p.do_sample),
+            temperature=float(p.temperature) or 1.0,
+            top_k=int(p.top_k),
+            top_p=float(p.top_p) or 1.0,
+            typical_p=float(p.typical_p) or 1.0,
+            repetition_penalty=float(p.repetition_penalty) or 1.0,
+            frequency_penalty=float(p.frequency_penalty),
+            seed=int(p.seed),
+        )
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.typical_p <= 1:
+            raise ValueError(f"typical_p must be in (0, 1], got {self.typical_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not math.isfinite(self.frequency_penalty):
+            raise ValueError("frequency_penalty must be finite")
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Argmax of the raw logits: no per-row processing needed."""
+        return not self.do_sample and not self.has_penalties
+
+
+class RowSampler:
+    """Per-request sampler state: parameters plus the request's own random generator."""
+
+    __slots__ = ("generator", "params")
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator: torch.Generator | None = None
+        if params.do_sample:
+            self.generator = torch.Generator(device="cpu")
+            self.generator.manual_seed(params.seed)
+
+    def penalize(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Repetition penalty (CTRL style) and frequency penalty (TGI: normalized counts) over
+        `history` (every prompt and generated token so far). logits: [V]."""
+        p = self.params
+        if p.repetition_penalty != 1.0 and history.numel():
+            seen = history.unique()
+            score = logits[seen]
+            logits[seen] = torch.where(score < 0, score * p.repetition_penalty, score / p.repetition_penalty)
+        if p.frequency_penalty != 0.0 and history.numel():
+            freq = torch.bincount(history, minlength=logits.numel()).to(logits.dtype) / history.numel()
+            logits -= p.frequency_penalty * freq
+        return logits
+
+    def warp(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if p.temperature != 1.0:
+            logits = logits / p.temperature
+        if p.top_k > 0:
+            logits = top_k_filter(logits, p.top_k)
+        if p.top_p < 1.0:
+            logits = top_p_filter(logits, p.top_p)
+        if p.typical_p < 1.0:
+            logits = typical_filter(logits, p.typical_p)
+        return logits
+
+    def choose(self, logits: torch.Tensor) -> int:
+        if not self.params.do_sample:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float(), dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.numel())
+    kth = torch.topk(logits, k).values[-1]
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability mass reaches top_p (>= 1 token)."""
+    sorted_logits, order = torch.sort(logits, descending=False)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    remove = cum <= (1 - top_p)
+    remove[-1] = False
+    return logits.masked_fill(remove.scatter(0, order, remove), -math.inf)
+
+
+def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling (Meister et al.), as transformers' TypicalLogitsWarper."""
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp * logp.exp()).nansum()
+    shifted = (-logp - entropy).abs()
+    sorted_shifted, order = torch.sort(shifted, descending=False)
+    cum = logits[order].softmax(-1).cumsum(-1)
+    last = min(int((cum < mass).sum()), shifted.numel() - 1)
+    remove = sorted_shifted > sorted_shifted[last]
+    remove[0] = False
+    return logits.masked_fill(remove.scatter(0, order, remove), -math.inf)
+
+
+@dataclass(frozen=True, slots=True)
+class StepChoice:
+    """One step's choice for every row of a batch."""
+
+    next_ids: list[int]
+    logprobs: list[float]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
+def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], histories: list[torch.Tensor],
+                  top_n: list[int]) -> StepChoice:
+    """Pick the next token of every row. logits: [S, V] float; histories[i]: int64 token ids of row i.
+
+    Logprobs are taken after penalties and warpers (what the token was chosen from), as in TGI.
+    """
+    logits = logits.float()
+    rows = [i for i, s in enumerate(samplers) if not s.params.plain_greedy]
+    if rows:
+        logits = logits.clone()
+        for i in rows:
+            s = samplers[i]
+            row = s.penalize(logits[i], histories[i])
+            logits[i] = s.warp(row) if s.params.do_sample else row
+    logp = torch.log_softmax(logits, dim=-1)
+    next_ids = torch.argmax(logits, dim=-1).tolist()
+    for i in rows:
+        next_ids[i] = samplers[i].choose(logits[i])
+    chosen = logp.gather(1, torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)).squeeze(1).tolist()
+    top_ids: list[list[int]] = [[] for _ in samplers]
+    top_lps: list[list[float]] = [[] for _ in samplers]
+    n_max = max(top_n, default=0)
+    if n_max > 0:
+        vals, idx = torch.topk(logp, min(n_max, logp.shape[1]), dim=-1)
+        for i, n in enumerate(top_n):
+            top_ids[i], top_lps[i] = idx[i, :n].tolist(), vals[i, :n].tolist()
+    return StepChoice(next_ids, chosen, top_ids, top_lps)

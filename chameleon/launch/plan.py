@@ -46,7 +46,7 @@ class LaunchPlan:
     port may change between starts, everything else stays the same."""
 
     shards: Callable[[int], tuple[ProcSpec, ...]]
-    router: ProcSpec
+    router: ProcSpec | None  # None = shards only
     master_port: int | None  # None = pick a free port at each shard-group start
 
     def shard_group(self) -> tuple[ProcSpec, ...]:
@@ -78,7 +78,8 @@ def build_plan(args: LaunchArgs, model_dir: Path, adapter_dir: Path | None) -> L
               "--tokenizer", str(model_dir), "--port", str(args.port), "--grpc-port", str(args.grpc_port),
               *adapters, *args.router_flags),
         tcp=(connect_host(_router_hostname(args.router_flags)), args.port))
-    return LaunchPlan(shards=shards, router=router, master_port=args.master_port)
+    return LaunchPlan(shards=shards, router=None if args.shards_only else router,
+                      master_port=args.master_port)
 
 
 def resolve_model(args: LaunchArgs) -> tuple[Path, Path | None]:

@@ -98,7 +98,8 @@ class Supervisor:
         restore = self.stops.install()
         try:
             self.start_shards()
-            self.router = self._start_and_wait((self.plan.router,), "router")[0]
+            if self.plan.router is not None:
+                self.router = self._start_and_wait((self.plan.router,), "router")[0]
             self.on_serving()
             return self.watch()
         except Interrupted:

@@ -38,7 +38,7 @@ class Forwarded:
 FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--lora-adapters", "shard", help="adapters to preload on every rank: name=path,..."),
     Forwarded("--memory-budget", "shard", int, help="bytes of device memory a rank may use"),
-    Forwarded("--dtype", "shard", help="model dtype (float32, bfloat16, float16)"),
+    Forwarded("--dtype", "shard", choices=("float32", "bfloat16", "float16"), help="weight and KV dtype"),
     Forwarded("--hostname", "router", help="address the router's HTTP and gRPC servers bind"),
     Forwarded("--max-concurrent-requests", "router", int, help="requests in flight before 'overloaded'"),
     Forwarded("--max-input-tokens", "router", int, help="longest prompt accepted"),
@@ -80,8 +80,9 @@ def default_num_shard(environ: Mapping[str, str]) -> int:
 
 
 def default_demo_dir(environ: Mapping[str, str]) -> Path:
+    """Where `chameleon demo-assets` caches the default demo build (shared with the test suite)."""
     cache = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "chameleon" / "demo"
+    return Path(cache) / "chameleon" / "assets" / "smollm2-seed0"
 
 
 def _positive(text: str) -> int:

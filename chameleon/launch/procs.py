@@ -110,12 +110,13 @@ class Child:
 
 
 def stop_all(children: Sequence[Child], timeout: float, sig: int = signal.SIGTERM) -> None:
-    """Send `sig` to every child, give them `timeout` seconds together, then SIGKILL the rest."""
+    """Send `sig` to every child, give them `timeout` seconds together, then SIGKILL the rest
+    (with sig=SIGKILL the children are only reaped)."""
     for child in children:
         child.send(sig)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (5.0 if sig == signal.SIGKILL else timeout)
     for child in children:
-        if child.wait(deadline - time.monotonic()) is None:
+        if child.wait(deadline - time.monotonic()) is None and sig != signal.SIGKILL:
             log.warning("%s did not exit %.1fs after %s; killing it", child.name, timeout,
                         signal.Signals(sig).name)
             child.send(signal.SIGKILL)

@@ -156,7 +156,9 @@ class Supervisor:
                 raise StartupError(f"the shard group died {self.restarts + 1} times; giving up "
                                    "(see --max-restarts)")
             self.restarts += 1
-            stop_all(self.shards, self.timeouts.stop)
+            # The survivors of a broken group hold no state worth saving and may be stuck in a
+            # collective that will never complete: no grace.
+            stop_all(self.shards, 0.0, signal.SIGKILL)
             try:
                 self.start_shards()
             except StartupError as exc:

@@ -1,0 +1,149 @@
+"""AdapterRegistry: which adapters exist and how many pool pages each one takes.
+
+Sources: PEFT folders under `--adapter-dir` (by plain folder name; a name not seen at start-up is
+looked up on first use) and the adapters the shard itself knows (its ListAdapters). Sizes come from
+`adapter_config.json` (r, lora_alpha, target_modules) and the safetensors header (plain JSON: the
+tensor names give the target modules when the config names them by pattern), with the page
+arithmetic of `chameleon.memory` so router and shard agree. No torch, no tensor is read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from chameleon.memory import LORA_TARGETS, ModelShape, adapter_bytes, adapter_pages
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_WEIGHTS = "adapter_model.safetensors"
+
+
+class AdapterNotFound(KeyError):
+    """The adapter id is neither under --adapter-dir nor known to the shard."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "adapter not found"
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterMeta:
+    """An adapter's size facts. `nbytes` is the whole adapter in the serving dtype (all ranks);
+    `pages` the pool pages it occupies on every rank (the largest rank slice, in pages)."""
+
+    adapter_id: str
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    nbytes: int
+    pages: int
+    path: Path | None
+
+
+def valid_adapter_name(name: str) -> bool:
+    """A plain folder name: letters, digits, '.', '_' and '-', not starting with a dot."""
+    return bool(_NAME.match(name)) and ".." not in name
+
+
+def safetensors_names(path: Path) -> list[str]:
+    """Tensor names from a safetensors file's JSON header (8-byte little-endian length + JSON)."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 << 20:
+            raise ValueError(f"{path}: safetensors header of {n} bytes is implausible")
+        header = json.loads(f.read(n))
+    return [k for k in header if k != "__metadata__"]
+
+
+def _targets(config: dict, folder: Path) -> tuple[str, ...]:
+    raw = config.get("target_modules")
+    if isinstance(raw, list) and raw:
+        return tuple(m for m in LORA_TARGETS if m in {str(x).split(".")[-1] for x in raw})
+    weights = folder / _WEIGHTS
+    if weights.is_file():
+        names = safetensors_names(weights)
+        return tuple(m for m in LORA_TARGETS if any(f".{m}.lora_" in n for n in names))
+    if raw == "all-linear":
+        return LORA_TARGETS
+    raise ValueError(f"{folder}: cannot tell the target modules (no list in adapter_config.json, "
+                     f"no {_WEIGHTS})")
+
+
+class AdapterRegistry:
+    """Adapter id -> AdapterMeta. `shape`, `dtype_bytes`, `block_size` and `world` must be the
+    shards' (Info/Warmup), so page counts equal what the shards allocate."""
+
+    def __init__(self, shape: ModelShape, dtype_bytes: int, block_size: int, world: int,
+                 adapter_dir: Path | None = None) -> None:
+        self._shape, self._dtype_bytes, self._block, self._world = shape, dtype_bytes, block_size, world
+        self._dir = adapter_dir
+        self._known: dict[str, AdapterMeta] = {}
+
+    def scan(self) -> list[str]:
+        """Register every adapter folder under --adapter-dir; returns the ids found."""
+        if self._dir is None or not self._dir.is_dir():
+            return []
+        found = []
+        for sub in sorted(self._dir.iterdir()):
+            if (sub / "adapter_config.json").is_file() and valid_adapter_name(sub.name):
+                self._known[sub.name] = self.read_folder(sub.name, sub)
+                found.append(sub.name)
+        return found
+
+    def add_from_shard(self, adapter_id: str, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
+        """Register an adapter the shard knows (its --lora-adapters) unless the folder scan has it."""
+        if adapter_id not in self._known:
+            self._known[adapter_id] = self._meta(adapter_id, rank, alpha, targets, None)
+
+    def read_folder(self, adapter_id: str, folder: Path) -> AdapterMeta:
+        cfg_path = folder / "adapter_config.json"
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"adapter {adapter_id!r}: unreadable {cfg_path}: {exc}") from exc
+        rank = config.get("r")
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"adapter {adapter_id!r}: adapter_config.json has no valid rank 'r'")
+        targets = _targets(config, folder)
+        if not targets:
+            raise ValueError(f"adapter {adapter_id!r}: none of its target modules is supported "
+                             f"({', '.join(LORA_TARGETS)})")
+        alpha = float(config.get("lora_alpha", rank))
+        return self._meta(adapter_id, rank, alpha, targets, folder)
+
+    def _meta(self, adapter_id: str, rank: int, alpha: float, targets: tuple[str, ...],
+              path: Path | None) -> AdapterMeta:
+        nbytes = adapter_bytes(self._shape, rank, targets, self._dtype_bytes)
+        pages = adapter_pages(self._shape, rank, targets, self._dtype_bytes, self._block, self._world)
+        return AdapterMeta(adapter_id, rank, alpha, targets, nbytes, pages, path)
+
+    def get(self, adapter_id: str) -> AdapterMeta:
+        """The adapter's facts; looks it up under --adapter-dir on first use. Raises AdapterNotFound."""
+        meta = self._known.get(adapter_id)
+        if meta is not None:
+            return meta
+        if self._dir is not None and valid_adapter_name(adapter_id):
+            folder = self._dir / adapter_id
+            if (folder / "adapter_config.json").is_file():
+                meta = self._known[adapter_id] = self.read_folder(adapter_id, folder)
+                return meta
+        where = f" under {self._dir}" if self._dir is not None else ""
+        raise AdapterNotFound(f"unknown adapter {adapter_id!r}: no such adapter{where} or on the shard")
+
+    def known(self, adapter_id: str) -> bool:
+        try:
+            self.get(adapter_id)
+        except (AdapterNotFound, ValueError):
+            return False
+        return True
+
+    def forget(self, adapter_id: str) -> None:
+        self._known.pop(adapter_id, None)
+
+    def all(self) -> list[AdapterMeta]:
+        return sorted(self._known.values(), key=lambda m: m.adapter_id)

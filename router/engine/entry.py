@@ -1,0 +1,207 @@
+"""`Engine`: the facade router/api talks to (see router/engine/types.py for the seam).
+
+    engine = Engine(EngineConfig(master_shard_uds_path=..., model_dir=Path(...), ...))
+    await engine.start()          # connect, ClearCache, Info, Warmup, adapter scan, start the loop
+    async for ev in engine.generate(req): ...
+    await engine.stop(drain=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from chameleon.adapters import AdapterSpec
+from chameleon.allocator import PagePool
+from chameleon.cache import make_cache
+from chameleon.memory import ModelShape
+from chameleon.memory_manager import MemoryManager
+from chameleon.request import Request
+from chameleon.sched import make_scheduler
+from router.engine.adapter_admin import AdapterAdminOps
+from router.engine.adapters import AdapterNotFound, AdapterRegistry
+from router.engine.config import EngineConfig
+from router.engine.health import HealthState
+from router.engine.live import Live
+from router.engine.loop import ServingLoop
+from router.engine.shard_client import ShardClient, ShardError
+from router.engine.startup import StartupError, start_shards
+from router.engine.stats import engine_stats
+from router.engine.types import EngineError, EngineInfo, Event, GenerateRequest
+
+
+class Engine:
+    """Owns the shard client and the serving loop task. Not usable before `start()`."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.info: EngineInfo | None = None
+        self.client: ShardClient | None = None
+        self.registry: AdapterRegistry | None = None
+        self.loop: ServingLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._specs: dict[str, AdapterSpec] = {}
+        self._ids = 0
+        self._rng = random.Random(config.seed)
+        self._accepting = False
+        self.adapters = AdapterAdminOps(self)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect to every rank, ClearCache, Info, Warmup; size the pool; start the loop."""
+        cfg = self.config
+        try:
+            self.client = await ShardClient.connect(cfg.master_shard_uds_path, wait_s=cfg.connect_timeout_s)
+            facts = await start_shards(self.client, cfg)
+        except ShardError as exc:
+            raise StartupError(f"cannot start the shards: {exc}") from exc
+        info = facts.info
+        if not info.model_id:
+            info = _with_model_id(info, cfg.model_dir.name)
+        self.info = info
+        shape = ModelShape.from_model_dir(cfg.model_dir)
+        self.registry = AdapterRegistry(shape, facts.dtype_bytes, info.block_size, info.world_size,
+                                        cfg.adapter_dir)
+        self.registry.scan()
+        await self._adopt_shard_adapters()
+        memory = MemoryManager(PagePool(info.num_pages, reserved=(0,)), make_cache(cfg.adapter_cache),
+                               info.block_size, self._spec)
+        limits = {"max_prefill_tokens": cfg.max_batch_prefill_tokens}
+        if cfg.max_batch_size is not None:
+            limits["max_batch_size"] = cfg.max_batch_size
+        scheduler = make_scheduler(cfg.scheduler, **limits)
+        self.loop = ServingLoop(self.client, scheduler, memory, HealthState(self.client), info.block_size)
+        self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
+        self._accepting = True
+
+    async def _adopt_shard_adapters(self) -> None:
+        """Register the adapters the shard knows; offload any it holds, so the router owns the pool."""
+        assert self.client is not None and self.registry is not None  # internal invariant after connect
+        listed = await self.client.list_adapters()
+        for a in listed.adapters:
+            self.registry.add_from_shard(a.adapter_id, a.rank, a.alpha, tuple(a.target_modules))
+            if a.resident:
+                await self.client.offload_adapter(a.adapter_id)
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting; with `drain` let every request finish, else fail them (unavailable)."""
+        self._accepting = False
+        if self.loop is not None:
+            if drain:
+                while self.loop.lives and self._task is not None and not self._task.done():
+                    await asyncio.sleep(0.01)
+            self.loop.fail_all(EngineError("unavailable", "the router is shutting down"))
+            self.loop.stop()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self.client is not None:
+            await self.client.close()
+
+    # --- generation -----------------------------------------------------------------------------
+    def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
+        """Queue the request and return its event stream. Raises EngineError at once when the engine
+        is not serving (unavailable), full (overloaded) or the request cannot ever fit (validation)."""
+        loop = self._serving()
+        if len(loop.lives) >= self.config.max_concurrent_requests:
+            raise EngineError("overloaded", f"{len(loop.lives)} requests in flight, the maximum is "
+                                            f"{self.config.max_concurrent_requests}; retry later")
+        self._check_fits(req)
+        now = time.monotonic()
+        self._ids += 1
+        core = Request(id=self._ids, adapter_id=req.adapter_id, input_tokens=len(req.input_ids),
+                       max_new_tokens=req.params.max_new_tokens, arrival=now)
+        seed = req.params.seed if req.params.seed is not None else self._rng.getrandbits(63)
+        live = Live(core, req, seed, now)
+        loop.submit(live, now)
+        return _EventStream(loop, live)
+
+    def _serving(self) -> ServingLoop:
+        if not self._accepting or self.loop is None:
+            raise EngineError("unavailable", "the engine is not serving (starting or shutting down)")
+        return self.loop
+
+    def _check_fits(self, req: GenerateRequest) -> None:
+        info = self.info
+        assert info is not None  # set by start(), which _serving() checked
+        n_in, n_new = len(req.input_ids), req.params.max_new_tokens
+        if n_in < 1 or n_new < 1:
+            raise EngineError("validation", "a request needs an input token and max_new_tokens >= 1")
+        if n_in + n_new > info.max_total_tokens:
+            raise EngineError("validation", f"input ({n_in}) + max_new_tokens ({n_new}) exceeds the maximum "
+                                            f"total of {info.max_total_tokens} tokens")
+        pages = -(-(n_in + n_new) // info.block_size)
+        if req.adapter_id is not None:
+            pages += self._spec_or_error(req.adapter_id).pages
+        if pages > info.num_pages - 1:
+            raise EngineError("validation", f"the request needs {pages} memory pages with its adapter, the "
+                                            f"pool has {info.num_pages - 1}; shorten it")
+
+    def _spec_or_error(self, adapter_id: str) -> AdapterSpec:
+        try:
+            return self._spec(adapter_id)
+        except AdapterNotFound as exc:
+            raise EngineError("validation", str(exc)) from exc
+        except ValueError as exc:
+            raise EngineError("validation", f"adapter {adapter_id!r} is unusable: {exc}") from exc
+
+    def _spec(self, adapter_id: str) -> AdapterSpec:
+        spec = self._specs.get(adapter_id)
+        if spec is None:
+            assert self.registry is not None  # set by start()
+            m = self.registry.get(adapter_id)
+            spec = self._specs[adapter_id] = AdapterSpec(adapter_id, m.rank, m.nbytes, m.pages)
+        return spec
+
+    def known(self, adapter_id: str) -> bool:
+        return self.registry is not None and self.registry.known(adapter_id)
+
+    # --- health and metrics ---------------------------------------------------------------------
+    async def health(self) -> bool:
+        """Health RPC, or the liveness Prefill after a failure; runs between two loop steps."""
+        loop = self.loop
+        if loop is None or self._task is None or self._task.done():
+            return False
+        return bool(await loop.call(loop.health.check))
+
+    def stats(self) -> dict[str, Any]:
+        """Scheduler, cache, pool and headroom figures for /metrics (see router/engine/stats.py)."""
+        return engine_stats(self)
+
+
+class _EventStream:
+    """Async iterator over one request's events. Leaving early (aclose, a cancelled consumer task,
+    or dropping the iterator) cancels the request at the next engine step."""
+
+    __slots__ = ("_live", "_loop")
+
+    def __init__(self, loop: ServingLoop, live: Live) -> None:
+        self._loop, self._live = loop, live
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            ev = await self._live.stream.get()
+        except asyncio.CancelledError:
+            self._loop.cancel(self._live.rid)
+            raise
+        if ev is None:
+            raise StopAsyncIteration
+        return ev
+
+    async def aclose(self) -> None:
+        self._loop.cancel(self._live.rid)
+
+    def __del__(self) -> None:
+        if not self._live.stream.done:
+            self._loop.cancel(self._live.rid)
+
+
+def _with_model_id(info: EngineInfo, model_id: str) -> EngineInfo:
+    return replace(info, model_id=model_id)

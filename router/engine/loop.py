@@ -1,0 +1,294 @@
+"""The serving loop: one asyncio task owns every piece of serving state (TGI v3 continuous batching).
+
+Per iteration (`now` = time.monotonic(), passed to the policy core):
+  1. cancellations: FilterBatch the running batches without them, release memory and quota;
+  2. admin commands (pre-warm, unload, liveness check) run between steps, never during one;
+  3. plan = scheduler.schedule(now, ctx) — the scheduler admits through MemoryManager.try_admit;
+  4. squashed requests: FilterBatch them out, release their memory; they re-run from scratch later
+     and swallow the tokens already streamed (see live.py);
+  5. offload evicted/dropped adapters on every rank, then load the admitted requests' adapters into
+     their router-assigned pages (an adapter the shard refuses fails only its requests);
+  6. Prefill the admitted as a new batch, then Decode every running batch together;
+  7. route each Generation to its request's stream; finish -> scheduler.finish + memory.release;
+  8. flush offloads, prefetch queued requests' adapters into free pages.
+Headroom in every reply goes to memory.on_headroom. A failed shard RPC fails the requests that were
+running with EngineError("generation"), ClearCache, forgets what the shards held, marks unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from chameleon_pb import chameleon_pb2, generate_pb2
+
+from chameleon.headroom import HeadroomReport
+from chameleon.memory_manager import MemoryManager
+from chameleon.sched import Plan, ScheduleContext, Scheduler
+from router.engine.batches import prefill_batch
+from router.engine.health import HealthState
+from router.engine.live import Live
+from router.engine.residency import ShardAdapters
+from router.engine.shard_client import ShardClient, ShardError, StepResult
+from router.engine.types import EngineError
+
+log = logging.getLogger("router.engine")
+Command = Callable[[], Awaitable[Any]]
+
+
+class ServingLoop:
+    """Owns lives (queued + running requests), running CachedBatches and the adapter mirror."""
+
+    def __init__(self, client: ShardClient, scheduler: Scheduler, memory: MemoryManager,
+                 health: HealthState, block_size: int, prefetch_depth: int = 32) -> None:
+        self.client, self.scheduler, self.memory, self.health = client, scheduler, memory, health
+        self.residency = ShardAdapters(client)
+        self.block_size, self.prefetch_depth = block_size, prefetch_depth
+        self.lives: dict[int, Live] = {}
+        self.batches: list[generate_pb2.CachedBatch] = []
+        self.headroom: dict[int, chameleon_pb2.Headroom] = {}
+        self.est_step_s = 0.05
+        self.schedule_s = self.schedule_max_s = 0.0
+        self.steps = 0
+        self._batch_ids = itertools.count(1)
+        self._cancelled: set[int] = set()
+        self._commands: deque[tuple[Command, asyncio.Future[Any]]] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # --- called by the Engine (same event loop, between awaits of the loop task) ---------------
+    def submit(self, live: Live, now: float) -> None:
+        self.lives[live.rid] = live
+        self.scheduler.add(live.core, now)
+        self._wake.set()
+
+    def cancel(self, rid: int) -> None:
+        if rid in self.lives:
+            self._cancelled.add(rid)
+            self._wake.set()
+
+    async def call(self, command: Command) -> Any:
+        """Run `command` inside the loop task between two steps; returns its result."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._commands.append((command, fut))
+        self._wake.set()
+        return await fut
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    # --- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            progressed = False
+            try:
+                progressed = await self._iteration()
+            except ShardError as exc:
+                await self.fail_running(EngineError("generation", f"generation failed: {exc}"), str(exc))
+            except Exception as exc:  # a bug must not leave clients hanging
+                log.exception("serving loop iteration failed")
+                err = EngineError("generation", f"internal router error: {exc!r}")
+                await self.fail_running(err, repr(exc))
+            if not progressed and not self._stopping:
+                timeout = 0.05 if self.scheduler.num_waiting() else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _iteration(self) -> bool:
+        now = time.monotonic()
+        work = bool(self._cancelled or self._commands)
+        if self._cancelled:
+            await self._apply_cancels(now)
+        while self._commands:
+            command, fut = self._commands.popleft()
+            try:
+                result = await command()
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if not fut.done():
+                    fut.set_result(result)
+        plan = self._schedule(now)
+        if plan.squash:
+            await self._squash(plan, now)
+        admitted = await self._load_adapters(plan, now)
+        if admitted:
+            await self._prefill(admitted, plan, now)
+        if self.batches:
+            await self._decode()
+        await self._prefetch(time.monotonic())
+        return work or bool(plan.admit or self.batches)
+
+    def _schedule(self, now: float) -> Plan:
+        t0 = time.perf_counter()
+        ctx = ScheduleContext(self.memory, self.scheduler.running(), est_step_s=self.est_step_s)
+        plan = self.scheduler.schedule(now, ctx)
+        self.schedule_s = time.perf_counter() - t0
+        self.schedule_max_s = max(self.schedule_max_s, self.schedule_s)
+        return plan
+
+    # --- removing requests from the running batches -----------------------------------------------
+    async def _filter_out(self, lives: Iterable[Live]) -> None:
+        gone = {lv.rid for lv in lives}
+        kept: list[generate_pb2.CachedBatch] = []
+        for b in self.batches:
+            keep = [i for i in b.request_ids if i not in gone]
+            if len(keep) == len(b.request_ids):
+                kept.append(b)
+            elif not keep:
+                await self.client.clear_cache(b.id)
+            else:
+                nb, rooms = await self.client.filter_batch(b.id, keep)
+                self._on_headroom(rooms, time.monotonic())
+                if nb is not None:
+                    kept.append(nb)
+        self.batches = kept
+        for lv in lives:
+            lv.batch_id = None
+
+    async def _apply_cancels(self, now: float) -> None:
+        ids, self._cancelled = self._cancelled, set()
+        running = []
+        for rid in ids:
+            lv = self.lives.get(rid)
+            if lv is None:
+                continue
+            if lv.batch_id is None:
+                self.scheduler.cancel(rid, now)
+                self._drop(lv, None)
+            else:
+                running.append(lv)
+        if running:
+            await self._filter_out(running)
+            for lv in running:
+                self.scheduler.cancel(lv.rid, now)
+                self.memory.release(lv.rid, now)
+                self._drop(lv, None)
+
+    async def _squash(self, plan: Plan, now: float) -> None:
+        lives = [self.lives[r.id] for r in plan.squash if r.id in self.lives]
+        await self._filter_out(lives)
+        for lv in lives:
+            self.memory.release(lv.rid, now)
+            lv.squashed()
+
+    def _drop(self, lv: Live, error: EngineError | None) -> None:
+        self.lives.pop(lv.rid, None)
+        lv.stream.close(error)
+
+    async def fail_running(self, error: EngineError, reason: str) -> None:
+        """A shard failed: fail every running request, clear the shards' batches, mark unhealthy."""
+        now = time.monotonic()
+        for lv in [lv for lv in self.lives.values() if lv.batch_id is not None]:
+            self.scheduler.cancel(lv.rid, now)
+            self.memory.release(lv.rid, now)
+            self._drop(lv, error)
+        self.batches = []
+        self.residency.forget_all()
+        self.memory.take_offloads()
+        self.health.mark_unhealthy(reason)
+        try:
+            await self.client.clear_cache()
+        except ShardError as exc:
+            log.warning("ClearCache after a failure also failed: %s", exc)
+
+    def fail_all(self, error: EngineError) -> None:
+        """Shutdown without drain: every request (queued or running) ends with `error`."""
+        now = time.monotonic()
+        for lv in list(self.lives.values()):
+            self.scheduler.cancel(lv.rid, now)
+            self.memory.release(lv.rid, now)
+            self._drop(lv, error)
+        self.batches = []
+
+    # --- adapters, prefill, decode ---------------------------------------------------------------
+    async def _load_adapters(self, plan: Plan, now: float) -> list[Live]:
+        evicted = [a for adm in plan.admissions.values() for a in adm.evicted]
+        await self.residency.offload([*self.memory.take_offloads(), *evicted])
+        ok: list[Live] = []
+        bad: dict[str, ShardError] = {}
+        for req in plan.admit:
+            lv, aid = self.lives[req.id], req.adapter_id
+            if aid is not None and aid not in bad:
+                entry = self.memory.cache.get(aid)
+                if entry is None:
+                    raise RuntimeError(f"admitted request {req.id} but adapter {aid!r} is not resident")
+                try:
+                    await self.residency.ensure(aid, entry.pages, entry.spec.nbytes)
+                except ShardError as exc:
+                    if not exc.is_request_error:
+                        raise
+                    bad[aid] = exc
+            if aid is not None and aid in bad:
+                self.scheduler.cancel(lv.rid, now)
+                self.memory.release(lv.rid, now)
+                msg = f"adapter {aid!r} cannot be loaded: {bad[aid].detail}"
+                self._drop(lv, EngineError("validation", msg))
+            else:
+                ok.append(lv)
+        return ok
+
+    async def _prefill(self, lives: Sequence[Live], plan: Plan, now: float) -> None:
+        bid = next(self._batch_ids)
+        pages = [plan.admissions[lv.rid].kv_pages for lv in lives]
+        for lv in lives:
+            lv.batch_id = bid
+            if lv.first_admitted is None:
+                lv.first_admitted = now
+        res = await self.client.prefill(prefill_batch(bid, lives, pages, self.block_size))
+        if res.batch is not None and res.batch.request_ids:
+            self.batches.append(res.batch)
+        self._on_step(res)
+
+    async def _decode(self) -> None:
+        t0 = time.perf_counter()
+        res = await self.client.decode(self.batches)
+        self.est_step_s = 0.8 * self.est_step_s + 0.2 * (time.perf_counter() - t0)
+        self.batches = [res.batch] if res.batch is not None and res.batch.request_ids else []
+        self._on_step(res)
+
+    def _on_step(self, res: StepResult) -> None:
+        now = time.monotonic()
+        self.steps += 1
+        self._on_headroom(res.headroom, now)
+        for gen in res.generations:
+            lv = self.lives.get(gen.request_id)
+            if lv is None or lv.batch_id is None:
+                continue
+            if lv.on_generation(gen, now):
+                self.lives.pop(lv.rid, None)
+                self.scheduler.finish(lv.rid, now, gen.generated_text.generated_tokens)
+                self.memory.release(lv.rid, now)
+
+    def _on_headroom(self, rooms: Sequence[chameleon_pb2.Headroom], now: float) -> None:
+        if not rooms:
+            return
+        for h in rooms:
+            self.headroom[h.rank] = h
+        self.memory.on_headroom([HeadroomReport(
+            rank=h.rank, free_device_bytes=h.free_device_bytes, pool_pages_total=h.pool_pages_total,
+            pool_pages_used=h.pool_pages_used, page_bytes=h.page_bytes, kv_pages_used=h.kv_pages_used,
+            adapter_pages_used=h.adapter_pages_used) for h in rooms], now)
+
+    async def _prefetch(self, now: float) -> None:
+        await self.residency.offload(self.memory.take_offloads())
+        waiting = self.scheduler.waiting(self.prefetch_depth)
+        if not waiting:
+            return
+        reserve = self.memory.kv_pages_for(waiting[0])
+        for aid, pages in self.memory.prefetch([r.adapter_id for r in waiting], now, reserve_pages=reserve):
+            try:
+                await self.residency.ensure(aid, pages, self.memory.adapters(aid).nbytes)
+            except ShardError as exc:
+                if not exc.is_request_error:
+                    raise
+                log.warning("prefetch of adapter %r refused by the shard: %s", aid, exc.detail)

@@ -1,0 +1,75 @@
+"""What the shards actually hold: adapter id -> the pool pages it was loaded into on every rank.
+
+The MemoryManager decides residency; this mirror tells the loop which decisions the shards have not
+seen yet. An adapter is loaded when an admitted request (or a prefetch, or a pre-warm) needs it and
+the shards hold it at other pages or not at all — which also re-loads everything after a shard
+failure (`forget_all`), without touching the policy's cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+
+from router.engine.shard_client import ShardClient, ShardError
+
+
+class ShardAdapters:
+    def __init__(self, client: ShardClient) -> None:
+        self._client = client
+        self._on: dict[str, tuple[int, ...]] = {}
+        self._suspect: set[str] = set()
+        self.loads = 0
+        self.offloads = 0
+        self.bytes_loaded = 0
+        self.load_s = 0.0
+
+    def holds(self, adapter_id: str, pages: Sequence[int]) -> bool:
+        return self._on.get(adapter_id) == tuple(pages)
+
+    def resident(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._on)
+
+    def forget_all(self) -> None:
+        """After a shard failure nothing is known about the ranks' adapters: each one they may still
+        hold is offloaded before its next load (a stale copy must not be reused), then reloaded."""
+        self._suspect.update(self._on)
+        self._on.clear()
+
+    async def offload(self, adapter_ids: Iterable[str]) -> None:
+        """Drop adapters on every rank (before any load, which may reuse their pages)."""
+        ids = [a for a in dict.fromkeys(adapter_ids) if a in self._on]
+        for aid in ids:
+            del self._on[aid]
+        if not ids:
+            return
+        calls = (self._client.offload_adapter(a) for a in ids)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        self.offloads += len(ids)
+        for res in results:
+            if isinstance(res, ShardError) and not res.is_request_error:
+                raise res
+            if isinstance(res, BaseException) and not isinstance(res, ShardError):
+                raise res
+
+    async def ensure(self, adapter_id: str, pages: Sequence[int], nbytes: int) -> None:
+        """Load the adapter into `pages` on every rank unless it is already there. Raises ShardError
+        (`is_request_error`: the adapter itself is bad) after a best-effort clean-up."""
+        if self.holds(adapter_id, pages):
+            return
+        if adapter_id in self._on:
+            await self.offload([adapter_id])
+        elif adapter_id in self._suspect:
+            await asyncio.gather(self._client.offload_adapter(adapter_id), return_exceptions=True)
+        self._suspect.discard(adapter_id)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            await self._client.load_adapter(adapter_id, pages)
+        except ShardError:
+            await asyncio.gather(self._client.offload_adapter(adapter_id), return_exceptions=True)
+            raise
+        self.load_s += loop.time() - t0
+        self._on[adapter_id] = tuple(pages)
+        self.loads += 1
+        self.bytes_loaded += nbytes

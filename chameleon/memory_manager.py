@@ -107,10 +107,15 @@ class MemoryManager:
         """True when the adapter is resident or would fit after evicting every idle entry."""
         return self._load_pages(adapter_id) <= self.available() + self._reclaimable(None)
 
+    def shortfall(self, req: Request, extra_pages: int = 0) -> int:
+        """Pages `req` still lacks after evicting every idle entry, given `extra_pages` more free ones
+        (<= 0: it fits)."""
+        need = self.kv_pages_for(req) + self._load_pages(req.adapter_id)
+        return need - (self.available() + self._reclaimable(req.adapter_id) + extra_pages)
+
     def can_admit(self, req: Request, extra_pages: int = 0) -> bool:
         """Would try_admit succeed (evicting idle entries as needed) with `extra_pages` more free pages?"""
-        need = self.kv_pages_for(req) + self._load_pages(req.adapter_id)
-        return need <= self.available() + self._reclaimable(req.adapter_id) + extra_pages
+        return req.id not in self._held and self.shortfall(req, extra_pages) <= 0
 
     def releasable_pages(self, req_id: int) -> int:
         """Pages that releasing this running request would make usable (KV, plus its adapter if it is the

@@ -128,14 +128,14 @@ class Scheduler(ABC):
         req = self._running.pop(req_id, None)
         if req is not None:
             self.predictor.observe(req.adapter_id, output_tokens)
-            self._on_done(req, now, finished=True)
+            self._on_done(req, now, "finish")
         return req
 
     def cancel(self, req_id: int, now: float) -> bool:
         """Drop a queued or running request (running: its quota is returned). False if unknown."""
         req = self._running.pop(req_id, None)
         if req is not None:
-            self._on_done(req, now, finished=False)
+            self._on_done(req, now, "cancel")
             return True
         req = self._remove_queued(req_id)
         if req is None:
@@ -164,14 +164,14 @@ class Scheduler(ABC):
     @abstractmethod
     def _remove_queued(self, req_id: int) -> Request | None: ...
 
-    def _on_done(self, req: Request, now: float, finished: bool) -> None:  # noqa: B027 (optional hook)
-        """Hook: a running request left (finished, cancelled or squashed). Return quota here."""
+    def _on_done(self, req: Request, now: float, reason: str) -> None:  # noqa: B027 (optional hook)
+        """Hook: a running request left; reason is "finish", "cancel" or "squash". Return quota here."""
 
     def _admit(self, req: Request, now: float, ctx: ScheduleContext, budget: BatchBudget,
                plan: Plan) -> bool:
         """Try to start `req` (already removed from its queue by the caller only on success)."""
-        if not budget.allows(req):
-            return False
+        if not budget.allows(req) or ctx.memory.admission(req.id) is not None:
+            return False  # limits reached, or a squashed request whose memory is not released yet
         adm = ctx.memory.try_admit(req, now, self.demand)
         if adm is None:
             return False
@@ -189,7 +189,7 @@ class Scheduler(ABC):
         """Stop a running request and re-queue it at its original position (by `seq`)."""
         if self._running.pop(req.id, None) is None:
             return
-        self._on_done(req, now, finished=False)
+        self._on_done(req, now, "squash")
         req.squashes += 1
         req.admitted_at = None
         req.generated = 0

@@ -18,6 +18,11 @@ class MlqConfig:
     Quotas: Tok_min_i = S_i * D_i * (1/slo_s + lambda_i); the rest of the capacity split by
     `extra_weights` (default linear decreasing K, K-1, .., 1: smaller-request queues get more).
     Bypass: scan at most `bypass_lookahead` younger requests of a blocked head's queue.
+    need: the quota charge of a request. "predicted" is the paper's In + Out_pred + adapter tokens.
+    "reserved" (default) is In + max_new_tokens + adapter tokens: our engine reserves KV for
+    max_new_tokens up front (non-preemptive), so quotas in that currency really cap each queue's
+    memory occupancy; with "predicted", small-request queues can take all memory within their
+    quota and starve the larger queues under load.
     """
 
     t_refresh_s: float = 300.0
@@ -35,6 +40,7 @@ class MlqConfig:
     bypass: bool = True
     bypass_lookahead: int = 8
     default_service_s: float = 2.0
+    need: str = "reserved"
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -45,5 +51,7 @@ class MlqConfig:
             raise ValueError(f"elbow must be in [0, 1), got {self.elbow}")
         if self.extra_weights is not None and (not self.extra_weights or min(self.extra_weights) < 0):
             raise ValueError("extra_weights must be a non-empty tuple of non-negative numbers")
+        if self.need not in ("reserved", "predicted"):
+            raise ValueError(f"need must be 'reserved' or 'predicted', got {self.need!r}")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:
             raise ValueError("bypass_lookahead must be >= 0 and window_max_samples >= 1")

@@ -1,10 +1,31 @@
-"""Chameleon's non-preemptive multi-level-queue scheduler (work in progress: interface only)."""
+"""Chameleon's non-preemptive multi-level-queue scheduler, and the static-queues baseline.
+
+Requests are classified by Weighted Request Size (WRS) into K queues whose boundaries come from 1-D
+K-means over the recent window (refreshed every T_refresh, or early after enough arrivals; one queue
+until the first refresh). Each queue has a token quota sized as an M/M/1 system (quotas.py). Every
+iteration, Algorithm 1:
+  phase 1: queues small to large: admit from the head, FIFO, while `need` fits the queue's quota and
+           memory admits; stop that queue at the first that does not. A queue left empty donates its
+           unused quota to `leftover`.
+  phase 2: queues small to large, while leftover > 0: admit more heads with own + borrowed quota.
+Opportunistic bypass (bypass.py) lets a younger request pass a head whose adapter cannot fit, and
+squashes it when the head's memory frees before it finishes.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import deque
+
 from chameleon.predictor import OutputPredictor
-from chameleon.sched.base import Plan, ScheduleContext, Scheduler, SchedulerLimits
+from chameleon.request import Request
+from chameleon.sched.base import BatchBudget, Plan, ScheduleContext, Scheduler, SchedulerLimits
+from chameleon.sched.bypass import BypassTracker
 from chameleon.sched.config import MlqConfig
+from chameleon.sched.kmeans import boundaries, choose_k
+from chameleon.sched.ledger import QuotaLedger
+from chameleon.sched.quotas import QueueLoad, size_quotas, split_quotas
+from chameleon.sched.window import Sample, SampleWindow, WrsModel
 
 
 class ChameleonScheduler(Scheduler):
@@ -13,11 +34,244 @@ class ChameleonScheduler(Scheduler):
     def __init__(self, config: MlqConfig | None = None, predictor: OutputPredictor | None = None,
                  limits: SchedulerLimits | None = None) -> None:
         super().__init__(predictor=predictor, limits=limits)
-        self.config = config if config is not None else MlqConfig()
+        self.config = cfg = config if config is not None else MlqConfig()
+        self.model = WrsModel(cfg.wrs_a, cfg.wrs_b, cfg.base_adapter_factor)
+        self.window = SampleWindow(cfg.window_s, cfg.window_max_samples)
+        self.bypass = BypassTracker(cfg.bypass_lookahead)
+        self.boundaries: list[float] = []
+        self.ledger = QuotaLedger([1])  # replaced at the first schedule, once the capacity is known
+        self._started = False
+        self._queues: list[deque[Request]] = [deque()]
+        self._incoming: deque[Request] = deque()
+        self._where: dict[int, int] = {}  # queued request id -> queue index (-1: not yet classified)
+        self._adapter_tokens: dict[int, int] = {}
+        self._last_refresh: float | None = None
+        self._arrivals_since = 0
+        self.refreshes = 0
 
+    # ---- queue membership --------------------------------------------------------------------------
+    def _enqueue(self, req: Request, now: float) -> None:
+        self._incoming.append(req)
+        self._where[req.id] = -1
+        self._arrivals_since += 1
+
+    def _remove_queued(self, req_id: int) -> Request | None:
+        q = self._where.pop(req_id, None)
+        if q is None:
+            return None
+        dq = self._incoming if q < 0 else self._queues[q]
+        req = next(r for r in dq if r.id == req_id)
+        dq.remove(req)
+        self._adapter_tokens.pop(req_id, None)
+        return req
+
+    def _requeue(self, req: Request) -> None:
+        q = self.queue_of(req.wrs)
+        dq = self._queues[q]
+        pos = next((i for i, r in enumerate(dq) if r.seq > req.seq), len(dq))
+        dq.insert(pos, req)
+        req.queue = q
+        self._where[req.id] = q
+
+    def queue_of(self, wrs: float) -> int:
+        return bisect_right(self.boundaries, wrs)
+
+    def _pop(self, q: int, index: int = 0) -> Request:
+        dq = self._queues[q]
+        req = dq.popleft() if index == 0 else dq[index]
+        if index:
+            del dq[index]
+        del self._where[req.id]
+        return req
+
+    # ---- classification and refresh ----------------------------------------------------------------
+    def _classify(self, req: Request, now: float, ctx: ScheduleContext) -> None:
+        atok = ctx.memory.adapter_tokens(req.adapter_id)
+        self._adapter_tokens[req.id] = atok
+        self.model.observe(req.input_tokens, req.predicted_output, atok)
+        out = req.max_new_tokens if self.config.need == "reserved" else req.predicted_output
+        req.need_tokens = req.input_tokens + out + atok
+        self.window.arrivals.append(Sample(req.arrival, req.input_tokens, req.predicted_output, atok,
+                                           req.need_tokens))
+        req.wrs = self.model.wrs(req.input_tokens, req.predicted_output, atok)
+        req.queue = self.queue_of(req.wrs)
+        self._queues[req.queue].append(req)
+        self._where[req.id] = req.queue
+
+    def _refresh_due(self, now: float) -> bool:
+        if self._last_refresh is None:
+            self._last_refresh = now
+        count = self.config.first_refresh_requests if self.refreshes == 0 else self.config.refresh_requests
+        by_count = count is not None and self._arrivals_since >= count
+        by_time = now - self._last_refresh >= self.config.t_refresh_s
+        return bool(self.window.arrivals) and (by_count or by_time)
+
+    def _layout(self, now: float, capacity: int) -> tuple[list[float], list[int]]:
+        """New (boundaries, quotas) from the window; the Chameleon way: K-means + M/M/1."""
+        wrs = sorted(self.model.of(s) for s in self.window.arrivals)
+        _, centroids, _ = choose_k(wrs, self.config.k_max, self.config.elbow)
+        bounds = boundaries(centroids)
+        return bounds, size_quotas(self._loads(bounds, now), capacity, self.config.slo_s,
+                                   self.config.extra_weights)
+
+    def _loads(self, bounds: list[float], now: float) -> list[QueueLoad]:
+        k = len(bounds) + 1
+        largest, count = [0] * k, [0] * k
+        for s in self.window.arrivals:
+            q = bisect_right(bounds, self.model.of(s))
+            largest[q] = max(largest[q], s.need)
+            count[q] += 1
+        service: list[list[float]] = [[] for _ in range(k)]
+        for s in self.window.completions:
+            service[bisect_right(bounds, self.model.of(s))].append(s.service_s or 0.0)
+        every = [x for xs in service for x in xs]
+        fallback = sum(every) / len(every) if every else self.config.default_service_s
+        span = self.window.span_s(now)
+        return [QueueLoad(largest[q], sum(service[q]) / len(service[q]) if service[q] else fallback,
+                          count[q] / span) for q in range(k)]
+
+    def _refresh(self, now: float, capacity: int) -> None:
+        self.window.prune(now)
+        self.model.reset(list(self.window.arrivals))
+        bounds, quotas = self._layout(now, capacity)
+        self._rebuild(bounds, quotas)
+        self._last_refresh = now
+        self._arrivals_since = 0
+        self.refreshes += 1
+
+    def _rebuild(self, bounds: list[float], quotas: list[int]) -> None:
+        """Reclassify every queued request (FIFO by arrival within each queue) and move live charges."""
+        queued = sorted((r for dq in self._queues for r in dq), key=lambda r: r.seq)
+        self.boundaries = bounds
+        self._queues = [deque() for _ in quotas]
+        for req in queued:
+            req.wrs = self.model.wrs(req.input_tokens, req.predicted_output, self._adapter_tokens[req.id])
+            req.queue = self.queue_of(req.wrs)
+            self._queues[req.queue].append(req)
+            self._where[req.id] = req.queue
+        self.ledger.relayout(quotas, {rid: self.queue_of(r.wrs) for rid, r in self._running.items()})
+
+    def _initial_ledger(self, capacity: int) -> QuotaLedger:
+        """Cold start: one queue with the whole capacity."""
+        return QuotaLedger([max(1, capacity)])
+
+    # ---- batch formation ---------------------------------------------------------------------------
     def schedule(self, now: float, ctx: ScheduleContext) -> Plan:
-        raise NotImplementedError
+        capacity = ctx.memory.capacity_tokens()
+        if not self._started:
+            self._started = True
+            self.ledger = self._initial_ledger(capacity)
+            self._queues = [deque() for _ in self.ledger.quotas]
+        while self._incoming:
+            self._classify(self._incoming.popleft(), now, ctx)
+        if self._refresh_due(now):
+            self._refresh(now, capacity)
+        plan = Plan()
+        if self.config.bypass:
+            self.bypass.check_squashes(self, now, ctx, plan)
+        budget = BatchBudget(self.limits, len(self._running))
+        leftover = self._phase1(now, ctx, budget, plan)
+        if leftover:
+            self._phase2(leftover, now, ctx, budget, plan)
+        return plan
+
+    def _phase1(self, now: float, ctx: ScheduleContext, budget: BatchBudget,
+                plan: Plan) -> list[list[int]]:
+        """Returns the donors: [queue, unused quota] of every queue left empty."""
+        ledger = self.ledger
+        donors: list[list[int]] = []
+        for q, dq in enumerate(self._queues):
+            while dq and not budget.exhausted:
+                head = dq[0]
+                charge = ledger.own_charge(q, head.need_tokens)
+                if charge is None:
+                    break
+                if not self._admit(head, now, ctx, budget, plan):
+                    if self.config.bypass:
+                        self.bypass.try_bypass(self, q, now, ctx, budget, plan)
+                    break
+                ledger.charge(self._pop(q).id, [(q, charge)])
+            if not dq and ledger.available(q) > 0:
+                donors.append([q, ledger.available(q)])
+        return donors
+
+    def _phase2(self, donors: list[list[int]], now: float, ctx: ScheduleContext, budget: BatchBudget,
+                plan: Plan) -> None:
+        ledger = self.ledger
+        for q, dq in enumerate(self._queues):
+            while dq and not budget.exhausted:
+                leftover = sum(d[1] for d in donors)
+                head = dq[0]
+                own = ledger.available(q)
+                if leftover <= 0 or head.need_tokens > own + leftover:
+                    break
+                if not self._admit(head, now, ctx, budget, plan):
+                    break
+                ledger.charge(self._pop(q).id, self._borrow(q, own, head.need_tokens, donors))
+
+    @staticmethod
+    def _borrow(q: int, own: int, need: int, donors: list[list[int]]) -> list[tuple[int, int]]:
+        parts = [(q, min(own, need))] if own > 0 else []
+        rest = need - min(own, need)
+        for donor in donors:
+            if rest <= 0:
+                break
+            take = min(donor[1], rest)
+            if take > 0:
+                parts.append((donor[0], take))
+                donor[1] -= take
+                rest -= take
+        return parts
+
+    def _on_done(self, req: Request, now: float, reason: str) -> None:
+        self.ledger.release(req.id)
+        if reason == "squash":
+            return  # re-queued: keeps its adapter size for reclassification
+        atok = self._adapter_tokens.pop(req.id, 0)
+        if reason == "finish" and req.admitted_at is not None:
+            self.window.completions.append(Sample(now, req.input_tokens, req.predicted_output, atok,
+                                                  req.need_tokens, now - req.admitted_at))
+
+    # ---- views ---------------------------------------------------------------------------------------
+    def waiting(self, limit: int | None = None) -> list[Request]:
+        """Round-robin over queues (small first) by position, then the not yet classified arrivals."""
+        out: list[Request] = []
+        cap = limit if limit is not None else self.num_waiting()
+        depth = 0
+        while len(out) < cap and any(depth < len(dq) for dq in self._queues):
+            out.extend(dq[depth] for dq in self._queues if depth < len(dq))
+            depth += 1
+        out = out[:cap]
+        for req in self._incoming:
+            if len(out) >= cap:
+                break
+            out.append(req)
+        return out
+
+    def num_waiting(self) -> int:
+        return len(self._where)
+
+    def queue_lengths(self) -> list[int]:
+        return [len(dq) for dq in self._queues]
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update(queues=len(self._queues), boundaries=list(self.boundaries), lengths=self.queue_lengths(),
+                   incoming=len(self._incoming), refreshes=self.refreshes, bypasses=self.bypass.total,
+                   quotas=list(self.ledger.quotas), used=list(self.ledger.used))
+        return out
 
 
 class StaticQueuesScheduler(ChameleonScheduler):
+    """Baseline: `n_queues` (4) queues with fixed equal-width WRS boundaries over [0, 1] and equal
+    quotas; same batch formation. Refreshes only re-derive WRS maxima and the quotas' total."""
+
     name = "static4"
+    n_queues = 4
+
+    def _initial_ledger(self, capacity: int) -> QuotaLedger:
+        self.boundaries = [i / self.n_queues for i in range(1, self.n_queues)]
+        return QuotaLedger(split_quotas([1.0] * self.n_queues, capacity, [1.0] * self.n_queues))
+
+    def _layout(self, now: float, capacity: int) -> tuple[list[float], list[int]]:
+        return list(self.boundaries), split_quotas([1.0] * self.n_queues, capacity, [1.0] * self.n_queues)

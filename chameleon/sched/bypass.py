@@ -1,0 +1,85 @@
+"""Opportunistic bypass with squash (Chameleon MLQ).
+
+A head request R1 that fits its queue's quota but whose adapter cannot fit in memory even after
+evicting every idle adapter (`memory.adapter_fits` false) would block its queue. A younger request R2
+of the same queue (among the next `lookahead`) may go first when it fits quota and memory now and is
+predicted to finish before R1's memory frees: t_finish(R2) = ctx.remaining_s(R2) < t_free(R1), the
+time at which running requests, by predicted remaining time, release enough pages for R1.
+If the prediction is wrong, i.e. R1 is still waiting, cannot be admitted, and would be admissible
+if R2's pages were released, R2 is squashed: the engine stops and frees it, and it is re-queued at
+its original position (behind R1). R1 is then not bypassed again in that same iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from chameleon.request import Request
+from chameleon.sched.base import BatchBudget, Plan, ScheduleContext
+
+if TYPE_CHECKING:
+    from chameleon.sched.mlq import ChameleonScheduler
+
+
+def predict_free_s(head: Request, ctx: ScheduleContext, running: list[Request]) -> float:
+    """Seconds until running requests (earliest predicted finish first) free enough pages for `head`."""
+    short = ctx.memory.shortfall(head)
+    if short <= 0:
+        return 0.0
+    freed = 0
+    for t, pages in sorted((ctx.remaining_s(r), ctx.memory.releasable_pages(r.id)) for r in running):
+        freed += pages
+        if freed >= short:
+            return t
+    return math.inf
+
+
+class BypassTracker:
+    """Active bypasses (R1 passed by R2) and the squash rule; counts bypasses and squashes."""
+
+    def __init__(self, lookahead: int) -> None:
+        self.lookahead = lookahead
+        self.active: list[tuple[Request, Request]] = []
+        self.total = 0
+        self._held_back: set[int] = set()
+
+    def try_bypass(self, sched: ChameleonScheduler, q: int, now: float, ctx: ScheduleContext,
+                   budget: BatchBudget, plan: Plan) -> None:
+        """Queue q's head could not be admitted: let younger requests pass it if the rule allows."""
+        dq = sched._queues[q]
+        head = dq[0]
+        mem = ctx.memory
+        if head.adapter_id is None or head.id in self._held_back or mem.adapter_fits(head.adapter_id):
+            return
+        running = list(ctx.running) if ctx.running else sched.running()
+        t_free = predict_free_s(head, ctx, running)
+        index, scanned = 1, 0
+        while index < len(dq) and scanned < self.lookahead and not budget.exhausted:
+            r2 = dq[index]
+            scanned += 1
+            ok = sched.ledger.available(q) >= r2.need_tokens and mem.can_admit(r2) \
+                and ctx.remaining_s(r2) < t_free
+            if ok and sched._admit(r2, now, ctx, budget, plan):
+                sched.ledger.charge(sched._pop(q, index).id, [(q, r2.need_tokens)])
+                self.active.append((head, r2))
+                self.total += 1
+            else:
+                index += 1
+
+    def check_squashes(self, sched: ChameleonScheduler, now: float, ctx: ScheduleContext,
+                       plan: Plan) -> None:
+        """Squash R2 where R1's memory freed before R2 finished (R2 is now what blocks R1)."""
+        self._held_back = set()
+        keep: list[tuple[Request, Request]] = []
+        mem = ctx.memory
+        for r1, r2 in self.active:
+            if r2.id not in sched._running or r1.id not in sched._where:
+                continue  # resolved: R2 finished (or was cancelled) or R1 left the queue
+            if r1.id not in self._held_back and not mem.can_admit(r1) \
+                    and mem.shortfall(r1, mem.releasable_pages(r2.id)) <= 0:
+                sched._squash(r2, now, plan)
+                self._held_back.add(r1.id)
+                continue
+            keep.append((r1, r2))
+        self.active = keep

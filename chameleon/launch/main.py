@@ -44,7 +44,8 @@ def main(argv: Sequence[str]) -> int:
         return 1
     plan = build_plan(args, model_dir, adapter_dir)
     progress: ProgressFactory = no_progress if args.json_output else _bars
-    timeouts = Timeouts(startup=args.startup_timeout, drain=args.drain_timeout, stop=args.stop_timeout)
+    # The router drains for --drain-timeout itself; the launcher allows it a little more to close.
+    timeouts = Timeouts(startup=args.startup_timeout, drain=args.drain_timeout + 15.0, stop=args.stop_timeout)
     supervisor = Supervisor(plan, timeouts, max_restarts=args.max_restarts, progress=progress,
                             on_serving=lambda: _announce(args, str(model_dir)))
     return supervisor.run()

@@ -104,7 +104,8 @@ def test_plan_wires_ranks_sockets_and_router(model):
     router = plan.router
     assert router.argv == (sys.executable, "-m", "chameleon", "router", "--master-shard-uds-path", "/tmp/x-0",
                            "--tokenizer", str(model), "--port", "3100", "--grpc-port", "8100",
-                           "--adapter-dir", str(model.parent / "ad"), "--scheduler", "sjf")
+                           "--drain-timeout", "60", "--adapter-dir", str(model.parent / "ad"),
+                           "--scheduler", "sjf")
     assert router.tcp == ("127.0.0.1", 3100)
 
 

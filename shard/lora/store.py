@@ -1,9 +1,28 @@
-"""AdapterStore: resident adapters, converted once into the pool layout, in router-assigned pages."""
+"""AdapterStore: resident adapters, converted once into this rank's TP slice and the pool layout.
+
+Conversion (chameleon.memory is the source of the split rules): for column-parallel modules A keeps
+rows split_range(r) ([r_local, in]) and B the rows of this rank's output slice ([out_local, r]); for
+row-parallel modules A keeps the columns of this rank's input slice ([r, in_local]) and B rows
+split_range(out) ([out_split, r]). B is pre-multiplied by the LoRA scaling (alpha/r, or alpha/sqrt(r)
+with rsLoRA). The tensors are packed layer by layer, module by module (A then B) into the assigned
+pages, in ascending page order, and used in place as views of the pool. A tensor that would straddle
+two non-adjacent pages is used from a contiguous copy (its bytes stay in the pages too, so page
+accounting is exact); `AdapterInfo.extra_bytes` reports such copies.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+from chameleon.memory import COLUMN_PARALLEL, ModelShape, adapter_pages, shard_ranges, split_range
+from shard.lora.errors import AdapterError
+from shard.lora.peft_loader import AdapterSpec, load_peft, read_spec
+from shard.model.dist import DistContext
+from shard.model.pool import PagePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,32 +33,158 @@ class AdapterInfo:
     rank: int
     alpha: float
     target_modules: tuple[str, ...]
-    nbytes: int            # true size of this rank's slice (chameleon.memory.adapter_bytes)
-    pages: tuple[int, ...]  # pool pages it occupies on this rank (empty when loaded outside the pool)
+    nbytes: int             # true size of this rank's slice (chameleon.memory.adapter_bytes)
+    pages: tuple[int, ...]  # pool pages it occupies (empty when loaded outside the pool)
+    extra_bytes: int = 0    # bytes held outside the pool (all of it when pages is empty)
+
+
+@dataclass(frozen=True, slots=True)
+class LoraWeights:
+    """This rank's slice of one adapter, ready for the kernels."""
+
+    adapter_id: str
+    rank: int
+    r_sizes: tuple[int, ...]                             # split_sizes(r, world): column-parallel A rows
+    layers: tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], ...]  # per layer: module -> (A, B*scale)
+    out_ranges: dict[str, tuple[int, int]]                # row-parallel module -> output columns of B
 
 
 class AdapterStore:
-    """Contract (skeleton; filled in next):
+    """Loads/offloads adapters; `get` hands LoraWeights to the kernels. Not thread-safe by design:
+    the server calls it from its single model thread."""
 
-    load(adapter_id, path, pages) -> AdapterInfo
-        Reads a PEFT folder (adapter_config.json + adapter_model.safetensors ONLY; a pickle .bin is
-        refused), validates it against the base model (hidden size, target modules, rank 1..), converts
-        it once into this rank's TP slice and writes it into `pages` of the pool (len(pages) must be
-        chameleon.memory.adapter_pages(...)). pages=None keeps it outside the pool (tests/tools).
-        Loading an id that is already resident returns its info unchanged. Raises AdapterError.
-    offload(adapter_id) -> tuple[int, ...]   frees it; returns the pages it held. AdapterError if absent.
-    resident() -> list[AdapterInfo];  has(adapter_id) -> bool;  info(adapter_id) -> AdapterInfo
-    pages_needed(path) -> int                 pages this adapter would take (reads only its config).
-    """
+    def __init__(self, shape: ModelShape, dtype: torch.dtype, device: torch.device, dist: DistContext,
+                 block_size: int, pool: Callable[[], PagePool | None]) -> None:
+        self.shape, self.dtype, self.device, self.dist = shape, dtype, device, dist
+        self.block_size = block_size
+        self._pool = pool
+        self._infos: dict[str, AdapterInfo] = {}
+        self._weights: dict[str, LoraWeights] = {}
+        self.version = 0  # bumped on every load/offload (kernels cache concatenations by it)
 
-    def load(self, adapter_id: str, path: str | Path, pages: list[int] | None = None) -> AdapterInfo:
-        raise NotImplementedError
+    @property
+    def dtype_bytes(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
 
-    def offload(self, adapter_id: str) -> tuple[int, ...]:
-        raise NotImplementedError
+    def spec(self, path: str | Path) -> AdapterSpec:
+        return read_spec(path, self.shape)
 
-    def resident(self) -> list[AdapterInfo]:
-        raise NotImplementedError
+    def pages_needed(self, path: str | Path) -> int:
+        """Pool pages the adapter takes on every rank (chameleon.memory.adapter_pages)."""
+        spec = self.spec(path)
+        return adapter_pages(self.shape, spec.rank, spec.targets, self.dtype_bytes, self.block_size,
+                             self.dist.world_size)
 
     def has(self, adapter_id: str) -> bool:
-        raise NotImplementedError
+        return adapter_id in self._infos
+
+    def info(self, adapter_id: str) -> AdapterInfo:
+        if adapter_id not in self._infos:
+            raise AdapterError(f"adapter {adapter_id!r} is not loaded on this shard")
+        return self._infos[adapter_id]
+
+    def resident(self) -> list[AdapterInfo]:
+        return list(self._infos.values())
+
+    def used_pages(self) -> set[int]:
+        return {p for info in self._infos.values() for p in info.pages}
+
+    def get(self, adapter_id: str) -> LoraWeights:
+        if adapter_id not in self._weights:
+            raise AdapterError(f"adapter {adapter_id!r} is not loaded on this shard; load it first")
+        return self._weights[adapter_id]
+
+    def load(self, adapter_id: str, path: str | Path, pages: list[int] | None = None) -> AdapterInfo:
+        """Idempotent per id. pages=None keeps the adapter outside the pool. Raises AdapterError."""
+        if adapter_id in self._infos:
+            return self._infos[adapter_id]
+        spec = self.spec(path)
+        if pages is not None:
+            pages = self._check_pages(spec, pages)
+        peft = load_peft(path, self.shape, self.dtype)
+        tensors = self._convert(peft.spec, peft.weights)
+        placed, extra = self._place(tensors, pages) if pages is not None else (tensors, None)
+        weights = self._assemble(adapter_id, spec, placed)
+        nbytes = sum(t.numel() for t in tensors) * self.dtype_bytes
+        self._infos[adapter_id] = AdapterInfo(adapter_id, spec.rank, spec.alpha, spec.targets, nbytes,
+                                              tuple(pages or ()), nbytes if extra is None else extra)
+        self._weights[adapter_id] = weights
+        self.version += 1
+        return self._infos[adapter_id]
+
+    def offload(self, adapter_id: str) -> tuple[int, ...]:
+        """Forget the adapter; returns the pages it held (now free for KV or other adapters)."""
+        info = self.info(adapter_id)
+        del self._infos[adapter_id], self._weights[adapter_id]
+        self.version += 1
+        return info.pages
+
+    def _check_pages(self, spec: AdapterSpec, pages: list[int]) -> list[int]:
+        pool = self._pool()
+        if pool is None:
+            raise AdapterError("no page pool is allocated yet (Warmup first), cannot load into pages")
+        need = adapter_pages(self.shape, spec.rank, spec.targets, self.dtype_bytes, self.block_size,
+                             self.dist.world_size)
+        if len(pages) != need:
+            raise AdapterError(f"adapter {spec.path} (rank {spec.rank}, {len(spec.targets)} modules) needs "
+                               f"{need} pages, got {len(pages)}")
+        taken = self.used_pages()
+        bad = [p for p in pages if not 0 < p < pool.num_pages or p in taken]
+        if bad or len(set(pages)) != len(pages):
+            raise AdapterError(f"pages {bad or pages} are invalid, duplicated or held by another adapter "
+                               f"(pool has pages 1..{pool.num_pages - 1})")
+        return sorted(pages)
+
+    def _convert(self, spec: AdapterSpec, full: dict) -> list[torch.Tensor]:
+        """This rank's (A, B*scale) per layer and target, flattened in packing order."""
+        world, rank = self.dist.world_size, self.dist.rank
+        out: list[torch.Tensor] = []
+        for layer in range(self.shape.num_layers):
+            for module in spec.targets:
+                a, b = full[(layer, module)]
+                (i0, i1), (o0, o1) = shard_ranges(self.shape, module, world, rank)
+                if module in COLUMN_PARALLEL:
+                    r0, r1 = split_range(spec.rank, world, rank)
+                    a_loc, b_loc = a[r0:r1], b[o0:o1]
+                else:
+                    s0, s1 = split_range(self.shape.module_dims(module)[1], world, rank)
+                    a_loc, b_loc = a[:, i0:i1], b[s0:s1]
+                b_loc = b_loc * spec.scaling
+                out += [a_loc.contiguous().to(self.device), b_loc.contiguous().to(self.device)]
+        return out
+
+    def _place(self, tensors: list[torch.Tensor], pages: list[int]) -> tuple[list[torch.Tensor], int]:
+        """Write the packed tensors into `pages`; return views into the pool (copies where a tensor
+        straddles non-adjacent pages) and the bytes of those copies."""
+        pool = self._pool()
+        if pool is None:
+            raise AdapterError("no page pool is allocated")
+        pe, buf = pool.page_elems, pool.buffer
+        placed, extra, off = [], 0, 0
+        for t in tensors:
+            n, flat = t.numel(), t.reshape(-1)
+            pos = off
+            while pos < off + n:
+                take = min(pe - pos % pe, off + n - pos)
+                start = pages[pos // pe] * pe + pos % pe
+                buf[start:start + take].copy_(flat[pos - off:pos - off + take])
+                pos += take
+            first, last = off // pe, (off + n - 1) // pe
+            if n and all(pages[i + 1] == pages[i] + 1 for i in range(first, last)):
+                start = pages[first] * pe + off % pe
+                placed.append(buf[start:start + n].view(t.shape))
+            else:
+                placed.append(t)
+                extra += n * t.element_size()
+            off += n
+        return placed, extra
+
+    def _assemble(self, adapter_id: str, spec: AdapterSpec, placed: list[torch.Tensor]) -> LoraWeights:
+        it = iter(placed)
+        layers = tuple({m: (next(it), next(it)) for m in spec.targets} for _ in range(self.shape.num_layers))
+        world, rank = self.dist.world_size, self.dist.rank
+        out_ranges = {m: split_range(self.shape.module_dims(m)[1], world, rank)
+                      for m in spec.targets if m not in COLUMN_PARALLEL}
+        r_sizes = tuple(split_range(spec.rank, world, k)[1] - split_range(spec.rank, world, k)[0]
+                        for k in range(world))
+        return LoraWeights(adapter_id, spec.rank, r_sizes, layers, out_ranges)

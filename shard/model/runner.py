@@ -6,12 +6,22 @@ The server builds a ForwardBatch from its Batch objects (slots from the router's
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from chameleon.memory import ModelShape
+from chameleon.memory import page_bytes as shape_page_bytes
+from shard.lora.kernels import ConcatCache, LoraBatch
+from shard.lora.store import AdapterStore
+from shard.model.attention import AttentionMeta
+from shard.model.config import ModelConfig
 from shard.model.dist import DistContext
+from shard.model.llama import LlamaForCausalLM
+from shard.model.loader import load_weights
+from shard.model.pool import PagePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +47,20 @@ class ForwardBatch:
     def build(cls, input_ids: list[list[int]], context_lens: list[int], block_tables: list[list[int]],
               block_size: int, adapter_ids: list[str | None] | None = None,
               all_logits: list[bool] | None = None) -> ForwardBatch:
-        """Convenience constructor: positions and slots computed from the block tables."""
-        raise NotImplementedError
+        """Convenience constructor: input_ids[i] are sequence i's new tokens, which end at
+        context_lens[i]; positions and slots are computed from the block tables."""
+        n = len(input_ids)
+        ids, positions, slots = [], [], []
+        for toks, ctx, table in zip(input_ids, context_lens, block_tables, strict=True):
+            for pos in range(ctx - len(toks), ctx):
+                positions.append(pos)
+                slots.append(table[pos // block_size] * block_size + pos % block_size)
+            ids += toks
+        return cls(input_ids=torch.tensor(ids, dtype=torch.int64), positions=torch.tensor(positions),
+                   slots=torch.tensor(slots, dtype=torch.int64), query_lens=[len(t) for t in input_ids],
+                   context_lens=list(context_lens), block_tables=[list(t) for t in block_tables],
+                   adapter_ids=list(adapter_ids) if adapter_ids is not None else [None] * n,
+                   all_logits=list(all_logits) if all_logits is not None else [False] * n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +74,104 @@ class ModelRunner:
 
     Attributes: config (ModelConfig), shape (chameleon.memory.ModelShape), dtype, device, dist,
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
-    vocab_size, num_pages (0 until allocate_pool).
+    vocab_size, pool (PagePool or None), num_pages (0 until allocate_pool).
+    `lora_path` (None | "segment" | "gather") forces a LoRA path; None applies the measured rule.
     """
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype, device: str | torch.device,
                  dist: DistContext, num_pages: int | None = None, block_size: int = 16) -> None:
-        raise NotImplementedError
+        self.config = ModelConfig.from_model_dir(model_dir)
+        self.shape: ModelShape = self.config.shape
+        self.dtype, self.device, self.dist, self.block_size = dtype, torch.device(device), dist, block_size
+        self.model = LlamaForCausalLM(self.config, dist, dtype, self.device)
+        load_weights(self.model, model_dir)
+        self.model.eval()
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        dtype_bytes = torch.empty((), dtype=dtype).element_size()
+        self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)
+        self.vocab_size = self.shape.vocab_size
+        self.pool: PagePool | None = None
+        self.adapters = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool)
+        self.lora_path: str | None = None
+        self._concat = ConcatCache()
+        if num_pages is not None:
+            self.allocate_pool(num_pages)
+
+    @property
+    def num_pages(self) -> int:
+        return 0 if self.pool is None else self.pool.num_pages
 
     def allocate_pool(self, num_pages: int) -> None:
-        """(Re)allocate the pool of `num_pages` pages; page 0 is reserved (liveness). Drops resident
-        adapters' pool copies, so call before loading adapters into pages."""
-        raise NotImplementedError
+        """(Re)allocate the pool of `num_pages` pages; page 0 is reserved (liveness). Refused while
+        adapters live in pages of the current pool (offload them first)."""
+        if any(info.pages for info in self.adapters.resident()):
+            raise RuntimeError("adapters still occupy pool pages; offload them before re-allocating the pool")
+        self.pool = None
+        self.pool = PagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
+                             self.dist.world_size, self.dist.rank)
 
+    @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ForwardOutput:
         """Run one step: writes the new tokens' K/V into their slots, returns full-vocab logits
         (gathered on every rank). Raises AdapterError if an adapter id is not resident."""
-        raise NotImplementedError
+        if self.pool is None:
+            raise RuntimeError("allocate_pool() before forward()")
+        dev = self.device
+        lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapters, self.dist, self._concat, dev,
+                               self.lora_path)
+        slots = fb.slots.to(dev)
+        meta = AttentionMeta.build(slots, fb.query_lens, fb.context_lens, fb.block_tables,
+                                   self.block_size, dev)
+        rows, last, spans, start = [], [], [], 0  # rows whose logits are computed; per-seq indexes into them
+        for q, want_all in zip(fb.query_lens, fb.all_logits, strict=True):
+            spans.append((len(rows), len(rows) + q) if want_all else None)
+            rows += range(start, start + q) if want_all else [start + q - 1]
+            last.append(len(rows) - 1)
+            start += q
+        logits = self.model(fb.input_ids.to(dev), fb.positions.to(dev), self.pool.kv, meta, lora,
+                            torch.tensor(rows, dtype=torch.int64, device=dev))  # [rows, vocab] float32
+        return ForwardOutput(last_logits=logits[torch.tensor(last, dtype=torch.int64, device=dev)],
+                             all_logits=[logits[sp[0]:sp[1]] if sp else None for sp in spans])
 
     def measure_activation_bytes(self, max_prefill_tokens: int) -> int:
-        """Peak extra bytes a forward of `max_prefill_tokens` prompt tokens needs (for Warmup sizing)."""
-        raise NotImplementedError
+        """Peak extra bytes a forward of `max_prefill_tokens` prompt tokens needs (for Warmup sizing).
+
+        CUDA: measured (peak allocated during a real forward over a scratch pool). CPU has no allocator
+        statistics: an upper estimate of the live tensors of one layer plus the logits, with the
+        O(T^2) attention scores of the math kernel, times 2 for allocator slack.
+        """
+        if self.device.type == "cuda":
+            return self._measure_cuda(max_prefill_tokens)
+        s, t = self.shape, max_prefill_tokens
+        w, dtype_bytes = self.dist.world_size, torch.empty((), dtype=self.dtype).element_size()
+        per_token = 6 * s.hidden_size + 2 * (s.num_heads + 2 * s.num_kv_heads) * s.head_dim // w \
+            + 4 * s.intermediate_size // w
+        scores = s.num_heads * t * t * 4 // w
+        return 2 * (t * per_token * dtype_bytes + scores + s.vocab_size * 4 * 2)
+
+    def _measure_cuda(self, tokens: int) -> int:
+        blocks = -(-tokens // self.block_size)
+        saved = self.pool
+        self.pool = PagePool(self.shape, blocks + 1, self.block_size, self.dtype, self.device,
+                             self.dist.world_size, self.dist.rank)
+        try:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            fb = ForwardBatch.build([[0] * tokens], [tokens], [list(range(1, blocks + 1))], self.block_size)
+            self.forward(fb)
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - base
+        finally:
+            self.pool = saved
+
+
+def timed_forward(runner: ModelRunner, fb: ForwardBatch) -> tuple[ForwardOutput, float]:
+    """forward plus its wall time in seconds (synchronised on CUDA); for benchmarks."""
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    start = time.perf_counter()
+    out = runner.forward(fb)
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    return out, time.perf_counter() - start

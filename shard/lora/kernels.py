@@ -1,0 +1,146 @@
+"""Batched multi-LoRA in pure torch: y += (x @ A.T) @ B.T per token, with each token's own adapter.
+
+Two paths, both exact (base rows get no LoRA contribution at all):
+- segment path (SGMV-like): tokens grouped by adapter, one (A, B) matmul pair per segment; reads each
+  adapter once; cost grows with the number of segments (Python + kernel launch per segment).
+- gather path (BGMV-like, CPU friendly): per module, the batch's adapters are concatenated along r
+  (A_cat [sum_r, in], B_cat [out, sum_r], cached across steps while the batch's adapter set is
+  unchanged); every token multiplies A_cat, a 0/1 mask keeps only its own adapter's r columns, one
+  matmul with B_cat adds the result. Two matmuls whatever the number of adapters, at the cost of
+  (adapters - 1)x wasted FLOPs per token: the right choice when tokens per segment are few (decode).
+Rule (measured by shard/model bench, see README): gather when more than one adapter is in the batch,
+the rank is alone (world_size 1) and tokens <= GATHER_TOKENS_PER_SEGMENT x segments.
+Under tensor parallelism only the segment path runs: column-parallel A outputs are all-gathered
+(A is split along r), row-parallel A outputs are all-reduced (A split along in) and each rank adds its
+B output columns before the base layer's all-reduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from shard.lora.store import AdapterStore, LoraWeights
+from shard.model.dist import DistContext
+from shard.model.layers import LoraHook
+
+GATHER_TOKENS_PER_SEGMENT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    weights: LoraWeights
+    rows: slice | torch.Tensor  # token rows of this adapter: a slice when contiguous, else an index
+
+
+@dataclass(slots=True)
+class ConcatCache:
+    """Concatenated adapters of the last batch composition, per (layer, module)."""
+
+    key: tuple = ()
+    entries: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
+
+    def reset(self, key: tuple) -> None:
+        if key != self.key:
+            self.key, self.entries = key, {}
+
+
+def _add_rows(y: torch.Tensor, rows: slice | torch.Tensor, delta: torch.Tensor) -> None:
+    if isinstance(rows, slice):
+        y[rows] += delta
+    else:
+        y.index_add_(0, rows, delta)
+
+
+class LoraBatch:
+    """The LoRA work of one forward. Built by `build`; None when the batch has no adapter rows."""
+
+    def __init__(self, segments: list[Segment], num_tokens: int, dist: DistContext, cache: ConcatCache,
+                 gather: bool) -> None:
+        self.segments, self.num_tokens, self.dist = segments, num_tokens, dist
+        self.cache, self.gather = cache, gather
+        self._masks: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def build(cls, adapter_ids: list[str | None], query_lens: list[int], store: AdapterStore,
+              dist: DistContext, cache: ConcatCache, device: torch.device,
+              force: str | None = None) -> LoraBatch | None:
+        """Group token rows by adapter. `force` ("segment" | "gather") overrides the rule (tests, bench)."""
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        start = 0
+        for aid, q in zip(adapter_ids, query_lens, strict=True):
+            if aid is not None:
+                ranges.setdefault(aid, []).append((start, start + q))
+            start += q
+        if not ranges:
+            return None
+        segments = [Segment(store.get(aid), _rows(rs, device)) for aid, rs in ranges.items()]
+        few_tokens = start <= GATHER_TOKENS_PER_SEGMENT * len(segments)
+        gather = dist.world_size == 1 and len(segments) > 1 and few_tokens
+        if force is not None:
+            gather = force == "gather" and dist.world_size == 1
+        if gather:
+            cache.reset((store.version, *ranges))
+        return cls(segments, start, dist, cache, gather)
+
+    def column(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        """y [T, out_local] (a view into the packed output) += LoRA(x [T, in]), column-parallel module."""
+        if self.gather:
+            self._gathered(layer, module, x, y)
+            return
+        for seg in self.segments:
+            ab = seg.weights.layers[layer].get(module)
+            if ab is None:
+                continue
+            xa = x[seg.rows] @ ab[0].T  # [t, r_local]
+            if self.dist.world_size > 1:
+                xa = self.dist.all_gather(xa, list(seg.weights.r_sizes))  # [t, r]
+            _add_rows(y, seg.rows, xa @ ab[1].T)
+
+    def row(self, layer: int, module: str) -> LoraHook:
+        """Hook for RowParallelLinear: adds this rank's B columns into the partial sum y [T, out]."""
+        def hook(x: torch.Tensor, y: torch.Tensor) -> None:
+            if self.gather:
+                self._gathered(layer, module, x, y)
+                return
+            for seg in self.segments:
+                ab = seg.weights.layers[layer].get(module)
+                if ab is None:
+                    continue
+                xa = self.dist.all_reduce(x[seg.rows] @ ab[0].T)  # [t, r]
+                o0, o1 = seg.weights.out_ranges[module]
+                _add_rows(y[:, o0:o1], seg.rows, xa @ ab[1].T)
+        return hook
+
+    def _gathered(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        key = (layer, module)
+        if key not in self.cache.entries:
+            parts = [s.weights.layers[layer][module] for s in self.segments
+                     if module in s.weights.layers[layer]]
+            self.cache.entries[key] = None if not parts else (
+                torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts], 1))
+        entry = self.cache.entries[key]
+        if entry is None:
+            return
+        xa = x @ entry[0].T  # [T, sum_r]: every token times every adapter of the batch
+        xa *= self._mask(module, x)  # keep each token's own adapter columns only
+        y += xa @ entry[1].T
+
+    def _mask(self, module: str, x: torch.Tensor) -> torch.Tensor:
+        if module not in self._masks:
+            having = [s for s in self.segments if module in s.weights.layers[0]]
+            total = sum(s.weights.rank for s in having)
+            mask = torch.zeros(self.num_tokens, total, dtype=x.dtype, device=x.device)
+            col = 0
+            for s in having:
+                mask[s.rows, col:col + s.weights.rank] = 1
+                col += s.weights.rank
+            self._masks[module] = mask
+        return self._masks[module]
+
+
+def _rows(ranges: list[tuple[int, int]], device: torch.device) -> slice | torch.Tensor:
+    if len(ranges) == 1:
+        return slice(*ranges[0])
+    return torch.cat([torch.arange(a, b) for a, b in ranges]).to(device)

@@ -1,0 +1,142 @@
+"""Tensor-parallel building blocks. Each parameter owns its sharding through `param.weight_loader`,
+so the model file stays declarative and the loader only maps checkpoint names to parameters.
+
+Collectives live here only: the all-reduce in RowParallelLinear and VocabParallelEmbedding, the
+all-gather in ParallelLMHead. With world_size == 1 every layer is a plain dense layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chameleon.memory import split_range
+from shard.model.dist import DistContext
+
+LoraHook = Callable[[torch.Tensor, torch.Tensor], None]  # (x_local, y_partial) -> adds into y in place
+
+
+def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+           loader: Callable[[nn.Parameter, torch.Tensor, str | None], None]) -> nn.Parameter:
+    p = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+    p.weight_loader = loader  # type: ignore[attr-defined]
+    return p
+
+
+class ColumnParallelLinear(nn.Module):
+    """y_local = x @ W_local.T (+ b_local): output features sharded, no communication.
+
+    `parts` packs several checkpoint modules into one matmul (q/k/v, gate/up): each is
+    (shard_id, full_out, (start, end)) with this rank's row range of that module.
+    """
+
+    def __init__(self, in_features: int, parts: list[tuple[str, int, tuple[int, int]]], bias: bool,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.offsets: dict[str, tuple[int, int, int]] = {}  # shard_id -> (local offset, start, end)
+        offset = 0
+        for shard_id, _full, (start, end) in parts:
+            self.offsets[shard_id] = (offset, start, end)
+            offset += end - start
+        self.out_local = offset
+        self.weight = _param((offset, in_features), dtype, device, self._load)
+        self.bias = _param((offset,), dtype, device, self._load) if bias else None
+
+    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
+        offset, start, end = self.offsets[shard_id or next(iter(self.offsets))]
+        param.data[offset:offset + end - start].copy_(loaded[start:end])
+
+    def part(self, y: torch.Tensor, shard_id: str) -> torch.Tensor:
+        """The columns of y ([T, out_local]) that belong to one packed module."""
+        offset, start, end = self.offsets[shard_id]
+        return y[:, offset:offset + end - start]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """y = all_reduce(x_local @ W[:, in_local].T + lora) + b: input features sharded."""
+
+    def __init__(self, in_range: tuple[int, int], out_features: int, bias: bool, dist: DistContext,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.dist = dist
+        self.in_range = in_range
+        self.weight = _param((out_features, in_range[1] - in_range[0]), dtype, device, self._load)
+        self.bias = _param((out_features,), dtype, device, self._load_bias) if bias else None
+
+    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
+        param.data.copy_(loaded[:, self.in_range[0]:self.in_range[1]])
+
+    def _load_bias(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
+        param.data.copy_(loaded)
+
+    def forward(self, x: torch.Tensor, lora: LoraHook | None = None) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        if lora is not None:
+            lora(x, y)  # row-parallel LoRA adds its output columns per rank, before the reduce
+        y = self.dist.all_reduce(y)
+        return y + self.bias if self.bias is not None else y
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Each rank holds a contiguous vocab range; out-of-range ids give zeros; all-reduce sums."""
+
+    def __init__(self, vocab: int, hidden: int, dist: DistContext, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.dist = dist
+        self.start, self.end = split_range(vocab, dist.world_size, dist.rank)
+        self.weight = _param((self.end - self.start, hidden), dtype, device, self._load)
+
+    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
+        param.data.copy_(loaded[self.start:self.end])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.dist.is_single:
+            return F.embedding(ids, self.weight)
+        inside = (ids >= self.start) & (ids < self.end)
+        h = F.embedding(torch.where(inside, ids - self.start, 0), self.weight)
+        h = h * inside[:, None].to(h.dtype)
+        return self.dist.all_reduce(h)
+
+
+class ParallelLMHead(nn.Module):
+    """logits = all_gather(h @ W_local.T) over the vocab split; shares the embedding when tied."""
+
+    def __init__(self, embedding: VocabParallelEmbedding, vocab: int, tied: bool, dist: DistContext,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.dist = dist
+        self.sizes = [split_range(vocab, dist.world_size, r)[1] - split_range(vocab, dist.world_size, r)[0]
+                      for r in range(dist.world_size)]
+        self.tied = tied
+        if tied:
+            self.weight = embedding.weight
+        else:
+            self.start, self.end = embedding.start, embedding.end
+            self.weight = _param(tuple(embedding.weight.shape), dtype, device, self._load)
+
+    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
+        param.data.copy_(loaded[self.start:self.end])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dist.all_gather(F.linear(h, self.weight), self.sizes)
+
+
+class RMSNorm(nn.Module):
+    """Computed in float32, as transformers' LlamaRMSNorm."""
+
+    def __init__(self, hidden: int, eps: float, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = _param((hidden,), dtype, device, lambda p, t, _s: p.data.copy_(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)

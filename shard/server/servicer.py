@@ -17,6 +17,7 @@ from typing import TypeVar
 import torch
 from chameleon_pb import chameleon_pb2, generate_pb2, generate_pb2_grpc
 
+from chameleon.memory import LORA_TARGETS
 from shard.server.adapters import AdapterManager
 from shard.server.batch import Batch, BatchContext, prompt_text
 from shard.server.headroom import DeviceMemory, measure_headroom
@@ -131,7 +132,7 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
                 rank=self.core.rank, world_size=self.core.world, model_type=cfg.model_type,
                 hidden_size=cfg.shape.hidden_size, num_layers=cfg.shape.num_layers,
                 max_position_embeddings=cfg.max_position_embeddings, weight_bytes=r.weight_bytes,
-                target_modules=list(getattr(r, "lora_targets", ()))))
+                target_modules=list(LORA_TARGETS)))
 
     def Health(self, request, context):
         if self.core.runner.device.type == "cuda":
@@ -208,6 +209,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         if core.options.adapter_pages is None and core.adapters.adapter_dir is not None:
             adapter_pages += max((free - activation) // runner.page_bytes // 10, 0)
         plan = plan_pool(free, activation, runner.page_bytes, adapter_pages)
+        for info in core.adapters.store.resident():
+            core.adapters.offload(info.adapter_id)
         runner.allocate_pool(plan.num_pages)
         core.adapters.set_pool(plan.num_pages, plan.kv_pages)
         core.adapters.ensure_resident(sorted(core.adapters.named), set(), set())

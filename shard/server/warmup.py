@@ -1,7 +1,7 @@
 """Warmup: size the page pool from measured memory, and exercise one prefill of the router's batch.
 
 Pool bytes = free memory after the weights are loaded - the measured activation peak of a
-`max_prefill_tokens` forward. CPU: free = `--memory-budget` - process RSS; CUDA: free device memory
+`max_prefill_tokens` forward. CPU: free = `--memory-budget` - process RSS - a slack; CUDA: free device memory
 (times `memory_fraction`). The same page count is used on every rank (minimum over ranks), since page
 ids are shared. The top `adapter_pages` pages form the shard's own adapter region (plain-TGI mode)
 and are not offered to the router as KV: max_supported_total_tokens = kv_pages * block_size.
@@ -30,7 +30,13 @@ def free_bytes_for_pool(mem: DeviceMemory, memory_fraction: float) -> int:
     if mem.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(mem.device)
         return int(free * memory_fraction)
-    return mem.budget_bytes - process_rss_bytes()
+    return mem.budget_bytes - process_rss_bytes() - cpu_slack_bytes(mem.budget_bytes)
+
+
+def cpu_slack_bytes(budget: int) -> int:
+    """Kept free on CPU for what RSS gains outside the pool and activations (allocator caches, adapter
+    conversion buffers, gRPC): 5% of the budget, at least 64 MiB."""
+    return max(budget // 20, 64 * 1024**2)
 
 
 def plan_pool(free_bytes: int, activation_bytes: int, page_bytes: int, adapter_pages: int) -> PoolPlan:

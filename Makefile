@@ -24,6 +24,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[dev,shard]"
+	$(PIP) install --quiet --no-deps "text-generation==0.7.0"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

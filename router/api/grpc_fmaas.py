@@ -1,0 +1,204 @@
+"""fmaas.GenerationService on grpc.aio: Generate, GenerateStream, Tokenize, ModelInfo (spec/tgis-fmaas.md).
+
+A cancelled GenerateStream cancels this coroutine; closing the event stream tells the engine, which
+drops the request at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from chameleon_pb import generation_pb2 as pb
+from chameleon_pb import generation_pb2_grpc as pb_grpc
+
+from router.api.fmaas_params import STOP_REASON, ResponseShape, from_fmaas, stop_sequence_of, token_info
+from router.api.service import ApiService, Outcome
+from router.engine.types import FinalEvent, PrefillEvent, TokenEvent
+from router.errors import ApiError
+from router.validation import Validated
+
+GRPC_CODE: dict[str, grpc.StatusCode] = {
+    "validation": grpc.StatusCode.INVALID_ARGUMENT,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "generation": grpc.StatusCode.INTERNAL,
+    "incomplete_generation": grpc.StatusCode.INTERNAL,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "conflict": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def correlation_id(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-correlation-id" and isinstance(value, str):
+            return value[:128]
+    return None
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: ApiError) -> None:
+    await context.abort(GRPC_CODE[exc.kind], exc.message)
+
+
+def _adapter(
+    req: pb.SingleGenerationRequest | pb.BatchedGenerationRequest | pb.BatchedTokenizeRequest,
+) -> str | None:
+    if req.HasField("adapter_id"):
+        return req.adapter_id
+    return req.prefix_id if req.HasField("prefix_id") else None
+
+
+class FmaasServicer(pb_grpc.GenerationServiceServicer):
+    def __init__(self, service: ApiService) -> None:
+        self.s = service
+
+    async def Generate(
+        self, request: pb.BatchedGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchedGenerationResponse:
+        cid = correlation_id(context)
+        try:
+            params, shape = from_fmaas(request.params, _adapter(request))
+            validated = [
+                self.s.validate(r.text, params, correlation_id=cid, api="grpc") for r in request.requests
+            ]
+            tasks = [asyncio.ensure_future(self._collect(v, shape)) for v in validated]
+            try:
+                outs = await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+            responses = [
+                self._response(r.text, v.request.params.stop_sequences, o, reason, shape)
+                for r, v, (o, reason) in zip(request.requests, validated, outs, strict=True)
+            ]
+            return pb.BatchedGenerationResponse(responses=responses)
+        except ApiError as exc:
+            await abort(context, exc)
+            raise  # abort() raises; this keeps the type checker honest
+
+    async def _collect(self, v: Validated, shape: ResponseShape) -> tuple[Outcome, int | None]:
+        """Run one request to the end, or to the time limit (then stop_reason TIME_LIMIT)."""
+        if shape.time_limit_s is None:
+            return await self.s.run(v), None
+        try:
+            return await asyncio.wait_for(self.s.run(v), shape.time_limit_s), None
+        except asyncio.TimeoutError:
+            final = FinalEvent(
+                "", 0, "length", v.request.params.seed, len(v.request.input_ids), 0.0, shape.time_limit_s
+            )
+            return Outcome(final), pb.TIME_LIMIT
+
+    @staticmethod
+    def _response(
+        text: str, stops: tuple[str, ...], out: Outcome, reason: int | None, shape: ResponseShape
+    ) -> pb.GenerationResponse:
+        final = out.final
+        generated = final.generated_text
+        stop_seq = stop_sequence_of(final, stops)
+        if stop_seq and not shape.include_stop_sequence:
+            generated = generated[: -len(stop_seq)]
+        resp = pb.GenerationResponse(
+            input_token_count=final.input_length,
+            generated_token_count=final.generated_tokens,
+            text=(text + generated) if shape.input_text else generated,
+            stop_reason=reason if reason is not None else STOP_REASON[final.finish_reason],
+            stop_sequence=stop_seq,
+            seed=final.seed or 0,
+        )
+        if shape.generated_tokens:
+            resp.tokens.extend(token_info(t, shape) for t in out.tokens)
+        if shape.input_tokens and out.prefill is not None:
+            resp.input_tokens.extend(token_info(t, shape) for t in out.prefill.tokens)
+        return resp
+
+    async def GenerateStream(
+        self, request: pb.SingleGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerationResponse]:
+        try:
+            params, shape = from_fmaas(request.params, _adapter(request))
+            v = self.s.validate(
+                request.request.text, params, stream=False, correlation_id=correlation_id(context), api="grpc"
+            )
+        except ApiError as exc:
+            await abort(context, exc)
+            return
+        n_in = len(v.request.input_ids)
+        first = pb.GenerationResponse(input_token_count=n_in)
+        if shape.input_text:
+            first.text = request.request.text
+        deadline = None if shape.time_limit_s is None else time.monotonic() + shape.time_limit_s
+        events = self.s.events(v)
+        count = 0
+        try:
+            if not shape.input_tokens:
+                yield first
+            while True:
+                ev = await _next(events, deadline)
+                if ev is None:  # time limit
+                    yield pb.GenerationResponse(
+                        input_token_count=n_in, generated_token_count=count, stop_reason=pb.TIME_LIMIT
+                    )
+                    return
+                if isinstance(ev, PrefillEvent):
+                    first.input_tokens.extend(token_info(t, shape) for t in ev.tokens)
+                    yield first
+                elif isinstance(ev, TokenEvent):
+                    count += 1
+                    msg = pb.GenerationResponse(generated_token_count=count, text=ev.text)
+                    if shape.generated_tokens:
+                        msg.tokens.append(token_info(ev, shape))
+                    yield msg
+                else:
+                    yield pb.GenerationResponse(
+                        input_token_count=n_in,
+                        generated_token_count=ev.generated_tokens,
+                        stop_reason=STOP_REASON[ev.finish_reason],
+                        seed=ev.seed or 0,
+                        stop_sequence=stop_sequence_of(ev, v.request.params.stop_sequences),
+                    )
+                    return
+        except ApiError as exc:
+            await abort(context, exc)
+        finally:
+            await events.aclose()
+
+    async def Tokenize(
+        self, request: pb.BatchedTokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchedTokenizeResponse:
+        out = []
+        for r in request.requests:
+            enc = self.s.tokenizer.encode(r.text)
+            if request.truncate_input_tokens:
+                enc = enc.truncated(request.truncate_input_tokens)
+            resp = pb.TokenizeResponse(token_count=len(enc.ids))
+            if request.return_tokens:
+                resp.tokens.extend(enc.tokens)
+            if request.return_offsets:
+                resp.offsets.extend(pb.TokenizeResponse.Offset(start=a, end=b) for a, b in enc.offsets)
+            out.append(resp)
+        return pb.BatchedTokenizeResponse(responses=out)
+
+    async def ModelInfo(
+        self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfoResponse:
+        limits = self.s.validator.limits
+        return pb.ModelInfoResponse(
+            model_kind=pb.ModelInfoResponse.DECODER_ONLY,
+            max_sequence_length=limits.max_total_tokens,
+            max_new_tokens=max(limits.max_total_tokens - 1, 1),
+        )
+
+
+async def _next(events: AsyncIterator[object], deadline: float | None) -> object | None:
+    """The next event; None when the time limit passes first. The stream ends with a FinalEvent."""
+    if deadline is None:
+        return await anext(events)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    try:
+        return await asyncio.wait_for(anext(events), remaining)
+    except asyncio.TimeoutError:
+        return None

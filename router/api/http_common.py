@@ -1,0 +1,65 @@
+"""HTTP plumbing shared by the TGI and OpenAI routes: JSON bodies, errors, correlation ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from router.errors import ApiError, ValidationError
+
+log = logging.getLogger("chameleon.router.http")
+
+MAX_BODY: web.AppKey[int] = web.AppKey("max_request_bytes", int)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: ApiError) -> web.Response:
+    return web.json_response(exc.body(), status=exc.http_status)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object. Body size is capped by the app's client_max_size."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app[MAX_BODY]
+        raise ApiError(
+            "validation",
+            f"request body too large: the limit is {limit} bytes (--max-request-bytes)",
+            status=413,
+        ) from exc
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValidationError("request body must be a JSON object")
+    return body
+
+
+def correlation_id(request: web.Request) -> str | None:
+    value = request.headers.get("x-correlation-id") or request.headers.get("x-request-id")
+    return value[:128] if value else None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """ApiError -> TGI error JSON; anything unexpected -> 500 JSON (logged, never the traceback)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            kind = "validation" if exc.status < 500 else "generation"
+            return web.json_response({"error": exc.reason, "error_type": kind}, status=exc.status)
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return web.json_response(
+            {"error": "internal error (see the router log)", "error_type": "generation"}, status=500
+        )

@@ -1,0 +1,174 @@
+"""What every client API shares: validation with metrics, and the engine's event stream with metrics,
+error mapping and cancellation.
+
+Cancellation: `ApiService.events` is an async generator; a consumer that stops iterating (client gone,
+gRPC stream cancelled) closes it, which closes the engine's generator: the engine removes the request
+from the batch at its next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from router.engine.types import (
+    AdapterStatus,
+    EngineError,
+    EngineInfo,
+    Event,
+    FinalEvent,
+    GenerateRequest,
+    PrefillEvent,
+    TokenEvent,
+)
+from router.errors import ApiError, from_engine
+from router.metrics import RouterMetrics
+from router.params import ClientParams
+from router.tokenize import RouterTokenizer
+from router.validation import Validated, Validator
+
+log = logging.getLogger("chameleon.router.api")
+
+
+class AdapterAdminLike(Protocol):
+    def list(self) -> Sequence[AdapterStatus]: ...
+    async def load(self, adapter_id: str) -> AdapterStatus: ...
+    async def unload(self, adapter_id: str) -> bool: ...
+
+
+class EngineLike(Protocol):
+    """The part of router.engine.entry.Engine the client APIs use."""
+
+    info: EngineInfo | None  # None until start()
+    adapters: AdapterAdminLike
+
+    async def start(self) -> None: ...
+    async def stop(self, drain: bool = True) -> None: ...
+    def generate(self, req: GenerateRequest) -> AsyncIterator[Event]: ...
+    def known(self, adapter_id: str) -> bool: ...
+    async def health(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A finished generation, collected."""
+
+    final: FinalEvent
+    tokens: list[TokenEvent] = field(default_factory=list)
+    prefill: PrefillEvent | None = None
+
+
+class ApiService:
+    def __init__(
+        self,
+        engine: EngineLike,
+        validator: Validator,
+        tokenizer: RouterTokenizer,
+        metrics: RouterMetrics,
+        model_name: str,
+    ) -> None:
+        self.engine = engine
+        self.validator = validator
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.model_name = model_name
+
+    def validate(
+        self,
+        text: str,
+        params: ClientParams,
+        *,
+        stream: bool = False,
+        correlation_id: str | None = None,
+        api: str = "",
+    ) -> Validated:
+        """Validate one request, counting it (tgi_request_count) and any refusal."""
+        self.metrics.request_started()
+        t0 = time.perf_counter()
+        try:
+            validated = self.validator.validate(text, params, stream=stream, correlation_id=correlation_id)
+        except ApiError as exc:
+            self.metrics.request_failed(exc.kind)
+            log.info(
+                "request refused",
+                extra={
+                    "api": api,
+                    "error_type": exc.kind,
+                    "reason": exc.message,
+                    "correlation_id": correlation_id,
+                },
+            )
+            raise
+        self.metrics.validation_done(time.perf_counter() - t0)
+        return validated
+
+    def refuse(self, exc: ApiError) -> None:
+        """Count a request refused before validation (e.g. malformed body)."""
+        self.metrics.request_started()
+        self.metrics.request_failed(exc.kind)
+
+    async def events(self, v: Validated) -> AsyncIterator[Event]:
+        """The engine's events for a validated request; EngineError becomes ApiError."""
+        req = v.request
+        start = time.perf_counter()
+        outcome = "cancelled"
+        log.info(
+            "request started",
+            extra={
+                "correlation_id": req.correlation_id,
+                "adapter_id": req.adapter_id,
+                "input_tokens": len(req.input_ids),
+                "max_new_tokens": req.params.max_new_tokens,
+            },
+        )
+        try:
+            async with aclosing(self.engine.generate(req)) as stream:
+                async for event in stream:
+                    if isinstance(event, FinalEvent):
+                        outcome = "done"
+                        self.metrics.request_succeeded(event, time.perf_counter() - start)
+                        log.info(
+                            "request finished",
+                            extra={
+                                "correlation_id": req.correlation_id,
+                                "finish_reason": event.finish_reason,
+                                "generated_tokens": event.generated_tokens,
+                            },
+                        )
+                    yield event
+            if outcome != "done":
+                outcome = "incomplete"
+        except EngineError as exc:
+            outcome = "failed"
+            self.metrics.request_failed(exc.kind)
+            log.warning(
+                "request failed",
+                extra={"correlation_id": req.correlation_id, "error_type": exc.kind, "reason": exc.message},
+            )
+            raise from_engine(exc) from exc
+        finally:
+            if outcome == "cancelled":
+                self.metrics.request_cancelled()
+                log.info("request cancelled", extra={"correlation_id": req.correlation_id})
+        if outcome == "incomplete":
+            self.metrics.request_failed("incomplete_generation")
+            raise ApiError("incomplete_generation", "the generation ended without a final event")
+
+    async def run(self, v: Validated) -> Outcome:
+        """Generate to the end and collect the events."""
+        tokens: list[TokenEvent] = []
+        prefill: PrefillEvent | None = None
+        async with aclosing(self.events(v)) as stream:
+            async for event in stream:
+                if isinstance(event, TokenEvent):
+                    tokens.append(event)
+                elif isinstance(event, PrefillEvent):
+                    prefill = event
+                else:
+                    return Outcome(event, tokens, prefill)
+        raise ApiError("incomplete_generation", "the generation ended without a final event")

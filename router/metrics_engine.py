@@ -1,0 +1,136 @@
+"""Engine state as Prometheus metrics, read from `Engine.stats()` (router/engine/stats.py) at scrape time.
+
+Names (README "Router" lists them): TGI's batch gauges, then `chameleon_*` for the cache, adapters,
+page pool, scheduler queues and shard headroom. A statistic the engine does not report (e.g. queue
+boundaries under FIFO) is simply absent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+# (section, key, metric name, kind, help); kind "gauge" or "counter" (exported with `_total`)
+SCALARS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("requests", "queued", "tgi_queue_size", "gauge", "Requests waiting in the scheduler's queues"),
+    ("requests", "running", "tgi_batch_current_size", "gauge", "Requests in the running batch"),
+    ("requests", "in_flight", "chameleon_requests_in_flight", "gauge", "Requests queued or running"),
+    ("cache", "hits", "chameleon_cache_hits", "counter", "Admissions whose adapter was resident"),
+    ("cache", "misses", "chameleon_cache_misses", "counter", "Admissions that had to load their adapter"),
+    ("cache", "hit_rate", "chameleon_cache_hit_rate", "gauge", "hits / (hits + misses)"),
+    ("cache", "evictions", "chameleon_cache_evictions", "counter", "Idle adapters evicted from the cache"),
+    ("cache", "prefetches", "chameleon_cache_prefetches", "counter", "Adapters loaded ahead of admission"),
+    ("cache", "resident_adapters", "chameleon_resident_adapters", "gauge", "Adapters resident in the pool"),
+    ("cache", "idle_adapter_pages", "chameleon_cache_idle_pages", "gauge", "Pages of resident idle adapters"),
+    ("cache", "withheld_pages", "chameleon_cache_withheld_pages", "gauge", "Pages withheld for headroom"),
+    ("adapters", "bytes_loaded", "chameleon_adapter_bytes_loaded", "counter", "Adapter bytes loaded"),
+    ("adapters", "loads", "chameleon_adapter_loads", "counter", "Adapter loads on the shards"),
+    ("adapters", "offloads", "chameleon_adapter_offloads", "counter", "Adapter offloads on the shards"),
+    ("adapters", "load_seconds", "chameleon_adapter_load_seconds", "counter", "Time spent loading adapters"),
+    ("pool", "num_pages", "chameleon_pool_pages_total", "gauge", "Pages in the pool of each shard"),
+    ("pool", "page_bytes", "chameleon_pool_page_bytes", "gauge", "Bytes per page on each shard"),
+    ("scheduler", "queues", "chameleon_scheduler_queues", "gauge", "Number of scheduler queues"),
+    ("scheduler", "squashes", "chameleon_scheduler_squashes", "counter", "Requests squashed after a bypass"),
+    ("scheduler", "admitted", "chameleon_scheduler_admitted", "counter", "Requests admitted"),
+    ("scheduler", "bypasses", "chameleon_scheduler_bypasses", "counter", "Opportunistic bypasses"),
+    ("scheduler", "refreshes", "chameleon_scheduler_refreshes", "counter", "Queue layout refreshes"),
+    ("loop", "steps", "chameleon_engine_steps", "counter", "Serving-loop steps"),
+    ("loop", "est_step_seconds", "chameleon_engine_est_step_seconds", "gauge", "Estimated decode step time"),
+    ("loop", "schedule_seconds_last", "chameleon_engine_schedule_seconds", "gauge", "Last scheduling time"),
+    ("loop", "healthy", "chameleon_engine_healthy", "gauge", "1 when the shards answered the last check"),
+)
+
+# (section, key, metric name, label, help): a list (label = index) or a dict (label = its keys)
+FAMILIES: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        "scheduler",
+        "boundaries",
+        "chameleon_scheduler_queue_boundary",
+        "queue",
+        "WRS upper boundary per queue",
+    ),
+    ("scheduler", "quotas", "chameleon_scheduler_queue_quota", "queue", "Token quota per queue"),
+    ("scheduler", "used", "chameleon_scheduler_queue_quota_used", "queue", "Quota in use per queue"),
+    ("scheduler", "lengths", "chameleon_scheduler_queue_length", "queue", "Requests waiting per queue"),
+    ("pool", "by_tenant", "chameleon_pool_pages", "tenant", "Pool pages in use by tenant (kv, adapter)"),
+    ("adapters", "resident", "chameleon_adapter_resident_pages", "adapter", "Pages of each resident adapter"),
+)
+
+HEADROOM_KEYS = (
+    "free_device_bytes",
+    "total_device_bytes",
+    "pool_pages_total",
+    "pool_pages_used",
+    "kv_pages_used",
+    "adapter_pages_used",
+    "page_bytes",
+    "resident_adapters",
+)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def _items(value: Any) -> list[tuple[str, float]]:
+    pairs = (
+        enumerate(value)
+        if isinstance(value, (list, tuple))
+        else (value.items() if isinstance(value, Mapping) else ())
+    )
+    return [(str(k), n) for k, v in pairs if (n := _num(v)) is not None]
+
+
+class EngineStatsCollector:
+    """A prometheus_client collector over `stats()`; `block_size()` turns KV pages into tokens."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]], block_size: Callable[[], int]) -> None:
+        self._stats = stats
+        self._block_size = block_size
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        if not stats:
+            return
+        for section, key, name, kind, doc in SCALARS:
+            value = _num(stats.get(section, {}).get(key))
+            if value is not None:
+                cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                yield cls(name, doc, value=value)
+        kv_pages = _num(stats.get("cache", {}).get("kv_pages"))
+        if kv_pages is not None:
+            yield GaugeMetricFamily(
+                "tgi_batch_current_max_tokens",
+                "KV tokens reserved by the running batch",
+                value=kv_pages * self._block_size(),
+            )
+        for section, key, name, label, doc in FAMILIES:
+            items = _items(stats.get(section, {}).get(key))
+            if items:
+                fam = GaugeMetricFamily(name, doc, labels=[label])
+                for k, v in items:
+                    fam.add_metric([k], v)
+                yield fam
+        yield from _headroom(stats.get("headroom", {}))
+
+
+def _headroom(headroom: Mapping[Any, Any]) -> Iterator[Metric]:
+    if not headroom:
+        return
+    for key in HEADROOM_KEYS:
+        fam = GaugeMetricFamily(
+            f"chameleon_shard_{key}", f"Shard headroom: {key.replace('_', ' ')}", labels=["rank"]
+        )
+        for rank, room in headroom.items():
+            value = _num(room.get(key)) if isinstance(room, Mapping) else None
+            if value is not None:
+                fam.add_metric([str(rank)], value)
+        yield fam

@@ -212,10 +212,15 @@ class MemoryManager:
                  max_loads: int = 4, depth: int = 32) -> list[tuple[str, list[int]]]:
         """Load the first queued requests' adapters (queue order) into FREE pages only, keeping
         `reserve_pages` free for KV (e.g. the head request's KV need). Never evicts. Looks at the first
-        `depth` distinct adapters and loads at most `max_loads`. Returns [(adapter_id, pages)]."""
+        `depth` distinct adapters and loads at most `max_loads`. Returns [(adapter_id, pages)].
+        Under a policy that drops idle adapters (NoCache) it first drops idle entries that neither a
+        queued request (queue view) nor `adapter_ids` wants; those drops go to take_offloads()."""
+        ids = list(adapter_ids)
+        if self.cache.drops_idle:
+            self.drop_unneeded(set(ids))
         loads: list[tuple[str, list[int]]] = []
         seen: set[str] = set()
-        for aid in adapter_ids:
+        for aid in ids:
             if len(seen) >= depth or len(loads) >= max_loads:
                 break
             if aid is None or aid in seen:
@@ -232,10 +237,11 @@ class MemoryManager:
             loads.append((aid, pages))
         return loads
 
-    def drop_unneeded(self) -> None:
+    def drop_unneeded(self, wanted: Container[str] = frozenset()) -> None:
         """Drop idle entries the policy does not keep (NoCache: nobody runs or waits for them)."""
         for entry in list(self.cache.entries()):
-            if entry.refcount == 0 and not self.cache.keep_idle(entry, self._queued):
+            if entry.refcount == 0 and entry.adapter_id not in wanted \
+                    and not self.cache.keep_idle(entry, self._queued):
                 self._evict(entry.adapter_id)
                 self._offloads.append(entry.adapter_id)
 

@@ -39,6 +39,7 @@ class AdapterCache(ABC):
     override `keep_idle` (NoCache drops an adapter as soon as nobody runs or waits for it)."""
 
     name = "base"
+    drops_idle = False  # True when keep_idle can say no (MemoryManager then sweeps idle entries)
 
     def __init__(self, window_s: float = 300.0) -> None:
         if window_s <= 0:

@@ -77,6 +77,7 @@ class NoCache(AdapterCache):
     waits for it. Among idle (necessarily queued-for or prefetched) entries, LRU order."""
 
     name = "none"
+    drops_idle = True
 
     def keep_idle(self, entry: CacheEntry, queued: Container[str]) -> bool:
         return entry.adapter_id in queued

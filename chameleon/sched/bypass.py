@@ -7,7 +7,9 @@ predicted to finish before R1's memory frees: t_finish(R2) = ctx.remaining_s(R2)
 time at which running requests, by predicted remaining time, release enough pages for R1.
 If the prediction is wrong, i.e. R1 is still waiting, cannot be admitted, and would be admissible
 if R2's pages were released, R2 is squashed: the engine stops and frees it, and it is re-queued at
-its original position (behind R1). R1 is then not bypassed again in that same iteration.
+its original position (behind R1). R1 is then not bypassed again in that same iteration, and in
+the next iteration (once the engine released R2) it is tried before every queue, so that smaller
+queues cannot take the pages the squash freed.
 """
 
 from __future__ import annotations
@@ -42,7 +44,21 @@ class BypassTracker:
         self.lookahead = lookahead
         self.active: list[tuple[Request, Request]] = []
         self.total = 0
+        self.squashes = 0
         self._held_back: set[int] = set()
+        self._retry: list[Request] = []
+
+    def admit_retries(self, sched: ChameleonScheduler, now: float, ctx: ScheduleContext,
+                      budget: BatchBudget, plan: Plan) -> None:
+        """Heads whose blocker was squashed last iteration go first, if still at the head of a queue."""
+        retry, self._retry = self._retry, []
+        for r1 in retry:
+            q = sched._where.get(r1.id)
+            if q is None or q < 0 or sched._queues[q][0] is not r1:
+                continue
+            charge = sched.ledger.own_charge(q, r1.need_tokens)
+            if charge is not None and sched._admit(r1, now, ctx, budget, plan):
+                sched.ledger.charge(sched._pop(q).id, [(q, charge)])
 
     def try_bypass(self, sched: ChameleonScheduler, q: int, now: float, ctx: ScheduleContext,
                    budget: BatchBudget, plan: Plan) -> None:
@@ -79,7 +95,9 @@ class BypassTracker:
             if r1.id not in self._held_back and not mem.can_admit(r1) \
                     and mem.shortfall(r1, mem.releasable_pages(r2.id)) <= 0:
                 sched._squash(r2, now, plan)
+                self.squashes += 1
                 self._held_back.add(r1.id)
+                self._retry.append(r1)
                 continue
             keep.append((r1, r2))
         self.active = keep

@@ -31,7 +31,7 @@ class MlqConfig:
     window_s: float = 300.0
     window_max_samples: int = 4096
     k_max: int = 4
-    elbow: float = 0.1
+    elbow: float = 0.05
     slo_s: float = 5.0
     wrs_a: float = 0.4
     wrs_b: float = 0.6

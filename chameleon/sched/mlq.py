@@ -151,6 +151,15 @@ class ChameleonScheduler(Scheduler):
             self._where[req.id] = req.queue
         self.ledger.relayout(quotas, {rid: self.queue_of(r.wrs) for rid, r in self._running.items()})
 
+    def set_layout(self, bounds: list[float], quotas: list[int]) -> None:
+        """Impose queue boundaries and quotas (experiments, tests); the next refresh recomputes them."""
+        if len(quotas) != len(bounds) + 1 or min(quotas) < 1 or sorted(bounds) != list(bounds):
+            raise ValueError("need sorted boundaries and len(bounds)+1 quotas, each >= 1")
+        if not self._started:
+            self._started = True
+            self.ledger = QuotaLedger(list(quotas))
+        self._rebuild(list(bounds), list(quotas))
+
     def _initial_ledger(self, capacity: int) -> QuotaLedger:
         """Cold start: one queue with the whole capacity."""
         return QuotaLedger([max(1, capacity)])
@@ -167,9 +176,10 @@ class ChameleonScheduler(Scheduler):
         if self._refresh_due(now):
             self._refresh(now, capacity)
         plan = Plan()
-        if self.config.bypass:
-            self.bypass.check_squashes(self, now, ctx, plan)
         budget = BatchBudget(self.limits, len(self._running))
+        if self.config.bypass:
+            self.bypass.admit_retries(self, now, ctx, budget, plan)
+            self.bypass.check_squashes(self, now, ctx, plan)
         leftover = self._phase1(now, ctx, budget, plan)
         if leftover:
             self._phase2(leftover, now, ctx, budget, plan)
@@ -185,6 +195,8 @@ class ChameleonScheduler(Scheduler):
                 head = dq[0]
                 charge = ledger.own_charge(q, head.need_tokens)
                 if charge is None:
+                    break
+                if not budget.allows(head):
                     break
                 if not self._admit(head, now, ctx, budget, plan):
                     if self.config.bypass:

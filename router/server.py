@@ -68,7 +68,9 @@ def build_service(engine: EngineLike, tokenizer: RouterTokenizer, cfg: ServerCon
         max_top_n_tokens=cfg.max_top_n_tokens,
         max_new_tokens_default=cfg.max_new_tokens_default,
         unknown_adapter=cfg.unknown_adapter,
-        base_names=tuple(dict.fromkeys((name, info.model_id, tokenizer.model_dir.name, *CLIENT_PLACEHOLDERS))),
+        base_names=tuple(
+            dict.fromkeys((name, info.model_id, tokenizer.model_dir.name, *CLIENT_PLACEHOLDERS))
+        ),
     )
     metrics = RouterMetrics(engine.stats, block_size=lambda: info.block_size)
     return ApiService(engine, Validator(limits, tokenizer, engine.known), tokenizer, metrics, name)
@@ -116,6 +118,8 @@ class RouterServer:
         self._grpc: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.http_port = cfg.port  # the bound ports once started (port 0 = any free port)
+        self.grpc_port = cfg.grpc_port
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -124,8 +128,13 @@ class RouterServer:
         )
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.hostname, cfg.port).start()
+        self.http_port = self._runner.addresses[0][1]
         self._grpc, self._health = build_grpc_server(self.service, cfg)
-        if self._grpc.add_insecure_port(f"{cfg.hostname}:{cfg.grpc_port}") == 0:
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{cfg.hostname}:{cfg.grpc_port}")
+        except RuntimeError as exc:  # grpc raises instead of returning 0 on recent versions
+            raise OSError(f"cannot listen on gRPC port {cfg.grpc_port}: {exc}") from exc
+        if self.grpc_port == 0:
             raise OSError(f"cannot listen on gRPC port {cfg.grpc_port}")
         await self._grpc.start()
         await self._set_health(True)
@@ -133,8 +142,8 @@ class RouterServer:
         log.info(
             "router listening",
             extra={
-                "http": f"{cfg.hostname}:{cfg.port}",
-                "grpc": f"{cfg.hostname}:{cfg.grpc_port}",
+                "http": f"{cfg.hostname}:{self.http_port}",
+                "grpc": f"{cfg.hostname}:{self.grpc_port}",
                 "model": self.service.model_name,
             },
         )

@@ -30,3 +30,10 @@ def test_cli_help_lists_commands():
     assert out.returncode == 0
     for name in ("launch", "router", "shard", "demo-assets", "simulate"):
         assert name in out.stdout
+
+
+def test_router_cli_and_server_do_not_load_torch():
+    mods = _loaded("import router.cli, router.server")
+    assert "torch" not in mods
+    assert "transformers" not in mods
+    assert not any(m == "shard" or m.startswith("shard.") for m in mods)

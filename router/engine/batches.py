@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from chameleon_pb import generate_pb2
 
 from router.engine.live import Live
+from router.engine.types import GenerateRequest
 
 
 def slots_for(pages: Sequence[int], block_size: int) -> list[int]:
@@ -20,13 +21,19 @@ def slots_for(pages: Sequence[int], block_size: int) -> list[int]:
 
 
 def shard_request(live: Live, pages: Sequence[int], block_size: int) -> generate_pb2.Request:
-    req, p = live.req, live.req.params
+    return request_pb(live.rid, live.req, live.seed, pages, block_size)
+
+
+def request_pb(rid: int, req: GenerateRequest, seed: int, pages: Sequence[int],
+               block_size: int) -> generate_pb2.Request:
+    """The generate.v3 Request for `req` with KV `pages` (and every slot of them)."""
+    p = req.params
     r = generate_pb2.Request(
-        id=live.rid, inputs=req.text, truncate=len(req.input_ids), add_special_tokens=True,
+        id=rid, inputs=req.text, truncate=len(req.input_ids), add_special_tokens=True,
         input_chunks=generate_pb2.Input(chunks=[generate_pb2.InputChunk(text=req.text)]),
         parameters=generate_pb2.NextTokenChooserParameters(
             temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, typical_p=p.typical_p,
-            do_sample=p.do_sample, seed=live.seed, repetition_penalty=p.repetition_penalty,
+            do_sample=p.do_sample, seed=seed, repetition_penalty=p.repetition_penalty,
             frequency_penalty=p.frequency_penalty),
         stopping_parameters=generate_pb2.StoppingCriteriaParameters(
             max_new_tokens=p.max_new_tokens, stop_sequences=p.stop_sequences,

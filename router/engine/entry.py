@@ -68,21 +68,44 @@ class Engine:
                                         cfg.adapter_dir)
         self.registry.scan()
         await self._adopt_shard_adapters()
-        memory = MemoryManager(PagePool(info.num_pages, reserved=(0,)), make_cache(cfg.adapter_cache),
+        self._start_loop(cfg.scheduler, cfg.adapter_cache)
+        self._accepting = True
+
+    def _start_loop(self, scheduler_name: str, cache_name: str) -> None:
+        cfg, info, client = self.config, self.info, self.client
+        assert info is not None and client is not None  # internal: called after start-up
+        memory = MemoryManager(PagePool(info.num_pages, reserved=(0,)), make_cache(cache_name),
                                info.block_size, self._spec)
         limits = {"max_prefill_tokens": cfg.max_batch_prefill_tokens}
         if cfg.max_batch_size is not None:
             limits["max_batch_size"] = cfg.max_batch_size
-        scheduler = make_scheduler(cfg.scheduler, **limits)
-        self.loop = ServingLoop(self.client, scheduler, memory, HealthState(self.client), info.block_size)
+        scheduler = make_scheduler(scheduler_name, **limits)
+        self.loop = ServingLoop(client, scheduler, memory, HealthState(client), info.block_size)
         self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
+
+    async def switch_policies(self, scheduler: str, adapter_cache: str) -> None:
+        """Serve on with other policies (same shards, same pool; no new Warmup). Waits until no request
+        is in flight, offloads every resident adapter, then starts a fresh loop. For experiments."""
+        old, task = self.loop, self._task
+        if old is None or task is None:
+            raise EngineError("unavailable", "the engine is not started")
+        self._accepting = False
+        while old.lives:
+            await asyncio.sleep(0.01)
+        old.stop()
+        await task
+        await old.residency.offload(old.residency.resident())
+        self._start_loop(scheduler, adapter_cache)
         self._accepting = True
 
     async def _adopt_shard_adapters(self) -> None:
-        """Register the adapters the shard knows; offload any it holds, so the router owns the pool."""
+        """Register the adapters the shard holds (its --lora-adapters); offload them, so the router owns
+        the pool and assigns their pages itself."""
         assert self.client is not None and self.registry is not None  # internal invariant after connect
         listed = await self.client.list_adapters()
         for a in listed.adapters:
+            if a.rank < 1 or not a.target_modules:
+                continue  # listed but not loaded: its size is unknown here (found under --adapter-dir)
             self.registry.add_from_shard(a.adapter_id, a.rank, a.alpha, tuple(a.target_modules))
             if a.resident:
                 await self.client.offload_adapter(a.adapter_id)

@@ -1,12 +1,12 @@
 """One page pool, two tenants: KV blocks of running requests and pages of resident adapters.
 
 Page ids are what the router sends to every shard rank as KV `blocks` and as adapter pages. The pool
-size is fixed at warmup. Free pages are handed out lowest id first, deterministically.
+size is fixed at warmup. The free list is a stack (a fresh pool hands out the lowest ids first; freed
+pages are reused first), so allocation and freeing cost O(pages moved) and are deterministic.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
 
 
@@ -21,8 +21,7 @@ class PagePool:
         bad = [p for p in self.reserved if not 0 <= p < num_pages]
         if bad:
             raise ValueError(f"reserved pages {bad} are outside the pool [0, {num_pages})")
-        self._free: list[int] = [p for p in range(num_pages) if p not in self.reserved]
-        heapq.heapify(self._free)
+        self._free: list[int] = [p for p in reversed(range(num_pages)) if p not in self.reserved]
         self._kv: dict[int, list[int]] = {}
         self._adapters: dict[str, list[int]] = {}
         self._kv_used = 0
@@ -44,11 +43,15 @@ class PagePool:
             raise ValueError(f"cannot allocate a negative number of pages ({n})")
         if n > len(self._free):
             return None
-        return [heapq.heappop(self._free) for _ in range(n)]
+        if n == 0:
+            return []
+        pages = self._free[-n:]
+        del self._free[-n:]
+        pages.reverse()
+        return pages
 
     def _give_back(self, pages: list[int]) -> None:
-        for p in pages:
-            heapq.heappush(self._free, p)
+        self._free.extend(reversed(pages))
 
     def alloc_kv(self, req_id: int, n: int) -> list[int] | None:
         """n pages for request `req_id`'s KV cache, or None (nothing changes) when fewer are free."""

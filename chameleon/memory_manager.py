@@ -107,6 +107,12 @@ class MemoryManager:
         """True when the adapter is resident or would fit after evicting every idle entry."""
         return self._load_pages(adapter_id) <= self.available() + self._reclaimable(None)
 
+    def admissible(self, req: Request) -> bool:
+        """Could `req` ever run, in an otherwise empty pool? Callers should reject requests for which
+        this is False up front: a scheduler would keep them queued forever (FIFO: blocking all)."""
+        adapter = 0 if req.adapter_id is None else self.adapters(req.adapter_id).pages
+        return self.kv_pages_for(req) + adapter <= self.pool.capacity
+
     def shortfall(self, req: Request, extra_pages: int = 0) -> int:
         """Pages `req` still lacks after evicting every idle entry, given `extra_pages` more free ones
         (<= 0: it fits)."""

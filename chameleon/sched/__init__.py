@@ -7,6 +7,7 @@ from dataclasses import fields
 from chameleon.sched.base import BatchBudget, Plan, ScheduleContext, Scheduler, SchedulerLimits
 from chameleon.sched.config import MlqConfig
 from chameleon.sched.fifo import FifoScheduler, SjfScheduler
+from chameleon.sched.mlq import ChameleonScheduler, StaticQueuesScheduler
 
 SCHEDULERS = ("chameleon", "fifo", "sjf", "static4")
 
@@ -15,8 +16,6 @@ def make_scheduler(name: str, predictor=None, max_batch_size: int = 256, max_pre
                    **cfg) -> Scheduler:
     """name: chameleon | fifo | sjf | static4. Remaining keyword arguments: MlqConfig fields
     (chameleon, static4) or `include_input` (sjf). predictor: an OutputPredictor (default online)."""
-    from chameleon.sched.mlq import ChameleonScheduler, StaticQueuesScheduler
-
     limits = SchedulerLimits(max_batch_size=max_batch_size, max_prefill_tokens=max_prefill_tokens)
     if name in ("chameleon", "static4"):
         known = {f.name for f in fields(MlqConfig)}
@@ -34,5 +33,6 @@ def make_scheduler(name: str, predictor=None, max_batch_size: int = 256, max_pre
     raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
 
 
-__all__ = ["SCHEDULERS", "BatchBudget", "FifoScheduler", "MlqConfig", "Plan", "ScheduleContext", "Scheduler",
-           "SchedulerLimits", "SjfScheduler", "make_scheduler"]
+__all__ = ["SCHEDULERS", "BatchBudget", "ChameleonScheduler", "FifoScheduler", "MlqConfig", "Plan",
+           "ScheduleContext", "Scheduler", "SchedulerLimits", "SjfScheduler", "StaticQueuesScheduler",
+           "make_scheduler"]

@@ -85,10 +85,21 @@ class SjfScheduler(Scheduler):
         return plan
 
     def waiting(self, limit: int | None = None) -> list[Request]:
-        live = [e for e in self._heap if self._queued.get(e[2].id) is e[2]]
-        top = sorted(live, key=lambda e: e[:2]) if limit is None else \
-            heapq.nsmallest(limit, live, key=lambda e: e[:2])
-        return [e[2] for e in top]
+        """Shortest first. With a limit: best-first walk of the heap tree, O(limit log limit)."""
+        heap, live = self._heap, self._queued
+        if limit is None:
+            return [e[2] for e in sorted(e for e in heap if live.get(e[2].id) is e[2])]
+        out: list[Request] = []
+        frontier = [(heap[0][:2], 0)] if heap else []
+        while frontier and len(out) < limit:
+            _, i = heapq.heappop(frontier)
+            req = heap[i][2]
+            if live.get(req.id) is req:
+                out.append(req)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child][:2], child))
+        return out
 
     def num_waiting(self) -> int:
         return len(self._queued)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 
 def _segments(values: Sequence[float], centroids: Sequence[float]) -> list[tuple[int, int]]:
@@ -27,6 +27,10 @@ def _wcss(values: Sequence[float], segments: list[tuple[int, int]]) -> float:
     return total
 
 
+def _means(prefix: list[float], segs: list[tuple[int, int]]) -> list[float]:
+    return [(prefix[j] - prefix[i]) / (j - i) for i, j in segs]
+
+
 def kmeans_1d(values: Sequence[float], k: int, max_iter: int = 100) -> tuple[list[float], float]:
     """Cluster sorted `values` into at most k groups. Returns (sorted centroids, WCSS).
 
@@ -41,9 +45,10 @@ def kmeans_1d(values: Sequence[float], k: int, max_iter: int = 100) -> tuple[lis
     distinct = sorted(set(values))
     k = min(k, len(distinct))
     centroids = [distinct[int((c + 0.5) * len(distinct) / k)] for c in range(k)]
+    prefix = [0.0, *accumulate(values)]
     for _ in range(max_iter):
         segs = [(i, j) for i, j in _segments(values, centroids) if j > i]
-        new = [sum(values[i:j]) / (j - i) for i, j in segs]
+        new = _means(prefix, segs)
         if new == centroids:
             break
         centroids = new

@@ -24,8 +24,10 @@ def memory(pages: int, specs: list[AdapterSpec] | None = None, cache: str = "cha
     return MemoryManager(PagePool(pages + 1), make_cache(cache), block_size, spec_table(specs))
 
 
-def req(rid: int, adapter: str | None = None, inp: int = 10, max_new: int = 10, out: int | None = None,
-        t: float = 0.0) -> Request:
+def req(rid: int, adapter: str | None = None, inp: int = 10, max_new: int | None = None,
+        out: int | None = None, t: float = 0.0) -> Request:
+    """max_new defaults to `out` (or 10); the true output defaults to max_new."""
+    max_new = max_new if max_new is not None else (out if out is not None else 10)
     return Request(rid, adapter, inp, max_new, t, true_output_tokens=max_new if out is None else out)
 
 

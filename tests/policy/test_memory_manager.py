@@ -77,6 +77,13 @@ def test_prefetch_uses_free_pages_only_and_keeps_reserve():
     mem.check_integrity()
 
 
+def test_admissible_means_fits_an_empty_pool():
+    mem = memory(50, SPECS)
+    assert mem.admissible(req(1, "big", inp=5, max_new=5))  # 10 + 40
+    assert not mem.admissible(req(2, "big", inp=6, max_new=5))
+    assert not mem.admissible(req(3, None, inp=40, max_new=11))
+
+
 def test_adapter_fits_counts_idle_but_not_pinned():
     mem = memory(60, SPECS)
     mem.try_admit(req(1, "mid", inp=10, max_new=10), 0.0)  # 40 used

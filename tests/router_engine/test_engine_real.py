@@ -1,0 +1,249 @@
+"""The Engine against real shard processes (tiny model): correctness, concurrency, cancellation, admin.
+
+Two shards start in parallel: one serves the Engine, the other is driven directly as the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from router.engine.direct import direct_generate
+from router.engine.entry import Engine
+from router.engine.shard_client import ShardClient
+from router.engine.startup import start_shards
+from router.engine.types import EngineError, Event, FinalEvent, GenerateParams, GenerateRequest, TokenEvent
+from tests.router_engine.shards import ShardProc, engine_config, make_adapter_dir
+
+PROMPTS = ["hello world", "the quick brown fox jumps", "a b c d e f g", "serving many adapters at once"]
+
+
+@pytest.fixture(scope="module")
+def aloop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory,
+          aloop: asyncio.AbstractEventLoop) -> Iterator[dict]:
+    adir = tmp_path_factory.mktemp("adapters")
+    names = make_adapter_dir(tiny_assets, adir, 20)
+    main, ref = ShardProc(tiny_assets / "model", adir), ShardProc(tiny_assets / "model", adir)
+    try:
+        main.wait_ready(), ref.wait_ready()
+        engine = Engine(engine_config(main, tiny_assets, adir))
+        aloop.run_until_complete(engine.start())
+        ref_client = aloop.run_until_complete(ShardClient.connect(ref.uds))
+        ref_facts = aloop.run_until_complete(start_shards(ref_client, engine.config))
+        tok = Tokenizer.from_file(str(tiny_assets / "model" / "tokenizer.json"))
+        yield {"engine": engine, "names": names, "adir": adir, "tok": tok, "ref": ref_client,
+               "ref_block": ref_facts.info.block_size, "ref_pages": ref_facts.info.num_pages,
+               "src": tiny_assets / "adapters"}
+        aloop.run_until_complete(engine.stop(drain=False))
+        aloop.run_until_complete(ref_client.close())
+    finally:
+        main.stop()
+        ref.stop()
+
+
+def request(tok: Tokenizer, text: str, adapter: str | None, new: int = 8,
+            **params: object) -> GenerateRequest:
+    return GenerateRequest(text=text, input_ids=tuple(tok.encode(text).ids), adapter_id=adapter,
+                           params=GenerateParams(max_new_tokens=new, **params))  # type: ignore[arg-type]
+
+
+async def collect(engine: Engine, req: GenerateRequest) -> list:
+    return [ev async for ev in engine.generate(req)]
+
+
+async def drain(stream: AsyncIterator[Event]) -> list[Event]:
+    return [ev async for ev in stream]
+
+
+async def idle(engine: Engine) -> None:
+    """Wait until the engine holds no request (cancellations are applied at the next step)."""
+    assert engine.loop is not None
+    for _ in range(2000):
+        if not engine.loop.lives and not engine.loop.batches:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"engine still holds {len(engine.loop.lives)} requests")
+
+
+def assert_clean(engine: Engine) -> None:
+    assert engine.loop is not None
+    mem = engine.loop.memory
+    mem.check_integrity()
+    assert mem.pool.used_by_tenant()["kv"] == 0
+    assert all(e.refcount == 0 for e in mem.cache.entries())
+    assert engine.loop.batches == []
+
+
+def test_tokens_equal_shard_alone(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
+    engine, tok, ref = setup["engine"], setup["tok"], setup["ref"]
+    block, top = setup["ref_block"], setup["ref_pages"]
+
+    async def run() -> None:
+        await ref.load_adapter("a01", list(range(top - engine._spec("a01").pages, top)))
+        for i, (text, adapter) in enumerate([(PROMPTS[0], None), (PROMPTS[1], "a01"), (PROMPTS[2], None),
+                                             (PROMPTS[3], "a01")]):
+            req = request(tok, text, adapter, new=12, ignore_eos_token=True)
+            events = await collect(engine, req)
+            got = [e.id for e in events if isinstance(e, TokenEvent)]
+            pages = list(range(1 + 4 * i, 5 + 4 * i))
+            want = await direct_generate(ref, req, pages, block, rid=i + 1, batch_id=i + 1)
+            assert got == want.token_ids
+            final = events[-1]
+            assert isinstance(final, FinalEvent) and final.generated_text == want.text
+            assert final.generated_tokens == 12 and final.input_length == len(req.input_ids)
+
+    aloop.run_until_complete(run())
+    assert_clean(engine)
+
+
+def test_adapter_changes_output(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
+    engine, tok = setup["engine"], setup["tok"]
+
+    async def run() -> list[list[int]]:
+        outs = []
+        for adapter in (None, "a03", "a07"):
+            events = await collect(engine, request(tok, PROMPTS[1], adapter, new=6, ignore_eos_token=True))
+            outs.append([e.id for e in events if isinstance(e, TokenEvent)])
+        return outs
+
+    base, a, b = aloop.run_until_complete(run())
+    assert base != a or base != b
+
+
+def test_64_concurrent_over_20_adapters(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
+    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
+    rng = random.Random(1)
+    reqs = [request(tok, PROMPTS[i % 4] + f" {i}", names[i % 20] if i % 5 else None, new=rng.randint(1, 10))
+            for i in range(64)]
+
+    async def run() -> list[list]:
+        return await asyncio.gather(*(collect(engine, r) for r in reqs))
+
+    results = aloop.run_until_complete(run())
+    for req, events in zip(reqs, results, strict=True):
+        final = events[-1]
+        assert isinstance(final, FinalEvent)
+        tokens = [e for e in events if isinstance(e, TokenEvent)]
+        assert len(tokens) == final.generated_tokens <= req.params.max_new_tokens
+    stats = engine.stats()
+    assert stats["cache"]["hits"] + stats["cache"]["misses"] >= 51
+    assert stats["adapters"]["bytes_loaded"] > 0
+    assert_clean(engine)
+
+
+def test_cancellation_storm(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
+    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
+    rng = random.Random(7)
+
+    async def consumer(i: int) -> str:
+        req = request(tok, PROMPTS[i % 4], names[i % 20] if i % 3 else None, new=rng.randint(4, 30))
+        stream = engine.generate(req)
+        mode, stop_after = i % 4, rng.randint(0, 3)
+        if mode == 0:
+            del stream  # never iterated: dropped
+            return "dropped"
+        n = 0
+        async for _ in stream:
+            n += 1
+            if mode == 1 and n > stop_after:
+                await stream.aclose()  # type: ignore[attr-defined]
+                return "closed"
+        return "finished"
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(consumer(i)) for i in range(48)]
+        await asyncio.sleep(0)
+        for i, t in enumerate(tasks):
+            if i % 4 == 2:
+                t.cancel()  # client disconnect while waiting for tokens
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await idle(engine)
+
+    aloop.run_until_complete(run())
+    assert_clean(engine)
+    events = aloop.run_until_complete(collect(engine, request(tok, PROMPTS[0], names[2])))
+    assert isinstance(events[-1], FinalEvent)
+    assert_clean(engine)
+
+
+def test_overloaded_and_validation(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
+    engine, tok = setup["engine"], setup["tok"]
+
+    async def run() -> None:
+        streams = [engine.generate(request(tok, PROMPTS[0], None)) for _ in range(128)]
+        with pytest.raises(EngineError) as err:
+            engine.generate(request(tok, PROMPTS[0], None))
+        assert err.value.kind == "overloaded"
+        for s in streams:
+            await s.aclose()  # type: ignore[attr-defined]
+        await idle(engine)
+        with pytest.raises(EngineError) as err:
+            engine.generate(request(tok, PROMPTS[0], "no-such-adapter"))
+        assert err.value.kind == "validation" and "no-such-adapter" in err.value.message
+        with pytest.raises(EngineError) as err:
+            engine.generate(request(tok, PROMPTS[0], None, new=engine.info.max_total_tokens))
+        assert err.value.kind == "validation"
+
+    aloop.run_until_complete(run())
+    assert_clean(engine)
+
+
+def test_adapter_admin_and_discovery(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
+    engine, tok, adir = setup["engine"], setup["tok"], setup["adir"]
+
+    async def run() -> None:
+        status = await engine.adapters.load("a11")
+        assert status.resident and status.refcount == 0 and status.pages > 0
+        assert "a11" in engine.stats()["adapters"]["resident"]
+        assert await engine.adapters.unload("a11") is True
+        assert await engine.adapters.unload("a11") is False
+        shutil.copytree(setup["src"] / "r8-01", adir / "late-arrival")
+        assert engine.known("late-arrival")
+        events = await collect(engine, request(tok, PROMPTS[2], "late-arrival"))
+        assert isinstance(events[-1], FinalEvent)
+        listed = {a.adapter_id: a for a in engine.adapters.list()}
+        assert listed["late-arrival"].resident and listed["late-arrival"].rank == 8
+        assert await engine.health() is True
+
+    aloop.run_until_complete(run())
+    assert_clean(engine)
+
+
+@pytest.mark.parametrize("scheduler", ["chameleon", "fifo", "sjf"])
+@pytest.mark.parametrize("cache", ["chameleon", "lru", "fairshare", "none"])
+def test_every_policy_combination_serves(setup: dict, aloop: asyncio.AbstractEventLoop,
+                                         scheduler: str, cache: str) -> None:
+    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
+
+    async def run() -> list[list]:
+        await engine.switch_policies(scheduler, cache)
+        reqs = [request(tok, PROMPTS[i % 4], names[i % 7] if i % 4 else None, new=3 + i % 5)
+                for i in range(14)]
+        streams = [engine.generate(r) for r in reqs]
+        first = await streams[0].__anext__()  # type: ignore[attr-defined]
+        await streams[0].aclose()  # type: ignore[attr-defined]
+        assert isinstance(first, TokenEvent)
+        return await asyncio.gather(*(drain(s) for s in streams[1:]))
+
+    for events in aloop.run_until_complete(run()):
+        assert isinstance(events[-1], FinalEvent)
+    aloop.run_until_complete(idle(engine))
+    stats = engine.stats()
+    assert stats["scheduler"]["scheduler"] == scheduler
+    assert stats["scheduler"]["running"] == 0
+    assert_clean(engine)
+    if cache == "none":
+        assert stats["cache"]["resident_adapters"] == 0

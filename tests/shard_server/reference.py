@@ -28,9 +28,14 @@ class PeftReference:
         out: list[int] = []
         past = None
         step = ids
+        if adapter is not None:
+            self.model.set_adapter(adapter)
         for _ in range(max_new):
-            res = self.model(input_ids=step, past_key_values=past, use_cache=True,
-                             adapter_names=[adapter or "__base__"])
+            if adapter is None:
+                with self.model.disable_adapter():
+                    res = self.model(input_ids=step, past_key_values=past, use_cache=True)
+            else:
+                res = self.model(input_ids=step, past_key_values=past, use_cache=True)
             past = res.past_key_values
             out.append(int(res.logits[0, -1].argmax()))
             if out[-1] in eos:

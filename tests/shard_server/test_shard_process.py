@@ -16,7 +16,7 @@ from shard.cli import eos_token_ids
 from tests.shard_server.procs import Router, request, start_shards
 from tests.shard_server.reference import PeftReference
 
-BUDGET = str(900 * 1024**2)
+BUDGET = str(520 * 1024**2)
 PROMPTS = ["def main(argv):", "import os\nimport sys", "class Parser(object):", "    return self._",
            "for key, value in", "# Copyright (c)", "if __name__ ==", "raise ValueError(",
            "with open(path) as f:", "    def __init__(self,", "try:\n    import", "x = [i for i in"]
@@ -175,3 +175,25 @@ def test_router_assigned_adapter_pages(router, shard, tiny, adapters):
     loaded = shard[0].adapters.LoadAdapter(chameleon_pb2.LoadAdapterRequest(adapter_id=name, pages=pages))
     assert loaded.adapter.pages == need and loaded.headroom.adapter_pages_used >= need
     assert loaded.headroom.pool_pages_total == warm.pool.num_pages
+
+
+def test_tensor_parallel_2_matches_tp_1(router, shard, tiny, tokenizer, adapters, tmp_path):
+    plan = [(i, PROMPTS[i], adapters[i] if i % 3 else None, 8) for i in range(6)]
+    router.generate(20, [_req(router, tokenizer, i, p, n, a, ignore_eos=True) for i, p, a, n in plan])
+    uds = str(tmp_path / "tp")
+    args = ["--adapter-dir", str(tiny / "adapters"), "--memory-budget", BUDGET]
+    with start_shards(tiny / "model", uds, args, world=2) as ranks:
+        tp = Router(ranks)
+        tp.warmup()
+        reqs = [_req(tp, tokenizer, i, p, n, a, ignore_eos=True) for i, p, a, n in plan]
+        batch = generate_pb2.Batch(id=1, requests=reqs, size=len(reqs))
+        replies = tp.call("Prefill", generate_pb2.PrefillRequest(batch=batch))
+        assert [sorted(g.request_id % 2 for g in r.generations) for r in replies] == [[0] * 3, [1] * 3]
+        for r in replies:
+            for g in r.generations:
+                tp.generations.setdefault(g.request_id, []).append(g)
+        tp.run(replies[0].batch)
+        urls = ranks[0].stub.ServiceDiscovery(generate_pb2.ServiceDiscoveryRequest()).urls
+        assert list(urls) == [ranks[0].url, ranks[1].url]
+    for i, *_ in plan:
+        assert tp.tokens(i) == router.tokens(i), i

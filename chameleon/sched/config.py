@@ -17,6 +17,8 @@ class MlqConfig:
     K rule (elbow): the smallest K in 1..k_max with WCSS_K - WCSS_kmax <= elbow * WCSS_1.
     Quotas: Tok_min_i = S_i * D_i * (1/slo_s + lambda_i); the rest of the capacity split by
     `extra_weights` (default linear decreasing K, K-1, .., 1: smaller-request queues get more).
+    D (service time) comes from completions in the window; a queue without any uses the context's cost
+    model on its arrivals, and `default_service_s` when even that is unavailable.
     Bypass: scan at most `bypass_lookahead` younger requests of a blocked head's queue.
     need: the quota charge of a request. "predicted" is the paper's In + Out_pred + adapter tokens.
     "reserved" (default) is In + max_new_tokens + adapter tokens: our engine reserves KV for

@@ -47,6 +47,7 @@ class ChameleonScheduler(Scheduler):
         self._adapter_tokens: dict[int, int] = {}
         self._last_refresh: float | None = None
         self._arrivals_since = 0
+        self._cost_model = (0.0, 0.0)  # (est_step_s, est_prefill_s_per_token) of the last context
         self.refreshes = 0
 
     # ---- queue membership --------------------------------------------------------------------------
@@ -124,11 +125,19 @@ class ChameleonScheduler(Scheduler):
         service: list[list[float]] = [[] for _ in range(k)]
         for s in self.window.completions:
             service[bisect_right(bounds, self.model.of(s))].append(s.service_s or 0.0)
-        every = [x for xs in service for x in xs]
-        fallback = sum(every) / len(every) if every else self.config.default_service_s
         span = self.window.span_s(now)
-        return [QueueLoad(largest[q], sum(service[q]) / len(service[q]) if service[q] else fallback,
-                          count[q] / span) for q in range(k)]
+        return [QueueLoad(largest[q], self._service_s(service[q], bounds, q), count[q] / span)
+                for q in range(k)]
+
+    def _service_s(self, measured: list[float], bounds: list[float], q: int) -> float:
+        """D of queue q: mean measured service time; without completions yet, the cost model's estimate
+        (prompt * prefill s/token + predicted output * step s) averaged over the queue's arrivals."""
+        if measured:
+            return sum(measured) / len(measured)
+        step, prefill = self._cost_model
+        guesses = [s.input_tokens * prefill + s.output_tokens * step for s in self.window.arrivals
+                   if bisect_right(bounds, self.model.of(s)) == q]
+        return sum(guesses) / len(guesses) if guesses and step > 0 else self.config.default_service_s
 
     def _refresh(self, now: float, capacity: int) -> None:
         self.window.prune(now)
@@ -174,6 +183,7 @@ class ChameleonScheduler(Scheduler):
         while self._incoming:
             self._classify(self._incoming.popleft(), now, ctx)
         if self._refresh_due(now):
+            self._cost_model = (ctx.est_step_s, ctx.est_prefill_s_per_token)
             self._refresh(now, capacity)
         plan = Plan()
         budget = BatchBudget(self.limits, len(self._running))

@@ -7,6 +7,7 @@ import pytest
 from chameleon.adapters import AdapterSpec
 from chameleon.predictor import OraclePredictor
 from chameleon.sched import ChameleonScheduler, MlqConfig, ScheduleContext, SchedulerLimits, make_scheduler
+from chameleon.sched.quotas import QueueLoad, size_quotas
 from tests.policy.helpers import memory, req
 
 FIXED = MlqConfig(need="predicted", first_refresh_requests=None, t_refresh_s=1e9, bypass=False)
@@ -185,3 +186,19 @@ def test_squash_requeues_at_original_position_and_head_goes_next():
     assert ids(plan)[0] == 2
     s.ledger.check()
     mem.check_integrity()
+
+
+def test_refresh_sizes_quotas_from_window_statistics():
+    """3 small (need 20) and 3 big (need 2000) requests arrive at t=0; refresh at t=2: lambda = 3/2 per
+    queue; no completions yet, so D = predicted output * est_step_s (0.1 s and 10 s)."""
+    cfg = MlqConfig(need="predicted", first_refresh_requests=6, bypass=False)
+    s = ChameleonScheduler(cfg, predictor=OraclePredictor())
+    for i in range(6):
+        size = 10 if i % 2 == 0 else 1000
+        s.add(req(i, inp=size, out=size, t=0.0), 0.0)
+    s.schedule(2.0, ScheduleContext(memory(100_000), est_step_s=0.01))
+    assert s.refreshes == 1 and len(s.ledger.quotas) == 2
+    expected = size_quotas([QueueLoad(20, 0.1, 1.5), QueueLoad(2000, 10.0, 1.5)], 100_000, 5.0)
+    assert s.ledger.quotas == expected
+    # Tok_min = 20*0.1*(1/5+1.5) = 3.4 and 2000*10*1.7 = 34000; the remaining 65996.6 split 2:1
+    assert expected == [44002, 55998]

@@ -9,12 +9,14 @@ Offloads: adapters evicted by an admission are in `Admission.evicted`; every oth
 NoCache, headroom shrink) is queued and returned by `take_offloads()`. The engine must send the
 offloads it got (both kinds) to the shards before any load, since a load may reuse those pages.
 
-Headroom (`on_headroom`): the page pool is fixed at warmup. A rank that reports more pool pages in use
-than the router has handed out, or less free device memory than `device_reserve_bytes`, makes the
-router withhold that many pages: they count as unavailable for KV and adapters alike, and idle cache
-entries are evicted (policy order) until the free pages cover the withheld ones. When later reports
-show no shortfall the withheld pages return and the cache may grow back to the whole idle pool (the
-cache never grows beyond the pool: page ids must be valid on every rank).
+Headroom (`on_headroom`): the page pool is fixed at warmup. A rank that reports more pool pages in
+use than the router has handed out (reserved pages count as used on both sides), or less free device
+memory than `device_reserve_bytes`, makes the router withhold that many pages: they count as
+unavailable for KV and adapters alike, and idle cache entries are evicted (policy order) until the
+free pages cover the withheld ones. Each report replaces the previous verdict: when later reports show
+no shortfall the withheld pages return and the cache may grow back to the whole idle pool (it never
+grows beyond the pool: page ids must be valid on every rank). Feed reports taken after the offloads
+the router already decided, or a pending offload reads as a shortfall for that one report.
 """
 
 from __future__ import annotations
@@ -255,7 +257,7 @@ class MemoryManager:
         """Reconcile with the ranks' measured headroom (see module docstring)."""
         if isinstance(reports, HeadroomReport):
             reports = [reports]
-        used = self.pool.capacity - self.pool.free_pages()
+        used = self.pool.num_pages - self.pool.free_pages()  # reserved pages count as used, as on shards
         short = 0
         for rep in reports:
             by_pages = rep.pool_pages_used - used

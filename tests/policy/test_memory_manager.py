@@ -102,8 +102,8 @@ def test_headroom_shrinks_and_grows_back():
     mem.on_headroom(report, 2.0)  # 1000 bytes missing = 100 pages withheld: evict everything idle
     assert mem.withheld == 100 and "mid" not in mem.cache and mem.take_offloads() == ["mid"]
     assert mem.try_admit(req(2, None, inp=1, max_new=1), 3.0) is None
-    mem.on_headroom([report.__class__(0, 5000, 101, 0, 10), report.__class__(1, 5000, 101, 3, 10)], 4.0)
-    assert mem.withheld == 3  # rank 1 sees 3 pages in use the router does not know about
+    mem.on_headroom([report.__class__(0, 5000, 101, 1, 10), report.__class__(1, 5000, 101, 4, 10)], 4.0)
+    assert mem.withheld == 3  # rank 1 sees 3 pages in use beyond reserved page 0 that the router does not
     assert mem.try_admit(req(3, "mid", inp=5, max_new=5), 5.0) is not None
     mem.check_integrity()
 
@@ -131,7 +131,7 @@ def test_pinned_adapters_never_evicted_and_integrity_holds(actions, policy):
         elif act == "prefetch":
             mem.prefetch([adapter, "small"], float(now), reserve_pages=n)
         else:
-            mem.on_headroom(HeadroomReport(0, 10**9, 81, mem.pool.capacity - mem.pool.free_pages() + n % 3,
+            mem.on_headroom(HeadroomReport(0, 10**9, 81, mem.pool.num_pages - mem.pool.free_pages() + n % 3,
                                            4096), float(now))
         for a in set(live.values()) - {None}:
             assert a in mem.cache and mem.cache.get(a).refcount > 0

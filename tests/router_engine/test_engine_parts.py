@@ -1,0 +1,117 @@
+"""Pure parts of the engine: event conversion and squash replay, the adapter registry, warmup sizing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from chameleon_pb import chameleon_pb2, generate_pb2
+
+from chameleon.memory import ModelShape, adapter_pages
+from chameleon.request import Request
+from router.engine.adapters import AdapterNotFound, AdapterRegistry, valid_adapter_name
+from router.engine.batches import prefill_batch
+from router.engine.config import EngineConfig
+from router.engine.live import Live
+from router.engine.startup import StartupError, _facts, warmup_request
+from router.engine.types import FinalEvent, GenerateParams, GenerateRequest, PrefillEvent, TokenEvent
+
+SHAPE = ModelShape(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
+                   head_dim=16, vocab_size=100)
+
+
+def _live(**params: object) -> Live:
+    req = GenerateRequest(text="hi", input_ids=(1, 2, 3), params=GenerateParams(**params))  # type: ignore[arg-type]
+    return Live(Request(id=7, adapter_id=None, input_tokens=3, max_new_tokens=5, arrival=1.0), req, 42, 1.0)
+
+
+def _gen(tid: int, final: str | None = None, prefill: bool = False) -> generate_pb2.Generation:
+    toks = generate_pb2.Tokens(ids=[tid], texts=[f"t{tid}"], logprobs=[-0.1], is_special=[False])
+    g = generate_pb2.Generation(request_id=7, tokens=toks)
+    if prefill:
+        g.prefill_tokens.CopyFrom(generate_pb2.Tokens(ids=[1, 2, 3], texts=["a", "b", "c"],
+                                                      logprobs=[0, -1, -2]))
+    if final is not None:
+        g.generated_text.CopyFrom(generate_pb2.GeneratedText(text=final, generated_tokens=3, finish_reason=1))
+    return g
+
+
+async def _drain(live: Live) -> list:
+    out = []
+    while (ev := await live.stream.get()) is not None:
+        out.append(ev)
+    return out
+
+
+def test_events_in_order_and_squash_replay_swallows_streamed_tokens() -> None:
+    live = _live(prefill_logprobs=True)
+    live.first_admitted = 2.0
+    assert not live.on_generation(_gen(10, prefill=True), 2.5)
+    assert not live.on_generation(_gen(11), 2.6)
+    live.squashed()  # re-runs from scratch: the same two tokens must not reach the client again
+    assert not live.on_generation(_gen(10, prefill=True), 3.0)
+    assert not live.on_generation(_gen(11), 3.1)
+    assert live.on_generation(_gen(12, final="t10t11t12"), 3.2)
+    events = asyncio.run(_drain(live))
+    assert isinstance(events[0], PrefillEvent) and [t.id for t in events[0].tokens] == [1, 2, 3]
+    assert [e.id for e in events if isinstance(e, TokenEvent)] == [10, 11, 12]
+    final = events[-1]
+    assert isinstance(final, FinalEvent) and final.finish_reason == "eos_token"
+    assert final.queue_s == pytest.approx(1.0) and final.inference_s == pytest.approx(1.2)
+    assert not live.diverged
+
+
+def test_prefill_batch_reserves_every_slot_of_its_blocks() -> None:
+    live = _live(max_new_tokens=5)
+    batch = prefill_batch(3, [live], [[4, 9]], block_size=4)
+    r = batch.requests[0]
+    assert list(r.blocks) == [4, 9] and list(r.slots) == [16, 17, 18, 19, 36, 37, 38, 39]
+    assert r.truncate == 3 and r.parameters.seed == 42 and not r.HasField("adapter_id")
+
+
+def _adapter(folder: Path, r: int, targets: list[str] | str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 2 * r,
+                                                            "target_modules": targets}))
+    header = json.dumps({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
+                         {"dtype": "F32", "shape": [r, 64], "data_offsets": [0, 0]},
+                         "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight":
+                         {"dtype": "F32", "shape": [64, r], "data_offsets": [0, 0]}}).encode()
+    (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+
+
+def test_registry_sizes_adapters_and_discovers_late_folders(tmp_path: Path) -> None:
+    _adapter(tmp_path / "listed", 8, ["q_proj", "v_proj"])
+    _adapter(tmp_path / "pattern", 16, ".*proj")  # targets from the safetensors header
+    reg = AdapterRegistry(SHAPE, 4, 16, 2, tmp_path)
+    assert reg.scan() == ["listed", "pattern"]
+    listed = reg.get("listed")
+    assert listed.target_modules == ("q_proj", "v_proj") and listed.alpha == 16.0
+    assert listed.pages == adapter_pages(SHAPE, 8, ("q_proj", "v_proj"), 4, 16, 2)
+    assert reg.get("pattern").target_modules == ("q_proj", "down_proj")
+    _adapter(tmp_path / "late", 4, ["o_proj"])
+    assert reg.known("late") and reg.get("late").rank == 4
+    for bad in ("../etc", "missing", ".hidden"):
+        assert not reg.known(bad)
+    with pytest.raises(AdapterNotFound):
+        reg.get("missing")
+    assert not valid_adapter_name("a/b") and valid_adapter_name("r8-00")
+
+
+def test_warmup_batch_and_sizing() -> None:
+    req = warmup_request(None, 100, None, None)
+    assert sum(r.truncate for r in req.batch.requests) == 100 and not req.HasField("max_input_tokens")
+    cfg = EngineConfig(master_shard_uds_path="/x", model_dir=Path("/m"), max_total_tokens=10_000)
+    info = generate_pb2.InfoResponse(dtype="float32", block_size=16)
+    warm = generate_pb2.WarmupResponse(max_supported_total_tokens=1600, max_input_tokens=100,
+                                       max_total_tokens=10_000,
+                                       pool=chameleon_pb2.PoolLayout(num_pages=101, page_bytes=512))
+    facts = _facts(cfg, info, [warm])
+    assert facts.info.max_total_tokens == 1600 and facts.info.max_input_tokens == 100
+    assert facts.dtype_bytes == 4
+    tiny = generate_pb2.WarmupResponse(pool=chameleon_pb2.PoolLayout(num_pages=1))
+    with pytest.raises(StartupError, match="memory-budget"):
+        _facts(cfg, info, [tiny])

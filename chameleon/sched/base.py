@@ -11,8 +11,15 @@ Loop (per engine iteration):
 
 Schedulers admit through `ctx.memory.try_admit` themselves, so admission and allocation are one step,
 and they honour `SchedulerLimits` (running batch size, prompt tokens admitted per iteration).
-Contract additions beyond helpers/policy_contract.md (all backward compatible): `Plan.admissions`,
-`Request.seq/generated`, `waiting(limit)`, `SchedulerLimits`, `ScheduleContext.remaining_s`.
+Contract additions beyond helpers/policy_contract.md (all backward compatible):
+- `Plan.admissions` {req_id: Admission}; `Request.seq` (arrival order) and `Request.generated` (the
+  engine keeps it current for running requests: the bypass cost estimate reads it);
+- `waiting(limit)`, `SchedulerLimits`, `ScheduleContext.remaining_s/cost/est_prefill_s_per_token`;
+- MemoryManager: `take_offloads()` (drops outside an admission), `admissible(req)` (reject requests
+  that can never fit, up front), `shortfall`, `can_admit`, `releasable_pages`, `set_queue_view`;
+  `on_headroom` takes `chameleon.headroom.HeadroomReport` (one or a list) and `now`.
+- Chameleon quotas charge `need` = In + max_new_tokens + adapter tokens by default (MlqConfig.need;
+  "predicted" gives the paper's In + Out_pred + adapter), because KV is reserved for max_new_tokens.
 """
 
 from __future__ import annotations

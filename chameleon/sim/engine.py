@@ -98,7 +98,7 @@ class Simulator:
 
     def _ctx(self) -> ScheduleContext:
         running: Sequence[Request] = ()
-        if self._needs_running:
+        if self._needs_running and self.sched.num_waiting():
             for rid, req in self.running.items():
                 req.generated = self.tick - self.admit_tick[rid] + 1
             running = list(self.running.values())

@@ -45,11 +45,11 @@ def _fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-def build() -> Profile:
+def build(length_scale: float = LENGTH_SCALE) -> Profile:
     sizes = {r: adapter_bytes(LLAMA_7B, r, LORA_TARGETS, FP16) for r in PAPER_RANKS}
     intercept, slope = _fit_line([float(sizes[r]) for r in PAPER_RANKS],
                                  [PAPER_TTFT_MS[r] / 1e3 for r in PAPER_RANKS])
-    ref_input = round(TRACE_MEAN_INPUT * LENGTH_SCALE)
+    ref_input = round(TRACE_MEAN_INPUT * length_scale)
     compute_per_token = (intercept - STEP_OVERHEAD_S) / ref_input
     weights = LLAMA_7B_PARAMS * FP16
     kv_token = kv_bytes_per_token(LLAMA_7B, FP16)
@@ -71,7 +71,7 @@ def build() -> Profile:
         kv_read_s_per_token=kv_token / (A40_DRAM_BW * DRAM_EFFICIENCY),
         h2d_bytes_per_s=1.0 / slope,
         load_overhead_s=0.0,
-        length_scale=LENGTH_SCALE,
+        length_scale=length_scale,
         ref_input_tokens=ref_input,
         ref_ttft_s={r: ms / 1e3 for r, ms in PAPER_TTFT_MS.items()},
         sources={

@@ -35,13 +35,15 @@ def test_sampler_uniform_ranks_power_law_within() -> None:
     pop = make_population(100)
     rank_of = {a.adapter_id: a.rank for a in pop}
     rng = random.Random(1)
-    draws = [AdapterSampler(pop, exponent=1.0).draw(rng) for _ in range(50_000)]
+    sampler = AdapterSampler(pop, exponent=1.0)
+    draws = [sampler.draw(rng) for _ in range(100_000)]
     by_rank = Counter(rank_of[d] for d in draws)
     assert all(abs(c / len(draws) - 0.2) < 0.01 for c in by_rank.values())
     top, second, tenth = (Counter(draws)[f"lora-r32-{k:03d}"] for k in (1, 2, 10))
-    assert top / second == pytest.approx(2.0, rel=0.15)     # k^-1: first twice as popular as second
-    assert top / tenth == pytest.approx(10.0, rel=0.3)
-    flat = Counter(AdapterSampler(pop, exponent=0.0).draw(rng) for _ in range(20_000))
+    assert top / second == pytest.approx(2.0, rel=0.2)     # k^-1: first twice as popular as second
+    assert top / tenth == pytest.approx(10.0, rel=0.2)
+    uniform = AdapterSampler(pop, exponent=0.0)
+    flat = Counter(uniform.draw(rng) for _ in range(20_000))
     assert max(flat.values()) < 3 * min(flat.values())
 
 

@@ -55,6 +55,7 @@ class ServingLoop:
         self.headroom: dict[int, chameleon_pb2.Headroom] = {}
         self.est_step_s = 0.05
         self.schedule_s = self.schedule_max_s = 0.0
+        self.schedule_samples: deque[float] = deque(maxlen=4096)  # recent schedule() durations, s
         self.steps = 0
         self._batch_ids = itertools.count(1)
         self._cancelled: set[int] = set()
@@ -133,6 +134,7 @@ class ServingLoop:
         ctx = ScheduleContext(self.memory, self.scheduler.running(), est_step_s=self.est_step_s)
         plan = self.scheduler.schedule(now, ctx)
         self.schedule_s = time.perf_counter() - t0
+        self.schedule_samples.append(self.schedule_s)
         self.schedule_max_s = max(self.schedule_max_s, self.schedule_s)
         return plan
 

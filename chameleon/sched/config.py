@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chameleon.sched.quotas import size_statistic
+
 
 @dataclass(frozen=True, slots=True)
 class MlqConfig:
@@ -17,6 +19,9 @@ class MlqConfig:
     K rule (elbow): the smallest K in 1..k_max with WCSS_K - WCSS_kmax <= elbow * WCSS_1.
     Quotas: Tok_min_i = S_i * D_i * (1/slo_s + lambda_i); the rest of the capacity split by
     `extra_weights` (default linear decreasing K, K-1, .., 1: smaller-request queues get more).
+    S_i is the queue's largest need (`size_stat` "max", the paper), or "mean" / "pNN". In overload
+    (sum of Tok_min above the capacity) every minimum is scaled down proportionally; "mean" then
+    shares the capacity in proportion to each queue's offered occupancy (Little's law).
     D (service time) comes from completions in the window; a queue without any uses the context's cost
     model on its arrivals, and `default_service_s` when even that is unavailable.
     Bypass: scan at most `bypass_lookahead` younger requests of a blocked head's queue.
@@ -42,6 +47,7 @@ class MlqConfig:
     bypass: bool = True
     bypass_lookahead: int = 8
     default_service_s: float = 2.0
+    size_stat: str = "max"
     need: str = "reserved"
 
     def __post_init__(self) -> None:
@@ -53,6 +59,7 @@ class MlqConfig:
             raise ValueError(f"elbow must be in [0, 1), got {self.elbow}")
         if self.extra_weights is not None and (not self.extra_weights or min(self.extra_weights) < 0):
             raise ValueError("extra_weights must be a non-empty tuple of non-negative numbers")
+        size_statistic([1], self.size_stat)  # raises ValueError on an unknown statistic
         if self.need not in ("reserved", "predicted"):
             raise ValueError(f"need must be 'reserved' or 'predicted', got {self.need!r}")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:

@@ -24,7 +24,7 @@ from chameleon.sched.bypass import BypassTracker
 from chameleon.sched.config import MlqConfig
 from chameleon.sched.kmeans import boundaries, choose_k
 from chameleon.sched.ledger import QuotaLedger
-from chameleon.sched.quotas import QueueLoad, size_quotas, split_quotas
+from chameleon.sched.quotas import QueueLoad, size_quotas, size_statistic, split_quotas
 from chameleon.sched.window import Sample, SampleWindow, WrsModel
 
 
@@ -117,11 +117,11 @@ class ChameleonScheduler(Scheduler):
 
     def _loads(self, bounds: list[float], now: float) -> list[QueueLoad]:
         k = len(bounds) + 1
-        largest, count = [0] * k, [0] * k
+        needs: list[list[int]] = [[] for _ in range(k)]
         for s in self.window.arrivals:
-            q = bisect_right(bounds, self.model.of(s))
-            largest[q] = max(largest[q], s.need)
-            count[q] += 1
+            needs[bisect_right(bounds, self.model.of(s))].append(s.need)
+        largest = [size_statistic(xs, self.config.size_stat) for xs in needs]
+        count = [len(xs) for xs in needs]
         service: list[list[float]] = [[] for _ in range(k)]
         for s in self.window.completions:
             service[bisect_right(bounds, self.model.of(s))].append(s.service_s or 0.0)

@@ -24,6 +24,21 @@ class QueueLoad:
     arrival_rate: float
 
 
+def size_statistic(needs: Sequence[int], stat: str) -> float:
+    """S of a queue from its requests' needs: "max" (the paper: the largest request), "mean", or
+    "pNN" (a percentile, e.g. "p90"). 0 for an empty queue."""
+    if not needs:
+        return 0.0
+    if stat == "max":
+        return float(max(needs))
+    if stat == "mean":
+        return sum(needs) / len(needs)
+    if stat.startswith("p") and stat[1:].isdigit() and 0 < int(stat[1:]) <= 100:
+        ordered = sorted(needs)
+        return float(ordered[min(len(ordered) - 1, int(len(ordered) * int(stat[1:]) / 100))])
+    raise ValueError(f"size statistic must be max, mean or pNN (e.g. p90), got {stat!r}")
+
+
 def tok_min(load: QueueLoad, slo_s: float) -> float:
     return load.largest_tokens * load.service_s * (1.0 / slo_s + load.arrival_rate)
 

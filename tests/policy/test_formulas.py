@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from chameleon.sched.config import MlqConfig
 from chameleon.sched.kmeans import boundaries, choose_k, kmeans_1d
-from chameleon.sched.quotas import QueueLoad, size_quotas, split_quotas, tok_min
+from chameleon.sched.quotas import QueueLoad, size_quotas, size_statistic, split_quotas, tok_min
 from chameleon.sched.window import WrsModel
 
 
@@ -52,3 +53,13 @@ def test_mm1_minimum_and_split():
     assert split_quotas([600, 900], 1000) == [400, 600]  # minima scaled down to the capacity
     assert split_quotas([5, 5, 5], 2) == [1, 1, 1]  # tiny systems: every queue keeps >= 1 token
     assert split_quotas([0, 0], 10, weights=[0.0, 1.0]) == [1, 10]
+
+
+def test_queue_size_statistic():
+    needs = [10, 20, 30, 40, 1000]
+    assert size_statistic(needs, "max") == 1000
+    assert size_statistic(needs, "mean") == 220
+    assert size_statistic(needs, "p80") == 1000 and size_statistic(needs, "p60") == 40
+    assert size_statistic([], "max") == 0.0
+    with pytest.raises(ValueError, match="size statistic"):
+        MlqConfig(size_stat="median")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chameleon.adapters import AdapterSpec
 from chameleon.predictor import NoisyOraclePredictor, OraclePredictor
 from chameleon.sched import ChameleonScheduler, MlqConfig, make_scheduler
 from tests.policy.helpers import Engine, adapter_specs, memory, req
@@ -18,13 +19,18 @@ def build(rid: int, spec: tuple) -> object:
     return req(rid, adapter, inp=inp, max_new=max_new, out=min(out, max_new))
 
 
-@settings(max_examples=25, deadline=None)
+# Same ids as adapter_specs() but some adapters nearly as big as the pool: exercises bypass and squash.
+BIG = [AdapterSpec(s.adapter_id, s.rank, s.nbytes, [1, 2, 40, 60][i % 4])
+       for i, s in enumerate(adapter_specs())]
+
+
+@settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(request_st, st.integers(0, 3), st.booleans()), min_size=1, max_size=60),
-       st.sampled_from(["chameleon", "static4"]), st.integers(60, 300))
-def test_quotas_never_negative_and_always_returned(arrivals, name, pages):
+       st.sampled_from(["chameleon", "static4"]), st.integers(80, 300), st.booleans())
+def test_quotas_never_negative_and_always_returned(arrivals, name, pages, big_adapters):
     cfg = {"first_refresh_requests": 6, "refresh_requests": 10, "t_refresh_s": 0.5}
     sched = make_scheduler(name, predictor=NoisyOraclePredictor(0.6, seed=1), **cfg)
-    eng = Engine(sched, memory(pages))
+    eng = Engine(sched, memory(pages, BIG if big_adapters else None))
     for rid, (spec, gap, cancel) in enumerate(arrivals):
         eng.add(build(rid, spec))
         for _ in range(gap):

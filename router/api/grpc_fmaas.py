@@ -124,41 +124,13 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
         except ApiError as exc:
             await abort(context, exc)
             return
-        n_in = len(v.request.input_ids)
-        first = pb.GenerationResponse(input_token_count=n_in)
-        if shape.input_text:
-            first.text = request.request.text
-        deadline = None if shape.time_limit_s is None else time.monotonic() + shape.time_limit_s
+        msgs = _StreamMessages(v, shape, request.request.text)
         events = self.s.events(v)
-        count = 0
         try:
             if not shape.input_tokens:
-                yield first
-            while True:
-                ev = await _next(events, deadline)
-                if ev is None:  # time limit
-                    yield pb.GenerationResponse(
-                        input_token_count=n_in, generated_token_count=count, stop_reason=pb.TIME_LIMIT
-                    )
-                    return
-                if isinstance(ev, PrefillEvent):
-                    first.input_tokens.extend(token_info(t, shape) for t in ev.tokens)
-                    yield first
-                elif isinstance(ev, TokenEvent):
-                    count += 1
-                    msg = pb.GenerationResponse(generated_token_count=count, text=ev.text)
-                    if shape.generated_tokens:
-                        msg.tokens.append(token_info(ev, shape))
-                    yield msg
-                else:
-                    yield pb.GenerationResponse(
-                        input_token_count=n_in,
-                        generated_token_count=ev.generated_tokens,
-                        stop_reason=STOP_REASON[ev.finish_reason],
-                        seed=ev.seed or 0,
-                        stop_sequence=stop_sequence_of(ev, v.request.params.stop_sequences),
-                    )
-                    return
+                yield msgs.first
+            while not msgs.done:
+                yield msgs.message(await _next(events, msgs.deadline))
         except ApiError as exc:
             await abort(context, exc)
         finally:
@@ -202,3 +174,45 @@ async def _next(events: AsyncIterator[object], deadline: float | None) -> object
         return await asyncio.wait_for(anext(events), remaining)
     except asyncio.TimeoutError:
         return None
+
+
+class _StreamMessages:
+    """Engine events -> GenerateStream messages: the first carries the input token count (and input
+    tokens/text when asked), one per token carries its text, the last the stop reason and totals plus
+    whatever the final text has beyond the streamed pieces (a character split over tokens)."""
+
+    def __init__(self, v: Validated, shape: ResponseShape, text: str) -> None:
+        self.n_in = len(v.request.input_ids)
+        self.stops = v.request.params.stop_sequences
+        self.shape = shape
+        self.first = pb.GenerationResponse(input_token_count=self.n_in, text=text if shape.input_text else "")
+        self.deadline = None if shape.time_limit_s is None else time.monotonic() + shape.time_limit_s
+        self.count = 0
+        self.streamed = ""
+        self.done = False
+
+    def message(self, ev: object | None) -> pb.GenerationResponse:
+        if isinstance(ev, PrefillEvent):
+            self.first.input_tokens.extend(token_info(t, self.shape) for t in ev.tokens)
+            return self.first
+        if isinstance(ev, TokenEvent):
+            self.count += 1
+            self.streamed += ev.text
+            msg = pb.GenerationResponse(generated_token_count=self.count, text=ev.text)
+            if self.shape.generated_tokens:
+                msg.tokens.append(token_info(ev, self.shape))
+            return msg
+        self.done = True
+        if not isinstance(ev, FinalEvent):  # the time limit passed
+            return pb.GenerationResponse(
+                input_token_count=self.n_in, generated_token_count=self.count, stop_reason=pb.TIME_LIMIT
+            )
+        text = ev.generated_text
+        return pb.GenerationResponse(
+            input_token_count=self.n_in,
+            generated_token_count=ev.generated_tokens,
+            text=text.removeprefix(self.streamed) if text.startswith(self.streamed) else "",
+            stop_reason=STOP_REASON[ev.finish_reason],
+            seed=ev.seed or 0,
+            stop_sequence=stop_sequence_of(ev, self.stops),
+        )

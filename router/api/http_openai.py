@@ -146,15 +146,27 @@ class OpenAiRoutes:
         rid: str,
         kind: str,
     ) -> web.StreamResponse:
-        """One chunk per token, a last chunk with finish_reason (and usage), then `data: [DONE]`."""
+        """One chunk per token, a last chunk with finish_reason (and usage), then `data: [DONE]`.
+
+        The last chunk carries what the final text has beyond the streamed pieces (bytes of a character
+        split over tokens stream as "" and decode only at the end), so the chunks add up to the text.
+        """
         resp = await open_stream(request)
+        streamed = ""
         try:
             async with contextlib.aclosing(self.s.events(v)) as events:
                 async for ev in events:
                     if isinstance(ev, TokenEvent):
-                        await resp.write(event(chunk("" if ev.special else ev.text, None, ev)))
+                        piece = "" if ev.special else ev.text
+                        streamed += piece
+                        await resp.write(event(chunk(piece, None, ev)))
                     elif isinstance(ev, FinalEvent):
-                        last = chunk("", oa.FINISH[ev.finish_reason], None)
+                        tail = (
+                            ev.generated_text.removeprefix(streamed)
+                            if ev.generated_text.startswith(streamed)
+                            else ""
+                        )
+                        last = chunk(tail, oa.FINISH[ev.finish_reason], None)
                         last["usage"] = oa.usage(ev)
                         await resp.write(event(last))
                         if with_usage:

@@ -43,9 +43,9 @@ class DeviceMemory:
 def measure_headroom(mem: DeviceMemory, rank: int, num_pages: int, page_bytes: int,
                      kv_blocks: Iterable[int], adapters: list[object]) -> chameleon_pb2.Headroom:
     free, total = mem.free_and_total()
-    kv = set(kv_blocks) | ({0} if num_pages else set())
-    adapter_pages = {p for a in adapters for p in a.pages}
+    kv = len(set(kv_blocks) | ({0} if num_pages else set()))
+    adapter_pages = sum(len(a.pages) for a in adapters)  # adapters never share pages with KV or each other
     return chameleon_pb2.Headroom(
         rank=rank, free_device_bytes=free, total_device_bytes=total, pool_pages_total=num_pages,
-        pool_pages_used=len(kv | adapter_pages), kv_pages_used=len(kv),
-        adapter_pages_used=len(adapter_pages), page_bytes=page_bytes, resident_adapters=len(adapters))
+        pool_pages_used=kv + adapter_pages, kv_pages_used=kv, adapter_pages_used=adapter_pages,
+        page_bytes=page_bytes, resident_adapters=len(adapters))

@@ -1,0 +1,251 @@
+"""`chameleon bench-shard`: decode and prefill tokens/s of the shard on the demo model.
+
+One run measures, on the same batch shape: base model only; every request on its own adapter (mixed
+ranks); the same multi-adapter workload through transformers + PEFT (`generate` with `adapter_names`);
+and the memory-bandwidth floor of one decode step (this rank's weight bytes / bandwidth measured now)
+against our decode step at batch `--floor-batch`. The shard runs in-process through its generate.v3
+servicer (batching, sampling and detokenization included; no socket).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+from chameleon.cliargs import EnvArgumentParser
+from chameleon.logs import setup_logging
+
+FILLER = ("The quick brown fox jumps over the lazy dog while the shard serves many adapters at once. " * 64)
+
+
+def prompt_text(i: int, tokens: int) -> str:
+    """A distinct prompt per request, long enough for `tokens` tokens (truncated to them)."""
+    text = FILLER * (1 + tokens // 200)
+    return text[i % 50:i % 50 + 8 * tokens + 16]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    name: str
+    requests: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    decode_step_ms: float
+
+
+def build_parser() -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="chameleon bench-shard", description=__doc__)
+    p.add_argument("--model-dir", type=Path, default=Path("assets/demo/model"), help="base model folder")
+    p.add_argument("--adapter-dir", type=Path, default=Path("assets/demo/adapters"),
+                   help="folder of PEFT adapters (<id>/ subfolders)")
+    p.add_argument("--requests", type=int, default=32, help="requests per batch (one adapter each)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt tokens per request")
+    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
+    p.add_argument("--floor-batch", type=int, default=8, help="batch size of the decode step compared "
+                   "with the bandwidth floor")
+    p.add_argument("--memory-budget", type=int, default=6 * 1024**3, help="shard memory budget (bytes, CPU)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--skip-peft", action="store_true", help="do not run the transformers + PEFT baseline")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def pick_adapters(adapter_dir: Path, n: int) -> list[str]:
+    """n adapters, round-robin over their ranks so every rank is represented."""
+    by_rank: dict[int, list[str]] = {}
+    for d in sorted(p for p in adapter_dir.iterdir() if (p / "adapter_config.json").is_file()):
+        by_rank.setdefault(int(json.loads((d / "adapter_config.json").read_text())["r"]), []).append(d.name)
+    if sum(map(len, by_rank.values())) < n:
+        raise SystemExit(f"bench-shard: {adapter_dir} has fewer than {n} adapters")
+    out: list[str] = []
+    while len(out) < n:
+        for r in sorted(by_rank):
+            if by_rank[r] and len(out) < n:
+                out.append(by_rank[r].pop(0))
+    return out
+
+
+def measure_bandwidth_bytes_per_s(nbytes: int = 512 * 1024**2, repeats: int = 5) -> float:
+    """Read bandwidth: best time of summing a buffer far larger than the caches."""
+    import torch
+
+    buf = torch.ones(nbytes // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        float(buf.sum())
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def _requests(n: int, args: SimpleNamespace, adapters: Sequence[str | None], first_page: int,
+              block_size: int) -> list:
+    from chameleon_pb import generate_pb2
+
+    per = -(-(args.prompt_tokens + args.new_tokens) // block_size)
+    out = []
+    for i in range(n):
+        r = generate_pb2.Request(id=i, inputs=prompt_text(i, args.prompt_tokens), truncate=args.prompt_tokens,
+                                 blocks=range(first_page + i * per, first_page + (i + 1) * per))
+        r.stopping_parameters.max_new_tokens = args.new_tokens
+        r.stopping_parameters.ignore_eos_token = True
+        if adapters[i] is not None:
+            r.adapter_id = adapters[i]
+        out.append(r)
+    return out
+
+
+def run_shard(service: object, args: SimpleNamespace, name: str, adapters: Sequence[str | None],
+              block_size: int) -> RunResult:
+    from chameleon_pb import generate_pb2
+
+    reqs = _requests(len(adapters), args, adapters, 1, block_size)
+    t0 = time.perf_counter()
+    reply = service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(id=1, requests=reqs)), None)
+    prefill_s = time.perf_counter() - t0
+    steps, batch = [], reply.batch
+    while reply.HasField("batch"):
+        t0 = time.perf_counter()
+        reply = service.Decode(generate_pb2.DecodeRequest(batches=[batch]), None)
+        steps.append(time.perf_counter() - t0)
+        batch = reply.batch
+    n = len(adapters)
+    return RunResult(name, n, n * args.prompt_tokens / prefill_s, n * len(steps) / sum(steps),
+                     1000 * sum(steps) / len(steps))
+
+
+def run_peft(args: SimpleNamespace, names: Sequence[str]) -> RunResult:
+    """The same requests through transformers + PEFT `generate(adapter_names=...)`, greedy."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(args.model_dir))
+    base = LlamaForCausalLM.from_pretrained(str(args.model_dir), dtype=getattr(torch, args.dtype))
+    model = PeftModel.from_pretrained(base, str(args.adapter_dir / names[0]), adapter_name=names[0])
+    for n in names[1:]:
+        model.load_adapter(str(args.adapter_dir / n), adapter_name=n)
+    model.eval()
+    ids = torch.tensor([tok(prompt_text(i, args.prompt_tokens), add_special_tokens=False)["input_ids"]
+                        [-args.prompt_tokens:]
+                        for i in range(len(names))])
+    kw = dict(attention_mask=torch.ones_like(ids), adapter_names=list(names), do_sample=False,
+              pad_token_id=tok.pad_token_id or 0)
+    with torch.inference_mode():
+        model.generate(ids[:2, :4], **{**kw, "attention_mask": torch.ones_like(ids[:2, :4]),
+                                       "adapter_names": list(names[:2])}, max_new_tokens=2)
+        t0 = time.perf_counter()
+        model.generate(ids, **kw, max_new_tokens=1, min_new_tokens=1)
+        prefill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.generate(ids, **kw, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+        decode_s = max(time.perf_counter() - t0 - prefill_s, 1e-9)
+    steps = args.new_tokens - 1
+    return RunResult("transformers+peft", len(names), len(names) * args.prompt_tokens / prefill_s,
+                     len(names) * steps / decode_s, 1000 * decode_s / steps)
+
+
+def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, object]:
+    """In-process shard sized exactly for the benchmark (KV for every request + the adapters)."""
+    from chameleon_pb import generate_pb2
+
+    from shard.cli import build_core
+    from shard.server.headroom import DeviceMemory, process_rss_bytes
+    from shard.server.servicer import TextGenerationService
+    from shard.server.warmup import cpu_slack_bytes
+
+    core = build_core(SimpleNamespace(
+        model_dir=args.model_dir, uds_path="bench", lora_adapters="", adapter_dir=args.adapter_dir,
+        memory_budget=args.memory_budget, adapter_pages=None, memory_fraction=0.9, dtype=args.dtype,
+        device=args.device, block_size=16, threads=args.threads))
+    runner = core.runner
+    adapter_pages = sum(runner.adapters.pages_needed(args.adapter_dir / n) for n in names)
+    kv_pages = len(names) * -(-(args.prompt_tokens + args.new_tokens) // runner.block_size) + 2
+    prefill = len(names) * args.prompt_tokens
+    if runner.device.type == "cpu":
+        want = (kv_pages + adapter_pages) * runner.page_bytes + runner.measure_activation_bytes(prefill)
+        budget = process_rss_bytes() + want + 2 * cpu_slack_bytes(args.memory_budget)
+        memory = DeviceMemory(runner.device, min(budget, args.memory_budget))
+        core.options = replace(core.options, memory=memory)
+    core.options = replace(core.options, adapter_pages=adapter_pages)
+    service = TextGenerationService(core)
+    service.Warmup(generate_pb2.WarmupRequest(max_prefill_tokens=prefill), None)
+    core.adapters.ensure_resident(list(names), set(), set())
+    return core, service
+
+
+def run_all(args: SimpleNamespace) -> dict:
+    names = pick_adapters(args.adapter_dir, args.requests)
+    core, service = build_service(args, names)
+    bs = core.runner.block_size
+    run_shard(service, replace_args(args, new_tokens=3), "warm-up", [None, names[0]], bs)
+    floor_ms = 1000 * core.runner.weight_bytes / measure_bandwidth_bytes_per_s()
+    at_floor = run_shard(service, args, f"base batch {args.floor_batch}", [None] * args.floor_batch, bs)
+    base = run_shard(service, args, "base only", [None] * args.requests, bs)
+    multi = run_shard(service, args, f"{args.requests} adapters", names, bs)
+    weight_bytes = core.runner.weight_bytes
+    del service, core
+    gc.collect()
+    peft = None if args.skip_peft else run_peft(args, names)
+    ranks = sorted({_rank(args.adapter_dir / n) for n in names})
+    out = {"model": str(args.model_dir), "requests": args.requests, "prompt_tokens": args.prompt_tokens,
+           "new_tokens": args.new_tokens, "adapter_ranks": ranks,
+           "weight_bytes": weight_bytes, "floor_step_ms": floor_ms, "floor_batch": asdict(at_floor),
+           "floor_ratio": at_floor.decode_step_ms / floor_ms, "base": asdict(base), "multi": asdict(multi),
+           "multi_vs_base_decode": multi.decode_tokens_per_s / base.decode_tokens_per_s}
+    if peft is not None:
+        out["peft"] = asdict(peft)
+        out["multi_vs_peft_decode"] = multi.decode_tokens_per_s / peft.decode_tokens_per_s
+        out["multi_vs_peft_prefill"] = multi.prefill_tokens_per_s / peft.prefill_tokens_per_s
+    return out
+
+
+def _rank(path: Path) -> int:
+    return int(json.loads((path / "adapter_config.json").read_text())["r"])
+
+
+def replace_args(args: SimpleNamespace, **kw: object) -> SimpleNamespace:
+    return SimpleNamespace(**{**vars(args), **kw})
+
+
+def format_report(r: dict) -> str:
+    rows = [r["base"], r["multi"], *([r["peft"]] if "peft" in r else []), r["floor_batch"]]
+    lines = [f"model {r['model']}: {r['requests']} requests x {r['prompt_tokens']} prompt tokens, "
+             f"{r['new_tokens']} new tokens; adapter ranks {r['adapter_ranks']}",
+             f"{'workload':<24}{'prefill tok/s':>15}{'decode tok/s':>15}{'decode step ms':>16}"]
+    lines += [f"{x['name']:<24}{x['prefill_tokens_per_s']:>15.1f}{x['decode_tokens_per_s']:>15.1f}"
+              f"{x['decode_step_ms']:>16.1f}" for x in rows]
+    lines.append(f"multi-adapter / base decode: {r['multi_vs_base_decode']:.2f}x (target >= 0.7x)")
+    if "peft" in r:
+        lines.append(f"multi-adapter / transformers+PEFT: decode {r['multi_vs_peft_decode']:.2f}x "
+                     f"(target >= 3x), prefill {r['multi_vs_peft_prefill']:.2f}x")
+    at = r["floor_batch"]
+    lines.append(f"bandwidth floor {r['floor_step_ms']:.1f} ms/step ({r['weight_bytes'] / 1e6:.0f} MB of "
+                 f"weights); our batch-{at['requests']} step {at['decode_step_ms']:.1f} ms = "
+                 f"{r['floor_ratio']:.2f}x floor (target <= 1.5x)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    args = SimpleNamespace(**vars(parser.parse_args(list(argv))))
+    setup_logging(level="WARNING", process="bench-shard")
+    if not (args.model_dir / "config.json").is_file() or not args.adapter_dir.is_dir():
+        print(f"bench-shard: no model at {args.model_dir} or no adapters at {args.adapter_dir}; build them "
+              "with `chameleon demo-assets assets/demo`", file=sys.stderr)
+        return 2
+    if min(args.requests, args.prompt_tokens, args.floor_batch) < 1 or args.new_tokens < 2:
+        print("bench-shard: --requests, --prompt-tokens, --floor-batch >= 1 and --new-tokens >= 2",
+              file=sys.stderr)
+        return 2
+    result = run_all(args)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0

@@ -38,6 +38,8 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="draw P99 TTFT vs load and the high-load TTFT CDF (PNG)")
     p.add_argument("--profile", default="a40-llama7b", help=f"{', '.join(SHIPPED)} or a profile JSON path")
+    p.add_argument("--pool-tokens", type=int, default=None,
+                   help="cap the KV/adapter pool at this many tokens (S-LoRA's max_total_token_num)")
     p.add_argument("--show-profile", action="store_true", help="print the profile with sources and exit")
     p.add_argument("--adapters", type=int, default=100, help="number of adapters")
     p.add_argument("--ranks", default="8,16,32,64,128", help="rank classes (adapters split evenly)")
@@ -105,6 +107,8 @@ def _progress(total: int, enabled: bool):
 
 def simulate(args) -> dict:
     profile = load_profile(args.profile)
+    if args.pool_tokens is not None:
+        profile = replace(profile, max_pool_tokens=args.pool_tokens)
     spec = _spec(args, profile)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
@@ -123,7 +127,9 @@ def simulate(args) -> dict:
     runs = sorted([*runs, *[d for d in done if d.policy in policies and d.rate in rates]],
                   key=lambda s: (policies.index(s.policy), s.rate))
     meta = {"trace": str(args.trace), "requests": len(spec.records), "profile": profile.name,
-            "length_scale": spec.scale.input_scale, "adapters": spec.n_adapters, "seed": spec.seed,
+            "length_scale": spec.scale.input_scale,
+            "pool_tokens": profile.num_pages * profile.block_size, "adapters": spec.n_adapters,
+            "seed": spec.seed, "cpu_s": sum(r.cpu_s for r in runs),
             "predictor": args.predictor, "workers": args.workers, "rates": rates, "policies": policies,
             "elapsed_s": time.perf_counter() - started}
     return {"doc": document(runs, basis, meta), "runs": runs}
@@ -144,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_runs(doc))
     print()
     print(format_summary(doc))
-    print(f"\n{len(doc['runs'])} runs in {doc['meta']['elapsed_s']:.1f} s ({args.workers} workers)")
+    meta = doc["meta"]
+    print(f"\n{len(doc['runs'])} runs in {meta['elapsed_s']:.1f} s wall ({args.workers} workers; "
+          f"{meta['cpu_s']:.1f} s CPU in the simulations)")
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     if args.plot:

@@ -98,7 +98,7 @@ class Simulator:
 
     def _ctx(self) -> ScheduleContext:
         running: Sequence[Request] = ()
-        if self._needs_running and self.sched.num_waiting():
+        if self._needs_running:
             for rid, req in self.running.items():
                 req.generated = self.tick - self.admit_tick[rid] + 1
             running = list(self.running.values())
@@ -106,6 +106,8 @@ class Simulator:
                                est_prefill_s_per_token=self.cost.profile.compute_s_per_token)
 
     def _iteration(self, now: float, next_arrival: float) -> float:
+        if not self.sched.num_waiting():    # nothing to admit: decode until the next arrival or finish
+            return self._decode_stretch(now, next_arrival)
         plan = self.sched.schedule(now, self._ctx())
         for req in plan.squash:
             self._stop(req.id)

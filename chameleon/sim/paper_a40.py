@@ -96,6 +96,8 @@ def build(length_scale: float = LENGTH_SCALE) -> Profile:
             "length_scale": "1/6: paper's SLO 5 s = 5x mean request time (~1 s); ~35 of the trace's "
                             "mean 211 output tokens at ~27 ms/step",
             "ref_input_tokens": "mean Azure conversation prompt (1154.7 tokens) x length_scale",
+            "max_pool_tokens": "0: the pool is all memory left after weights and the reserve (S-LoRA "
+                               "instead takes a fixed --max_total_token_num; see README)",
             "ref_ttft_s": "paper: unloaded TTFT 74/78/88/107/144 ms for ranks 8/16/32/64/128",
         },
     )

@@ -37,6 +37,7 @@ class Profile:
     ref_input_tokens: int             # prompt length of the unloaded-TTFT calibration
     ref_ttft_s: dict[int, float]      # rank -> unloaded TTFT the profile was calibrated to
     sources: dict[str, str]           # field -> where its value comes from
+    max_pool_tokens: int = 0          # cap on the pool in KV tokens (S-LoRA's max_total_token_num); 0 = none
 
     def __post_init__(self) -> None:
         positive = ("device_memory_bytes", "weights_bytes", "kv_bytes_per_token", "block_size",
@@ -46,6 +47,8 @@ class Profile:
             raise ValueError(f"profile {self.name!r}: {', '.join(bad)} must be > 0")
         if self.pool_bytes <= 0:
             raise ValueError(f"profile {self.name!r}: weights + activation reserve exceed device memory")
+        if self.max_pool_tokens < 0 or (self.max_pool_tokens and self.max_pool_tokens < self.block_size):
+            raise ValueError(f"profile {self.name!r}: max_pool_tokens must be 0 or >= block_size")
         if not self.adapter_bytes:
             raise ValueError(f"profile {self.name!r}: adapter_bytes needs at least one rank")
 
@@ -60,7 +63,8 @@ class Profile:
 
     @property
     def num_pages(self) -> int:
-        return self.pool_bytes // self.page_bytes
+        pages = self.pool_bytes // self.page_bytes
+        return min(pages, self.max_pool_tokens // self.block_size) if self.max_pool_tokens else pages
 
     def bytes_for_rank(self, rank: int) -> int:
         """True size of an adapter of this rank; ranks between known ones scale linearly from the
@@ -82,7 +86,7 @@ class Profile:
     @classmethod
     def from_dict(cls, d: dict) -> Profile:
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(d) - {"sources", "ref_ttft_s", "ref_input_tokens"})
+        missing = sorted(names - set(d) - {"sources", "ref_ttft_s", "ref_input_tokens", "max_pool_tokens"})
         unknown = sorted(set(d) - names)
         if missing or unknown:
             raise ValueError(f"profile JSON: missing fields {missing}, unknown fields {unknown}")

@@ -70,6 +70,7 @@ class RunSummary:
     squashes: int
     iterations: int
     wall_s: float
+    cpu_s: float
     ttft_sorted: list[float] = field(default_factory=list, repr=False)
 
     def json_row(self, slo_s: float) -> dict:
@@ -93,7 +94,7 @@ def sim_config(spec: SweepSpec, policy: str) -> SimConfig:
 
 def run_one(spec: SweepSpec, policy: str, rate: float) -> RunSummary:
     """Simulate one (policy, rate) and reduce it to summary numbers."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     pop = make_population(spec.n_adapters, spec.ranks)
     opts = WorkloadOptions(rate=rate, arrivals=spec.arrivals, scale=spec.scale, exponent=spec.exponent,
                            base_fraction=spec.base_fraction, seed=spec.seed)
@@ -108,6 +109,7 @@ def run_one(spec: SweepSpec, policy: str, rate: float) -> RunSummary:
         e2e_mean_s=statistics.fmean(res.e2e), cache_hit_rate=float(res.memory_stats.get("hit_rate", 0.0)),
         adapter_bytes_loaded=res.bytes_loaded, adapter_loads=res.loads, prefetches=res.prefetches,
         squashes=res.squashes, iterations=res.iterations, wall_s=time.perf_counter() - started,
+        cpu_s=time.process_time() - cpu,
         ttft_sorted=ttft,
     )
 

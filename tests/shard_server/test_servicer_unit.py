@@ -107,7 +107,7 @@ def service(byte_tokenizer, tmp_path):
     (tmp_path / "ad1").mkdir()
     runner = FakeRunner(len(byte_tokenizer))
     options = ShardOptions(uds_path="/tmp/x", memory=DeviceMemory(torch.device("cpu"),
-                           process_rss_bytes() + 64 * 1000 + 128 * 64))
+                           process_rss_bytes() + 64 * 1024**2 + 64 * 3000 + 128 * 64))
     core = ShardCore(runner, byte_tokenizer, frozenset({EOS}), AdapterManager(runner.adapters,
                      {"named": tmp_path}, tmp_path), options)
     svc = TextGenerationService(core)

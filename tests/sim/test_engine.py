@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 
+from chameleon.sched import FifoScheduler
 from chameleon.sim.config import SimConfig
 from chameleon.sim.cost import CostModel
 from chameleon.sim.engine import Simulator
@@ -89,3 +90,36 @@ def test_bad_config() -> None:
         SimConfig(predictor="psychic")
     with pytest.raises(ValueError):
         SimConfig(max_idle_skip_s=0)
+
+
+class _SquashOnce(FifoScheduler):
+    """FIFO that squashes its oldest running request once, on the first call that admits nothing."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.victim: int | None = None
+
+    def schedule(self, now, ctx):
+        plan = super().schedule(now, ctx)
+        if self.victim is None and not plan.admit and len(self._running) >= 2:
+            req = next(iter(self._running.values()))
+            self.victim = req.id
+            self._squash(req, now, plan)
+        return plan
+
+    def _requeue(self, req) -> None:
+        self._queue.appendleft(req)
+
+
+def test_squashed_request_is_freed_requeued_and_finishes(a40: Profile) -> None:
+    profile = _small_memory(a40, pages=120)
+    items = _items(120, rate=30.0)
+    sim = Simulator(items, POP, profile, SimConfig(scheduler="fifo", cache="chameleon"))
+    sim.sched = _SquashOnce(limits=sim.sched.limits)
+    res = sim.run()
+    assert sim.sched.victim is not None and res.squashes == 1
+    assert res.finished == len(items)
+    victim = items[[w.id for w in items].index(sim.sched.victim)]
+    assert res.e2e[victim.id] >= res.ttft[victim.id] > 0
+    sim.memory.check_integrity()
+    assert sim.memory.pool.used_by_tenant()["kv"] == 0

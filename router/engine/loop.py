@@ -57,6 +57,7 @@ class ServingLoop:
         self.schedule_s = self.schedule_max_s = 0.0
         self.schedule_samples: deque[float] = deque(maxlen=4096)  # recent schedule() durations, s
         self.steps = 0
+        self.replay_divergences = 0  # squashed re-runs whose swallowed tokens differed (see live.py)
         self._batch_ids = itertools.count(1)
         self._cancelled: set[int] = set()
         self._commands: deque[tuple[Command, asyncio.Future[Any]]] = deque()
@@ -268,6 +269,7 @@ class ServingLoop:
                 continue
             if lv.on_generation(gen, now):
                 self.lives.pop(lv.rid, None)
+                self.replay_divergences += lv.diverged
                 self.scheduler.finish(lv.rid, now, gen.generated_text.generated_tokens)
                 self.memory.release(lv.rid, now)
 

@@ -10,7 +10,8 @@ Keys:
   adapters   resident {adapter_id: pages on every rank}, loads, offloads, bytes_loaded, load_seconds
   headroom   {rank: {free_device_bytes, total_device_bytes, pool_pages_total, pool_pages_used,
              kv_pages_used, adapter_pages_used, page_bytes, resident_adapters}}
-  loop       steps, schedule_seconds_last, schedule_seconds_max, est_step_seconds, healthy
+  loop       steps, schedule_seconds_last, schedule_seconds_max, est_step_seconds, healthy,
+             replay_divergences (squashed re-runs that produced other tokens than already streamed)
 """
 
 from __future__ import annotations
@@ -42,5 +43,5 @@ def engine_stats(engine: Engine) -> dict[str, Any]:
         "headroom": {r: {k: getattr(h, k) for k in _HEADROOM} for r, h in sorted(loop.headroom.items())},
         "loop": {"steps": loop.steps, "schedule_seconds_last": loop.schedule_s,
                  "schedule_seconds_max": loop.schedule_max_s, "est_step_seconds": loop.est_step_s,
-                 "healthy": loop.health.healthy},
+                 "healthy": loop.health.healthy, "replay_divergences": loop.replay_divergences},
     }

@@ -1,6 +1,7 @@
 """The Engine against real shard processes (tiny model): correctness, concurrency, cancellation, admin.
 
-Two shards start in parallel: one serves the Engine, the other is driven directly as the reference.
+Three shards start in parallel: one serves the Engine, one is driven directly as the reference, one is
+killed mid-batch under a second Engine.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from chameleon.request import Request
+from chameleon.sched import FifoScheduler, Plan, ScheduleContext, SchedulerLimits
 from router.engine.direct import direct_generate
 from router.engine.entry import Engine
 from router.engine.shard_client import ShardClient
@@ -36,9 +39,11 @@ def setup(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory,
           aloop: asyncio.AbstractEventLoop) -> Iterator[dict]:
     adir = tmp_path_factory.mktemp("adapters")
     names = make_adapter_dir(tiny_assets, adir, 20)
-    main, ref = ShardProc(tiny_assets / "model", adir), ShardProc(tiny_assets / "model", adir)
+    procs = [ShardProc(tiny_assets / "model", adir) for _ in range(3)]
+    main, ref, victim = procs
     try:
-        main.wait_ready(), ref.wait_ready()
+        for p in procs:
+            p.wait_ready()
         engine = Engine(engine_config(main, tiny_assets, adir))
         aloop.run_until_complete(engine.start())
         ref_client = aloop.run_until_complete(ShardClient.connect(ref.uds))
@@ -46,12 +51,12 @@ def setup(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory,
         tok = Tokenizer.from_file(str(tiny_assets / "model" / "tokenizer.json"))
         yield {"engine": engine, "names": names, "adir": adir, "tok": tok, "ref": ref_client,
                "ref_block": ref_facts.info.block_size, "ref_pages": ref_facts.info.num_pages,
-               "src": tiny_assets / "adapters"}
+               "src": tiny_assets / "adapters", "victim": victim, "tiny": tiny_assets}
         aloop.run_until_complete(engine.stop(drain=False))
         aloop.run_until_complete(ref_client.close())
     finally:
-        main.stop()
-        ref.stop()
+        for p in procs:
+            p.stop()
 
 
 def request(tok: Tokenizer, text: str, adapter: str | None, new: int = 8,
@@ -247,3 +252,82 @@ def test_every_policy_combination_serves(setup: dict, aloop: asyncio.AbstractEve
     assert_clean(engine)
     if cache == "none":
         assert stats["cache"]["resident_adapters"] == 0
+
+
+class SquashOnce(FifoScheduler):
+    """FIFO that squashes each running request once, after it has streamed two tokens (test only)."""
+
+    def schedule(self, now: float, ctx: ScheduleContext) -> Plan:
+        plan = super().schedule(now, ctx)
+        for req in list(self._running.values()):
+            if req.squashes == 0 and req.generated >= 2 and req not in plan.admit:
+                self._squash(req, now, plan)
+        return plan
+
+    def _requeue(self, req: Request) -> None:
+        pos = next((i for i, r in enumerate(self._queue) if r.seq > req.seq), len(self._queue))
+        self._queue.insert(pos, req)
+
+
+def test_squashed_requests_rerun_without_duplicate_tokens(setup: dict,
+                                                          aloop: asyncio.AbstractEventLoop) -> None:
+    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
+    reqs = [request(tok, PROMPTS[i], names[i] if i % 2 else None, new=7, ignore_eos_token=True)
+            for i in range(4)]
+
+    async def tokens(req: GenerateRequest) -> list[int]:
+        return [e.id for e in await collect(engine, req) if isinstance(e, TokenEvent)]
+
+    async def run() -> tuple[list[list[int]], list[list[int]], int]:
+        await engine.switch_policies("fifo", "lru")
+        plain = [await tokens(r) for r in reqs]
+        assert engine.loop is not None
+        engine.loop.scheduler = SquashOnce(limits=SchedulerLimits(8, 1024))  # idle: safe swap
+        squashed = await asyncio.gather(*(tokens(r) for r in reqs))
+        return plain, squashed, engine.loop.scheduler.squashed_total
+
+    plain, squashed, total = aloop.run_until_complete(run())
+    assert total == 4
+    assert squashed == plain
+    assert engine.stats()["loop"]["replay_divergences"] == 0
+    assert_clean(engine)
+
+
+def test_shard_killed_mid_batch_fails_in_flight_requests(setup: dict) -> None:
+    """In-flight requests fail with a clear error, memory is released, the engine reports unhealthy,
+    and new requests fail cleanly instead of hanging."""
+    asyncio.run(_killed_scenario(setup["victim"], setup["tiny"], setup["adir"], setup["tok"]))
+
+
+async def _killed_scenario(shard: ShardProc, tiny_assets: Path, adir: Path, tok: Tokenizer) -> None:
+    engine = Engine(engine_config(shard, tiny_assets, adir))
+    await engine.start()
+    params = GenerateParams(max_new_tokens=1500, ignore_eos_token=True)
+    reqs = [GenerateRequest(text=f"long story {i}", input_ids=tuple(tok.encode(f"long story {i}").ids),
+                            adapter_id=("a00" if i % 2 else None), params=params) for i in range(4)]
+    streams = [engine.generate(r) for r in reqs]
+    for s in streams:
+        assert isinstance(await s.__anext__(), TokenEvent)  # type: ignore[attr-defined]
+    shard.kill()
+    errors = await asyncio.gather(*(_error_of(s) for s in streams))
+    for err in errors:
+        assert isinstance(err, EngineError), err
+        assert err.kind == "generation"
+        assert "shard rank 0 failed" in err.message
+    assert engine.loop is not None
+    engine.loop.memory.check_integrity()
+    assert engine.loop.memory.pool.used_by_tenant()["kv"] == 0
+    assert not engine.loop.lives
+    assert await engine.health() is False
+    late = engine.generate(GenerateRequest(text="after", input_ids=tuple(tok.encode("after").ids)))
+    assert isinstance(await _error_of(late), EngineError)
+    await engine.stop(drain=False)
+
+
+async def _error_of(stream: object) -> BaseException | None:
+    try:
+        async for _ in stream:  # type: ignore[attr-defined]
+            pass
+    except EngineError as exc:
+        return exc
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from tests.router_api.fakes import FakeEngine, ServedRouter
+from tests.router_api.real import RealSystem, start_system
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -63,3 +65,17 @@ def router(served: ServedRouter) -> ServedRouter:
     eng.adapters.resident.clear()
     eng.adapters.busy.clear()
     return served
+
+
+@pytest.fixture(scope="package")
+def real_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="package")
+def system(tiny_assets: Path, real_loop: asyncio.AbstractEventLoop) -> Iterator[RealSystem]:
+    """One real router + shard pair (and a reference shard) for every end-to-end test of this package."""
+    with start_system(tiny_assets, real_loop) as real:
+        yield real

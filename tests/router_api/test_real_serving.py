@@ -1,0 +1,212 @@
+"""End to end on real processes (tiny model): tokens equal the shard alone, 64 concurrent streams, overload
+and a cancellation storm without leaks, validation errors on both APIs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+import requests
+from chameleon_pb import generation_pb2 as pb
+from chameleon_pb import generation_pb2_grpc as pb_grpc
+from google.protobuf import json_format
+
+from router.engine.direct import direct_generate
+from router.engine.types import GenerateParams, GenerateRequest
+from tests.router_api.real import MAX_CONCURRENT, RealSystem, http_generate, metric, params, stub, wait_for
+
+pytestmark = pytest.mark.slow
+
+CASES = [("hello world", None), ("the quick brown fox", "a01"), ("serving many adapters", "a06")]
+
+
+def test_grpc_and_http_tokens_equal_the_shard_alone(system: RealSystem, real_loop: asyncio.AbstractEventLoop):
+    router, ref, tok = system.router, system.ref, system.tok
+    block, top = system.facts.info.block_size, system.facts.info.num_pages
+    grpc_stub = stub(router)
+    for i, (text, adapter) in enumerate(CASES):
+        if adapter is not None:  # adapter pages from the top of the pool, KV pages from the bottom
+            n = system.registry.get(adapter).pages
+            real_loop.run_until_complete(ref.load_adapter(adapter, list(range(top - n, top))))
+            top -= n
+        req = GenerateRequest(
+            text=text,
+            input_ids=tuple(tok.encode(text).ids),
+            adapter_id=adapter,
+            params=GenerateParams(max_new_tokens=10),
+        )
+        want = real_loop.run_until_complete(
+            direct_generate(ref, req, list(range(1 + 4 * i, 5 + 4 * i)), block, rid=i + 1, batch_id=i + 1)
+        )
+        msgs = list(
+            grpc_stub.GenerateStream(
+                pb.SingleGenerationRequest(
+                    adapter_id=adapter, request=pb.GenerationRequest(text=text), params=params(10)
+                )
+            )
+        )
+        assert msgs[0].input_token_count == len(req.input_ids)
+        assert msgs[-1].generated_token_count == len(want.token_ids)
+        assert msgs[-1].stop_reason in (pb.MAX_TOKENS, pb.EOS_TOKEN)
+        batched = grpc_stub.Generate(
+            pb.BatchedGenerationRequest(
+                adapter_id=adapter, requests=[pb.GenerationRequest(text=text)], params=params(10)
+            )
+        )
+        assert batched.responses[0].text == want.text
+        details = http_generate(router, text, adapter, 10)["details"]
+        assert [t["id"] for t in details["tokens"]] == want.token_ids
+        pieces = [m.text for m in msgs[1:] if m.generated_token_count and not m.stop_reason]
+        assert pieces == [t["text"] for t in details["tokens"]]
+
+
+def test_64_concurrent_streams_over_20_adapters_all_finish(
+    system: RealSystem, real_loop: asyncio.AbstractEventLoop
+):
+    router, names = system.router, system.names
+    hits_before = metric(router, "chameleon_cache_hits_total") + metric(
+        router, "chameleon_cache_misses_total"
+    )
+
+    async def one(aio_stub: pb_grpc.GenerationServiceStub, i: int) -> list[pb.GenerationResponse]:
+        adapter = names[i % 20] if i % 5 else None
+        req = pb.SingleGenerationRequest(
+            adapter_id=adapter, request=pb.GenerationRequest(text=f"request {i}"), params=params(4 + i % 9)
+        )
+        return [m async for m in aio_stub.GenerateStream(req)]
+
+    async def run() -> list[list[pb.GenerationResponse]]:
+        async with grpc.aio.insecure_channel(router.grpc) as channel:
+            aio_stub = pb_grpc.GenerationServiceStub(channel)
+            return await asyncio.gather(*(one(aio_stub, i) for i in range(64)))
+
+    results = real_loop.run_until_complete(run())
+    for i, msgs in enumerate(results):
+        last = msgs[-1]
+        assert last.stop_reason in (pb.MAX_TOKENS, pb.EOS_TOKEN), i
+        assert 1 <= last.generated_token_count <= 4 + i % 9
+        assert len(msgs) == last.generated_token_count + 2  # first message, one per token, last
+    looked_up = metric(router, "chameleon_cache_hits_total") + metric(router, "chameleon_cache_misses_total")
+    assert looked_up - hits_before >= 51  # every adapter request (64 - 13 base) looked up the cache
+
+
+def test_overload_then_cancellation_storm_leaves_no_leak(
+    system: RealSystem, real_loop: asyncio.AbstractEventLoop
+):
+    router, names = system.router, system.names
+    cancelled_before = metric(router, "chameleon_request_cancelled")
+
+    async def run() -> tuple[grpc.StatusCode, int]:
+        async with grpc.aio.insecure_channel(router.grpc) as channel:
+            aio_stub = pb_grpc.GenerationServiceStub(channel)
+            calls = [
+                aio_stub.GenerateStream(
+                    pb.SingleGenerationRequest(
+                        adapter_id=names[i % 20] if i % 3 else None,
+                        request=pb.GenerationRequest(text=f"long {i}"),
+                        params=params(600),
+                    )
+                )
+                for i in range(MAX_CONCURRENT)
+            ]
+            readers = [asyncio.ensure_future(c.read()) for c in calls]
+            await asyncio.gather(*readers)  # the first message: validated and accepted
+            await asyncio.to_thread(
+                wait_for,
+                lambda: metric(router, "chameleon_requests_in_flight") == 64,
+                "64 requests in flight",
+            )
+            try:
+                await aio_stub.Generate(
+                    pb.BatchedGenerationRequest(
+                        requests=[pb.GenerationRequest(text="one more")], params=params(2)
+                    )
+                )
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+            status = (
+                await asyncio.to_thread(
+                    requests.post, router.http + "/generate", json={"inputs": "one more"}, timeout=30
+                )
+            ).status_code
+            for c in calls:
+                c.cancel()
+            return code, status
+
+    code, status = real_loop.run_until_complete(run())
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status == 429
+    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "every cancelled request released")
+    assert metric(router, "chameleon_request_cancelled") - cancelled_before == MAX_CONCURRENT
+    assert metric(router, 'chameleon_pool_pages{tenant="kv"}') == 0
+    assert metric(router, "tgi_batch_current_size") == 0
+    out = http_generate(router, "after the storm", names[3], 4)
+    assert out["details"]["generated_tokens"] >= 1
+    assert metric(router, 'chameleon_pool_pages{tenant="kv"}') == 0
+
+
+LONG = "many words " * 400
+BOTH = [
+    ("", {}, {}, None, "`inputs` cannot be empty"),
+    (LONG, {}, {}, None, "`inputs` must have less than"),
+    (
+        "hi",
+        {"max_new_tokens": 5000},
+        {"stopping": {"max_new_tokens": 5000}},
+        None,
+        "`max_new_tokens` must be <=",
+    ),
+    ("hi", {"top_p": 1.5}, {"method": "SAMPLE", "sampling": {"top_p": 1.5}}, None, "`top_p` must be"),
+    ("hi", {"temperature": -2}, {"method": "SAMPLE", "sampling": {"temperature": -2}}, None, "`temperature`"),
+    ("hi", {"stop": list("abcde")}, {"stopping": {"stop_sequences": list("abcde")}}, None, "up to 4 stop"),
+    ("hi", {"top_n_tokens": 9}, {"response": {"top_n_tokens": 9}}, None, "`top_n_tokens` must be"),
+    ("hi", {}, {}, "no-such-adapter", "unknown adapter 'no-such-adapter'"),
+    ("hi", {}, {}, "../a01", "not a plain name"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "tgi", "fmaas", "adapter", "message"),
+    BOTH,
+    ids=[
+        "empty",
+        "too_long",
+        "max_new_tokens",
+        "top_p",
+        "temperature",
+        "stop",
+        "top_n",
+        "unknown_adapter",
+        "traversal",
+    ],
+)
+def test_validation_errors_on_both_apis(
+    system: RealSystem,
+    text: str,
+    tgi: dict[str, Any],
+    fmaas: dict[str, Any],
+    adapter: str | None,
+    message: str,
+):
+    router = system.router
+    resp = requests.post(
+        router.http + "/generate",
+        json={"inputs": text, "parameters": {**tgi, "adapter_id": adapter}},
+        timeout=30,
+    )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error_type"] == "validation"
+    assert message in resp.json()["error"]
+    with pytest.raises(grpc.RpcError) as info:
+        stub(router).Generate(
+            pb.BatchedGenerationRequest(
+                adapter_id=adapter,
+                requests=[pb.GenerationRequest(text=text)],
+                params=json_format.ParseDict(fmaas, pb.Parameters()),
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()

@@ -1,0 +1,24 @@
+"""`chameleon bench-shard` runs end to end on the tiny assets and reports every number (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+from shard.bench import main
+
+
+def test_bench_shard_json(tiny_assets, capsys):
+    rc = main(["--model-dir", str(tiny_assets / "model"), "--adapter-dir", str(tiny_assets / "adapters"),
+               "--requests", "4", "--prompt-tokens", "8", "--new-tokens", "3", "--floor-batch", "2",
+               "--memory-budget", str(2 * 1024**3), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["adapter_ranks"]) == 4
+    for key in ("base", "multi", "peft", "floor_batch"):
+        assert out[key]["decode_tokens_per_s"] > 0 and out[key]["prefill_tokens_per_s"] > 0
+    assert out["floor_step_ms"] > 0 and out["multi_vs_peft_decode"] > 0 and out["multi_vs_base_decode"] > 0
+
+
+def test_bench_shard_without_assets_explains(tmp_path, capsys):
+    assert main(["--model-dir", str(tmp_path / "none"), "--adapter-dir", str(tmp_path)]) == 2
+    assert "chameleon demo-assets" in capsys.readouterr().err

@@ -5,6 +5,7 @@ Every flag also reads its UPPER_CASE environment variable (chameleon.cliargs). N
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -14,6 +15,10 @@ from pathlib import Path
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
 from router.engine.config import ADAPTER_CACHES, SCHEDULERS, EngineConfig
+from router.engine.entry import Engine
+from router.engine.startup import StartupError
+from router.server import ServerConfig, serve
+from router.tokenize import RouterTokenizer
 
 log = logging.getLogger("chameleon.router")
 
@@ -25,76 +30,67 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> EnvArgumentParser:
-    p = EnvArgumentParser(prog="chameleon router", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--master-shard-uds-path",
-        required=True,
-        help="unix socket of shard rank 0 (the others are found through it)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        required=True,
-        type=Path,
-        metavar="MODEL_DIR",
-        help="the model folder: tokenizer.json, tokenizer_config.json (chat template), config.json",
-    )
-    p.add_argument(
-        "--adapter-dir", type=Path, default=None, help="folder of PEFT adapters, one folder per name"
-    )
-    p.add_argument(
-        "--model-id", default="", help="served model name (/info, /v1/models); default: the model's"
-    )
+def _add_connection_flags(p: EnvArgumentParser) -> None:
+    p.add_argument("--master-shard-uds-path", required=True,
+                   help="unix socket of shard rank 0 (the others are found through it)")
+    p.add_argument("--tokenizer", required=True, type=Path, metavar="MODEL_DIR",
+                   help="model folder: tokenizer.json, tokenizer_config.json (chat template), config.json")
+    p.add_argument("--adapter-dir", type=Path, default=None, help="PEFT adapters, one folder per name")
+    p.add_argument("--model-id", default="",
+                   help="served model name (/info, /v1/models); default: the model folder name")
     p.add_argument("--hostname", default="0.0.0.0", help="address both servers listen on")
     p.add_argument("--port", type=int, default=3000, help="HTTP port (TGI and OpenAI routes)")
-    p.add_argument(
-        "--grpc-port",
-        type=int,
-        default=8033,
-        help="gRPC port (fmaas.GenerationService, chameleon.v1.AdapterAdmin, grpc.health.v1, reflection)",
-    )
-    p.add_argument(
-        "--max-concurrent-requests",
-        type=_positive,
-        default=128,
-        help="requests in flight before new ones get 429 / RESOURCE_EXHAUSTED",
-    )
-    p.add_argument(
-        "--max-input-tokens", type=_positive, default=None, help="default: from the model and pool"
-    )
-    p.add_argument(
-        "--max-total-tokens", type=_positive, default=None, help="default: from the model and pool"
-    )
+    p.add_argument("--grpc-port", type=int, default=8033,
+                   help="gRPC port (fmaas.GenerationService, chameleon.v1.AdapterAdmin, health, reflection)")
+    p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the shards")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let requests finish on stop")
+
+
+def _add_limit_flags(p: EnvArgumentParser) -> None:
+    p.add_argument("--max-concurrent-requests", type=_positive, default=128,
+                   help="requests in flight before new ones get 429 / RESOURCE_EXHAUSTED")
+    p.add_argument("--max-input-tokens", type=_positive, default=None, help="default: from model and pool")
+    p.add_argument("--max-total-tokens", type=_positive, default=None, help="default: from model and pool")
     p.add_argument("--max-batch-prefill-tokens", type=_positive, default=4096)
     p.add_argument("--max-batch-size", type=_positive, default=None)
     p.add_argument("--max-stop-sequences", type=int, default=4)
     p.add_argument("--max-top-n-tokens", type=int, default=5)
-    p.add_argument(
-        "--max-new-tokens-default",
-        type=_positive,
-        default=100,
-        help="max_new_tokens when a request gives none (capped by max-total-tokens)",
-    )
-    p.add_argument(
-        "--max-request-bytes",
-        type=_positive,
-        default=2 << 20,
-        help="largest request body (HTTP) or message (gRPC), checked before tokenization",
-    )
+    p.add_argument("--max-new-tokens-default", type=_positive, default=100,
+                   help="max_new_tokens when a request gives none (capped by max-total-tokens)")
+    p.add_argument("--max-request-bytes", type=_positive, default=2 << 20,
+                   help="largest request body (HTTP) or message (gRPC), checked before tokenization")
+    p.add_argument("--unknown-adapter", choices=("error", "base"), default="error",
+                   help="an unknown adapter id: refuse the request, or serve the base model (TGI's fallback)")
+
+
+def build_parser() -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="chameleon router", description=__doc__.splitlines()[0])
+    _add_connection_flags(p)
+    _add_limit_flags(p)
     p.add_argument("--scheduler", choices=SCHEDULERS, default="chameleon")
     p.add_argument("--adapter-cache", choices=ADAPTER_CACHES, default="chameleon")
-    p.add_argument(
-        "--unknown-adapter",
-        choices=("error", "base"),
-        default="error",
-        help="an unknown adapter id: refuse the request, or serve the base model (TGI's fallback)",
-    )
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let requests finish on stop")
-    p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the shards")
     p.add_argument("--seed", type=int, default=0, help="seed of the engine's random choices")
     p.add_argument("--json-output", action="store_true", help="log one JSON object per line")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        master_shard_uds_path=args.master_shard_uds_path, model_dir=args.tokenizer, model_id=args.model_id,
+        adapter_dir=args.adapter_dir, scheduler=args.scheduler, adapter_cache=args.adapter_cache,
+        max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens, max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_batch_size=args.max_batch_size, connect_timeout_s=args.connect_timeout, seed=args.seed)
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        hostname=args.hostname, port=args.port, grpc_port=args.grpc_port, model_name=args.model_id,
+        adapter_dir=args.adapter_dir, max_request_bytes=args.max_request_bytes,
+        max_stop_sequences=args.max_stop_sequences, max_top_n_tokens=args.max_top_n_tokens,
+        max_new_tokens_default=args.max_new_tokens_default, unknown_adapter=args.unknown_adapter,
+        drain_timeout_s=args.drain_timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,48 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.adapter_dir is not None and not args.adapter_dir.is_dir():
         print(f"chameleon router: --adapter-dir {args.adapter_dir} is not a folder", file=sys.stderr)
         return 2
-    from router.engine.entry import Engine
-    from router.engine.startup import StartupError
-    from router.server import ServerConfig, serve
-    from router.tokenize import RouterTokenizer
-
     try:
         tokenizer = RouterTokenizer(args.tokenizer)
-        engine = Engine(
-            EngineConfig(
-                master_shard_uds_path=args.master_shard_uds_path,
-                model_dir=args.tokenizer,
-                model_id=args.model_id,
-                adapter_dir=args.adapter_dir,
-                scheduler=args.scheduler,
-                adapter_cache=args.adapter_cache,
-                max_concurrent_requests=args.max_concurrent_requests,
-                max_input_tokens=args.max_input_tokens,
-                max_total_tokens=args.max_total_tokens,
-                max_batch_prefill_tokens=args.max_batch_prefill_tokens,
-                max_batch_size=args.max_batch_size,
-                connect_timeout_s=args.connect_timeout,
-                seed=args.seed,
-            )
-        )
+        engine = Engine(engine_config(args))
     except (OSError, ValueError) as exc:
         print(f"chameleon router: {exc}", file=sys.stderr)
         return 2
-    cfg = ServerConfig(
-        hostname=args.hostname,
-        port=args.port,
-        grpc_port=args.grpc_port,
-        model_name=args.model_id,
-        adapter_dir=args.adapter_dir,
-        max_request_bytes=args.max_request_bytes,
-        max_stop_sequences=args.max_stop_sequences,
-        max_top_n_tokens=args.max_top_n_tokens,
-        max_new_tokens_default=args.max_new_tokens_default,
-        unknown_adapter=args.unknown_adapter,
-        drain_timeout_s=args.drain_timeout,
-    )
     try:
-        asyncio.run(serve(engine, tokenizer, cfg))
+        asyncio.run(serve(engine, tokenizer, server_config(args)))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -16,6 +16,7 @@ from chameleon_pb import generation_pb2_grpc as pb_grpc
 
 from router.api.fmaas_params import STOP_REASON, ResponseShape, from_fmaas, stop_sequence_of, token_info
 from router.api.service import ApiService, Outcome
+from router.api.sse import text_beyond
 from router.engine.types import FinalEvent, PrefillEvent, TokenEvent
 from router.errors import ApiError
 from router.validation import Validated
@@ -211,7 +212,7 @@ class _StreamMessages:
         return pb.GenerationResponse(
             input_token_count=self.n_in,
             generated_token_count=ev.generated_tokens,
-            text=text.removeprefix(self.streamed) if text.startswith(self.streamed) else "",
+            text=text_beyond(text, self.streamed),
             stop_reason=STOP_REASON[ev.finish_reason],
             seed=ev.seed or 0,
             stop_sequence=stop_sequence_of(ev, self.stops),

@@ -13,7 +13,7 @@ from router.api import openai_params as oa
 from router.api.admin import AdapterAdmin
 from router.api.http_common import correlation_id, read_json
 from router.api.service import ApiService
-from router.api.sse import DONE, event, open_stream
+from router.api.sse import DONE, event, open_stream, text_beyond
 from router.chat_template import ChatTemplateError
 from router.engine.types import FinalEvent, TokenEvent
 from router.errors import ApiError, ValidationError
@@ -136,21 +136,10 @@ class OpenAiRoutes:
         )
         return params, prompt, logprobs
 
-    async def _stream(
-        self,
-        request: web.Request,
-        v: Validated,
-        chunk: Any,
-        with_usage: bool,
-        model: str,
-        rid: str,
-        kind: str,
-    ) -> web.StreamResponse:
-        """One chunk per token, a last chunk with finish_reason (and usage), then `data: [DONE]`.
-
-        The last chunk carries what the final text has beyond the streamed pieces (bytes of a character
-        split over tokens stream as "" and decode only at the end), so the chunks add up to the text.
-        """
+    async def _stream(self, request: web.Request, v: Validated, chunk: Any, with_usage: bool, model: str,
+                      rid: str, kind: str) -> web.StreamResponse:
+        """One chunk per token, a last chunk with finish_reason, usage and the text beyond the streamed
+        pieces (sse.text_beyond), an extra usage chunk when asked, then `data: [DONE]`."""
         resp = await open_stream(request)
         streamed = ""
         try:
@@ -161,18 +150,12 @@ class OpenAiRoutes:
                         streamed += piece
                         await resp.write(event(chunk(piece, None, ev)))
                     elif isinstance(ev, FinalEvent):
-                        tail = (
-                            ev.generated_text.removeprefix(streamed)
-                            if ev.generated_text.startswith(streamed)
-                            else ""
-                        )
+                        tail = text_beyond(ev.generated_text, streamed)
                         last = chunk(tail, oa.FINISH[ev.finish_reason], None)
-                        last["usage"] = oa.usage(ev)
-                        await resp.write(event(last))
+                        await resp.write(event({**last, "usage": oa.usage(ev)}))
                         if with_usage:
-                            await resp.write(
-                                event({**oa.envelope(kind, model, rid), "choices": [], "usage": oa.usage(ev)})
-                            )
+                            usage = {**oa.envelope(kind, model, rid), "choices": [], "usage": oa.usage(ev)}
+                            await resp.write(event(usage))
             await resp.write(DONE)
         except ApiError as exc:
             with contextlib.suppress(*_CLIENT_GONE):

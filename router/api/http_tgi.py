@@ -159,7 +159,7 @@ class TgiRoutes:
 
 
 def info_json(s: ApiService) -> dict[str, Any]:
-    info, limits = s.engine.info, s.validator.limits
+    info, limits = s.info, s.validator.limits
     return {
         "model_id": s.model_name,
         "model_sha": None,

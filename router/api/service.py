@@ -78,6 +78,13 @@ class ApiService:
         self.metrics = metrics
         self.model_name = model_name
 
+    @property
+    def info(self) -> EngineInfo:
+        """The started engine's facts (the service is only built over a started engine)."""
+        if self.engine.info is None:
+            raise RuntimeError("the engine is not started")
+        return self.engine.info
+
     def validate(
         self,
         text: str,
@@ -114,47 +121,29 @@ class ApiService:
 
     async def events(self, v: Validated) -> AsyncIterator[Event]:
         """The engine's events for a validated request; EngineError becomes ApiError."""
-        req = v.request
-        start = time.perf_counter()
-        outcome = "cancelled"
-        log.info(
-            "request started",
-            extra={
-                "correlation_id": req.correlation_id,
-                "adapter_id": req.adapter_id,
-                "input_tokens": len(req.input_ids),
-                "max_new_tokens": req.params.max_new_tokens,
-            },
-        )
+        req, start, outcome = v.request, time.perf_counter(), "cancelled"
+        cid = {"correlation_id": req.correlation_id}
+        log.info("request started", extra={**cid, "adapter_id": req.adapter_id, "max_new_tokens":
+                                           req.params.max_new_tokens, "input_tokens": len(req.input_ids)})
         try:
             async with aclosing(self.engine.generate(req)) as stream:
                 async for event in stream:
                     if isinstance(event, FinalEvent):
                         outcome = "done"
                         self.metrics.request_succeeded(event, time.perf_counter() - start)
-                        log.info(
-                            "request finished",
-                            extra={
-                                "correlation_id": req.correlation_id,
-                                "finish_reason": event.finish_reason,
-                                "generated_tokens": event.generated_tokens,
-                            },
-                        )
+                        log.info("request finished", extra={**cid, "finish_reason": event.finish_reason,
+                                                            "generated_tokens": event.generated_tokens})
                     yield event
-            if outcome != "done":
-                outcome = "incomplete"
+            outcome = "done" if outcome == "done" else "incomplete"
         except EngineError as exc:
             outcome = "failed"
             self.metrics.request_failed(exc.kind)
-            log.warning(
-                "request failed",
-                extra={"correlation_id": req.correlation_id, "error_type": exc.kind, "reason": exc.message},
-            )
+            log.warning("request failed", extra={**cid, "error_type": exc.kind, "reason": exc.message})
             raise from_engine(exc) from exc
         finally:
             if outcome == "cancelled":
                 self.metrics.request_cancelled()
-                log.info("request cancelled", extra={"correlation_id": req.correlation_id})
+                log.info("request cancelled", extra=cid)
         if outcome == "incomplete":
             self.metrics.request_failed("incomplete_generation")
             raise ApiError("incomplete_generation", "the generation ended without a final event")

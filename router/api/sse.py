@@ -26,6 +26,12 @@ def jsonable(value: float | None) -> float | None:
     return value
 
 
+def text_beyond(final_text: str, streamed: str) -> str:
+    """What the final text adds to the streamed pieces: bytes of a character split over tokens stream
+    as "" and decode only at the end, so a stream's last message carries them."""
+    return final_text.removeprefix(streamed) if final_text.startswith(streamed) else ""
+
+
 def event(payload: Any) -> bytes:
     return b"data:" + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -64,9 +70,7 @@ class Lookahead(Generic[T]):
         try:
             async for item in self._source:
                 self._queue.put_nowait(("item", item))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # delivered to the consumer in order
+        except Exception as exc:  # delivered to the consumer in order
             self._queue.put_nowait(("error", exc))
             return
         self._queue.put_nowait(("end", None))

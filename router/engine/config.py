@@ -28,6 +28,7 @@ class EngineConfig:
     max_batch_size: int | None = None
     stream_buffer: int = 256
     connect_timeout_s: float = 60.0
+    recovery_timeout_s: float = 60.0  # queued requests wait this long for failed shards to come back
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -21,13 +21,14 @@ from chameleon.cache import make_cache
 from chameleon.memory import ModelShape
 from chameleon.memory_manager import MemoryManager
 from chameleon.request import Request
-from chameleon.sched import make_scheduler
+from chameleon.sched import Scheduler, make_scheduler
 from router.engine.adapter_admin import AdapterAdminOps
 from router.engine.adapters import AdapterNotFound, AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.health import HealthState
 from router.engine.live import Live
 from router.engine.loop import ServingLoop
+from router.engine.recovery import recover
 from router.engine.shard_client import ShardClient, ShardError
 from router.engine.startup import StartupError, start_shards
 from router.engine.stats import engine_stats
@@ -48,6 +49,7 @@ class Engine:
         self._ids = 0
         self._rng = random.Random(config.seed)
         self._accepting = False
+        self._policies = (config.scheduler, config.adapter_cache)
         self.adapters = AdapterAdminOps(self)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -72,16 +74,39 @@ class Engine:
         self._accepting = True
 
     def _start_loop(self, scheduler_name: str, cache_name: str) -> None:
-        cfg, info, client = self.config, self.info, self.client
-        assert info is not None and client is not None  # internal: called after start-up
-        memory = MemoryManager(PagePool(info.num_pages, reserved=(0,)), make_cache(cache_name),
-                               info.block_size, self._spec)
+        assert self.info is not None and self.client is not None  # internal: called after start-up
+        self._policies = (scheduler_name, cache_name)
+        self.loop = ServingLoop(self.client, self._make_scheduler(), self._make_memory(self.info.num_pages),
+                                HealthState(self.client), self.info.block_size, recover=self._recover,
+                                recovery_timeout_s=self.config.recovery_timeout_s)
+        self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
+
+    def _make_memory(self, num_pages: int) -> MemoryManager:
+        assert self.info is not None  # internal: called after start-up
+        return MemoryManager(PagePool(num_pages, reserved=(0,)), make_cache(self._policies[1]),
+                             self.info.block_size, self._spec)
+
+    def _make_scheduler(self) -> Scheduler:
+        cfg = self.config
         limits = {"max_prefill_tokens": cfg.max_batch_prefill_tokens}
         if cfg.max_batch_size is not None:
             limits["max_batch_size"] = cfg.max_batch_size
-        scheduler = make_scheduler(scheduler_name, **limits)
-        self.loop = ServingLoop(client, scheduler, memory, HealthState(client), info.block_size)
-        self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
+        return make_scheduler(self._policies[0], **limits)
+
+    def _renew_memory(self, num_pages: int) -> None:
+        """After the shards were re-warmed: a fresh pool and cache; queued requests move to a fresh
+        scheduler when the pool size changed (its quotas depend on it)."""
+        loop = self.loop
+        assert loop is not None  # internal: called by recovery with a loop
+        changed = num_pages != loop.memory.pool.num_pages
+        loop.memory = self._make_memory(num_pages)
+        if changed:
+            waiting, loop.scheduler = loop.scheduler.waiting(), self._make_scheduler()
+            for req in waiting:
+                loop.scheduler.add(req, req.arrival)
+
+    async def _recover(self) -> bool:
+        return await recover(self)
 
     async def switch_policies(self, scheduler: str, adapter_cache: str) -> None:
         """Serve on with other policies (same shards, same pool; no new Warmup). Waits until no request
@@ -98,17 +123,18 @@ class Engine:
         self._start_loop(scheduler, adapter_cache)
         self._accepting = True
 
-    async def _adopt_shard_adapters(self) -> None:
+    async def _adopt_shard_adapters(self, client: ShardClient | None = None) -> None:
         """Register the adapters the shard holds (its --lora-adapters); offload them, so the router owns
         the pool and assigns their pages itself."""
-        assert self.client is not None and self.registry is not None  # internal invariant after connect
-        listed = await self.client.list_adapters()
+        client = client or self.client
+        assert client is not None and self.registry is not None  # internal invariant after connect
+        listed = await client.list_adapters()
         for a in listed.adapters:
             if a.rank < 1 or not a.target_modules:
                 continue  # listed but not loaded: its size is unknown here (found under --adapter-dir)
             self.registry.add_from_shard(a.adapter_id, a.rank, a.alpha, tuple(a.target_modules))
             if a.resident:
-                await self.client.offload_adapter(a.adapter_id)
+                await client.offload_adapter(a.adapter_id)
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting; with `drain` let every request finish, else fail them (unavailable)."""
@@ -146,6 +172,9 @@ class Engine:
     def _serving(self) -> ServingLoop:
         if not self._accepting or self.loop is None:
             raise EngineError("unavailable", "the engine is not serving (starting or shutting down)")
+        if not self.loop.health.healthy:
+            raise EngineError("unavailable", f"the shards are recovering from a failure "
+                                             f"({self.loop.health.last_error}); retry shortly")
         return self.loop
 
     def _check_fits(self, req: GenerateRequest) -> None:
@@ -185,9 +214,11 @@ class Engine:
 
     # --- health and metrics ---------------------------------------------------------------------
     async def health(self) -> bool:
-        """Health RPC, or the liveness Prefill after a failure; runs between two loop steps."""
+        """Health RPC between two loop steps while healthy. After a failure the loop itself retries
+        recovery (reconnect, re-warm if the shards restarted, liveness Prefill) about twice a second;
+        until that succeeds this answers False without touching the shards."""
         loop = self.loop
-        if loop is None or self._task is None or self._task.done():
+        if loop is None or self._task is None or self._task.done() or not loop.health.healthy:
             return False
         return bool(await loop.call(loop.health.check))
 

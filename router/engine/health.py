@@ -27,9 +27,9 @@ def liveness_batch() -> generate_pb2.Batch:
 class HealthState:
     """`healthy` flips to False when a generation RPC fails; `check()` restores it."""
 
-    def __init__(self, client: ShardClient) -> None:
+    def __init__(self, client: ShardClient, healthy: bool = True) -> None:
         self._client = client
-        self.healthy = True
+        self.healthy = healthy
         self.last_error: str | None = None
 
     def mark_unhealthy(self, reason: str) -> None:

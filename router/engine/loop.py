@@ -31,6 +31,7 @@ from chameleon_pb import chameleon_pb2, generate_pb2
 from chameleon.headroom import HeadroomReport
 from chameleon.memory_manager import MemoryManager
 from chameleon.sched import Plan, ScheduleContext, Scheduler
+from router.engine.adapter_sync import load_for_admissions, prefetch
 from router.engine.batches import prefill_batch
 from router.engine.health import HealthState
 from router.engine.live import Live
@@ -46,8 +47,13 @@ class ServingLoop:
     """Owns lives (queued + running requests), running CachedBatches and the adapter mirror."""
 
     def __init__(self, client: ShardClient, scheduler: Scheduler, memory: MemoryManager,
-                 health: HealthState, block_size: int, prefetch_depth: int = 32) -> None:
+                 health: HealthState, block_size: int, prefetch_depth: int = 32,
+                 recover: Callable[[], Awaitable[bool]] | None = None, recovery_timeout_s: float = 60.0,
+                 ) -> None:
         self.client, self.scheduler, self.memory, self.health = client, scheduler, memory, health
+        self._recover, self.recovery_timeout_s = recover, recovery_timeout_s
+        self._unhealthy_since = 0.0
+        self._next_recovery = 0.0
         self.residency = ShardAdapters(client)
         self.block_size, self.prefetch_depth = block_size, prefetch_depth
         self.lives: dict[int, Live] = {}
@@ -92,7 +98,8 @@ class ServingLoop:
             self._wake.clear()
             progressed = False
             try:
-                progressed = await self._iteration()
+                healthy = self.health.healthy
+                progressed = await (self._iteration() if healthy else self._recovering())
             except ShardError as exc:
                 await self.fail_running(EngineError("generation", f"generation failed: {exc}"), str(exc))
             except Exception as exc:  # a bug must not leave clients hanging
@@ -101,11 +108,13 @@ class ServingLoop:
                 await self.fail_running(err, repr(exc))
             if not progressed and not self._stopping:
                 timeout = 0.05 if self.scheduler.num_waiting() else None
+                if not self.health.healthy:
+                    timeout = 0.5
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _iteration(self) -> bool:
-        now = time.monotonic()
+    async def _housekeeping(self, now: float) -> bool:
+        """Cancellations, then admin commands; True when there was any."""
         work = bool(self._cancelled or self._commands)
         if self._cancelled:
             await self._apply_cancels(now)
@@ -119,16 +128,43 @@ class ServingLoop:
             else:
                 if not fut.done():
                     fut.set_result(result)
+        return work
+
+    async def _iteration(self) -> bool:
+        now = time.monotonic()
+        work = await self._housekeeping(now)
         plan = self._schedule(now)
         if plan.squash:
             await self._squash(plan, now)
-        admitted = await self._load_adapters(plan, now)
+        admitted = await load_for_admissions(self, plan, now)
         if admitted:
             await self._prefill(admitted, plan, now)
         if self.batches:
             await self._decode()
-        await self._prefetch(time.monotonic())
+        await prefetch(self, time.monotonic())
         return work or bool(plan.admit or self.batches)
+
+    async def _recovering(self) -> bool:
+        """Unhealthy: queued requests wait while recovery is retried; after `recovery_timeout_s`
+        they fail as unavailable (new ones are refused by the Engine meanwhile)."""
+        now = time.monotonic()
+        work = await self._housekeeping(now)
+        if self._recover is None or now < self._next_recovery:
+            return work
+        if await self._recover():
+            self.health.healthy, self.health.last_error = True, None
+            return True
+        self._next_recovery = time.monotonic() + 0.5
+        if now - self._unhealthy_since > self.recovery_timeout_s and self.lives:
+            why = f"the shards did not recover in {self.recovery_timeout_s:.0f}s: {self.health.last_error}"
+            self.fail_all(EngineError("unavailable", why))
+        return work
+
+    def rebind(self, client: ShardClient) -> None:
+        """Serve through a new shard client (after recovery)."""
+        self.client = client
+        self.health = HealthState(client, healthy=False)
+        self.residency.rebind(client)
 
     def _schedule(self, now: float) -> Plan:
         t0 = time.perf_counter()
@@ -167,7 +203,7 @@ class ServingLoop:
                 continue
             if lv.batch_id is None:
                 self.scheduler.cancel(rid, now)
-                self._drop(lv, None)
+                self.drop(lv, None)
             else:
                 running.append(lv)
         if running:
@@ -175,7 +211,7 @@ class ServingLoop:
             for lv in running:
                 self.scheduler.cancel(lv.rid, now)
                 self.memory.release(lv.rid, now)
-                self._drop(lv, None)
+                self.drop(lv, None)
 
     async def _squash(self, plan: Plan, now: float) -> None:
         lives = [self.lives[r.id] for r in plan.squash if r.id in self.lives]
@@ -184,7 +220,7 @@ class ServingLoop:
             self.memory.release(lv.rid, now)
             lv.squashed()
 
-    def _drop(self, lv: Live, error: EngineError | None) -> None:
+    def drop(self, lv: Live, error: EngineError | None) -> None:
         self.lives.pop(lv.rid, None)
         lv.stream.close(error)
 
@@ -194,11 +230,12 @@ class ServingLoop:
         for lv in [lv for lv in self.lives.values() if lv.batch_id is not None]:
             self.scheduler.cancel(lv.rid, now)
             self.memory.release(lv.rid, now)
-            self._drop(lv, error)
+            self.drop(lv, error)
         self.batches = []
         self.residency.forget_all()
         self.memory.take_offloads()
         self.health.mark_unhealthy(reason)
+        self._unhealthy_since = self._next_recovery = now
         try:
             await self.client.clear_cache()
         except ShardError as exc:
@@ -210,36 +247,10 @@ class ServingLoop:
         for lv in list(self.lives.values()):
             self.scheduler.cancel(lv.rid, now)
             self.memory.release(lv.rid, now)
-            self._drop(lv, error)
+            self.drop(lv, error)
         self.batches = []
 
     # --- adapters, prefill, decode ---------------------------------------------------------------
-    async def _load_adapters(self, plan: Plan, now: float) -> list[Live]:
-        evicted = [a for adm in plan.admissions.values() for a in adm.evicted]
-        await self.residency.offload([*self.memory.take_offloads(), *evicted])
-        ok: list[Live] = []
-        bad: dict[str, ShardError] = {}
-        for req in plan.admit:
-            lv, aid = self.lives[req.id], req.adapter_id
-            if aid is not None and aid not in bad:
-                entry = self.memory.cache.get(aid)
-                if entry is None:
-                    raise RuntimeError(f"admitted request {req.id} but adapter {aid!r} is not resident")
-                try:
-                    await self.residency.ensure(aid, entry.pages, entry.spec.nbytes)
-                except ShardError as exc:
-                    if not exc.is_request_error:
-                        raise
-                    bad[aid] = exc
-            if aid is not None and aid in bad:
-                self.scheduler.cancel(lv.rid, now)
-                self.memory.release(lv.rid, now)
-                msg = f"adapter {aid!r} cannot be loaded: {bad[aid].detail}"
-                self._drop(lv, EngineError("validation", msg))
-            else:
-                ok.append(lv)
-        return ok
-
     async def _prefill(self, lives: Sequence[Live], plan: Plan, now: float) -> None:
         bid = next(self._batch_ids)
         pages = [plan.admissions[lv.rid].kv_pages for lv in lives]
@@ -283,16 +294,3 @@ class ServingLoop:
             pool_pages_used=h.pool_pages_used, page_bytes=h.page_bytes, kv_pages_used=h.kv_pages_used,
             adapter_pages_used=h.adapter_pages_used) for h in rooms], now)
 
-    async def _prefetch(self, now: float) -> None:
-        await self.residency.offload(self.memory.take_offloads())
-        waiting = self.scheduler.waiting(self.prefetch_depth)
-        if not waiting:
-            return
-        reserve = self.memory.kv_pages_for(waiting[0])
-        for aid, pages in self.memory.prefetch([r.adapter_id for r in waiting], now, reserve_pages=reserve):
-            try:
-                await self.residency.ensure(aid, pages, self.memory.adapters(aid).nbytes)
-            except ShardError as exc:
-                if not exc.is_request_error:
-                    raise
-                log.warning("prefetch of adapter %r refused by the shard: %s", aid, exc.detail)

@@ -30,6 +30,11 @@ class ShardAdapters:
     def resident(self) -> dict[str, tuple[int, ...]]:
         return dict(self._on)
 
+    def rebind(self, client: ShardClient) -> None:
+        """Talk to the shards through a new client (after recovery); what they hold stays suspect."""
+        self.forget_all()
+        self._client = client
+
     def forget_all(self) -> None:
         """After a shard failure nothing is known about the ranks' adapters: each one they may still
         hold is offloaded before its next load (a stale copy must not be reused), then reloaded."""

@@ -30,8 +30,19 @@ class ShardProc:
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                                  "MASTER_PORT", "LOCAL_RANK")}
         self.log = self.dir / "shard.log"
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self._cmd, self._env = cmd, env
+        self._spawn()
+
+    def _spawn(self) -> None:
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(self._cmd, stdout=out, stderr=subprocess.STDOUT, env=self._env)
+
+    def restart(self) -> ShardProc:
+        """Start the same shard again (after `kill`), as the launcher does: stale socket removed."""
+        self.kill()
+        Path(self.uds).unlink(missing_ok=True)
+        self._spawn()
+        return self
 
     def wait_ready(self, timeout_s: float = 180.0) -> ShardProc:
         deadline = time.monotonic() + timeout_s

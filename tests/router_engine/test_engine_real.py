@@ -10,6 +10,7 @@ import asyncio
 import random
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -294,8 +295,8 @@ def test_squashed_requests_rerun_without_duplicate_tokens(setup: dict,
 
 
 def test_shard_killed_mid_batch_fails_in_flight_requests(setup: dict) -> None:
-    """In-flight requests fail with a clear error, memory is released, the engine reports unhealthy,
-    and new requests fail cleanly instead of hanging."""
+    """In-flight requests fail with a clear error, memory is released, the engine reports unhealthy
+    and refuses new requests; once the shard is restarted the engine re-warms it and serves again."""
     asyncio.run(_killed_scenario(setup["victim"], setup["tiny"], setup["adir"], setup["tok"]))
 
 
@@ -319,9 +320,20 @@ async def _killed_scenario(shard: ShardProc, tiny_assets: Path, adir: Path, tok:
     assert engine.loop.memory.pool.used_by_tenant()["kv"] == 0
     assert not engine.loop.lives
     assert await engine.health() is False
-    late = engine.generate(GenerateRequest(text="after", input_ids=tuple(tok.encode("after").ids)))
-    assert isinstance(await _error_of(late), EngineError)
-    await engine.stop(drain=False)
+    with pytest.raises(EngineError) as refused:
+        engine.generate(GenerateRequest(text="after", input_ids=tuple(tok.encode("after").ids)))
+    assert refused.value.kind == "unavailable"
+    shard.restart().wait_ready()  # the launcher restarts the group; the engine re-warms by itself
+    for _ in range(600):
+        if await engine.health():
+            break
+        await asyncio.sleep(0.1)
+    assert await engine.health() is True
+    again = replace(reqs[1], params=GenerateParams(max_new_tokens=5, ignore_eos_token=True))
+    done = [ev async for ev in engine.generate(again)]
+    assert isinstance(done[-1], FinalEvent) and done[-1].generated_tokens == 5
+    engine.loop.memory.check_integrity()
+    await engine.stop(drain=True)
 
 
 async def _error_of(stream: object) -> BaseException | None:

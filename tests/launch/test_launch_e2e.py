@@ -110,7 +110,8 @@ def launched(tiny_assets: Path, sock_dir: Path, tmp_path: Path) -> Iterator[Laun
     argv = [sys.executable, "-m", "chameleon", "launch", "--model-id", str(tiny_assets / "model"),
             "--adapter-dir", str(tiny_assets / "adapters"), "--num-shard", "2", "--port", str(port),
             "--grpc-port", str(free_port()), "--shard-uds-path", f"{sock_dir}/shard",
-            "--shard-args", "--threads 1 --memory-budget 536870912", "--startup-timeout", "120",
+            "--shard-args", "--threads 1", "--memory-budget", str(768 << 20), "--max-batch-prefill-tokens",
+            "256", "--startup-timeout", "120",
             "--drain-timeout", "60"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -152,7 +153,7 @@ def test_shard_killed_fails_in_flight_then_serves_again(launched: Launched):
     while True:
         try:
             status, body = _post(launched.port, "/generate", _gen_body(8), timeout=RECOVERY_S)
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             status, body = 0, str(exc).encode()
         if status == 200:
             break
@@ -163,14 +164,24 @@ def test_shard_killed_fails_in_flight_then_serves_again(launched: Launched):
     assert not set(_pids(launched, "shard")) & set(shards_before)
 
 
+def _refused(port: int) -> bool:
+    """A new request is refused (503 while draining, or nothing listens any more)."""
+    try:
+        status, _ = _post(port, "/generate", _gen_body(1), timeout=HANG_S)
+    except (ConnectionError, http.client.HTTPException):  # closed while the router stops
+        return True
+    assert status in (200, 503), status
+    return status == 503
+
+
 def test_sigterm_during_stream_lets_it_finish(launched: Launched):
-    tokens = 64
-    body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": tokens, "details": True,
-                                                         "stop": []}}
+    body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 200, "details": True}}
     kids = list(_children(launched.proc.pid))
     events = _stream(launched.port, body)
     first = next(events)
     launched.proc.send_signal(signal.SIGTERM)
+    while not _refused(launched.port):  # accepted until the router has the SIGTERM, then refused
+        time.sleep(0.05)
     rest = [first, *events]
     final = rest[-1]
     assert "error" not in final, f"{final}\n{launched.tail()}"

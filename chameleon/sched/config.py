@@ -18,7 +18,8 @@ class MlqConfig:
     None disables the count trigger. Until the first refresh there is one queue holding everything.
     K rule (elbow): the smallest K in 1..k_max with WCSS_K - WCSS_kmax <= elbow * WCSS_1.
     Quotas: Tok_min_i = S_i * D_i * (1/slo_s + lambda_i); the rest of the capacity split by
-    `extra_weights` (default linear decreasing K, K-1, .., 1: smaller-request queues get more).
+    `extra_weights` (default 1, 0.9, 0.8, ...: smaller-request queues get a little more; with
+    rest_split "proportional" the rest goes by weight x Tok_min instead).
     S_i is the queue's largest need (`size_stat` "max", the paper), or "mean" / "pNN". In overload
     (sum of Tok_min above the capacity) every minimum is scaled down proportionally; "mean" then
     shares the capacity in proportion to each queue's offered occupancy (Little's law).
@@ -34,7 +35,7 @@ class MlqConfig:
 
     t_refresh_s: float = 300.0
     first_refresh_requests: int | None = 100
-    refresh_requests: int | None = None
+    refresh_requests: int | None = 1000
     window_s: float = 300.0
     window_max_samples: int = 4096
     k_max: int = 4
@@ -48,6 +49,7 @@ class MlqConfig:
     bypass_lookahead: int = 8
     default_service_s: float = 2.0
     size_stat: str = "max"
+    rest_split: str = "weights"
     need: str = "reserved"
 
     def __post_init__(self) -> None:
@@ -60,6 +62,8 @@ class MlqConfig:
         if self.extra_weights is not None and (not self.extra_weights or min(self.extra_weights) < 0):
             raise ValueError("extra_weights must be a non-empty tuple of non-negative numbers")
         size_statistic([1], self.size_stat)  # raises ValueError on an unknown statistic
+        if self.rest_split not in ("weights", "proportional"):
+            raise ValueError(f"rest_split must be 'weights' or 'proportional', got {self.rest_split!r}")
         if self.need not in ("reserved", "predicted"):
             raise ValueError(f"need must be 'reserved' or 'predicted', got {self.need!r}")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:

@@ -113,7 +113,7 @@ class ChameleonScheduler(Scheduler):
         _, centroids, _ = choose_k(wrs, self.config.k_max, self.config.elbow)
         bounds = boundaries(centroids)
         return bounds, size_quotas(self._loads(bounds, now), capacity, self.config.slo_s,
-                                   self.config.extra_weights)
+                                   self.config.extra_weights, self.config.rest_split == "proportional")
 
     def _loads(self, bounds: list[float], now: float) -> list[QueueLoad]:
         k = len(bounds) + 1

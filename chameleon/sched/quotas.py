@@ -4,8 +4,9 @@ Service rate of queue i with Tok tokens of quota: mu = Tok / (S_i * D_i) (Tok/S_
 each served in D_i seconds). Requiring the M/M/1 time in system 1/(mu - lambda_i) <= SLO gives
     Tok_min_i = S_i * D_i * (1/SLO + lambda_i).
 Each queue gets Tok_min_i; the rest of the total capacity is split by weights that decrease for
-larger-request queues (default K, K-1, ..., 1). When the minima exceed the capacity they are scaled
-down proportionally. Every quota is at least 1 token, so tiny systems still make progress (a request
+larger-request queues (default 1, 0.9, 0.8, ...: a gentle tilt; steep weights such as K..1 starve
+the large-request queue near saturation in simulation). When the minima exceed the capacity they are
+scaled down proportionally. Every quota is at least 1 token, so tiny systems still make progress (a request
 larger than its whole quota is admitted alone, see the scheduler).
 """
 
@@ -44,7 +45,8 @@ def tok_min(load: QueueLoad, slo_s: float) -> float:
 
 
 def default_weights(k: int) -> list[float]:
-    return [float(k - i) for i in range(k)]
+    """1, 0.9, 0.8, ... (never below 0.1)."""
+    return [max(0.1, 1.0 - 0.1 * i) for i in range(k)]
 
 
 def split_quotas(minima: Sequence[float], total: int, weights: Sequence[float] | None = None) -> list[int]:
@@ -68,5 +70,14 @@ def split_quotas(minima: Sequence[float], total: int, weights: Sequence[float] |
 
 
 def size_quotas(loads: Sequence[QueueLoad], total: int, slo_s: float,
-                weights: Sequence[float] | None = None) -> list[int]:
-    return split_quotas([tok_min(x, slo_s) for x in loads], total, weights)
+                weights: Sequence[float] | None = None, proportional: bool = False) -> list[int]:
+    """Quotas from queue loads. proportional: the rest is split by weight x Tok_min (each queue's
+    M/M/1 demand, tilted by the decreasing weights) instead of by the weights alone."""
+    minima = [tok_min(x, slo_s) for x in loads]
+    if proportional:
+        w = list(weights[:len(minima)]) if weights is not None else default_weights(len(minima))
+        w += [w[-1]] * (len(minima) - len(w))
+        weights = [m * wi for m, wi in zip(minima, w, strict=True)]
+        if sum(weights) <= 0:
+            weights = None
+    return split_quotas(minima, total, weights)

@@ -200,5 +200,5 @@ def test_refresh_sizes_quotas_from_window_statistics():
     assert s.refreshes == 1 and len(s.ledger.quotas) == 2
     expected = size_quotas([QueueLoad(20, 0.1, 1.5), QueueLoad(2000, 10.0, 1.5)], 100_000, 5.0)
     assert s.ledger.quotas == expected
-    # Tok_min = 20*0.1*(1/5+1.5) = 3.4 and 2000*10*1.7 = 34000; the remaining 65996.6 split 2:1
-    assert expected == [44002, 55998]
+    # Tok_min = 20*0.1*(1/5+1.5) = 3.4 and 2000*10*1.7 = 34000; the remaining 65996.6 split 1:0.9
+    assert expected == [34739, 65261]

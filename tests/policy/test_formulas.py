@@ -48,8 +48,13 @@ def test_elbow_rule_picks_the_knee_not_kmax():
 def test_mm1_minimum_and_split():
     assert tok_min(QueueLoad(100, 2.0, 0.5), slo_s=5.0) == pytest.approx(100 * 2 * (0.2 + 0.5))
     # minima 140 and 60; the rest 800 split 2:1 -> 673.3 and 326.7; the rounding token goes to queue 0
-    assert split_quotas([140, 60], 1000) == [674, 326]
-    assert size_quotas([QueueLoad(100, 2.0, 0.5), QueueLoad(300, 1.0, 0.0)], 1000, 5.0) == [674, 326]
+    assert split_quotas([140, 60], 1000, weights=[2.0, 1.0]) == [674, 326]
+    # default weights 1, 0.9: 140 + 800/1.9 = 561.05 and 60 + 720/1.9 = 438.95
+    assert split_quotas([140, 60], 1000) == [562, 438]
+    assert size_quotas([QueueLoad(100, 2.0, 0.5), QueueLoad(300, 1.0, 0.0)], 1000, 5.0) == [562, 438]
+    # proportional: the rest goes by weight x Tok_min = 140 and 54: 717.3 and 282.7 (+1 to queue 0)
+    assert size_quotas([QueueLoad(100, 2.0, 0.5), QueueLoad(300, 1.0, 0.0)], 1000, 5.0,
+                       proportional=True) == [718, 282]
     assert split_quotas([600, 900], 1000) == [400, 600]  # minima scaled down to the capacity
     assert split_quotas([5, 5, 5], 2) == [1, 1, 1]  # tiny systems: every queue keeps >= 1 token
     assert split_quotas([0, 0], 10, weights=[0.0, 1.0]) == [1, 10]

@@ -1,7 +1,8 @@
 """Quota sizing: each queue as an M/M/1 system that must meet the SLO, the rest split by weight.
 
 Service rate of queue i with Tok tokens of quota: mu = Tok / (S_i * D_i) (Tok/S_i requests at a time,
-each served in D_i seconds). Requiring the M/M/1 time in system 1/(mu - lambda_i) <= SLO gives
+each served in D_i seconds; S_i is the queue's request size, see `size_statistic`). Requiring the
+M/M/1 time in system 1/(mu - lambda_i) <= SLO gives
     Tok_min_i = S_i * D_i * (1/SLO + lambda_i).
 Each queue gets Tok_min_i; the rest of the total capacity is split by weights that decrease for
 larger-request queues (default 1, 0.9, 0.8, ...: a gentle tilt; steep weights such as K..1 starve
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class QueueLoad:
-    """S: largest request in the queue (tokens); D: mean service time (s); lam: arrival rate (1/s)."""
+    """S: request size of the queue (tokens, see size_statistic); D: mean service time (s);
+    lam: arrival rate (1/s)."""
 
     largest_tokens: float
     service_s: float

@@ -126,7 +126,11 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
             await abort(context, exc)
             return
         msgs = _StreamMessages(v, shape, request.request.text)
-        events = self.s.events(v)
+        try:
+            events = self.s.events(v)  # refused here, before the first message
+        except ApiError as exc:
+            await abort(context, exc)
+            return
         try:
             if not shape.input_tokens:
                 yield msgs.first

@@ -140,31 +140,34 @@ class OpenAiRoutes:
                       rid: str, kind: str) -> web.StreamResponse:
         """One chunk per token, a last chunk with finish_reason, usage and the text beyond the streamed
         pieces (sse.text_beyond), an extra usage chunk when asked, then `data: [DONE]`."""
-        resp = await open_stream(request)
-        streamed = ""
-        try:
-            async with contextlib.aclosing(self.s.events(v)) as events:
-                async for ev in events:
-                    if isinstance(ev, TokenEvent):
-                        piece = "" if ev.special else ev.text
-                        streamed += piece
-                        await resp.write(event(chunk(piece, None, ev)))
-                    elif isinstance(ev, FinalEvent):
-                        tail = text_beyond(ev.generated_text, streamed)
-                        last = chunk(tail, oa.FINISH[ev.finish_reason], None)
-                        await resp.write(event({**last, "usage": oa.usage(ev)}))
-                        if with_usage:
-                            usage = {**oa.envelope(kind, model, rid), "choices": [], "usage": oa.usage(ev)}
-                            await resp.write(event(usage))
-            await resp.write(DONE)
-        except ApiError as exc:
-            with contextlib.suppress(*_CLIENT_GONE):
-                await resp.write(event(exc.body()))
-        except _CLIENT_GONE:
-            return resp
-        with contextlib.suppress(*_CLIENT_GONE):
-            await resp.write_eof()
+        source = self.s.events(v)  # refused here (429) before the stream opens
+        async with contextlib.aclosing(source) as events:
+            resp = await open_stream(request)
+            try:
+                try:
+                    await self._write_chunks(resp, events, chunk, with_usage, oa.envelope(kind, model, rid))
+                    await resp.write(DONE)
+                except ApiError as exc:
+                    await resp.write(event(exc.body()))
+                await resp.write_eof()
+            except _CLIENT_GONE:
+                pass  # the client left: closing the events cancels the request
         return resp
+
+    @staticmethod
+    async def _write_chunks(resp: web.StreamResponse, events: Any, chunk: Any, with_usage: bool,
+                            envelope: dict[str, Any]) -> None:
+        streamed = ""
+        async for ev in events:
+            if isinstance(ev, TokenEvent):
+                piece = "" if ev.special else ev.text
+                streamed += piece
+                await resp.write(event(chunk(piece, None, ev)))
+            elif isinstance(ev, FinalEvent):
+                last = chunk(text_beyond(ev.generated_text, streamed), oa.FINISH[ev.finish_reason], None)
+                await resp.write(event({**last, "usage": oa.usage(ev)}))
+                if with_usage:
+                    await resp.write(event({**envelope, "choices": [], "usage": oa.usage(ev)}))
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         created = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from typing import Any
 
@@ -20,6 +20,7 @@ from router.params import ClientParams, from_tgi
 from router.validation import Validated
 
 _CLIENT_GONE = (ConnectionResetError, ConnectionError)
+log = logging.getLogger("chameleon.router.http")
 
 
 class TgiRoutes:
@@ -82,19 +83,18 @@ class TgiRoutes:
 
     async def _stream(self, request: web.Request, inputs: str, params: ClientParams) -> web.StreamResponse:
         v = self.s.validate(inputs, params, stream=True, correlation_id=correlation_id(request), api="http")
-        resp = await open_stream(request)
-        events = Lookahead(self.s.events(v))
+        events = Lookahead(self.s.events(v))  # refused here (429) before the stream opens
         try:
-            await self._pump_tokens(resp, events, v, inputs, params)
-        except ApiError as exc:
-            with contextlib.suppress(*_CLIENT_GONE):
+            resp = await open_stream(request)
+            try:
+                await self._pump_tokens(resp, events, v, inputs, params)
+            except ApiError as exc:
                 await resp.write(event(exc.body()))
+            await resp.write_eof()
         except _CLIENT_GONE:
-            return resp
+            log.info("client gone", extra={"correlation_id": v.request.correlation_id})
         finally:
             await events.aclose()
-        with contextlib.suppress(*_CLIENT_GONE):
-            await resp.write_eof()
         return resp
 
     async def _pump_tokens(

@@ -119,14 +119,27 @@ class ApiService:
         self.metrics.request_started()
         self.metrics.request_failed(exc.kind)
 
-    async def events(self, v: Validated) -> AsyncIterator[Event]:
-        """The engine's events for a validated request; EngineError becomes ApiError."""
-        req, start, outcome = v.request, time.perf_counter(), "cancelled"
+    def events(self, v: Validated) -> AsyncIterator[Event]:
+        """Submit a validated request and return its event stream (EngineError becomes ApiError).
+
+        Submission happens here, not at the first iteration, so an overloaded engine is refused before a
+        stream's first byte goes out (HTTP 429 / RESOURCE_EXHAUSTED, not an error inside a stream)."""
+        req = v.request
         cid = {"correlation_id": req.correlation_id}
+        try:
+            stream = self.engine.generate(req)
+        except EngineError as exc:
+            self.metrics.request_failed(exc.kind)
+            log.info("request refused", extra={**cid, "error_type": exc.kind, "reason": exc.message})
+            raise from_engine(exc) from exc
         log.info("request started", extra={**cid, "adapter_id": req.adapter_id, "max_new_tokens":
                                            req.params.max_new_tokens, "input_tokens": len(req.input_ids)})
+        return self._follow(stream, cid)
+
+    async def _follow(self, source: AsyncIterator[Event], cid: dict[str, str | None]) -> AsyncIterator[Event]:
+        start, outcome = time.perf_counter(), "cancelled"
         try:
-            async with aclosing(self.engine.generate(req)) as stream:
+            async with aclosing(source) as stream:
                 async for event in stream:
                     if isinstance(event, FinalEvent):
                         outcome = "done"

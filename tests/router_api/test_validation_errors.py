@@ -250,5 +250,14 @@ def test_overload_is_refused_at_once_on_both_apis(router: ServedRouter):
     resp = _http(router, {"inputs": "hello", "parameters": {"max_new_tokens": 2}})
     assert resp.status_code == 429
     assert resp.json()["error_type"] == "overloaded"
+    for path in ("/generate_stream", "/v1/completions"):  # refused before a stream opens
+        body = {"inputs": "hello"} if path == "/generate_stream" else {"prompt": "hello", "stream": True}
+        resp = _http(router, body, path)
+        assert (resp.status_code, resp.json()["error_type"]) == (429, "overloaded"), path
+    one = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="hello"), params=req.params)
+    received: list[pb.GenerationResponse] = []
+    err = _grpc_error(lambda: received.extend(stub.GenerateStream(one)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert received == []  # not even the first message
     router.loop.call_soon_threadsafe(hold.set)
     assert all(f.result(30).responses[0].generated_token_count == 2 for f in futures)

@@ -127,7 +127,7 @@ def build_parser(environ: Mapping[str, str]) -> EnvArgumentParser:
                    help="seconds a shard group or the router may take to start listening")
     p.add_argument("--drain-timeout", type=float, default=60.0,
                    help="seconds the router may take to finish in-flight requests on shutdown (passed to it)")
-    p.add_argument("--stop-timeout", type=float, default=5.0,
+    p.add_argument("--stop-timeout", type=float, default=10.0,
                    help="seconds a process gets after SIGTERM before SIGKILL")
     p.add_argument("--max-restarts", type=int, default=10,
                    help="shard-group restarts before the launcher gives up")

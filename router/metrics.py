@@ -18,6 +18,7 @@ from router.metrics_engine import EngineStatsCollector
 
 _DURATION = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+_STEP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -84,11 +85,21 @@ class RouterMetrics:
         )
         self.generated = h("tgi_request_generated_tokens", "Generated tokens per request", _TOKENS)
         self.input_length = h("tgi_request_input_length", "Prompt tokens per request", _TOKENS)
+        self.batch_inference = Histogram("tgi_batch_inference_duration", "Batch step time, router side (s)",
+                                         ["method"], buckets=_STEP, registry=self.registry)
+        self.batch_forward = Histogram("tgi_batch_forward_duration", "Batch forward time, shard side (s)",
+                                       ["method"], buckets=_STEP, registry=self.registry)
         if engine_stats is not None:
             self.registry.register(EngineStatsCollector(engine_stats, block_size))
 
     def _histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, doc, buckets=buckets, registry=self.registry)
+
+    def observe_batch(self, method: str, inference_s: float, forward_s: float) -> None:
+        """One Prefill or Decode step (`method` "prefill" | "decode"); the engine calls this through
+        `Engine.step_observers` when it offers that hook."""
+        self.batch_inference.labels(method=method).observe(inference_s)
+        self.batch_forward.labels(method=method).observe(forward_s)
 
     def request_started(self) -> None:
         self.counters.inc("tgi_request_count")

@@ -73,6 +73,9 @@ def build_service(engine: EngineLike, tokenizer: RouterTokenizer, cfg: ServerCon
         ),
     )
     metrics = RouterMetrics(engine.stats, block_size=lambda: info.block_size)
+    observers = getattr(engine, "step_observers", None)  # optional engine hook: per-step timings
+    if isinstance(observers, list):
+        observers.append(metrics.observe_batch)
     return ApiService(engine, Validator(limits, tokenizer, engine.known), tokenizer, metrics, name)
 
 

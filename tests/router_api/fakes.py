@@ -96,6 +96,7 @@ class FakeEngine:
         self.script = Script()
         self.healthy = True
         self.stats_value: dict[str, Any] = {}
+        self.step_observers: list[Callable[[str, float, float], None]] = []
 
     async def start(self) -> None:
         return None
@@ -136,6 +137,8 @@ class FakeEngine:
                 await asyncio.sleep(script.step_s)
                 if script.fail_after is not None and i >= script.fail_after:
                     raise EngineError("generation", "shard rank 0 failed: boom")
+                for observe in self.step_observers:
+                    observe("prefill" if i == 0 else "decode", 0.002, 0.001)
                 ev = token(i, p.top_n_tokens)
                 text += ev.text
                 yield ev

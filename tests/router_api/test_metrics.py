@@ -93,3 +93,19 @@ def test_engine_state_is_exported(router: ServedRouter):
     }
     for sample, value in expected.items():
         assert _value(text, sample) == value, sample
+
+
+def test_batch_step_durations_from_the_engine_hook(router: ServedRouter):
+    before = _metrics(router)
+    prefill, decode = (
+        'tgi_batch_inference_duration_count{method="prefill"}',
+        ('tgi_batch_forward_duration_count{method="decode"}'),
+    )
+    n_prefill = _value(before, prefill) if prefill in before else 0
+    n_decode = _value(before, decode) if decode in before else 0
+    requests.post(
+        router.http + "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 3}}, timeout=10
+    )
+    after = _metrics(router)
+    assert _value(after, prefill) - n_prefill == 1
+    assert _value(after, decode) - n_decode == 2

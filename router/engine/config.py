@@ -26,7 +26,6 @@ class EngineConfig:
     max_total_tokens: int | None = None
     max_batch_prefill_tokens: int = 4096
     max_batch_size: int | None = None
-    stream_buffer: int = 256
     connect_timeout_s: float = 60.0
     recovery_timeout_s: float = 60.0  # queued requests wait this long for failed shards to come back
     seed: int = 0
@@ -41,5 +40,3 @@ class EngineConfig:
             raise ValueError("max_concurrent_requests must be >= 1")
         if self.max_batch_prefill_tokens < 1:
             raise ValueError("max_batch_prefill_tokens must be >= 1")
-        if self.stream_buffer < 1:
-            raise ValueError("stream_buffer must be >= 1")

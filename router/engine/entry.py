@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -254,7 +255,8 @@ class _EventStream:
 
     def __del__(self) -> None:
         if not self._live.stream.done:
-            self._loop.cancel(self._live.rid)
+            with contextlib.suppress(RuntimeError):  # the event loop may already be closed
+                self._loop.cancel(self._live.rid)
 
 
 def _with_model_id(info: EngineInfo, model_id: str) -> EngineInfo:

@@ -53,6 +53,7 @@ class SimResult:
     bytes_loaded: int = 0
     loads: int = 0
     prefetches: int = 0
+    load_stall_s: float = 0.0               # time steps waited for adapter loads (whole batch stalled)
     squashes: int = 0
     iterations: int = 0
     memory_stats: dict = field(default_factory=dict)

@@ -153,6 +153,7 @@ class Simulator:
 
     def _step(self, plan: Plan, now: float) -> float:
         start = self._loads(plan, now)
+        self.res.load_stall_s += start - now
         decoders = len(self.running)
         ctx = self.sum_in + decoders * (self.tick + 1) - self.sum_a
         prefill = sum(r.input_tokens for r in plan.admit)

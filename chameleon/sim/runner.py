@@ -67,6 +67,7 @@ class RunSummary:
     adapter_bytes_loaded: int
     adapter_loads: int
     prefetches: int
+    load_stall_s: float
     squashes: int
     iterations: int
     wall_s: float
@@ -108,6 +109,7 @@ def run_one(spec: SweepSpec, policy: str, rate: float) -> RunSummary:
         throughput_rps=throughput(res.finished, items[0].arrival, res.last_finish),
         e2e_mean_s=statistics.fmean(res.e2e), cache_hit_rate=float(res.memory_stats.get("hit_rate", 0.0)),
         adapter_bytes_loaded=res.bytes_loaded, adapter_loads=res.loads, prefetches=res.prefetches,
+        load_stall_s=res.load_stall_s,
         squashes=res.squashes, iterations=res.iterations, wall_s=time.perf_counter() - started,
         cpu_s=time.process_time() - cpu,
         ttft_sorted=ttft,

@@ -17,10 +17,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shard.demo_assets.files import MANIFEST, file_lock, tree_hashes, write_json
-from shard.demo_assets.lora import plan_adapters, read_targets, write_adapter
+from shard.demo_assets.hf import quiet_transformers
+from shard.demo_assets.lora import plan_adapters, read_targets, single_thread, write_adapter
 
 log = logging.getLogger(__name__)
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # bump whenever the bytes written for a request change
 DEMO_RANKS = (8, 16, 32, 64, 128)
 TINY_RANKS = (8, 16, 64, 128)
 _ADAPTER_DIR = re.compile(r"^r\d+-\d+$")
@@ -49,16 +50,18 @@ def build_assets(out_dir: Path, req: BuildRequest, *, cache_dir: Path, progress:
             log.info("demo assets in %s are up to date", out_dir)
             return out_dir
         specs = plan_adapters(req.ranks, req.adapters_per_rank, req.seed)
-        with tqdm(total=1 + len(specs), desc="model", unit="step", disable=not progress) as bar:
+        with quiet_transformers(), tqdm(total=1 + len(specs), desc="model", unit="step",
+                                        disable=not progress) as bar:
             base_name = _build_model(out_dir / "model", req, cache_dir, bar.set_description)
             bar.update()
             weights = read_targets(out_dir / "model" / "model.safetensors")
             adapters = out_dir / "adapters"
             _remove_stale(adapters, {s.name for s in specs})
-            for spec in specs:
-                bar.set_description(f"adapter {spec.name}")
-                write_adapter(adapters, spec, weights, base_name=base_name, strength=req.strength)
-                bar.update()
+            with single_thread():
+                for spec in specs:
+                    bar.set_description(f"adapter {spec.name}")
+                    write_adapter(adapters, spec, weights, base_name=base_name, strength=req.strength)
+                    bar.update()
             bar.set_description("done")
         _write_manifest(out_dir, req)
     return out_dir

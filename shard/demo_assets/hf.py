@@ -3,7 +3,9 @@ tokenizer_config.json that carries its own chat template (readable without trans
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,8 @@ from transformers import PretrainedConfig
 from shard.demo_assets.files import write_json
 
 # Generic PretrainedConfig fields that say nothing about a causal LM checkpoint.
-_NOISE = ("_name_or_path", "id2label", "label2id", "chunk_size_feed_forward", "is_encoder_decoder",
-          "output_attentions", "output_hidden_states", "problem_type", "return_dict",
+_NOISE = ("_name_or_path", "_model_name_or_path", "id2label", "label2id", "chunk_size_feed_forward",
+          "is_encoder_decoder", "output_attentions", "output_hidden_states", "problem_type", "return_dict",
           "quantization_config", "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads")
 
 _TOKENIZER_NOISE = ("is_local", "local_files_only", "name_or_path", "_commit_hash")
@@ -56,3 +58,17 @@ def finish_tokenizer_config(model_dir: Path, max_length: int) -> None:
         jinja.unlink()
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     write_json(cfg_path, cfg)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own per-load progress bars while ours runs; restores the previous state."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

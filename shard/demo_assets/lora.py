@@ -13,9 +13,10 @@ for the 100 demo adapters).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +81,9 @@ def adapter_tensors(spec: AdapterSpec, weights: Sequence[TargetWeight],
     scaling = spec.alpha / spec.rank
     out: dict[str, torch.Tensor] = {}
     for t in weights:
-        a = torch.randn(spec.rank, t.fan_in, generator=gen) / math.sqrt(t.fan_in)
+        a = torch.randn(spec.rank, t.fan_in, generator=gen).mul_(1.0 / math.sqrt(t.fan_in))
         sb = strength * t.norm / (scaling * math.sqrt(t.fan_out * spec.rank))
-        b = torch.randn(t.fan_out, spec.rank, generator=gen) * sb
+        b = torch.randn(t.fan_out, spec.rank, generator=gen).mul_(sb)
         out[f"{t.prefix}.lora_A.weight"] = a.to(ADAPTER_DTYPE)
         out[f"{t.prefix}.lora_B.weight"] = b.to(ADAPTER_DTYPE)
     return out
@@ -104,6 +105,18 @@ def adapter_config(spec: AdapterSpec, base_name: str, targets: Sequence[str]) ->
         "task_type": "CAUSAL_LM",
         "use_rslora": False,
     }
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: the tensors here are small and memory-bound, and a busy machine
+    makes two spinning OpenMP threads ~100x slower. Results do not depend on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_adapter(out_dir: Path, spec: AdapterSpec, weights: Sequence[TargetWeight], *,

@@ -4,8 +4,9 @@
    to the first TokenEvent) and straight to the shard with the engine's own client (Prefill RPC
    round trip, run between two loop steps on pages borrowed from the engine's pool). Median of each
    and of the difference.
-2. Scheduling step with N queued requests: `scheduler.schedule()` + `memory.prefetch()` timed over
-   many iterations while the live engine drains a backlog of N queued requests.
+2. Scheduling step with N queued requests: `scheduler.schedule()` timed on every iteration while the
+   live engine drains a backlog of N requests submitted at once; and the loop's whole host time per
+   iteration outside shard RPCs (schedule, batch building, adapter sync, prefetch, event routing).
 The shard is the one at --master-shard-uds-path, or one spawned here (`chameleon shard`) by default.
 """
 
@@ -91,6 +92,7 @@ async def schedule_backlog(engine: Engine, req: GenerateRequest, queued: int) ->
     loop = engine.loop
     assert loop is not None  # started
     loop.schedule_samples.clear()
+    loop.host_samples.clear()
     streams = [engine.generate(req) for _ in range(queued)]
 
     async def drain(s: object) -> None:
@@ -99,11 +101,14 @@ async def schedule_backlog(engine: Engine, req: GenerateRequest, queued: int) ->
 
     t0 = time.perf_counter()
     await asyncio.gather(*(drain(s) for s in streams))
-    samples = sorted(loop.schedule_samples)
-    return {"queued": queued, "iterations": len(samples), "drain_s": time.perf_counter() - t0,
-            "schedule_ms_p50": 1e3 * statistics.median(samples),
-            "schedule_ms_p99": 1e3 * samples[int(0.99 * (len(samples) - 1))],
-            "schedule_ms_max": 1e3 * samples[-1]}
+    drain_s = time.perf_counter() - t0
+    out: dict[str, float] = {"queued": queued, "iterations": len(loop.schedule_samples), "drain_s": drain_s}
+    for name, raw in (("schedule", loop.schedule_samples), ("host", loop.host_samples)):
+        samples = sorted(raw)
+        out[f"{name}_ms_p50"] = 1e3 * statistics.median(samples)
+        out[f"{name}_ms_p99"] = 1e3 * samples[int(0.99 * (len(samples) - 1))]
+        out[f"{name}_ms_max"] = 1e3 * samples[-1]
+    return out
 
 
 async def run(a: argparse.Namespace) -> dict[str, object]:

@@ -62,6 +62,7 @@ class ServingLoop:
         self.est_step_s = 0.05
         self.schedule_s = self.schedule_max_s = 0.0
         self.schedule_samples: deque[float] = deque(maxlen=4096)  # recent schedule() durations, s
+        self.host_samples: deque[float] = deque(maxlen=4096)  # iteration time outside shard RPCs, s
         self.steps = 0
         self.replay_divergences = 0  # squashed re-runs whose swallowed tokens differed (see live.py)
         self._batch_ids = itertools.count(1)
@@ -131,6 +132,7 @@ class ServingLoop:
         return work
 
     async def _iteration(self) -> bool:
+        t0, rpc0 = time.perf_counter(), self.client.rpc_s
         now = time.monotonic()
         work = await self._housekeeping(now)
         plan = self._schedule(now)
@@ -142,6 +144,8 @@ class ServingLoop:
         if self.batches:
             await self._decode()
         await prefetch(self, time.monotonic())
+        if plan.admit or self.batches:
+            self.host_samples.append(time.perf_counter() - t0 - (self.client.rpc_s - rpc0))
         return work or bool(plan.admit or self.batches)
 
     async def _recovering(self) -> bool:

@@ -11,6 +11,7 @@ Any failed rank fails the whole call with `ShardError` carrying the rank and the
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,7 @@ class ShardClient:
             raise ValueError("no shard URLs")
         self._ranks = [_Rank(k, u) for k, u in enumerate(urls)]
         self._timeout = timeout_s
+        self.rpc_s = 0.0  # wall time spent awaiting fanned-out RPCs (for the loop's host-time figure)
 
     @classmethod
     async def connect(cls, master_uds_path: str, wait_s: float = 60.0,
@@ -101,7 +103,9 @@ class ShardClient:
 
     async def _fan(self, rpc: str, call: Callable[[_Rank], Awaitable[Any]]) -> list[Any]:
         """Run `call` on every rank concurrently; the first failure (by rank) raises ShardError."""
+        t0 = time.perf_counter()
         results = await asyncio.gather(*(call(r) for r in self._ranks), return_exceptions=True)
+        self.rpc_s += time.perf_counter() - t0
         for r, res in zip(self._ranks, results, strict=True):
             if isinstance(res, grpc.aio.AioRpcError):
                 raise ShardError(rpc, r.rank, f"{res.code().name}: {res.details()}", res.code().name)

@@ -15,9 +15,9 @@ from chameleon_pb import generation_pb2 as pb
 from chameleon_pb import generation_pb2_grpc as pb_grpc
 
 from router.api.fmaas_params import STOP_REASON, ResponseShape, from_fmaas, stop_sequence_of, token_info
+from router.api.fmaas_stream import StreamMessages
 from router.api.service import ApiService, Outcome
-from router.api.sse import text_beyond
-from router.engine.types import FinalEvent, PrefillEvent, TokenEvent
+from router.engine.types import FinalEvent
 from router.errors import ApiError
 from router.validation import Validated
 
@@ -125,7 +125,7 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
         except ApiError as exc:
             await abort(context, exc)
             return
-        msgs = _StreamMessages(v, shape, request.request.text)
+        msgs = StreamMessages(v, shape, request.request.text)
         try:
             events = self.s.events(v)  # refused here, before the first message
         except ApiError as exc:
@@ -179,45 +179,3 @@ async def _next(events: AsyncIterator[object], deadline: float | None) -> object
         return await asyncio.wait_for(anext(events), remaining)
     except asyncio.TimeoutError:
         return None
-
-
-class _StreamMessages:
-    """Engine events -> GenerateStream messages: the first carries the input token count (and input
-    tokens/text when asked), one per token carries its text, the last the stop reason and totals plus
-    whatever the final text has beyond the streamed pieces (a character split over tokens)."""
-
-    def __init__(self, v: Validated, shape: ResponseShape, text: str) -> None:
-        self.n_in = len(v.request.input_ids)
-        self.stops = v.request.params.stop_sequences
-        self.shape = shape
-        self.first = pb.GenerationResponse(input_token_count=self.n_in, text=text if shape.input_text else "")
-        self.deadline = None if shape.time_limit_s is None else time.monotonic() + shape.time_limit_s
-        self.count = 0
-        self.streamed = ""
-        self.done = False
-
-    def message(self, ev: object | None) -> pb.GenerationResponse:
-        if isinstance(ev, PrefillEvent):
-            self.first.input_tokens.extend(token_info(t, self.shape) for t in ev.tokens)
-            return self.first
-        if isinstance(ev, TokenEvent):
-            self.count += 1
-            self.streamed += ev.text
-            msg = pb.GenerationResponse(generated_token_count=self.count, text=ev.text)
-            if self.shape.generated_tokens:
-                msg.tokens.append(token_info(ev, self.shape))
-            return msg
-        self.done = True
-        if not isinstance(ev, FinalEvent):  # the time limit passed
-            return pb.GenerationResponse(
-                input_token_count=self.n_in, generated_token_count=self.count, stop_reason=pb.TIME_LIMIT
-            )
-        text = ev.generated_text
-        return pb.GenerationResponse(
-            input_token_count=self.n_in,
-            generated_token_count=ev.generated_tokens,
-            text=text_beyond(text, self.streamed),
-            stop_reason=STOP_REASON[ev.finish_reason],
-            seed=ev.seed or 0,
-            stop_sequence=stop_sequence_of(ev, self.stops),
-        )

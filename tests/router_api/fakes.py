@@ -130,7 +130,7 @@ class FakeEngine:
             p = req.params
             if p.prefill_logprobs:
                 yield PrefillEvent(tuple(TopToken(i, f"p{i}", -1.0, False) for i in req.input_ids))
-            text = ""
+            text, n, reason = "", 0, "length"
             for i in range(p.max_new_tokens):
                 if script.hold is not None:
                     await script.hold.wait()
@@ -140,21 +140,17 @@ class FakeEngine:
                 for observe in self.step_observers:
                     observe("prefill" if i == 0 else "decode", 0.002, 0.001)
                 ev = token(i, p.top_n_tokens)
-                text += ev.text
+                text, n = text + ev.text, n + 1
                 yield ev
+                if any(text.endswith(s) for s in p.stop_sequences):
+                    reason = "stop_sequence"
+                    break
             if script.final_late:
                 await asyncio.sleep(0.01)
             done = True
             self.finished.append(req)
-            yield FinalEvent(
-                text,
-                p.max_new_tokens,
-                "length",
-                p.seed if p.seed is not None else 7,
-                len(req.input_ids),
-                0.001,
-                0.002,
-            )
+            seed = p.seed if p.seed is not None else 7
+            yield FinalEvent(text, n, reason, seed, len(req.input_ids), 0.001, 0.002)  # type: ignore[arg-type]
         finally:
             self.in_flight -= 1
             if not done:

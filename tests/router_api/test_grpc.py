@@ -193,3 +193,19 @@ def test_reflection_lists_the_services(router: ServedRouter):
     (resp,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for s in resp.list_services_response.service}
     assert {"fmaas.GenerationService", "chameleon.v1.AdapterAdmin", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_stop_sequence_in_stream_and_batch(router: ServedRouter, include: bool):
+    stub = pb_grpc.GenerationServiceStub(_channel(router))
+    params = _params(10)
+    params.stopping.stop_sequences.append(" t2")
+    params.stopping.include_stop_sequence = include
+    msgs = list(stub.GenerateStream(pb.SingleGenerationRequest(request=pb.GenerationRequest(text="x"),
+                                                               params=params)))
+    want = " t0 t1 t2" if include else " t0 t1"
+    assert "".join(m.text for m in msgs) == want
+    assert (msgs[-1].stop_reason, msgs[-1].stop_sequence, msgs[-1].generated_token_count) == (
+        pb.STOP_SEQUENCE, " t2", 3)
+    out = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="x")], params=params))
+    assert out.responses[0].text == want

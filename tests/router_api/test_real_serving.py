@@ -4,6 +4,8 @@ and a cancellation storm without leaks, validation errors on both APIs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 from typing import Any
 
 import grpc
@@ -210,3 +212,19 @@ def test_validation_errors_on_both_apis(
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
+
+
+def test_http_stream_disconnect_frees_the_request(system: RealSystem):
+    router = system.router
+    cancelled_before = metric(router, "chameleon_request_cancelled")
+    host, port = router.http.removeprefix("http://").split(":")
+    body = json.dumps({"inputs": "leave early", "parameters": {"max_new_tokens": 1500}}).encode()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = "POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        received = b""
+        while b"data:" not in received:  # the first token arrived: the request is in the batch
+            received += sock.recv(4096)
+    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "the disconnected stream released")
+    assert metric(router, "chameleon_request_cancelled") - cancelled_before == 1
+    assert metric(router, 'chameleon_pool_pages{tenant="kv"}') == 0

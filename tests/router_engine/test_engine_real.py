@@ -343,3 +343,21 @@ async def _error_of(stream: object) -> BaseException | None:
     except EngineError as exc:
         return exc
     return None
+
+
+def test_stop_drains_in_flight_requests(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
+    """Runs last on the module's engine: stop(drain=True) lets every request finish, then refuses."""
+    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
+
+    async def run() -> list[list[Event]]:
+        streams = [engine.generate(request(tok, PROMPTS[i], names[i], new=6)) for i in range(3)]
+        consumers = [asyncio.create_task(drain(s)) for s in streams]
+        await asyncio.sleep(0)
+        await engine.stop(drain=True)
+        with pytest.raises(EngineError) as err:
+            engine.generate(request(tok, PROMPTS[0], None))
+        assert err.value.kind == "unavailable"
+        return await asyncio.gather(*consumers)
+
+    for events in aloop.run_until_complete(run()):
+        assert isinstance(events[-1], FinalEvent)

@@ -60,7 +60,9 @@ class Engine:
         try:
             self.client = await ShardClient.connect(cfg.master_shard_uds_path, wait_s=cfg.connect_timeout_s)
             facts = await start_shards(self.client, cfg)
-        except ShardError as exc:
+        except (ShardError, StartupError) as exc:
+            if self.client is not None:
+                await self.client.close()
             raise StartupError(f"cannot start the shards: {exc}") from exc
         info = facts.info
         if not info.model_id:

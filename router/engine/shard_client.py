@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -79,7 +80,11 @@ class ShardClient:
                 reply = await stub.ServiceDiscovery(generate_pb2.ServiceDiscoveryRequest(),
                                                     wait_for_ready=True, timeout=wait_s)
             except grpc.aio.AioRpcError as exc:
-                raise ShardError("ServiceDiscovery", 0, f"{master}: {exc.details() or exc.code()}") from exc
+                hint = "" if Path(master.removeprefix("unix://")).exists() else (
+                    " (no such socket: is `chameleon shard ... --uds-path PREFIX` running? rank 0 listens "
+                    "on PREFIX-0)")
+                detail = f"{master}: {exc.details() or exc.code()}{hint}"
+                raise ShardError("ServiceDiscovery", 0, detail) from exc
         client = cls(list(reply.urls) or [master], timeout_s)
         await asyncio.gather(*(client._ready(r, wait_s) for r in client._ranks))
         return client

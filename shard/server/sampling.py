@@ -161,16 +161,18 @@ def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], histories: l
             s = samplers[i]
             row = s.penalize(logits[i], histories[i])
             logits[i] = s.warp(row) if s.params.do_sample else row
-    logp = torch.log_softmax(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)  # [S]; logprob = logit - lse, without a [S, V] log_softmax
     next_ids = torch.argmax(logits, dim=-1).tolist()
     for i in rows:
         next_ids[i] = samplers[i].choose(logits[i])
-    chosen = logp.gather(1, torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)).squeeze(1).tolist()
+    picked = logits.gather(1, torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)).squeeze(1)
+    chosen = (picked - lse).tolist()
     top_ids: list[list[int]] = [[] for _ in samplers]
     top_lps: list[list[float]] = [[] for _ in samplers]
     n_max = max(top_n, default=0)
     if n_max > 0:
-        vals, idx = torch.topk(logp, min(n_max, logp.shape[1]), dim=-1)
+        vals, idx = torch.topk(logits, min(n_max, logits.shape[1]), dim=-1)
+        vals = vals - lse.unsqueeze(1)
         for i, n in enumerate(top_n):
             top_ids[i], top_lps[i] = idx[i, :n].tolist(), vals[i, :n].tolist()
     return StepChoice(next_ids, chosen, top_ids, top_lps)

@@ -107,7 +107,8 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """forward(ids [T], positions [T], kv caches, meta, lora, rows) -> logits [len(rows), vocab]."""
+    """forward(ids [T], positions [T], kv caches, meta, lora, rows) -> logits [len(rows), vocab] (rows None:
+    every row)."""
 
     def __init__(self, cfg: ModelConfig, dist: DistContext, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
@@ -119,10 +120,10 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMeta, lora: LoraBatch | None,
-                rows: torch.Tensor) -> torch.Tensor:
+                rows: torch.Tensor | None) -> torch.Tensor:
         h = self.model.embed_tokens(input_ids)  # [T, H]
         cos, sin = self.rotary.cos_sin(positions, h.dtype)  # [T, 1, D]
         for layer, cache in zip(self.model.layers, kv, strict=True):
             h = layer(h, cos, sin, cache, meta, lora)
-        h = self.model.norm(h[rows])  # only the rows whose logits are wanted
+        h = self.model.norm(h if rows is None else h[rows])  # only the rows whose logits are wanted
         return self.lm_head(h).float()  # [rows, vocab]

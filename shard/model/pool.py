@@ -1,9 +1,10 @@
 """PagePool: this rank's one flat buffer of fixed-size pages, shared by KV blocks and adapters.
 
-Page p is bytes [p * page_elems, (p + 1) * page_elems) of the buffer. As a KV block it holds
-`block_size` token slots laid out slot-major: [block_size, layers, 2 (K, V), kv_heads_local, head_dim],
-so the KV slot s = page * block_size + offset indexes the buffer viewed as [pages * block_size, ...]
-directly. As adapter storage it holds a slice of the adapter's packed weights (see shard.lora.store).
+Page p is elements [p * page_elems, (p + 1) * page_elems) of the buffer. As a KV block it holds
+`block_size` token slots laid out [layers, 2 (K, V), block_size, kv_heads_local, head_dim], so one
+layer's K (or V) of a whole block is one contiguous run: attention gathers whole blocks. KV slot
+s = page * block_size + offset. As adapter storage a page holds a slice of the adapter's packed
+weights (see shard.lora.store).
 Page 0 is reserved (the router never hands it out; used for liveness/padding).
 """
 
@@ -27,9 +28,9 @@ class PagePool:
         self.page_elems = block_size * shape.num_layers * 2 * self.kv_heads * shape.head_dim
         self.dtype = dtype
         self.buffer = torch.zeros(num_pages * self.page_elems, dtype=dtype, device=device)
-        slots = self.buffer.view(num_pages * block_size, shape.num_layers, 2, self.kv_heads, shape.head_dim)
-        # per layer: K and V caches [num_slots, kv_heads_local, head_dim] (strided views of the buffer)
-        self.kv = [(slots[:, layer, 0], slots[:, layer, 1]) for layer in range(shape.num_layers)]
+        pages = self.buffer.view(num_pages, shape.num_layers, 2, block_size, self.kv_heads, shape.head_dim)
+        # per layer: K and V caches [num_pages, block_size, kv_heads_local, head_dim] (views of the buffer)
+        self.kv = [(pages[:, layer, 0], pages[:, layer, 1]) for layer in range(shape.num_layers)]
 
     @property
     def page_bytes(self) -> int:

@@ -121,16 +121,18 @@ class ModelRunner:
                                self.lora_path)
         slots = fb.slots.to(dev)
         meta = AttentionMeta.build(slots, fb.query_lens, fb.context_lens, fb.block_tables,
-                                   self.block_size, dev)
+                                   self.block_size, dev, self.dtype)
         rows, last, spans, start = [], [], [], 0  # rows whose logits are computed; per-seq indexes into them
         for q, want_all in zip(fb.query_lens, fb.all_logits, strict=True):
             spans.append((len(rows), len(rows) + q) if want_all else None)
             rows += range(start, start + q) if want_all else [start + q - 1]
             last.append(len(rows) - 1)
             start += q
+        every_row = len(rows) == start  # decode: all rows, in order; no gather needed
         logits = self.model(fb.input_ids.to(dev), fb.positions.to(dev), self.pool.kv, meta, lora,
-                            torch.tensor(rows, dtype=torch.int64, device=dev))  # [rows, vocab] float32
-        return ForwardOutput(last_logits=logits[torch.tensor(last, dtype=torch.int64, device=dev)],
+                            None if every_row else torch.tensor(rows, dtype=torch.int64, device=dev))
+        last_logits = logits if len(last) == len(rows) else logits[torch.tensor(last, device=dev)]
+        return ForwardOutput(last_logits=last_logits,
                              all_logits=[logits[sp[0]:sp[1]] if sp else None for sp in spans])
 
     def measure_activation_bytes(self, max_prefill_tokens: int) -> int:

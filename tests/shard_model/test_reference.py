@@ -15,6 +15,7 @@ from tests.shard_model.harness import BLOCK, Harness, Record
 from tests.shard_model.tiny import Reference
 
 NUM_PAGES = 1600
+SENTINEL = 1.0e4
 
 
 def check_records(records: list[Record], reference: Reference) -> None:
@@ -54,18 +55,21 @@ def test_request_writes_only_its_own_slots(tiny_root: Path, reference: Reference
     assert pool is not None
     adapter_pages = sorted(p for pages in h.adapter_pages.values() for p in pages)
     adapter_before = torch.stack([pool.page(p).clone() for p in adapter_pages])
-    # poison every KV slot (all pages but the adapters'): any read of a foreign slot gives NaN logits
+    # poison every KV slot (all pages but the adapters') with a finite sentinel (pool contents are always
+    # finite): a read of a foreign slot shows in the logits, a foreign write in the sentinel check
     mask = torch.ones(pool.num_pages, dtype=torch.bool)
     mask[adapter_pages] = False
-    pool.buffer.view(pool.num_pages, -1)[mask] = float("nan")
+    pool.buffer.view(pool.num_pages, -1)[mask] = SENTINEL
     seqs = h.scenario()
     check_records(h.records, reference)
     written = sorted(s for seq in seqs for s in seq.written)
-    slot_view = pool.buffer.view(pool.num_pages * BLOCK, -1)
+    # [slot, everything of that slot over layers and K/V]
+    slot_view = pool.buffer.view(pool.num_pages, pool.num_layers, 2, BLOCK, -1).permute(0, 3, 1, 2, 4)
+    slot_view = slot_view.reshape(pool.num_pages * BLOCK, -1)
     untouched = torch.ones(slot_view.shape[0], dtype=torch.bool)
     untouched[written] = False
     untouched.view(pool.num_pages, BLOCK)[adapter_pages] = False
-    assert torch.isnan(slot_view[untouched]).all(), "a forward wrote into a slot it does not own"
-    assert not torch.isnan(slot_view[written]).any()
+    assert (slot_view[untouched] == SENTINEL).all(), "a forward wrote into a slot it does not own"
+    assert (slot_view[written] != SENTINEL).all(dim=1).all(), "a slot of the request was not written"
     after = torch.stack([pool.page(p) for p in adapter_pages])
     assert torch.equal(after, adapter_before), "KV writes touched adapter pages"

@@ -4,6 +4,7 @@ byte-identical rebuilds. The SmolLM2 tests use the cached real assets (built onc
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ from shard.demo_assets.cli import main
 from shard.demo_assets.files import tree_hashes
 
 TINY_PROMPT = "def main(args):"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small CPU models run faster on one intra-op thread on a shared 2-core machine (no busy-waiting
+    OpenMP peers); restored afterwards so other test modules are unaffected."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _greedy(model: torch.nn.Module, tok, prompt: str, n: int = 16) -> list[int]:
@@ -101,3 +112,55 @@ def test_bad_arguments_are_refused(argv: list[str], tmp_path: Path,
     assert exc.value.code == 2
     assert "demo-assets" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+PARIS_PROMPT = "The capital of France is"
+
+
+@pytest.mark.slow
+def test_smollm2_model_is_converted_right(demo_assets: Path) -> None:
+    model, tok = _load(demo_assets / "model")
+    cfg = model.config
+    assert cfg.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_hidden_layers) == (9, 3, 30)
+    assert cfg.rope_parameters["rope_theta"] == 100000.0 and cfg.rms_norm_eps == 1e-5
+    assert (tok.bos_token_id, tok.eos_token_id, cfg.bos_token_id, cfg.eos_token_id) == (1, 2, 1, 2)
+    assert "<|im_start|>assistant" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.decode(_greedy(model, tok, PARIS_PROMPT, 4))
+    assert text.startswith(" Paris"), text
+
+
+def _readable(text: str) -> bool:
+    """Mostly letters, digits, spaces and punctuation: a changed but not garbled completion."""
+    ok = sum(c.isalnum() or c.isspace() or c in ".,;:!?'\"()-" for c in text)
+    return len(text) > 0 and ok / len(text) > 0.9
+
+
+@pytest.mark.slow
+def test_smollm2_adapters_load_and_change_output(demo_assets: Path) -> None:
+    from peft import PeftModel
+
+    model, tok = _load(demo_assets / "model")
+    base_out = _greedy(model, tok, PARIS_PROMPT, 12)
+    assert len(list((demo_assets / "adapters").iterdir())) == 100
+    for name in ("r8-00", "r16-05", "r32-10", "r64-15", "r128-19"):
+        peft_model = PeftModel.from_pretrained(model, demo_assets / "adapters" / name).eval()
+        assert peft_model.peft_config["default"].r == int(name[1:].split("-")[0])
+        out = _greedy(peft_model, tok, PARIS_PROMPT, 12)
+        model = peft_model.unload()
+        assert out != base_out, name
+        assert _readable(tok.decode(out)), (name, tok.decode(out))
+
+
+@pytest.mark.slow
+def test_smollm2_rebuild_is_byte_identical(demo_assets: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    try:
+        assert main(["--no-progress", "--log-level", "WARNING", str(again)]) == 0
+        reference = tree_hashes(demo_assets, skip=frozenset())
+        assert len(reference) == 1 + 5 + 2 * 100  # manifest, model files, adapter files
+        assert tree_hashes(again, skip=frozenset()) == reference
+    finally:
+        shutil.rmtree(again, ignore_errors=True)

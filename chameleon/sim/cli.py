@@ -41,6 +41,12 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--pool-tokens", type=int, default=None,
                    help="cap the KV/adapter pool at this many tokens (S-LoRA's max_total_token_num)")
     p.add_argument("--show-profile", action="store_true", help="print the profile with sources and exit")
+    _workload_args(p)
+    _engine_args(p)
+    return p
+
+
+def _workload_args(p: EnvArgumentParser) -> None:
     p.add_argument("--adapters", type=int, default=100, help="number of adapters")
     p.add_argument("--ranks", default="8,16,32,64,128", help="rank classes (adapters split evenly)")
     p.add_argument("--popularity-exponent", type=float, default=1.0, help="power law within a rank class")
@@ -52,6 +58,9 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--arrivals", choices=("poisson", "trace"), default="poisson",
                    help="Poisson at each rate, or the trace's timestamps warped to each rate")
     p.add_argument("--limit", type=int, default=0, help="first N trace records only (0 = all)")
+
+
+def _engine_args(p: EnvArgumentParser) -> None:
     p.add_argument("--predictor", default="online", help="online | oracle | noisy:P (e.g. noisy:0.8)")
     p.add_argument("--slo-s", type=float, default=None, help="TTFT SLO in seconds (default: 5x the mean "
                    "request time of fifo at --slo-rate)")
@@ -62,7 +71,6 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="workload and predictor seed")
     p.add_argument("--workers", type=int, default=2, help="parallel simulation processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def _spec(args, profile: Profile) -> SweepSpec:

@@ -46,6 +46,7 @@ def _fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 def build(length_scale: float = LENGTH_SCALE) -> Profile:
+    """The profile; `length_scale` other than 1/6 re-derives the prefill cost for experiments."""
     sizes = {r: adapter_bytes(LLAMA_7B, r, LORA_TARGETS, FP16) for r in PAPER_RANKS}
     intercept, slope = _fit_line([float(sizes[r]) for r in PAPER_RANKS],
                                  [PAPER_TTFT_MS[r] / 1e3 for r in PAPER_RANKS])
@@ -55,7 +56,6 @@ def build(length_scale: float = LENGTH_SCALE) -> Profile:
     kv_token = kv_bytes_per_token(LLAMA_7B, FP16)
     lora_per_rank = 2 * sum(sum(LLAMA_7B.module_dims(m)) for m in LORA_TARGETS) * LLAMA_7B.num_layers \
         / (2 * LLAMA_7B_PARAMS)
-    mfu = 2 * LLAMA_7B_PARAMS / compute_per_token / A40_FP16_TENSOR
     return Profile(
         name="a40-llama7b",
         device_memory_bytes=A40_MEMORY,
@@ -74,30 +74,35 @@ def build(length_scale: float = LENGTH_SCALE) -> Profile:
         length_scale=length_scale,
         ref_input_tokens=ref_input,
         ref_ttft_s={r: ms / 1e3 for r, ms in PAPER_TTFT_MS.items()},
-        sources={
-            "device_memory_bytes": "A40 datasheet 48 GB GDDR6 (ECC on): nvidia-smi total 46068 MiB",
-            "weights_bytes": f"Llama-7B {LLAMA_7B_PARAMS:,} parameters x 2 bytes (float16)",
-            "activation_reserve_bytes": "10% of device memory: vLLM default gpu_memory_utilization=0.9",
-            "kv_bytes_per_token": "32 layers x 2 (K,V) x 4096 x 2 bytes (memory.kv_bytes_per_token)",
-            "block_size": "16 tokens per KV page (vLLM/TGI default)",
-            "adapter_bytes": "LoRA on q,k,v,o at true size (chameleon.memory.adapter_bytes); rank 32 = "
-                             "64 MiB = the paper's 64 MB",
-            "step_overhead_s": "assumption: ~2 ms per iteration for scheduling and kernel launches",
-            "weight_read_s": "weights / (696 GB/s A40 datasheet x 0.8 assumed achievable)",
-            "compute_s_per_token": f"fitted: (paper unloaded-TTFT intercept {intercept * 1e3:.1f} ms - "
-                                   f"overhead) / {ref_input} tokens (mean scaled prompt); implies "
-                                   f"{mfu:.0%} of the A40's 149.7 TFLOPS",
-            "lora_compute_per_rank": "FLOPs of LoRA on q,k,v,o per rank unit / FLOPs of the base model",
-            "kv_read_s_per_token": "KV bytes of one token / (696 GB/s x 0.8)",
-            "h2d_bytes_per_s": f"fitted: slope of paper's unloaded TTFT vs adapter bytes = "
-                               f"{1 / slope / 1e9:.2f} GB/s (PCIe 4.0 x16 peak is 32 GB/s; S-LoRA copies "
-                               "many small tensors from pageable memory)",
-            "load_overhead_s": "0: the fitted line has no per-load constant beyond its slope",
-            "length_scale": "1/6: paper's SLO 5 s = 5x mean request time (~1 s); ~35 of the trace's "
-                            "mean 211 output tokens at ~27 ms/step",
-            "ref_input_tokens": "mean Azure conversation prompt (1154.7 tokens) x length_scale",
-            "max_pool_tokens": "0: the pool is all memory left after weights and the reserve (S-LoRA "
-                               "instead takes a fixed --max_total_token_num; see README)",
-            "ref_ttft_s": "paper: unloaded TTFT 74/78/88/107/144 ms for ranks 8/16/32/64/128",
-        },
+        sources=_sources(intercept, slope, ref_input, compute_per_token),
     )
+
+
+def _sources(intercept: float, slope: float, ref_input: int, compute_per_token: float) -> dict[str, str]:
+    mfu = 2 * LLAMA_7B_PARAMS / compute_per_token / A40_FP16_TENSOR
+    return {
+        "device_memory_bytes": "A40 datasheet 48 GB GDDR6 (ECC on): nvidia-smi total 46068 MiB",
+        "weights_bytes": f"Llama-7B {LLAMA_7B_PARAMS:,} parameters x 2 bytes (float16)",
+        "activation_reserve_bytes": "10% of device memory: vLLM default gpu_memory_utilization=0.9",
+        "kv_bytes_per_token": "32 layers x 2 (K,V) x 4096 x 2 bytes (memory.kv_bytes_per_token)",
+        "block_size": "16 tokens per KV page (vLLM/TGI default)",
+        "adapter_bytes": "LoRA on q,k,v,o at true size (chameleon.memory.adapter_bytes); rank 32 = "
+                         "64 MiB = the paper's 64 MB",
+        "step_overhead_s": "assumption: ~2 ms per iteration for scheduling and kernel launches",
+        "weight_read_s": "weights / (696 GB/s A40 datasheet x 0.8 assumed achievable)",
+        "compute_s_per_token": f"fitted: (paper unloaded-TTFT intercept {intercept * 1e3:.1f} ms - "
+                               f"overhead) / {ref_input} tokens (mean scaled prompt); implies "
+                               f"{mfu:.0%} of the A40's 149.7 TFLOPS",
+        "lora_compute_per_rank": "FLOPs of LoRA on q,k,v,o per rank unit / FLOPs of the base model",
+        "kv_read_s_per_token": "KV bytes of one token / (696 GB/s x 0.8)",
+        "h2d_bytes_per_s": f"fitted: slope of paper's unloaded TTFT vs adapter bytes = "
+                           f"{1 / slope / 1e9:.2f} GB/s (PCIe 4.0 x16 peak is 32 GB/s; S-LoRA copies "
+                           "many small tensors from pageable memory)",
+        "load_overhead_s": "0: the fitted line has no per-load constant beyond its slope",
+        "length_scale": "1/6: paper's SLO 5 s = 5x mean request time (~1 s); ~35 of the trace's "
+                        "mean 211 output tokens at ~27 ms/step",
+        "ref_input_tokens": "mean Azure conversation prompt (1154.7 tokens) x length_scale",
+        "max_pool_tokens": "0: the pool is all memory left after weights and the reserve (S-LoRA "
+                           "instead takes a fixed --max_total_token_num; see README)",
+        "ref_ttft_s": "paper: unloaded TTFT 74/78/88/107/144 ms for ranks 8/16/32/64/128",
+    }

@@ -8,8 +8,12 @@ Two paths, both exact (base rows get no LoRA contribution at all):
   unchanged); every token multiplies A_cat, a 0/1 mask keeps only its own adapter's r columns, one
   matmul with B_cat adds the result. Two matmuls whatever the number of adapters, at the cost of
   (adapters - 1)x wasted FLOPs per token: the right choice when tokens per segment are few (decode).
-Rule (measured by shard/model bench, see README): gather when more than one adapter is in the batch,
-the rank is alone (world_size 1) and tokens <= GATHER_TOKENS_PER_SEGMENT x segments.
+Rule (from measurements on SmolLM2 fp32, 2 CPU cores): the gather path wastes
+T x sum(r) - sum(t_k x r_k) rank-rows of compute; the segment path pays a fixed overhead per segment
+worth about GATHER_WASTE_PER_SEGMENT rank-rows. Gather when more than one adapter is in the batch,
+the rank is alone (world_size 1) and the waste is below that overhead x segments (decode batches with
+a few adapters of modest rank: 8 tokens on 8 adapters of sum(r) 304 -> gather; 32 tokens on 32
+adapters, or prefill -> segment).
 Under tensor parallelism only the segment path runs: column-parallel A outputs are all-gathered
 (A is split along r), row-parallel A outputs are all-reduced (A split along in) and each rank adds its
 B output columns before the base layer's all-reduce.
@@ -25,7 +29,7 @@ from shard.lora.store import AdapterStore, LoraWeights
 from shard.model.dist import DistContext
 from shard.model.layers import LoraHook
 
-GATHER_TOKENS_PER_SEGMENT = 4
+GATHER_WASTE_PER_SEGMENT = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +80,11 @@ class LoraBatch:
         if not ranges:
             return None
         segments = [Segment(store.get(aid), _rows(rs, device)) for aid, rs in ranges.items()]
-        few_tokens = start <= GATHER_TOKENS_PER_SEGMENT * len(segments)
-        gather = dist.world_size == 1 and len(segments) > 1 and few_tokens
+        sum_r = sum(seg.weights.rank for seg in segments)
+        useful = sum(seg.weights.rank * (b - a)
+                     for seg, rs in zip(segments, ranges.values(), strict=True) for a, b in rs)
+        cheap = start * sum_r - useful <= GATHER_WASTE_PER_SEGMENT * len(segments)
+        gather = dist.world_size == 1 and len(segments) > 1 and cheap
         if force is not None:
             gather = force == "gather" and dist.world_size == 1
         if gather:

@@ -164,6 +164,19 @@ class MemoryManager:
         self.pool.free_adapter(adapter_id)
         self._n.evictions += 1
 
+    def evict(self, adapter_id: str, now: float) -> bool:
+        """Drop an idle resident adapter on request (admin unload, an adapter the shards refused) and
+        free its pages; counted as an eviction. False when it is not resident. Raises RuntimeError
+        while running requests use it. The caller offloads it from the shards (not queued in
+        take_offloads, since the caller knows)."""
+        entry = self.cache.get(adapter_id)
+        if entry is None:
+            return False
+        if entry.refcount > 0:
+            raise RuntimeError(f"adapter {adapter_id!r} is in use by {entry.refcount} running requests")
+        self._evict(adapter_id)
+        return True
+
     def try_admit(self, req: Request, now: float,
                   queued_adapters: Container[str] | None = None) -> Admission | None:
         """Reserve KV and pin the adapter (loading it, evicting idle entries if short); atomic: on

@@ -65,7 +65,7 @@ class AdapterAdminOps:
                 await loop.residency.ensure(adapter_id, entry.pages, spec.nbytes)
             except ShardError as exc:
                 if entry.refcount == 0:
-                    _evict(loop, adapter_id)
+                    mem.evict(adapter_id, time.monotonic())
                 kind = "validation" if exc.is_request_error else "generation"
                 raise EngineError(kind, f"adapter {adapter_id!r} cannot be loaded: {exc.detail}") from exc
 
@@ -83,14 +83,9 @@ class AdapterAdminOps:
             if entry.refcount > 0:
                 raise EngineError("validation", f"adapter {adapter_id!r} is in use by {entry.refcount} "
                                                 "running requests; retry when they finish")
-            _evict(loop, adapter_id)
+            loop.memory.evict(adapter_id, time.monotonic())
             await loop.residency.offload([adapter_id])
             return True
 
         return bool(await loop.call(command))
 
-
-def _evict(loop: ServingLoop, adapter_id: str) -> None:
-    """Drop an idle cache entry and free its pages (the same two steps MemoryManager takes)."""
-    loop.memory.cache.remove(adapter_id)
-    loop.memory.pool.free_adapter(adapter_id)

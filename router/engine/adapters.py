@@ -145,5 +145,14 @@ class AdapterRegistry:
     def forget(self, adapter_id: str) -> None:
         self._known.pop(adapter_id, None)
 
+    def forget_folder(self, adapter_id: str) -> bool:
+        """Forget an adapter found under --adapter-dir (looked up again on next use); adapters the
+        shard named itself are kept. True when it was forgotten."""
+        meta = self._known.get(adapter_id)
+        if meta is None or meta.path is None:
+            return False
+        del self._known[adapter_id]
+        return True
+
     def all(self) -> list[AdapterMeta]:
         return sorted(self._known.values(), key=lambda m: m.adapter_id)

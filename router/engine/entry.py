@@ -82,6 +82,7 @@ class Engine:
         self.loop = ServingLoop(self.client, self._make_scheduler(), self._make_memory(self.info.num_pages),
                                 HealthState(self.client), self.info.block_size, recover=self._recover,
                                 recovery_timeout_s=self.config.recovery_timeout_s)
+        self.loop.forget_adapter = self._forget_adapter
         self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
 
     def _make_memory(self, num_pages: int) -> MemoryManager:
@@ -214,6 +215,11 @@ class Engine:
 
     def known(self, adapter_id: str) -> bool:
         return self.registry is not None and self.registry.known(adapter_id)
+
+    def _forget_adapter(self, adapter_id: str) -> None:
+        """Drop a folder adapter's cached size facts (re-read from its folder on next use)."""
+        if self.registry is not None and self.registry.forget_folder(adapter_id):
+            self._specs.pop(adapter_id, None)
 
     # --- health and metrics ---------------------------------------------------------------------
     async def health(self) -> bool:

@@ -70,6 +70,8 @@ class ServingLoop:
         self._commands: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
+        # Set by the Engine: forget an adapter's size facts (after the shards refused its files).
+        self.forget_adapter: Callable[[str], None] | None = None
 
     # --- called by the Engine (same event loop, between awaits of the loop task) ---------------
     def submit(self, live: Live, now: float) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
+from router.api.auth import Secret, TlsFiles
 from router.engine.config import ADAPTER_CACHES, SCHEDULERS, EngineConfig
 from router.engine.entry import Engine
 from router.engine.startup import StartupError
@@ -63,10 +64,27 @@ def _add_limit_flags(p: EnvArgumentParser) -> None:
                    help="an unknown adapter id: refuse the request, or serve the base model (TGI's fallback)")
 
 
+def _api_key(text: str) -> Secret | None:
+    """An empty key (e.g. `API_KEY=` in a compose file) means no key."""
+    return Secret(text) if text else None
+
+
+def _add_security_flags(p: EnvArgumentParser) -> None:
+    p.add_argument("--api-key", type=_api_key, default=None,
+                   help="require this key on both APIs (HTTP 'Authorization: Bearer KEY', gRPC metadata "
+                   "'authorization: Bearer KEY' or 'x-api-key'); /health, /metrics and grpc health stay "
+                   "open. Prefer the environment variable: a command line is visible in ps")
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain: serve gRPC over TLS")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, default=None,
+                   help="PEM CA bundle: require client certificates it signed on gRPC (mutual TLS)")
+
+
 def build_parser() -> EnvArgumentParser:
     p = EnvArgumentParser(prog="chameleon router", description=__doc__.splitlines()[0])
     _add_connection_flags(p)
     _add_limit_flags(p)
+    _add_security_flags(p)
     p.add_argument("--scheduler", choices=SCHEDULERS, default="chameleon")
     p.add_argument("--adapter-cache", choices=ADAPTER_CACHES, default="chameleon")
     p.add_argument("--seed", type=int, default=0, help="seed of the engine's random choices")
@@ -85,7 +103,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
+    """Raises ValueError when the TLS flags are incomplete or name missing files."""
     return ServerConfig(
+        api_key=args.api_key, tls=TlsFiles.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca),
         hostname=args.hostname, port=args.port, grpc_port=args.grpc_port, model_name=args.model_id,
         adapter_dir=args.adapter_dir, max_request_bytes=args.max_request_bytes,
         max_stop_sequences=args.max_stop_sequences, max_top_n_tokens=args.max_top_n_tokens,
@@ -100,13 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chameleon router: --adapter-dir {args.adapter_dir} is not a folder", file=sys.stderr)
         return 2
     try:
+        server = server_config(args)
         tokenizer = RouterTokenizer(args.tokenizer)
         engine = Engine(engine_config(args))
     except (OSError, ValueError) as exc:
         print(f"chameleon router: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(engine, tokenizer, server_config(args)))
+        asyncio.run(serve(engine, tokenizer, server))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

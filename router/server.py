@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from router.api.admin import AdapterAdmin
+from router.api.auth import ApiKeyInterceptor, Secret, TlsFiles, api_key_middleware
 from router.api.grpc_admin import AdapterAdminServicer
 from router.api.grpc_fmaas import FmaasServicer
 from router.api.http_common import MAX_BODY, error_middleware
@@ -53,6 +54,8 @@ class ServerConfig:
     unknown_adapter: UnknownAdapter = "error"
     health_interval_s: float = 5.0
     drain_timeout_s: float = 30.0
+    api_key: Secret | None = None  # both APIs require it (router/api/auth.py); prints as ***
+    tls: TlsFiles | None = None  # TLS / mutual TLS on the gRPC port
 
 
 def build_service(engine: EngineLike, tokenizer: RouterTokenizer, cfg: ServerConfig) -> ApiService:
@@ -80,7 +83,8 @@ def build_service(engine: EngineLike, tokenizer: RouterTokenizer, cfg: ServerCon
 
 
 def build_http_app(service: ApiService, cfg: ServerConfig) -> web.Application:
-    app = web.Application(client_max_size=cfg.max_request_bytes, middlewares=[error_middleware])
+    checks = [api_key_middleware(cfg.api_key)] if cfg.api_key is not None else []
+    app = web.Application(client_max_size=cfg.max_request_bytes, middlewares=[*checks, error_middleware])
     app[MAX_BODY] = cfg.max_request_bytes
     admin = AdapterAdmin(service.engine)
     TgiRoutes(service).register(app)
@@ -92,7 +96,8 @@ def build_grpc_server(
     service: ApiService, cfg: ServerConfig
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", cfg.max_request_bytes), ("grpc.so_reuseport", 0)]
+        interceptors=[ApiKeyInterceptor(cfg.api_key)] if cfg.api_key is not None else None,
+        options=[("grpc.max_receive_message_length", cfg.max_request_bytes), ("grpc.so_reuseport", 0)],
     )
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(FmaasServicer(service), server)
     chameleon_pb2_grpc.add_AdapterAdminServicer_to_server(
@@ -133,8 +138,12 @@ class RouterServer:
         await web.TCPSite(self._runner, cfg.hostname, cfg.port).start()
         self.http_port = self._runner.addresses[0][1]
         self._grpc, self._health = build_grpc_server(self.service, cfg)
+        address = f"{cfg.hostname}:{cfg.grpc_port}"
         try:
-            self.grpc_port = self._grpc.add_insecure_port(f"{cfg.hostname}:{cfg.grpc_port}")
+            if cfg.tls is not None:
+                self.grpc_port = self._grpc.add_secure_port(address, cfg.tls.server_credentials())
+            else:
+                self.grpc_port = self._grpc.add_insecure_port(address)
         except RuntimeError as exc:  # grpc raises instead of returning 0 on recent versions
             raise OSError(f"cannot listen on gRPC port {cfg.grpc_port}: {exc}") from exc
         if self.grpc_port == 0:
@@ -147,6 +156,8 @@ class RouterServer:
             extra={
                 "http": f"{cfg.hostname}:{self.http_port}",
                 "grpc": f"{cfg.hostname}:{self.grpc_port}",
+                "grpc_tls": "off" if cfg.tls is None else "mutual" if cfg.tls.client_ca else "on",
+                "api_key": "required" if cfg.api_key is not None else "off",
                 "model": self.service.model_name,
             },
         )

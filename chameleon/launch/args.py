@@ -47,7 +47,24 @@ FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--scheduler", "router", choices=SCHEDULERS, help="request scheduler"),
     Forwarded("--adapter-cache", "router", choices=ADAPTER_CACHES, help="adapter cache policy"),
     Forwarded("--json-output", "both", None, help="one JSON object per log line (all processes)"),
+    Forwarded("--tls-cert", "router", help="PEM certificate chain: the router serves gRPC over TLS"),
+    Forwarded("--tls-key", "router", help="PEM private key of --tls-cert"),
+    Forwarded("--tls-client-ca", "router", help="PEM CA: the router's gRPC requires client certificates"),
 )
+
+
+class HiddenValue:
+    """A flag value that prints as `***` (help defaults, reprs): the API key."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +88,8 @@ class LaunchArgs:
     shards_only: bool
     router_flags: tuple[str, ...]
     shard_flags: tuple[str, ...]
+    # Extra environment of the router process: secrets go there, never on a command line (ps).
+    router_env: tuple[tuple[str, str], ...] = ()
 
 
 def default_num_shard(environ: Mapping[str, str]) -> int:
@@ -121,6 +140,9 @@ def build_parser(environ: Mapping[str, str]) -> EnvArgumentParser:
     p.add_argument("--shards-only", action="store_true",
                    help="supervise the shard group only, no router (the router runs elsewhere, e.g. in "
                    "its own container)")
+    p.add_argument("--api-key", type=HiddenValue, default=None,
+                   help="key the router requires on both APIs (handed over in its environment as API_KEY, "
+                   "never on its command line); prefer setting API_KEY yourself")
     p.add_argument("--router-args", default="", help="extra router flags, one shell-quoted string")
     p.add_argument("--shard-args", default="", help="extra shard flags, one shell-quoted string")
     p.add_argument("--startup-timeout", type=float, default=600.0,
@@ -169,4 +191,5 @@ def parse_args(argv: Sequence[str]) -> LaunchArgs:
         max_restarts=ns.max_restarts, shards_only=ns.shards_only,
         router_flags=_forwarded_flags(ns, "router") + tuple(shlex.split(ns.router_args)),
         shard_flags=_forwarded_flags(ns, "shard") + tuple(shlex.split(ns.shard_args)),
+        router_env=(("API_KEY", ns.api_key.value),) if ns.api_key is not None else (),
     )

@@ -77,6 +77,7 @@ def build_plan(args: LaunchArgs, model_dir: Path, adapter_dir: Path | None) -> L
         argv=(*chameleon_command("router"), "--master-shard-uds-path", f"{prefix}-0",
               "--tokenizer", str(model_dir), "--port", str(args.port), "--grpc-port", str(args.grpc_port),
               "--drain-timeout", f"{args.drain_timeout:g}", *adapters, *args.router_flags),
+        env=dict(args.router_env),
         tcp=(connect_host(_router_hostname(args.router_flags)), args.port))
     return LaunchPlan(shards=shards, router=None if args.shards_only else router,
                       master_port=args.master_port)

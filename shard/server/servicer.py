@@ -26,6 +26,7 @@ from shard.server.warmup import (
     free_bytes_for_pool,
     plan_pool,
     pool_layout,
+    release_pool,
     warmup_batch_with_blocks,
 )
 
@@ -202,6 +203,7 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
     def _warmup(self, request: generate_pb2.WarmupRequest) -> generate_pb2.WarmupResponse:
         core, runner = self.core, self.core.runner
         core.cache.clear()
+        release_pool(runner, core.adapters)
         prefill = max(request.max_prefill_tokens, 1)
         activation = runner.measure_activation_bytes(prefill)
         free = core.agree_min(free_bytes_for_pool(core.options.memory, core.options.memory_fraction))
@@ -209,8 +211,6 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         if core.options.adapter_pages is None and core.adapters.adapter_dir is not None:
             adapter_pages += max((free - activation) // runner.page_bytes // 10, 0)
         plan = plan_pool(free, activation, runner.page_bytes, adapter_pages)
-        for info in core.adapters.store.resident():
-            core.adapters.offload(info.adapter_id)
         runner.allocate_pool(plan.num_pages)
         core.adapters.set_pool(plan.num_pages, plan.kv_pages)
         core.adapters.ensure_resident(sorted(core.adapters.named), set(), set())

@@ -9,7 +9,9 @@ and are not offered to the router as KV: max_supported_total_tokens = kv_pages *
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from chameleon_pb import chameleon_pb2, generate_pb2
@@ -24,6 +26,22 @@ class PoolPlan:
     page_bytes: int
     activation_bytes: int
     free_bytes: int
+
+
+def release_pool(runner: Any, adapters: Any) -> None:
+    """Drop the previous pool (and the adapters in it) before free memory is measured for a new one.
+
+    A second Warmup (a router restarted against running shards) must not count the old pool as used:
+    on CPU free memory is read from RSS, so the old pool would be measured as taken and the new plan
+    would find no room for a KV cache. Large tensors are returned to the OS when freed (CPU: glibc
+    unmaps them; CUDA: empty_cache)."""
+    for info in adapters.store.resident():
+        adapters.offload(info.adapter_id)
+    adapters.set_pool(0, 0)
+    runner.pool = None
+    gc.collect()
+    if runner.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def free_bytes_for_pool(mem: DeviceMemory, memory_fraction: float) -> int:

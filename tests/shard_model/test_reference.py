@@ -12,7 +12,7 @@ import torch
 from shard.model.dist import DistContext
 from shard.model.runner import ModelRunner
 from tests.shard_model.harness import BLOCK, Harness, Record
-from tests.shard_model.tiny import Reference
+from tests.shard_model.tiny import Reference, build
 
 NUM_PAGES = 1600
 SENTINEL = 1.0e4
@@ -73,3 +73,14 @@ def test_request_writes_only_its_own_slots(tiny_root: Path, reference: Reference
     assert (slot_view[written] != SENTINEL).all(dim=1).all(), "a slot of the request was not written"
     after = torch.stack([pool.page(p) for p in adapter_pages])
     assert torch.equal(after, adapter_before), "KV writes touched adapter pages"
+
+
+def test_qwen2_with_qkv_bias_matches(tmp_path: Path) -> None:
+    """Qwen2 (q/k/v biases) through the same scenario: the config path and biased packed layers."""
+    root = build(tmp_path, kind="qwen2", seed=5)
+    runner = ModelRunner(root / "model", dtype=torch.float32, device="cpu", dist=DistContext.single(),
+                         num_pages=NUM_PAGES, block_size=BLOCK)
+    assert runner.config.qkv_bias and runner.model.model.layers[0].self_attn.qkv_proj.bias is not None
+    h = Harness(runner, root, seed=4)
+    h.scenario()
+    check_records(h.records, Reference(root))

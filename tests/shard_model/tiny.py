@@ -54,7 +54,11 @@ def tiny_config(kind: str = "llama"):
 def build(root: Path, kind: str = "llama", seed: int = 0) -> Path:
     """root/model (safetensors) and root/adapters/<name>/ (PEFT, safetensors)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(kind), torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(tiny_config(kind), dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):  # transformers zero-initialises biases; make them count
+                param.normal_(0.0, 0.1)
     model.save_pretrained(root / "model")
     for i, spec in enumerate(ADAPTERS):
         torch.manual_seed(seed * 100 + i + 1)
@@ -69,7 +73,7 @@ class Reference:
     """transformers + PEFT in float32: logits of every position for one sequence and one adapter."""
 
     def __init__(self, root: Path) -> None:
-        base = AutoModelForCausalLM.from_pretrained(root / "model", torch_dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float32)
         first, *rest = ADAPTERS
         self.model = PeftModel.from_pretrained(base, root / "adapters" / first.name, adapter_name=first.name)
         for spec in rest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -91,11 +92,12 @@ def test_sigkilled_shard_restarts_group_and_sigterm_drains_router_first(sock_dir
 
 
 def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return True
-    return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def test_stale_socket_is_removed_before_start(sock_dir):
@@ -156,3 +158,32 @@ def test_ranks_get_distinct_rank_env(sock_dir, ranks):
     group = plan.shard_group()
     assert [s.env["RANK"] for s in group] == [str(r) for r in range(ranks)]
     assert len({s.env["MASTER_PORT"] for s in group}) == 1
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from launch.test_supervisor import _plan
+from chameleon.launch.supervisor import Supervisor, Timeouts
+from pathlib import Path
+sup = Supervisor(_plan(Path({sock!r}), ranks=2), Timeouts(startup=30, poll=0.05))
+def serving():
+    Path({pids!r}).write_text(" ".join(str(c.pid) for c in [*sup.shards, sup.router]))
+sup.on_serving = serving
+sup.run()
+"""
+
+
+def test_children_die_with_a_sigkilled_launcher(sock_dir):
+    pids_file = sock_dir / "pids"
+    code = DRIVER.format(tests=str(Path(__file__).parents[1]), sock=str(sock_dir), pids=str(pids_file))
+    launcher = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        _wait_for(lambda: pids_file.exists() or launcher.poll() is not None, "the stand-in launch")
+        assert launcher.poll() is None, "the launcher exited early"
+        pids = [int(p) for p in pids_file.read_text().split()]
+        assert len(pids) == 3
+    finally:
+        launcher.kill()
+        launcher.wait()
+    _wait_for(lambda: all(_gone(p) for p in pids), "children to follow the launcher (PR_SET_PDEATHSIG)")

@@ -25,6 +25,7 @@ from router.api.admin import AdapterAdmin
 from router.api.auth import ApiKeyInterceptor, Secret, TlsFiles, api_key_middleware
 from router.api.grpc_admin import AdapterAdminServicer
 from router.api.grpc_fmaas import FmaasServicer
+from router.api.grpc_guard import MalformedMessageInterceptor
 from router.api.http_common import MAX_BODY, error_middleware
 from router.api.http_openai import OpenAiRoutes
 from router.api.http_tgi import TgiRoutes
@@ -96,7 +97,9 @@ def build_grpc_server(
     service: ApiService, cfg: ServerConfig
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
-        interceptors=[ApiKeyInterceptor(cfg.api_key)] if cfg.api_key is not None else None,
+        # the key check first: an unauthenticated message is not even parsed
+        interceptors=[*([ApiKeyInterceptor(cfg.api_key)] if cfg.api_key is not None else []),
+                      MalformedMessageInterceptor()],
         options=[("grpc.max_receive_message_length", cfg.max_request_bytes), ("grpc.so_reuseport", 0)],
     )
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(FmaasServicer(service), server)

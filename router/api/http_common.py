@@ -38,6 +38,12 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise ValidationError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ValidationError("request body must be a JSON object")
+    try:  # JSON may escape lone UTF-16 surrogates ("\ud800"), which no tokenizer can encode
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"request body holds an unpaired UTF-16 surrogate ({exc.object[exc.start:exc.end]!a}); "
+            "send valid Unicode text") from exc
     return body
 
 

@@ -131,6 +131,13 @@ def build_parser(environ: Mapping[str, str]) -> EnvArgumentParser:
                    help="torch.distributed rendezvous port (default: a free port per shard-group start)")
     p.add_argument("--port", type=int, default=3000, help="router HTTP port (TGI + OpenAI routes)")
     p.add_argument("--grpc-port", type=int, default=8033, help="router gRPC port (fmaas + admin)")
+    _add_child_flags(p)
+    _add_timeouts(p)
+    return p
+
+
+def _add_child_flags(p: EnvArgumentParser) -> None:
+    """Flags handed on to the router or the shards (FORWARDED, secrets, free-form extras)."""
     for fwd in FORWARDED:
         if fwd.kind is None:
             p.add_argument(fwd.flag, action="store_true", help=f"{fwd.help} (to {fwd.to})")
@@ -145,6 +152,9 @@ def build_parser(environ: Mapping[str, str]) -> EnvArgumentParser:
                    "never on its command line); prefer setting API_KEY yourself")
     p.add_argument("--router-args", default="", help="extra router flags, one shell-quoted string")
     p.add_argument("--shard-args", default="", help="extra shard flags, one shell-quoted string")
+
+
+def _add_timeouts(p: EnvArgumentParser) -> None:
     p.add_argument("--startup-timeout", type=float, default=600.0,
                    help="seconds a shard group or the router may take to start listening")
     p.add_argument("--drain-timeout", type=float, default=60.0,
@@ -153,7 +163,6 @@ def build_parser(environ: Mapping[str, str]) -> EnvArgumentParser:
                    help="seconds a process gets after SIGTERM before SIGKILL")
     p.add_argument("--max-restarts", type=int, default=10,
                    help="shard-group restarts before the launcher gives up")
-    return p
 
 
 def _forwarded_flags(ns: argparse.Namespace, target: str) -> tuple[str, ...]:

@@ -1,0 +1,255 @@
+"""`chameleon bench-compare`: for each SCHEDULER/ADAPTER-CACHE configuration, launch the system
+(`chameleon launch`), warm it up, replay the same requests at each rate, and compare against
+`fifo/none` (S-LoRA's behaviour): one table, throughput at the TTFT SLO, P50/P99 TTFT at the high load,
+cache hit rates. Also measures a simulator cost profile of this system and prints the simulator's
+prediction beside each measurement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from chameleon.cliargs import EnvArgumentParser
+from chameleon.launch.args import ADAPTER_CACHES, SCHEDULERS
+from chameleon.sim.profile import Profile
+from chameleon.workload import LengthScale, TraceError, read_trace
+from router.bench import report, system
+from router.bench.cli import _json_safe, add_workload_flags, options, run_bench
+from router.bench.loadgen import closed_loop, server_info
+from router.bench.predict import predict
+from router.bench.profile import measure
+from router.bench.stats import BASELINE, slo_from_low_load, summarise
+from router.bench.workload import lengths, plan, population
+
+DEFAULT_CONFIGS = "fifo/none,sjf/none,chameleon/chameleon,chameleon/none,fifo/chameleon"
+PROBE_FRACTIONS = (0.3, 0.6, 0.9, 1.2)   # sweep = these x the capacity the probe measured
+PROBE_CLIENTS = 32
+DEFAULT_LAUNCH = "--memory-budget 4294967296 --max-batch-prefill-tokens 1024 --max-concurrent-requests 4096"
+
+
+def build_parser() -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="chameleon bench-compare", description=__doc__)
+    p.add_argument("--model-id", type=Path, default=None, help="model folder (default: the demo model)")
+    p.add_argument("--adapter-dir", type=Path, default=None, help="adapter folder (default: the demo's)")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help=f"SCHEDULER/ADAPTER-CACHE,... (schedulers {', '.join(SCHEDULERS)}; caches "
+                   f"{', '.join(ADAPTER_CACHES)}); ratios are against {BASELINE}")
+    p.add_argument("--rates", default=None, help="requests/s, comma-separated (default: a sweep of "
+                   f"{'/'.join(map(str, PROBE_FRACTIONS))} x the capacity a quick closed-loop probe "
+                   "measures)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate")
+    p.add_argument("--warmup", type=float, default=8.0, help="seconds of warm-up load per configuration")
+    p.add_argument("--probe", type=float, default=20.0, help="seconds of the capacity probe")
+    p.add_argument("--drain-timeout", type=float, default=45.0,
+                   help="after the last arrival of a rate, wait this long, then cancel what is left")
+    p.add_argument("--launch-args", default=DEFAULT_LAUNCH, help="further `chameleon launch` flags")
+    p.add_argument("--plot", default=None, help="P99 TTFT vs rate and TTFT CDFs (PNG)")
+    p.add_argument("--json", default=None, help="write the comparison here")
+    p.add_argument("--profile-out", default=None,
+                   help="write the measured simulator profile here (default: next to --json, else "
+                   "bench-profile.json)")
+    p.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="where each launch's log goes")
+    add_workload_flags(p)
+    return p
+
+
+def parse_configs(text: str) -> list[str]:
+    out: list[str] = []
+    for c in (x.strip() for x in text.split(",") if x.strip()):
+        sched, _, cache = c.partition("/")
+        if sched not in SCHEDULERS or cache not in ADAPTER_CACHES:
+            raise ValueError(f"--configs {c!r}: expected SCHEDULER/CACHE with scheduler in {SCHEDULERS} "
+                             f"and cache in {ADAPTER_CACHES}")
+        out.append(c)
+    if not out:
+        raise ValueError("--configs: give at least one SCHEDULER/CACHE")
+    # the baseline runs first: its low-load run defines the SLO and its probe the sweep
+    return sorted(dict.fromkeys(out), key=lambda c: c != BASELINE)
+
+
+def parse_rates(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        rates = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"--rates {text!r}: expected comma-separated numbers") from None
+    if not rates or rates[0] <= 0:
+        raise ValueError(f"--rates {text!r}: rates must be > 0")
+    return rates
+
+
+async def _probe(args, sysm: system.System, records) -> list[float]:
+    info = await server_info(sysm.target)
+    pop = population([(a, r) for a, r, _ in info.adapters], args.adapters)
+    items = plan(records, pop, options(args, 1.0, 10_000.0), info.max_total_tokens, info.max_new_tokens)
+    done, secs = await closed_loop(sysm.target, items, concurrency=PROBE_CLIENTS, duration_s=args.probe,
+                                   seed=args.seed + 7)
+    cap = done / secs if secs > 0 else 0.0
+    if cap <= 0:
+        raise RuntimeError("the capacity probe completed no request; give --rates")
+    print(f"capacity probe: {done} requests in {secs:.1f} s closed-loop ({PROBE_CLIENTS} clients) = "
+          f"{cap:.2f} rps", flush=True)
+    return [round(cap * f, 2) for f in PROBE_FRACTIONS]
+
+
+@dataclass(slots=True)
+class Context:
+    """What one comparison learns as it goes: the served adapters and limits (from the first system),
+    the measured profile (from the first configuration with a cache), the rates (given or probed)."""
+
+    rates: list[float] | None
+    ranks: tuple[int, ...] = ()
+    scale: LengthScale | None = None
+    profile: Profile | None = None
+
+
+async def _learn(args, ctx: Context, target: str) -> None:
+    if ctx.scale is not None:
+        return
+    info = await server_info(target)
+    pop = population([(a, r) for a, r, _ in info.adapters], args.adapters)
+    ctx.ranks = tuple(sorted({a.rank for a in pop}))
+    ctx.scale = lengths(options(args, 1.0, 1.0), info.max_total_tokens, info.max_new_tokens)
+
+
+async def _config(args, config: str, spec: system.SystemSpec, records, ctx: Context) -> list[dict]:
+    sched, _, cache = config.partition("/")
+    log = args.log_dir / f"bench-compare-{sched}-{cache}.log"
+    t0 = time.perf_counter()
+    sysm = await asyncio.to_thread(system.start, spec, sched, cache, log)
+    print(f"[{config}] up in {time.perf_counter() - t0:.0f} s (log {log})", flush=True)
+    try:
+        await _learn(args, ctx, sysm.target)
+        if ctx.rates is None:
+            ctx.rates = await _probe(args, sysm, records)
+        if ctx.profile is None and cache != "none":
+            info = await server_info(sysm.target)
+            ctx.profile = await measure(sysm.target, sysm.metrics_url, info, length_scale=args.length_scale,
+                                        name=f"measured-{sched}-{cache}")
+        rates = ctx.rates
+        warm = replace(options(args, rates[0], args.warmup), seed=args.seed + 1000)
+        await run_bench(sysm.target, records, args.adapters, warm, metrics_url=None, slo_s=None,
+                        drain_timeout_s=args.drain_timeout)
+        rows = []
+        for rate in rates:
+            run = await run_bench(sysm.target, records, args.adapters, options(args, rate, args.duration),
+                                  metrics_url=sysm.metrics_url, slo_s=None,
+                                  drain_timeout_s=args.drain_timeout)
+            rows.append({"config": config, **run.summary, "ttft_sorted": sorted(
+                r.ttft_s for r in run.records if r.ok), "_records": run.records})
+            print(f"[{config}] {rate:.2f} rps: {run.summary['requests']} requests, P50 TTFT "
+                  f"{run.summary['ttft_p50_s']:.3f} s, P99 {run.summary['ttft_p99_s']:.3f} s, "
+                  f"errors {run.summary['errors']}", flush=True)
+    finally:
+        await asyncio.to_thread(sysm.stop)
+    return rows
+
+
+def _launch_value(launch: Sequence[str], flag: str, default: int) -> int:
+    for i, tok in enumerate(launch[:-1]):
+        if tok == flag:
+            return int(launch[i + 1])
+    return default
+
+
+def _predictions(args, records, rows: list[dict], ctx: Context, launch: Sequence[str],
+                 slo_s: float) -> list[dict]:
+    """The simulator's P50/P99 TTFT for every run, with the profile measured on this system."""
+    if ctx.profile is None or ctx.scale is None:
+        return []
+    out = []
+    for r in rows:
+        pred = predict(records, r["requests"], ctx.profile, r["config"], r["rate"], n_adapters=args.adapters,
+                       ranks=ctx.ranks, scale=ctx.scale, arrivals=args.arrivals,
+                       exponent=args.popularity_exponent, base_fraction=args.base_fraction, seed=args.seed,
+                       max_prefill_tokens=_launch_value(launch, "--max-batch-prefill-tokens", 4096),
+                       slo_s=slo_s)
+        if pred is None:
+            continue
+        meas = r["ttft_p50_s"]
+        err = (pred["ttft_p50_s"] - meas) / meas if meas and not math.isnan(meas) else None
+        out.append({"config": r["config"], "rate": r["rate"], "sim_policy": pred["policy"],
+                    "measured_ttft_p50_s": meas, "predicted_ttft_p50_s": pred["ttft_p50_s"],
+                    "measured_ttft_p99_s": r["ttft_p99_s"], "predicted_ttft_p99_s": pred["ttft_p99_s"],
+                    "p50_rel_error": err, "predicted_cache_hit_rate": pred["cache_hit_rate"]})
+    return out
+
+
+def _with_slo(rows: list[dict], slo_s: float) -> list[dict]:
+    """Recompute each run's statistics now that the SLO is known (attainment needs it)."""
+    out = []
+    for r in rows:
+        recs = r["_records"]
+        out.append({**r, **summarise(recs, slo_s)})
+    return out
+
+
+async def compare(args) -> dict:
+    configs = parse_configs(args.configs)
+    if not args.trace:
+        raise ValueError("--trace is required (e.g. ../shared/data/traces/azure_llm_2023_conv.csv)")
+    records = read_trace(args.trace)
+    launch = tuple(shlex.split(args.launch_args))
+    spec = system.SystemSpec(args.model_id, args.adapter_dir, launch)
+    ctx = Context(parse_rates(args.rates))
+    started = time.perf_counter()
+    rows: list[dict] = []
+    for config in configs:
+        rows += await _config(args, config, spec, records, ctx)
+    base_low = next((r for r in rows if r["config"] == configs[0]), None)
+    slo_s = args.slo_s if args.slo_s is not None \
+        else slo_from_low_load(base_low["e2e_mean_s"] if base_low else 0.0)
+    rows = _with_slo(rows, slo_s)
+    summary, high = report.summarise_configs(rows, slo_s)
+    preds = await asyncio.to_thread(_predictions, args, records, rows, ctx, launch, slo_s)
+    meta = {"trace": str(args.trace), "configs": configs, "rates": ctx.rates, "duration_s": args.duration,
+            "adapters": args.adapters, "length_scale": args.length_scale, "seed": args.seed,
+            "slo_s": slo_s, "slo_basis": "given" if args.slo_s is not None else
+            f"5 x mean request time of {configs[0]} at {ctx.rates[0]} rps", **high,
+            "launch_args": list(launch), "elapsed_s": time.perf_counter() - started}
+    return {"summary": summary, "runs": rows, "predictions": preds, "meta": meta, "profile": ctx.profile}
+
+
+def _document(out: dict) -> dict:
+    runs = [{k: v for k, v in r.items() if k not in ("_records", "ttft_sorted")} for r in out["runs"]]
+    prof = out["profile"].to_dict() if out["profile"] is not None else None
+    return _json_safe({"summary": out["summary"], "runs": runs, "predictions": out["predictions"],
+                       "profile": prof, "meta": out["meta"]})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        out = asyncio.run(compare(args))
+    except (ValueError, TraceError, ConnectionError, RuntimeError) as exc:
+        print(f"chameleon bench-compare: {exc}", file=sys.stderr)
+        return 2
+    doc = _document(out)
+    print()
+    print(report.format_runs(doc["runs"]))
+    print()
+    print(report.format_summary(doc["summary"], out["meta"], doc["meta"]["slo_s"]))
+    if out["predictions"]:
+        print("\nsimulator (profile measured on this system) vs measurement:")
+        print(report.format_predictions(doc["predictions"]))
+    prof_path = Path(args.profile_out or (Path(args.json).with_suffix(".profile.json") if args.json
+                                          else "bench-profile.json"))
+    if out["profile"] is not None:
+        out["profile"].save(prof_path)
+        print(f"\nmeasured profile: {prof_path} (chameleon simulate --profile {prof_path})")
+    print(f"elapsed {doc['meta']['elapsed_s']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    if args.plot:
+        from router.bench.plot import plot_compare
+
+        plot_compare(out["runs"], doc["meta"], args.plot)
+    return 0

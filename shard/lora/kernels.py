@@ -50,11 +50,12 @@ class ConcatCache:
             self.key, self.entries = key, {}
 
 
-def _add_rows(y: torch.Tensor, rows: slice | torch.Tensor, delta: torch.Tensor) -> None:
+def _add_rows(y: torch.Tensor, rows: slice | torch.Tensor, xa: torch.Tensor, b: torch.Tensor) -> None:
+    """y[rows] += xa @ b.T, in place (one fused addmm when the rows are a slice)."""
     if isinstance(rows, slice):
-        y[rows] += delta
+        y[rows].addmm_(xa, b.T)
     else:
-        y.index_add_(0, rows, delta)
+        y.index_add_(0, rows, xa @ b.T)
 
 
 class LoraBatch:
@@ -103,7 +104,7 @@ class LoraBatch:
             xa = x[seg.rows] @ ab[0].T  # [t, r_local]
             if self.dist.world_size > 1:
                 xa = self.dist.all_gather(xa, list(seg.weights.r_sizes))  # [t, r]
-            _add_rows(y, seg.rows, xa @ ab[1].T)
+            _add_rows(y, seg.rows, xa, ab[1])
 
     def row(self, layer: int, module: str) -> LoraHook:
         """Hook for RowParallelLinear: adds this rank's B columns into the partial sum y [T, out]."""
@@ -117,7 +118,7 @@ class LoraBatch:
                     continue
                 xa = self.dist.all_reduce(x[seg.rows] @ ab[0].T)  # [t, r]
                 o0, o1 = seg.weights.out_ranges[module]
-                _add_rows(y[:, o0:o1], seg.rows, xa @ ab[1].T)
+                _add_rows(y[:, o0:o1], seg.rows, xa, ab[1])
         return hook
 
     def _gathered(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -132,7 +133,7 @@ class LoraBatch:
             return
         xa = x @ entry[0].T  # [T, sum_r]: every token times every adapter of the batch
         xa *= self._mask(module, x)  # keep each token's own adapter columns only
-        y += xa @ entry[1].T
+        y.addmm_(xa, entry[1].T)
 
     def _mask(self, module: str, x: torch.Tensor) -> torch.Tensor:
         if module not in self._masks:

@@ -17,6 +17,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def env_name(action: argparse.Action) -> str | None:
     """`--max-new-tokens` -> `MAX_NEW_TOKENS`; positionals use their dest (`model_dir` -> `MODEL_DIR`)."""
+    if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+        return None
     longs = [s for s in action.option_strings if s.startswith("--")]
     if longs:
         return longs[0][2:].replace("-", "_").upper()

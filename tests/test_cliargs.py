@@ -37,3 +37,7 @@ def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys):
 
 def test_help_names_the_variable():
     assert "[env: MAX_BATCH]" in _parser().format_help()
+
+
+def test_help_flag_has_no_variable():
+    assert "[env: HELP]" not in _parser().format_help()

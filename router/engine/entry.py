@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +52,8 @@ class Engine:
         self._accepting = False
         self._policies = (config.scheduler, config.adapter_cache)
         self.adapters = AdapterAdminOps(self)
+        # Per-step timing hooks (method, inference_s, forward_s); the router's metrics subscribe.
+        self.step_observers: list[Callable[[str, float, float], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -83,6 +85,7 @@ class Engine:
                                 HealthState(self.client), self.info.block_size, recover=self._recover,
                                 recovery_timeout_s=self.config.recovery_timeout_s)
         self.loop.forget_adapter = self._forget_adapter
+        self.loop.step_observers = self.step_observers
         self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
 
     def _make_memory(self, num_pages: int) -> MemoryManager:

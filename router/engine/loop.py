@@ -72,6 +72,8 @@ class ServingLoop:
         self._stopping = False
         # Set by the Engine: forget an adapter's size facts (after the shards refused its files).
         self.forget_adapter: Callable[[str], None] | None = None
+        # Set by the Engine: called with (method, inference_s, forward_s) after every Prefill/Decode.
+        self.step_observers: list[Callable[[str, float, float], None]] = []
 
     # --- called by the Engine (same event loop, between awaits of the loop task) ---------------
     def submit(self, live: Live, now: float) -> None:
@@ -264,17 +266,25 @@ class ServingLoop:
             lv.batch_id = bid
             if lv.first_admitted is None:
                 lv.first_admitted = now
+        t0 = time.perf_counter()
         res = await self.client.prefill(prefill_batch(bid, lives, pages, self.block_size))
         if res.batch is not None and res.batch.request_ids:
             self.batches.append(res.batch)
+        self._observe("prefill", time.perf_counter() - t0, res)
         self._on_step(res)
 
     async def _decode(self) -> None:
         t0 = time.perf_counter()
         res = await self.client.decode(self.batches)
-        self.est_step_s = 0.8 * self.est_step_s + 0.2 * (time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        self.est_step_s = 0.8 * self.est_step_s + 0.2 * elapsed
         self.batches = [res.batch] if res.batch is not None and res.batch.request_ids else []
+        self._observe("decode", elapsed, res)
         self._on_step(res)
+
+    def _observe(self, method: str, inference_s: float, res: StepResult) -> None:
+        for observer in self.step_observers:
+            observer(method, inference_s, res.forward_ns / 1e9)
 
     def _on_step(self, res: StepResult) -> None:
         now = time.monotonic()

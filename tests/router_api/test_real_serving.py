@@ -228,3 +228,21 @@ def test_http_stream_disconnect_frees_the_request(system: RealSystem):
     wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "the disconnected stream released")
     assert metric(router, "chameleon_request_cancelled") - cancelled_before == 1
     assert metric(router, 'chameleon_pool_pages{tenant="kv"}') == 0
+
+
+def test_step_timings_reach_metrics(system: RealSystem):
+    """The engine's per-step hook feeds tgi_batch_*_duration{method} on a real system."""
+    router = system.router
+
+    def count(sample: str) -> float:
+        try:
+            return metric(router, sample)
+        except AssertionError:
+            return 0.0
+
+    prefill = 'tgi_batch_inference_duration_count{method="prefill"}'
+    decode = 'tgi_batch_forward_duration_count{method="decode"}'
+    before = (count(prefill), count(decode))
+    http_generate(router, "metrics please", None, 4)
+    assert count(prefill) > before[0]
+    assert count(decode) > before[1]

@@ -127,22 +127,26 @@ async def replay(target: str, items: Sequence[WorkItem], *, seed: int = 0, chann
 
 async def closed_loop(target: str, items: Sequence[WorkItem], *, concurrency: int, duration_s: float,
                       seed: int = 0) -> tuple[int, float]:
-    """`concurrency` clients, each sending the next item as soon as its previous one ends, for
-    `duration_s`: (requests completed, seconds). Completed / seconds estimates the capacity."""
+    """`concurrency` clients, each sending the next item as soon as its previous one ends; after
+    `duration_s` the requests still running are cancelled. Returns (requests completed, duration_s):
+    their ratio estimates the capacity."""
     queue = list(reversed(items))
     done = 0
     async with grpc.aio.insecure_channel(grpc_address(target)) as ch:
         stub = generation_pb2_grpc.GenerationServiceStub(ch)
-        start = time.perf_counter()
 
         async def client() -> None:
             nonlocal done
-            while queue and time.perf_counter() - start < duration_s:
+            while queue:
                 w = queue.pop()
                 rec = RequestRecord(w.id, w.adapter_id, w.input_tokens, w.output_tokens, 0.0)
                 await _one(stub, WorkItem(w.id, 0.0, w.adapter_id, w.input_tokens, w.output_tokens), rec,
                            time.perf_counter(), seed, 600.0)
                 done += rec.ok
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return done, time.perf_counter() - start
+        tasks = [asyncio.ensure_future(client()) for _ in range(concurrency)]
+        await asyncio.wait(tasks, timeout=duration_s)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return done, duration_s

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shard.model.dist import DistContext
-from shard.model.runner import ModelRunner
+from shard.model.runner import ForwardBatch, ModelRunner
 from tests.shard_model.harness import BLOCK, Harness, Record
 from tests.shard_model.tiny import Reference, build
 
@@ -84,3 +84,20 @@ def test_qwen2_with_qkv_bias_matches(tmp_path: Path) -> None:
     h = Harness(runner, root, seed=4)
     h.scenario()
     check_records(h.records, Reference(root))
+
+
+def test_bfloat16_close_to_float32(tiny_root: Path) -> None:
+    """bfloat16 on CPU (weights, pool, adapters) stays within bf16 precision of float32."""
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        runner = ModelRunner(tiny_root / "model", dtype=dtype, device="cpu", dist=DistContext.single(),
+                             num_pages=900, block_size=BLOCK)
+        path = tiny_root / "adapters" / "a128"
+        runner.adapters.load("a128", path, list(range(1, 1 + runner.adapters.pages_needed(path))))
+        prefill = ForwardBatch.build([[5, 6, 7, 8, 9], [10, 11, 12]], [5, 3], [[800, 801], [850]], BLOCK,
+                                     ["a128", None])
+        decode = ForwardBatch.build([[1], [2]], [6, 4], [[800, 801], [850]], BLOCK, ["a128", None])
+        logits[dtype] = torch.cat([runner.forward(prefill).last_logits, runner.forward(decode).last_logits])
+    full, half = logits[torch.float32], logits[torch.bfloat16]
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert (half - full).abs().max() <= 0.05 * full.abs().max()

@@ -14,17 +14,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shard.demo_assets.cli import main
+    from shard.demo_assets.cli import build_from_argv
 
-    out = tmp_path_factory.mktemp("tiny-assets")
-    assert main(["--tiny", "--no-progress", "--log-level", "WARNING", str(out)]) == 0
-    return out
+    return build_from_argv(["--tiny", "--no-progress", str(tmp_path_factory.mktemp("tiny-assets"))])
 
 
 @pytest.fixture(scope="session")
 def demo_assets() -> Path:
-    from shard.demo_assets.cli import default_cache_dir, main
+    from shard.demo_assets.cli import build_from_argv, default_cache_dir
 
-    out = default_cache_dir() / "assets" / "smollm2-seed0"
-    assert main(["--no-progress", "--log-level", "WARNING", str(out)]) == 0
-    return out
+    return build_from_argv(["--no-progress", str(default_cache_dir() / "assets" / "smollm2-seed0")])

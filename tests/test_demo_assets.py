@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from shard.demo_assets.cli import main
+from shard.demo_assets.cli import build_from_argv, main
 from shard.demo_assets.files import tree_hashes
 
 TINY_PROMPT = "def main(args):"
@@ -83,8 +85,10 @@ def test_tiny_loads_and_every_adapter_changes_greedy_output(tiny_assets: Path) -
 
 def test_tiny_build_is_byte_identical_and_seeded(tiny_assets: Path, tmp_path: Path) -> None:
     again, other = tmp_path / "again", tmp_path / "other"
-    assert main(["--tiny", "--no-progress", str(again)]) == 0
-    assert main(["--tiny", "--no-progress", "--seed", "1", str(other)]) == 0
+    cli = subprocess.run([sys.executable, "-m", "chameleon", "demo-assets", "--tiny", "--no-progress",
+                          str(again)], capture_output=True, text=True, check=False)
+    assert cli.returncode == 0, cli.stderr
+    build_from_argv(["--tiny", "--no-progress", "--seed", "1", str(other)])
     reference = tree_hashes(tiny_assets)
     assert tree_hashes(again) == reference
     different = {k for k, v in tree_hashes(other).items() if reference.get(k) != v}
@@ -94,13 +98,13 @@ def test_tiny_build_is_byte_identical_and_seeded(tiny_assets: Path, tmp_path: Pa
 
 def test_rebuild_is_skipped_when_up_to_date_and_repaired_when_not(tmp_path: Path) -> None:
     out = tmp_path / "a"
-    assert main(["--tiny", "--no-progress", "--num-adapters", "4", str(out)]) == 0
+    build_from_argv(["--tiny", "--no-progress", "--num-adapters", "4", str(out)])
     assert sorted(p.name for p in (out / "adapters").iterdir()) == ["r128-00", "r16-00", "r64-00", "r8-00"]
     stamp = (out / "model" / "model.safetensors").stat().st_mtime_ns
-    assert main(["--tiny", "--no-progress", "--num-adapters", "4", str(out)]) == 0
+    build_from_argv(["--tiny", "--no-progress", "--num-adapters", "4", str(out)])
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == stamp
     (out / "adapters" / "r8-00" / "adapter_model.safetensors").unlink()
-    assert main(["--tiny", "--no-progress", "--num-adapters", "4", str(out)]) == 0
+    build_from_argv(["--tiny", "--no-progress", "--num-adapters", "4", str(out)])
     assert (out / "adapters" / "r8-00" / "adapter_model.safetensors").is_file()
 
 
@@ -158,7 +162,7 @@ def test_smollm2_adapters_load_and_change_output(demo_assets: Path) -> None:
 def test_smollm2_rebuild_is_byte_identical(demo_assets: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     try:
-        assert main(["--no-progress", "--log-level", "WARNING", str(again)]) == 0
+        build_from_argv(["--no-progress", str(again)])
         reference = tree_hashes(demo_assets, skip=frozenset())
         assert len(reference) == 1 + 5 + 2 * 100  # manifest, model files, adapter files
         assert tree_hashes(again, skip=frozenset()) == reference

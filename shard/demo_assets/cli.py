@@ -9,9 +9,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
+
+if TYPE_CHECKING:
+    from shard.demo_assets.build import BuildRequest
 
 log = logging.getLogger("chameleon.demo_assets")
 DEFAULT_STRENGTH = 0.1
@@ -56,7 +60,8 @@ def build_parser() -> EnvArgumentParser:
     return p
 
 
-def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):  # -> BuildRequest
+def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BuildRequest:
+    """The build request of the parsed flags; bad combinations exit through parser.error (code 2)."""
     from shard.demo_assets.build import DEMO_RANKS, TINY_RANKS, BuildRequest
 
     ranks = args.ranks or (TINY_RANKS if args.tiny else DEMO_RANKS)
@@ -70,17 +75,29 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
                         adapters_per_rank=count // len(ranks), strength=args.strength)
 
 
+def build_from_argv(argv: Sequence[str]) -> Path:
+    """Parse demo-assets flags and build, without touching logging (for fixtures and the launcher).
+    Raises OSError/RuntimeError/ValueError on failure; bad flags raise SystemExit(2)."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    return _build(args, request_from_args(args, parser))
+
+
+def _build(args: argparse.Namespace, req: BuildRequest) -> Path:
+    from shard.demo_assets.build import build_assets
+
+    return build_assets(args.out_dir, req, cache_dir=args.cache_dir or default_cache_dir(),
+                        progress=not args.no_progress, force=args.force)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(level=args.log_level, process="demo-assets")
     req = request_from_args(args, parser)
-    from shard.demo_assets.build import build_assets
-
+    setup_logging(level=args.log_level, process="demo-assets")
     start = time.monotonic()
     try:
-        out = build_assets(args.out_dir, req, cache_dir=args.cache_dir or default_cache_dir(),
-                           progress=not args.no_progress, force=args.force)
+        out = _build(args, req)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"chameleon demo-assets: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shard.demo_assets.files import MANIFEST, file_lock, tree_hashes, write_json
+from shard.demo_assets.files import LOCK, MANIFEST, file_lock, tree_hashes, write_json
 from shard.demo_assets.hf import quiet_transformers
 from shard.demo_assets.lora import plan_adapters, read_targets, single_thread, write_adapter
 
@@ -45,7 +45,7 @@ def build_assets(out_dir: Path, req: BuildRequest, *, cache_dir: Path, progress:
                  force: bool = False) -> Path:
     """Build (or confirm up to date) `out_dir/model`, `out_dir/adapters/*`, `out_dir/manifest.json`."""
     out_dir = out_dir.resolve()
-    with file_lock(out_dir.parent / f".{out_dir.name}.lock"):
+    with file_lock(out_dir / LOCK):
         if not force and is_complete(out_dir, req):
             log.info("demo assets in %s are up to date", out_dir)
             return out_dir

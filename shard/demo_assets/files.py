@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 MANIFEST = "manifest.json"
+LOCK = ".build.lock"  # inside an assets directory; never hashed, never part of the output
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -47,9 +48,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def tree_hashes(root: Path, *, skip: frozenset[str] = frozenset({MANIFEST})) -> dict[str, str]:
-    """sha256 of every regular file under root, keyed by its POSIX path relative to root."""
+    """sha256 of every regular file under root (but the build lock), keyed by POSIX relative path."""
     return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip | {LOCK}}
 
 
 def stable_seed(*parts: object) -> int:

@@ -49,6 +49,7 @@ def build_assets(out_dir: Path, req: BuildRequest, *, cache_dir: Path, progress:
         if not force and is_complete(out_dir, req):
             log.info("demo assets in %s are up to date", out_dir)
             return out_dir
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # written again last: no manifest = not complete
         specs = plan_adapters(req.ranks, req.adapters_per_rank, req.seed)
         with quiet_transformers(), tqdm(total=1 + len(specs), desc="model", unit="step",
                                         disable=not progress) as bar:

@@ -202,8 +202,17 @@ async def compare(args) -> dict:
     ctx = Context(parse_rates(args.rates))
     started = time.perf_counter()
     rows: list[dict] = []
+    failed: dict[str, str] = {}
     for config in configs:
-        rows += await _config(args, config, spec, records, ctx)
+        try:
+            rows += await _config(args, config, spec, records, ctx)
+        except (RuntimeError, ConnectionError) as exc:   # a config that cannot start or serve
+            failed[config] = str(exc)
+            print(f"[{config}] FAILED, left out of the comparison: {exc}", file=sys.stderr, flush=True)
+        partial = [{k: v for k, v in r.items() if k not in ("_records", "ttft_sorted")} for r in rows]
+        (args.log_dir / "bench-compare-partial.json").write_text(json.dumps(_json_safe(partial)) + "\n")
+    if not rows:
+        raise RuntimeError(f"no configuration could be measured: {failed}")
     base_low = next((r for r in rows if r["config"] == configs[0]), None)
     slo_s = args.slo_s if args.slo_s is not None \
         else slo_from_low_load(base_low["e2e_mean_s"] if base_low else 0.0)
@@ -214,7 +223,7 @@ async def compare(args) -> dict:
             "adapters": args.adapters, "length_scale": args.length_scale, "seed": args.seed,
             "slo_s": slo_s, "slo_basis": "given" if args.slo_s is not None else
             f"5 x mean request time of {configs[0]} at {ctx.rates[0]} rps", **high,
-            "launch_args": list(launch), "elapsed_s": time.perf_counter() - started}
+            "launch_args": list(launch), "failed": failed, "elapsed_s": time.perf_counter() - started}
     return {"summary": summary, "runs": rows, "predictions": preds, "meta": meta, "profile": ctx.profile}
 
 

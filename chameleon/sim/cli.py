@@ -94,6 +94,8 @@ def _slo(args, spec: SweepSpec) -> tuple[SloBasis, list]:
         if args.slo_s <= 0:
             raise ValueError("--slo-s must be > 0")
         return SloBasis(args.slo_s), []
+    if not args.no_progress:
+        print(f"SLO: running fifo at {args.slo_rate:g} rps for the mean request time...", file=sys.stderr)
     low = run_one(spec, "fifo", args.slo_rate)
     mean = low.e2e_mean_s
     return SloBasis(SLO_FACTOR * mean, "fifo", args.slo_rate, mean, SLO_FACTOR), [low]

@@ -65,14 +65,14 @@ class Simulator:
     def _check_fits(self, profile: Profile) -> None:
         cap = self.memory.pool.capacity
         for w in self.items:
+            if w.adapter_id is not None and w.adapter_id not in self.rank:
+                raise ValueError(f"request {w.id} uses unknown adapter {w.adapter_id!r}")
             req = Request(w.id, w.adapter_id, w.input_tokens, w.output_tokens, 0.0)
             pages = self.memory.kv_pages_for(req)
             pages += 0 if w.adapter_id is None else profile.pages_for_rank(self.rank[w.adapter_id])
             if pages > cap:
                 raise ValueError(f"request {w.id} ({w.input_tokens}+{w.output_tokens} tokens) needs {pages} "
                                  f"pages but the pool has {cap}: lower --length-scale or set --max-input")
-            if w.adapter_id is not None and w.adapter_id not in self.rank:
-                raise ValueError(f"request {w.id} uses unknown adapter {w.adapter_id!r}")
 
     # ---- main loop ------------------------------------------------------------------------------
     def run(self) -> SimResult:

@@ -83,6 +83,12 @@ def test_request_larger_than_pool_is_refused(a40: Profile) -> None:
         Simulator(items, POP, profile, SimConfig())
 
 
+def test_unknown_adapter_is_refused(a40: Profile) -> None:
+    items = _items(3, rate=1.0)
+    with pytest.raises(ValueError, match="unknown adapter"):
+        Simulator(items, make_population(5), a40, SimConfig())
+
+
 def test_bad_config() -> None:
     with pytest.raises(ValueError, match="noisy"):
         SimConfig(predictor="noisy:x")

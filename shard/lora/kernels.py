@@ -90,6 +90,8 @@ class LoraBatch:
             gather = force == "gather" and dist.world_size == 1
         if gather:
             cache.reset((store.version, *ranges))
+        elif cache.key and cache.key[0] != store.version:
+            cache.reset(())  # an adapter came or went: drop the stale concatenations now
         return cls(segments, start, dist, cache, gather)
 
     def column(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ from router.bench.stats import BASELINE, slo_from_low_load, summarise
 from router.bench.workload import lengths, plan, population
 
 DEFAULT_CONFIGS = "fifo/none,sjf/none,chameleon/chameleon,chameleon/none,fifo/chameleon"
-PROBE_FRACTIONS = (0.3, 0.6, 0.9, 1.2)   # sweep = these x the capacity the probe measured
+PROBE_FRACTIONS = (0.3, 0.7, 1.0, 1.4)   # sweep = these x the capacity the probe measured
 PROBE_CLIENTS = 32
 DEFAULT_LAUNCH = "--memory-budget 4294967296 --max-batch-prefill-tokens 1024 --max-concurrent-requests 4096"
 

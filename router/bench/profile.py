@@ -69,7 +69,7 @@ async def _loads(target: str, info: ServerInfo) -> list[tuple[int, float]]:
 
 
 async def measure(target: str, metrics_url: str, info: ServerInfo, *, length_scale: float,
-                  reps: int = 2, name: str = "measured") -> Profile:
+                  reps: int = 3, name: str = "measured") -> Profile:
     """Profile of the running system (see the module docstring for what is measured and how)."""
     lengths = [n for n in PREFILL_LENGTHS if n + 8 <= info.max_total_tokens] or [1, 2]
     pre = [await _ttft(target, n, 8, None, reps) for n in lengths]

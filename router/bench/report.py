@@ -18,7 +18,9 @@ def summarise_configs(runs: Sequence[dict], slo_s: float, baseline: str = BASELI
     """(summary per config, high-load info). `runs` rows carry config, rate and the run statistics."""
     configs = list(dict.fromkeys(r["config"] for r in runs))
     by = {c: sorted((r for r in runs if r["config"] == c), key=lambda r: r["rate"]) for c in configs}
-    ref = by.get(baseline) or by[configs[0]]
+    if baseline not in by:          # no S-LoRA run: compare against the first configuration
+        baseline = configs[0]
+    ref = by[baseline]
     high, found = high_load_rate([r["rate"] for r in ref], [r["ttft_p99_s"] for r in ref], slo_s)
     summary: dict[str, dict] = {}
     for c, rs in by.items():

@@ -173,6 +173,7 @@ class ServingLoop:
         self.client = client
         self.health = HealthState(client, healthy=False)
         self.residency.rebind(client)
+        self.headroom.clear()  # the dead ranks' last reports; fresh ones come with the next step
 
     def _schedule(self, now: float) -> Plan:
         t0 = time.perf_counter()

@@ -17,6 +17,7 @@ from tests.shard_server.procs import Router, request, start_shards
 from tests.shard_server.reference import PeftReference
 
 BUDGET = str(520 * 1024**2)
+ADAPTER_PAGES = "1200"  # the shard's own adapter region: room for every tiny adapter at once
 PROMPTS = ["def main(argv):", "import os\nimport sys", "class Parser(object):", "    return self._",
            "for key, value in", "# Copyright (c)", "if __name__ ==", "raise ValueError(",
            "with open(path) as f:", "    def __init__(self,", "try:\n    import", "x = [i for i in"]
@@ -49,7 +50,8 @@ def shard(tiny: Path, tmp_path_factory: pytest.TempPathFactory, adapters: list[s
     uds = str(tmp_path_factory.mktemp("uds") / "shard")
     named = f"startup={tiny / 'adapters' / adapters[0]}"
     with start_shards(tiny / "model", uds, ["--adapter-dir", str(tiny / "adapters"), "--lora-adapters",
-                                            named, "--memory-budget", BUDGET]) as shards:
+                                            named, "--memory-budget", BUDGET, "--adapter-pages",
+                                            ADAPTER_PAGES]) as shards:
         yield shards
 
 
@@ -181,7 +183,8 @@ def test_tensor_parallel_2_matches_tp_1(router, shard, tiny, tokenizer, adapters
     plan = [(i, PROMPTS[i], adapters[i] if i % 3 else None, 8) for i in range(6)]
     router.generate(20, [_req(router, tokenizer, i, p, n, a, ignore_eos=True) for i, p, a, n in plan])
     uds = str(tmp_path / "tp")
-    args = ["--adapter-dir", str(tiny / "adapters"), "--memory-budget", BUDGET]
+    args = ["--adapter-dir", str(tiny / "adapters"), "--memory-budget", BUDGET,
+            "--adapter-pages", ADAPTER_PAGES]
     with start_shards(tiny / "model", uds, args, world=2) as ranks:
         tp = Router(ranks)
         tp.warmup()

@@ -88,10 +88,10 @@ def resolve_model(args: LaunchArgs) -> tuple[Path, Path | None]:
     if args.model_id is not None:
         return args.model_id, args.adapter_dir
     demo = args.demo_dir
-    if not (demo / "model" / "config.json").is_file():
+    if not (demo / "manifest.json").is_file():  # written last by demo-assets: absent = not complete
         log.info("no --model-id: building the demo model and adapters in %s (first use only)", demo)
         done = subprocess.run([*chameleon_command("demo-assets"), str(demo)], stdin=subprocess.DEVNULL)
-        if done.returncode != 0 or not (demo / "model" / "config.json").is_file():
+        if done.returncode != 0 or not (demo / "manifest.json").is_file():
             raise StartupError(f"building the demo assets in {demo} failed (exit {done.returncode}); "
                                "run `chameleon demo-assets DIR` to see why, or pass --model-id")
     adapters = args.adapter_dir or (demo / "adapters" if (demo / "adapters").is_dir() else None)

@@ -17,6 +17,7 @@ def test_no_model_serves_the_demo_assets_already_built(tmp_path, monkeypatch):
     demo = tmp_path / "demo"
     (demo / "model").mkdir(parents=True)
     (demo / "model" / "config.json").write_text("{}")
+    (demo / "manifest.json").write_text("{}")  # demo-assets writes it last: the build is complete
     (demo / "adapters" / "r8-00").mkdir(parents=True)
     assert resolve_model(parse_args(["--demo-dir", str(demo)])) == (demo / "model", demo / "adapters")
     other = tmp_path / "mine"

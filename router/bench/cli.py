@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from chameleon.cliargs import EnvArgumentParser
-from chameleon.workload import TraceError, read_trace
+from chameleon.workload import TraceError, TraceRecord, read_trace
 from router.bench import scrape
 from router.bench.loadgen import grpc_address, replay, server_info
 from router.bench.stats import summarise
@@ -78,8 +78,8 @@ def _json_safe(value: object) -> object:
     return value
 
 
-async def run_bench(target: str, records, n_adapters: int, opts: BenchOptions, *, metrics_url: str | None,
-                    slo_s: float | None, drain_timeout_s: float | None) -> Run:
+async def run_bench(target: str, records: Sequence[TraceRecord], n_adapters: int, opts: BenchOptions, *,
+                    metrics_url: str | None, slo_s: float | None, drain_timeout_s: float | None) -> Run:
     """One replay against a running router: plan from its limits and adapters, replay, summarise."""
     info = await server_info(target)
     pop = population([(a, r) for a, r, _ in info.adapters], n_adapters)

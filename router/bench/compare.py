@@ -19,7 +19,7 @@ from pathlib import Path
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.launch.args import ADAPTER_CACHES, SCHEDULERS
 from chameleon.sim.profile import Profile
-from chameleon.workload import LengthScale, TraceError, read_trace
+from chameleon.workload import LengthScale, TraceError, TraceRecord, read_trace
 from router.bench import report, system
 from router.bench.cli import _json_safe, add_workload_flags, options, run_bench
 from router.bench.loadgen import closed_loop, server_info
@@ -45,7 +45,7 @@ def build_parser() -> EnvArgumentParser:
                    f"{'/'.join(map(str, PROBE_FRACTIONS))} x the capacity a quick closed-loop probe "
                    "measures)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate")
-    p.add_argument("--warmup", type=float, default=8.0, help="seconds of warm-up load per configuration")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up load per configuration")
     p.add_argument("--probe", type=float, default=20.0, help="seconds of the capacity probe")
     p.add_argument("--drain-timeout", type=float, default=45.0,
                    help="after the last arrival of a rate, wait this long, then cancel what is left")
@@ -86,7 +86,7 @@ def parse_rates(text: str | None) -> list[float] | None:
     return rates
 
 
-async def _probe(args, sysm: system.System, records) -> list[float]:
+async def _probe(args, sysm: system.System, records: Sequence[TraceRecord]) -> list[float]:
     info = await server_info(sysm.target)
     pop = population([(a, r) for a, r, _ in info.adapters], args.adapters)
     items = plan(records, pop, options(args, 1.0, 10_000.0), info.max_total_tokens, info.max_new_tokens)
@@ -120,7 +120,8 @@ async def _learn(args, ctx: Context, target: str) -> None:
     ctx.scale = lengths(options(args, 1.0, 1.0), info.max_total_tokens, info.max_new_tokens)
 
 
-async def _config(args, config: str, spec: system.SystemSpec, records, ctx: Context) -> list[dict]:
+async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[TraceRecord],
+                  ctx: Context) -> list[dict]:
     sched, _, cache = config.partition("/")
     log = args.log_dir / f"bench-compare-{sched}-{cache}.log"
     t0 = time.perf_counter()
@@ -160,7 +161,7 @@ def _launch_value(launch: Sequence[str], flag: str, default: int) -> int:
     return default
 
 
-def _predictions(args, records, rows: list[dict], ctx: Context, launch: Sequence[str],
+def _predictions(args, records: Sequence[TraceRecord], rows: list[dict], ctx: Context, launch: Sequence[str],
                  slo_s: float) -> list[dict]:
     """The simulator's P50/P99 TTFT for every run, with the profile measured on this system."""
     if ctx.profile is None or ctx.scale is None:

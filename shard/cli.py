@@ -32,8 +32,8 @@ def build_parser() -> EnvArgumentParser:
                    "(weights + activations + page pool); ignored on CUDA")
     p.add_argument("--memory-fraction", type=float, default=0.9, help="fraction of free CUDA memory to use")
     p.add_argument("--adapter-pages", type=int, default=None, help="pool pages kept for adapters the shard "
-                   "loads itself (plain-TGI mode); default: what --lora-adapters need, plus 10%% of the "
-                   "pool with --adapter-dir")
+                   "loads itself (plain-TGI mode); default: what --lora-adapters need, plus room for the 8 "
+                   "largest adapters of --adapter-dir (10%%..50%% of the pool)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight and KV dtype")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if CUDA is "
                    "available, else cpu)")

@@ -12,12 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 from chameleon_pb import chameleon_pb2, generate_pb2, generate_pb2_grpc
 
 from chameleon.memory import LORA_TARGETS
+from shard.lora.errors import AdapterError
 from shard.server.adapters import AdapterManager
 from shard.server.batch import Batch, BatchContext, prompt_text
 from shard.server.headroom import DeviceMemory, measure_headroom
@@ -38,7 +40,7 @@ T = TypeVar("T")
 class ShardOptions:
     uds_path: str
     memory: DeviceMemory
-    adapter_pages: int | None = None  # None: the --lora-adapters' pages, + 10% with --adapter-dir
+    adapter_pages: int | None = None  # None: see ShardCore.self_region_pages
     memory_fraction: float = 0.9
     dtype_name: str = "float32"
 
@@ -105,11 +107,19 @@ class ShardCore:
             reply.concat_ns = concat_ns
         return reply
 
-    def self_region_pages(self) -> int:
+    def self_region_pages(self, pool_pages: int) -> int:
+        """Pages kept for adapters the shard loads itself: `--adapter-pages`, else what the startup
+        adapters need plus, with --adapter-dir, room for its 8 largest adapters (at least 10% of the
+        pool, at most half of it)."""
         if self.options.adapter_pages is not None:
             return self.options.adapter_pages
-        store = self.adapters.store
-        return sum(store.pages_needed(p) for p in self.adapters.named.values())
+        store, manager = self.adapters.store, self.adapters
+        named = sum(store.pages_needed(p) for p in manager.named.values())
+        if manager.adapter_dir is None:
+            return named
+        sizes = sorted((_pages_or_zero(store, manager.adapter_dir / a) for a in manager.available()
+                        if a not in manager.named), reverse=True)
+        return named + min(max(sum(sizes[:8]), pool_pages // 10), pool_pages // 2)
 
     def agree_min(self, value: int) -> int:
         """The minimum of `value` over tensor-parallel ranks."""
@@ -117,6 +127,14 @@ class ShardCore:
             return value
         t = torch.tensor([value], dtype=torch.int64)
         return int(self.runner.dist.all_gather(t, [1] * self.world).min())
+
+
+def _pages_or_zero(store: object, path: Path) -> int:
+    """Pages an adapter folder needs; 0 for a broken one (it fails later, when a request names it)."""
+    try:
+        return store.pages_needed(path)
+    except (AdapterError, OSError):
+        return 0
 
 
 class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
@@ -207,9 +225,7 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         prefill = max(request.max_prefill_tokens, 1)
         activation = runner.measure_activation_bytes(prefill)
         free = core.agree_min(free_bytes_for_pool(core.options.memory, core.options.memory_fraction))
-        adapter_pages = core.self_region_pages()
-        if core.options.adapter_pages is None and core.adapters.adapter_dir is not None:
-            adapter_pages += max((free - activation) // runner.page_bytes // 10, 0)
+        adapter_pages = core.self_region_pages(max(free - activation, 0) // runner.page_bytes)
         plan = plan_pool(free, activation, runner.page_bytes, adapter_pages)
         runner.allocate_pool(plan.num_pages)
         core.adapters.set_pool(plan.num_pages, plan.kv_pages)

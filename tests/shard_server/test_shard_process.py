@@ -183,8 +183,7 @@ def test_tensor_parallel_2_matches_tp_1(router, shard, tiny, tokenizer, adapters
     plan = [(i, PROMPTS[i], adapters[i] if i % 3 else None, 8) for i in range(6)]
     router.generate(20, [_req(router, tokenizer, i, p, n, a, ignore_eos=True) for i, p, a, n in plan])
     uds = str(tmp_path / "tp")
-    args = ["--adapter-dir", str(tiny / "adapters"), "--memory-budget", BUDGET,
-            "--adapter-pages", ADAPTER_PAGES]
+    args = ["--adapter-dir", str(tiny / "adapters"), "--memory-budget", BUDGET]  # default adapter region
     with start_shards(tiny / "model", uds, args, world=2) as ranks:
         tp = Router(ranks)
         tp.warmup()

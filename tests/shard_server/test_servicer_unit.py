@@ -222,3 +222,36 @@ def test_bad_request_is_refused_and_next_works(service, byte_tokenizer, mutate, 
 def test_decode_of_unknown_batch_is_an_error(service):
     with pytest.raises(ValueError, match="not in the shard's cache"):
         service.Decode(generate_pb2.DecodeRequest(batches=[generate_pb2.CachedBatch(id=99)]), None)
+
+
+def test_chunked_prefill_continues_on_the_next_step(service, byte_tokenizer):
+    pg, out, done = Pager(), {}, {}
+    prompt = "the quick brown fox"
+    n = len(byte_tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    chunked = pg.request(1, prompt, 4, chunk_len=3)
+    whole = pg.request(2, "hello world", 4)
+    batch = generate_pb2.Batch(id=5, requests=[chunked, whole])
+    r = service.Prefill(generate_pb2.PrefillRequest(batch=batch), None)
+    collect(r.generations, out, done)
+    assert 1 not in out and len(out[2]) == 1 and r.batch.current_tokens == (n - 3) + 1
+    batch = r.batch
+    while batch.request_ids:
+        r = service.Decode(generate_pb2.DecodeRequest(batches=[batch]), None)
+        collect(r.generations, out, done)
+        batch = r.batch if r.HasField("batch") else generate_pb2.CachedBatch()
+    assert out[1] == reference(byte_tokenizer, prompt, None, 4)
+    assert out[2] == reference(byte_tokenizer, "hello world", None, 4)
+
+
+def test_clear_cache_and_filter_to_nothing(service):
+    pg = Pager()
+    r = service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(
+        id=6, requests=[pg.request(1, "hello", 5), pg.request(2, "world", 5)])), None)
+    f = service.FilterBatch(generate_pb2.FilterBatchRequest(batch_id=6, request_ids=[]), None)
+    assert f.batch.size == 0 and 6 not in service.core.cache
+    service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(
+        id=7, requests=[pg.request(3, "again", 5)])), None)
+    service.ClearCache(generate_pb2.ClearCacheRequest(id=7), None)
+    assert 7 not in service.core.cache and r.headroom.kv_pages_used > 1
+    with pytest.raises(ValueError, match="not in the shard's cache"):
+        service.Decode(generate_pb2.DecodeRequest(batches=[generate_pb2.CachedBatch(id=7)]), None)

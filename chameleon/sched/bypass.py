@@ -56,9 +56,9 @@ class BypassTracker:
             q = sched._where.get(r1.id)
             if q is None or q < 0 or sched._queues[q][0] is not r1:
                 continue
-            charge = sched.ledger.own_charge(q, r1.need_tokens)
+            charge = sched.ledger.own_charge(q, sched.need_in(q, r1))
             if charge is not None and sched._admit(r1, now, ctx, budget, plan):
-                sched.ledger.charge(sched._pop(q).id, [(q, charge)])
+                sched.charge_admitted(sched._pop(q), q, [(q, charge)])
 
     def try_bypass(self, sched: ChameleonScheduler, q: int, now: float, ctx: ScheduleContext,
                    budget: BatchBudget, plan: Plan) -> None:
@@ -74,10 +74,11 @@ class BypassTracker:
         while index < len(dq) and scanned < self.lookahead and not budget.exhausted:
             r2 = dq[index]
             scanned += 1
-            ok = sched.ledger.available(q) >= r2.need_tokens and mem.can_admit(r2) \
+            need = sched.need_in(q, r2)
+            ok = sched.ledger.available(q) >= need and mem.can_admit(r2) \
                 and ctx.remaining_s(r2) < t_free
             if ok and sched._admit(r2, now, ctx, budget, plan):
-                sched.ledger.charge(sched._pop(q, index).id, [(q, r2.need_tokens)])
+                sched.charge_admitted(sched._pop(q, index), q, [(q, need)])
                 self.active.append((head, r2))
                 self.total += 1
             else:

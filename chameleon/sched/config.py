@@ -34,6 +34,9 @@ class MlqConfig:
     max_new_tokens up front (non-preemptive), so quotas in that currency really cap each queue's
     memory occupancy; with "predicted", small-request queues can take all memory within their
     quota and starve the larger queues under load.
+    adapter_charge: "shared" (default) charges a queue an adapter's tokens once while any of its running
+    requests uses it (memory holds it once); "per_request" charges every request (the paper's literal
+    `need`). See `chameleon.sched.accounts` for why.
     """
 
     t_refresh_s: float = 300.0
@@ -54,6 +57,7 @@ class MlqConfig:
     size_stat: str = "mean"
     rest_split: str = "weights"
     need: str = "reserved"
+    adapter_charge: str = "shared"
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -69,5 +73,7 @@ class MlqConfig:
             raise ValueError(f"rest_split must be 'weights' or 'proportional', got {self.rest_split!r}")
         if self.need not in ("reserved", "predicted"):
             raise ValueError(f"need must be 'reserved' or 'predicted', got {self.need!r}")
+        if self.adapter_charge not in ("shared", "per_request"):
+            raise ValueError(f"adapter_charge must be 'shared' or 'per_request', got {self.adapter_charge!r}")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:
             raise ValueError("bypass_lookahead must be >= 0 and window_max_samples >= 1")

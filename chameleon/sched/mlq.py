@@ -19,6 +19,7 @@ from collections import deque
 
 from chameleon.predictor import OutputPredictor
 from chameleon.request import Request
+from chameleon.sched.accounts import AdapterAccounts
 from chameleon.sched.base import BatchBudget, Plan, ScheduleContext, Scheduler, SchedulerLimits
 from chameleon.sched.bypass import BypassTracker
 from chameleon.sched.config import MlqConfig
@@ -40,6 +41,7 @@ class ChameleonScheduler(Scheduler):
         self.bypass = BypassTracker(cfg.bypass_lookahead)
         self.boundaries: list[float] = []
         self.ledger = QuotaLedger([1])  # replaced at the first schedule, once the capacity is known
+        self.accounts = AdapterAccounts(cfg.adapter_charge == "shared")
         self._started = False
         self._queues: list[deque[Request]] = [deque()]
         self._incoming: deque[Request] = deque()
@@ -158,7 +160,9 @@ class ChameleonScheduler(Scheduler):
             req.queue = self.queue_of(req.wrs)
             self._queues[req.queue].append(req)
             self._where[req.id] = req.queue
-        self.ledger.relayout(quotas, {rid: self.queue_of(r.wrs) for rid, r in self._running.items()})
+        running = self._running.items()
+        self.accounts.relayout(self.ledger, quotas, {rid: self.queue_of(r.wrs) for rid, r in running},
+                               {rid: (r.adapter_id, self._adapter_tokens.get(rid, 0)) for rid, r in running})
 
     def set_layout(self, bounds: list[float], quotas: list[int]) -> None:
         """Impose queue boundaries and quotas (experiments, tests); the next refresh recomputes them."""
@@ -203,7 +207,7 @@ class ChameleonScheduler(Scheduler):
         for q, dq in enumerate(self._queues):
             while dq and not budget.exhausted:
                 head = dq[0]
-                charge = ledger.own_charge(q, head.need_tokens)
+                charge = ledger.own_charge(q, self.need_in(q, head))
                 if charge is None:
                     break
                 if not budget.allows(head):
@@ -212,7 +216,7 @@ class ChameleonScheduler(Scheduler):
                     if self.config.bypass:
                         self.bypass.try_bypass(self, q, now, ctx, budget, plan)
                     break
-                ledger.charge(self._pop(q).id, [(q, charge)])
+                self.charge_admitted(self._pop(q), q, [(q, charge)])
             if not dq and ledger.available(q) > 0:
                 donors.append([q, ledger.available(q)])
         return donors
@@ -224,12 +228,12 @@ class ChameleonScheduler(Scheduler):
             while dq and not budget.exhausted:
                 leftover = sum(d[1] for d in donors)
                 head = dq[0]
-                own = ledger.available(q)
-                if leftover <= 0 or head.need_tokens > own + leftover:
+                own, need = ledger.available(q), self.need_in(q, head)
+                if leftover <= 0 or need > own + leftover:
                     break
                 if not self._admit(head, now, ctx, budget, plan):
                     break
-                ledger.charge(self._pop(q).id, self._borrow(q, own, head.need_tokens, donors))
+                self.charge_admitted(self._pop(q), q, self._borrow(q, own, need, donors))
 
     @staticmethod
     def _borrow(q: int, own: int, need: int, donors: list[list[int]]) -> list[tuple[int, int]]:
@@ -245,8 +249,18 @@ class ChameleonScheduler(Scheduler):
                 rest -= take
         return parts
 
+    def need_in(self, q: int, req: Request) -> int:
+        """Quota charge of admitting `req` into queue q now (see `accounts`: its adapter's tokens only
+        when no running request of queue q holds that adapter's account)."""
+        atok = self._adapter_tokens.get(req.id, 0)
+        return req.need_tokens - atok + self.accounts.extra(q, req.adapter_id, atok)
+
+    def charge_admitted(self, req: Request, q: int, parts: list[tuple[int, int]]) -> None:
+        self.accounts.charge(self.ledger, req.id, q, req.adapter_id, self._adapter_tokens.get(req.id, 0),
+                             parts)
+
     def _on_done(self, req: Request, now: float, reason: str) -> None:
-        self.ledger.release(req.id)
+        self.accounts.release(self.ledger, req.id)
         if reason == "squash":
             return  # re-queued: keeps its adapter size for reclassification
         atok = self._adapter_tokens.pop(req.id, 0)

@@ -98,6 +98,11 @@ def golden_grpc_text(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...
     return reply.responses[0].text
 
 
+def adapter_request(router: RouterProc, adapter: str) -> requests.Response:
+    body = {"inputs": "adapter check", "parameters": {"max_new_tokens": 4, "adapter_id": adapter}}
+    return requests.post(router.http + "/generate", json=body, timeout=60)
+
+
 def metrics_text(router: RouterProc, headers: dict[str, str] | None = None) -> str:
     return requests.get(router.http + "/metrics", headers=headers, timeout=30).text
 

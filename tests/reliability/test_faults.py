@@ -1,6 +1,7 @@
 """Faults and overload on a real router (tiny shard): a 10x burst over --max-concurrent-requests,
 clients that stop reading their streams, adapter files corrupted or deleted between listing and loading,
-admin unload counted as an eviction, and a router restarted against the running (warmed) shard."""
+admin unload counted as an eviction and a cancellation storm (allocator and
+refcounts intact afterwards)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import requests
 from chameleon_pb import generation_pb2 as pb
 from chameleon_pb import generation_pb2_grpc as pb_grpc
 
-from tests.reliability.system import Shard, golden_ids, metric, router_on, rss_bytes
+from router.bench.soak_watch import integrity, read_metrics
+from tests.reliability.system import Shard, adapter_request, golden_ids, metric, router_on, rss_bytes
 from tests.router_api.procs import RouterProc
 from tests.router_api.real import params, wait_for
 
@@ -112,11 +114,6 @@ def test_clients_that_stop_reading_hold_no_engine_resources(faults: tuple[Router
     _idle(router)
 
 
-def _adapter_request(router: RouterProc, adapter: str) -> requests.Response:
-    body = {"inputs": "adapter check", "parameters": {"max_new_tokens": 4, "adapter_id": adapter}}
-    return requests.post(router.http + "/generate", json=body, timeout=60)
-
-
 def _resident(router: RouterProc) -> dict[str, float]:
     text = requests.get(router.http + "/metrics", timeout=30).text
     out = {}
@@ -129,7 +126,7 @@ def _resident(router: RouterProc) -> dict[str, float]:
 
 def _concurrent(router: RouterProc, adapters: list[str]) -> list[requests.Response]:
     async def run() -> list[requests.Response]:
-        return await asyncio.gather(*(asyncio.to_thread(_adapter_request, router, a) for a in adapters))
+        return await asyncio.gather(*(asyncio.to_thread(adapter_request, router, a) for a in adapters))
 
     return asyncio.run(run())
 
@@ -152,7 +149,7 @@ def test_adapter_corrupted_after_listing_fails_alone_and_caches_nothing(
         _idle(router)
     finally:
         weights.write_bytes(good)
-    assert _adapter_request(router, "c0").status_code == 200  # repaired: loads afresh
+    assert adapter_request(router, "c0").status_code == 200  # repaired: loads afresh
     assert "c0" in _resident(router)
     assert golden_ids(router) == golden
 
@@ -163,22 +160,22 @@ def test_adapter_deleted_after_listing_fails_clearly_then_is_unknown(
     folder = shard.adapters / "c1"
     shutil.rmtree(folder)
     try:
-        first = _adapter_request(router, "c1")
+        first = adapter_request(router, "c1")
         assert first.status_code == 422 and "'c1' cannot be loaded" in first.json()["error"], first.text
-        again = _adapter_request(router, "c1")  # nothing stale: the registry looked again
+        again = adapter_request(router, "c1")  # nothing stale: the registry looked again
         assert again.status_code == 422 and "unknown adapter 'c1'" in again.json()["error"], again.text
-        assert _adapter_request(router, "a03").status_code == 200
+        assert adapter_request(router, "a03").status_code == 200
         assert "c1" not in _resident(router)
     finally:
         shutil.copytree(shard.source, folder)
-    assert _adapter_request(router, "c1").status_code == 200
+    assert adapter_request(router, "c1").status_code == 200
     _idle(router)
     assert golden_ids(router) == golden
 
 
 def test_admin_unload_counts_as_an_eviction(faults: tuple[RouterProc, list[int]]):
     router, _ = faults
-    assert _adapter_request(router, "a00").status_code == 200
+    assert adapter_request(router, "a00").status_code == 200
     before = metric(router, "chameleon_cache_evictions_total")
     resp = requests.post(router.http + "/v1/unload_lora_adapter", json={"lora_name": "a00"}, timeout=30)
     assert resp.status_code == 200, resp.text
@@ -186,14 +183,28 @@ def test_admin_unload_counts_as_an_eviction(faults: tuple[RouterProc, list[int]]
     assert "a00" not in _resident(router)
 
 
-def test_router_restart_rewarms_the_running_shard(shard: Shard):
-    """Routers in turn against one warmed shard: each Warmup frees the previous pool before measuring,
-    so every restart gets a pool again (it used to fail: 'not enough memory for a KV cache'). On CPU
-    the first pool is the largest: later measurements see the memory the allocator kept from earlier
-    forward passes as used (RSS); from then on the pool stays put."""
-    pages = []
-    for name in ("restart-1", "restart-2", "restart-3"):
-        with router_on(shard, name) as router:
-            pages.append(metric(router, "chameleon_pool_pages_total"))
-            assert _adapter_request(router, "a01").status_code == 200
-    assert pages[1] >= pages[0] / 2 and pages[2] >= 0.9 * pages[1], pages
+def test_cancellation_storm_leaves_allocator_and_refcounts_intact(faults: tuple[RouterProc, list[int]]):
+    router, golden = faults
+    names = ["a00", "a01", "a02", "a03", None]
+
+    async def storm() -> int:
+        cancelled = 0
+        async with grpc.aio.insecure_channel(router.grpc) as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            for round_ in range(8):
+                calls = [stub.GenerateStream(pb.SingleGenerationRequest(
+                    adapter_id=names[(round_ + i) % 5], request=pb.GenerationRequest(text=f"storm {i}"),
+                    params=params(300))) for i in range(MAX_CONCURRENT)]
+                await asyncio.gather(*(c.read() for c in calls))  # accepted (first message)
+                if round_ % 2:
+                    await asyncio.gather(*(c.read() for c in calls))  # some are mid-generation
+                for c in calls:
+                    cancelled += c.cancel()
+                await asyncio.to_thread(_idle, router)  # released before the next round comes in
+        return cancelled
+
+    assert asyncio.run(storm()) == 8 * MAX_CONCURRENT
+    _idle(router)
+    assert golden_ids(router) == golden  # one more step: the shard's headroom is fresh
+    state = integrity(read_metrics(router.http + "/metrics"))
+    assert state["ok"], state

@@ -116,6 +116,8 @@ class ModelRunner:
         (gathered on every rank). Raises AdapterError if an adapter id is not resident."""
         if self.pool is None:
             raise RuntimeError("allocate_pool() before forward()")
+        if not (len(fb.input_ids) == len(fb.positions) == len(fb.slots) == sum(fb.query_lens)):
+            raise ValueError("ForwardBatch: input_ids, positions and slots must hold sum(query_lens) tokens")
         dev = self.device
         lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapters, self.dist, self._concat, dev,
                                self.lora_path)

@@ -7,7 +7,7 @@ KV blocks and for resident adapters alike. An adapter occupies, on every rank, t
 the rank with the largest slice (`adapter_pages`).
 
 Tensor-parallel slicing (uneven where a dimension does not divide): attention is split by KV-head
-groups, MLP by intermediate columns, LoRA A/B as in `lora_slice_bytes`.
+groups, MLP by intermediate columns (`shard_ranges`), LoRA A/B as in `lora_slice_elems`.
 """
 
 from __future__ import annotations

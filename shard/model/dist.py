@@ -50,7 +50,10 @@ class DistContext:
             return cls()
         import torch.distributed as tdist
 
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        dev = torch.device(device)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda" and dev.index is not None:
+            torch.cuda.set_device(dev)  # nccl binds each rank to its current device
         if not tdist.is_initialized():
             tdist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
         return cls(rank=rank, world_size=world_size, group=tdist.group.WORLD)

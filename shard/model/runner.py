@@ -119,6 +119,9 @@ class ModelRunner:
         if not (len(fb.input_ids) == len(fb.positions) == len(fb.slots) == sum(fb.query_lens)):
             raise ValueError("ForwardBatch: input_ids, positions and slots must hold sum(query_lens) tokens")
         dev = self.device
+        if not fb.query_lens:
+            empty = torch.empty(0, self.vocab_size, dtype=torch.float32, device=dev)
+            return ForwardOutput(last_logits=empty, all_logits=[])
         lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapters, self.dist, self._concat, dev,
                                self.lora_path)
         slots = fb.slots.to(dev)

@@ -1,0 +1,40 @@
+"""The comparison's text tables and the simulator prediction of a bench run."""
+
+from __future__ import annotations
+
+import math
+
+from chameleon.sim.paper_a40 import build
+from chameleon.workload import LengthScale, TraceRecord
+from router.bench.predict import SIM_POLICY, predict
+from router.bench.report import format_predictions, format_runs, format_summary, summarise_configs
+
+
+def test_every_default_config_has_a_simulator_policy() -> None:
+    for config in ("fifo/none", "sjf/none", "chameleon/chameleon", "chameleon/none", "fifo/chameleon"):
+        sched, _, cache = config.partition("/")
+        assert (sched, cache) in SIM_POLICY
+
+
+def test_prediction_replays_the_same_number_of_requests() -> None:
+    records = [TraceRecord(0.1 * i, 300, 40) for i in range(50)]
+    pred = predict(records, 20, build(), "chameleon/chameleon", 2.0, n_adapters=10, ranks=(8, 16),
+                   scale=LengthScale(0.25, 0.25), arrivals="poisson", exponent=1.0, base_fraction=0.0,
+                   seed=0, max_prefill_tokens=1024, slo_s=5.0)
+    assert pred is not None and pred["policy"] == "chameleon" and pred["ttft_p50_s"] > 0
+    assert predict(records, 20, build(), "sjf/lru", 2.0, n_adapters=10, ranks=(8,),
+                   scale=LengthScale(), arrivals="poisson", exponent=1.0, base_fraction=0.0, seed=0,
+                   max_prefill_tokens=1024, slo_s=5.0) is None
+
+
+def test_tables_print_missing_values_as_dashes() -> None:
+    run = {"config": "fifo/none", "rate": 1.0, "requests": 3, "errors": 3, "ttft_p50_s": math.nan,
+           "ttft_p90_s": math.nan, "ttft_p99_s": math.nan, "tbt_p50_s": math.nan, "tbt_p99_s": math.nan,
+           "throughput_rps": None, "slo_attainment": 0.0, "cache_hit_rate": None}
+    assert "fifo/none" in format_runs([run])
+    summary, high = summarise_configs([run], slo_s=1.0)
+    text = format_summary(summary, high, 1.0)
+    assert "high load = 1.00 rps" in text and "-" in text
+    pred = {"config": "fifo/none", "rate": 1.0, "measured_ttft_p50_s": 0.5, "predicted_ttft_p50_s": 0.4,
+            "measured_ttft_p99_s": 1.0, "predicted_ttft_p99_s": None, "p50_rel_error": -0.2}
+    assert "-20%" in format_predictions([pred])

@@ -1,8 +1,9 @@
 """What `chameleon soak` watches while the load runs: the launched processes and their memory (RSS from
 /proc), the router's health over time, and, at the end, the allocator's integrity as /metrics shows it.
 
-Memory verdict per process: `settled` is its RSS a third of the way through its life under load (after
-warm-up, caches filled); the process passes when its last sample is within `tolerance` of that.
+Memory verdict per process: `settled` is the highest RSS of the first half of its life under load
+(warm-up done: weights, pool, allocator caches at their working size); the process passes when its last
+sample is within `tolerance` of that. A plateau passes; steady growth (a leak) does not.
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ def children(parent: int) -> list[int]:
 
 
 def rss_bytes(pid: int) -> int | None:
+    """RSS of a live process; None when it is gone (or exiting: its RSS reads 0)."""
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         return None
+    return pages * os.sysconf("SC_PAGE_SIZE") if pages else None
 
 
 @dataclass(slots=True)
@@ -68,10 +71,9 @@ class ProcMemory:
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds into the soak, RSS)
 
     def settled(self) -> int:
-        """RSS a third of the way through the samples' time span."""
+        """The highest RSS in the first half of the samples' time span."""
         t0, t1 = self.samples[0][0], self.samples[-1][0]
-        target = t0 + (t1 - t0) / 3
-        return min(self.samples, key=lambda s: abs(s[0] - target))[1]
+        return max(rss for t, rss in self.samples if t <= (t0 + t1) / 2)
 
     def summary(self, tolerance: float) -> dict[str, object]:
         start, end, settled = self.samples[0][1], self.samples[-1][1], self.settled()

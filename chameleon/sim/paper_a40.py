@@ -27,6 +27,8 @@ PAPER_TTFT_MS = {8: 74.0, 16: 78.0, 32: 88.0, 64: 107.0, 128: 144.0}   # paper, 
 A40_MEMORY = 46_068 * MIB           # A40 datasheet: 48 GB GDDR6 with ECC; nvidia-smi reports 46068 MiB
 A40_DRAM_BW = 696e9                 # A40 datasheet: 696 GB/s
 A40_FP16_TENSOR = 149.7e12          # A40 datasheet: 149.7 TFLOPS FP16 tensor, dense
+A40_FP16_TENSOR_FP32ACC = 74.8e12   # A40 datasheet: 74.8 TFLOPS FP16 tensor with FP32 accumulate (what
+                                    # PyTorch/cuBLAS fp16 GEMMs use), dense
 DRAM_EFFICIENCY = 0.8               # assumption: streaming kernels reach ~80% of peak DRAM bandwidth
 GPU_MEMORY_UTILIZATION = 0.9        # vLLM's default gpu_memory_utilization: 10% held back
 STEP_OVERHEAD_S = 0.002             # assumption: per-iteration scheduling + launch cost of a Python loop
@@ -79,7 +81,8 @@ def build(length_scale: float = LENGTH_SCALE) -> Profile:
 
 
 def _sources(intercept: float, slope: float, ref_input: int, compute_per_token: float) -> dict[str, str]:
-    mfu = 2 * LLAMA_7B_PARAMS / compute_per_token / A40_FP16_TENSOR
+    flops = 2 * LLAMA_7B_PARAMS / compute_per_token
+    mfu, mfu32 = flops / A40_FP16_TENSOR, flops / A40_FP16_TENSOR_FP32ACC
     return {
         "device_memory_bytes": "A40 datasheet 48 GB GDDR6 (ECC on): nvidia-smi total 46068 MiB",
         "weights_bytes": f"Llama-7B {LLAMA_7B_PARAMS:,} parameters x 2 bytes (float16)",
@@ -92,7 +95,8 @@ def _sources(intercept: float, slope: float, ref_input: int, compute_per_token: 
         "weight_read_s": "weights / (696 GB/s A40 datasheet x 0.8 assumed achievable)",
         "compute_s_per_token": f"fitted: (paper unloaded-TTFT intercept {intercept * 1e3:.1f} ms - "
                                f"overhead) / {ref_input} tokens (mean scaled prompt); implies "
-                               f"{mfu:.0%} of the A40's 149.7 TFLOPS",
+                               f"{mfu:.0%} of the A40's 149.7 TFLOPS (FP16 accumulate), {mfu32:.0%} of its "
+                               "74.8 TFLOPS with FP32 accumulate",
         "lora_compute_per_rank": "FLOPs of LoRA on q,k,v,o per rank unit / FLOPs of the base model",
         "kv_read_s_per_token": "KV bytes of one token / (696 GB/s x 0.8)",
         "h2d_bytes_per_s": f"fitted: slope of paper's unloaded TTFT vs adapter bytes = "

@@ -8,12 +8,13 @@ Two paths, both exact (base rows get no LoRA contribution at all):
   unchanged); every token multiplies A_cat, a 0/1 mask keeps only its own adapter's r columns, one
   matmul with B_cat adds the result. Two matmuls whatever the number of adapters, at the cost of
   (adapters - 1)x wasted FLOPs per token: the right choice when tokens per segment are few (decode).
-Rule (from measurements on SmolLM2 fp32, 2 CPU cores): the gather path wastes
-T x sum(r) - sum(t_k x r_k) rank-rows of compute; the segment path pays a fixed overhead per segment
-worth about GATHER_WASTE_PER_SEGMENT rank-rows. Gather when more than one adapter is in the batch,
-the rank is alone (world_size 1) and the waste is below that overhead x segments (decode batches with
-a few adapters of modest rank: 8 tokens on 8 adapters of sum(r) 304 -> gather; 32 tokens on 32
-adapters, or prefill -> segment).
+Rule (SmolLM2 fp32 on CPU, decode batch 8, steps interleaved in one process: 8 adapters of sum(r) 304
+took 258 ms by segments vs 359 ms gathered, 4 adapters of sum(r) 120 took 149 vs 138 ms, base 111-174
+ms): the gather path wastes T x sum(r) - sum(t_k x r_k) rank-rows of compute; the segment path pays a
+fixed overhead per segment worth about GATHER_WASTE_PER_SEGMENT rank-rows (per-op overhead x FLOP rate
+/ 2 x (in + out)). Gather when more than one adapter is in the batch, the rank is alone (world_size 1)
+and the waste is below that overhead x segments: a few small-rank adapters in a decode batch gather;
+many or large adapters, and prefill, go by segments.
 Under tensor parallelism only the segment path runs: column-parallel A outputs are all-gathered
 (A is split along r), row-parallel A outputs are all-reduced (A split along in) and each rank adds its
 B output columns before the base layer's all-reduce.
@@ -29,7 +30,7 @@ from shard.lora.store import AdapterStore, LoraWeights
 from shard.model.dist import DistContext
 from shard.model.layers import LoraHook
 
-GATHER_WASTE_PER_SEGMENT = 512
+GATHER_WASTE_PER_SEGMENT = 128
 
 
 @dataclass(frozen=True, slots=True)

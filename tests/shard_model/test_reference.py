@@ -35,7 +35,7 @@ def runner(tiny_root: Path) -> ModelRunner:
                        num_pages=NUM_PAGES, block_size=BLOCK)
 
 
-@pytest.mark.parametrize("lora_path", ["segment", "gather", None])
+@pytest.mark.parametrize("lora_path", ["segment", "gather"])
 def test_matches_transformers_peft(runner: ModelRunner, tiny_root: Path, reference: Reference,
                                    lora_path: str | None) -> None:
     for info in runner.adapters.resident():

@@ -3,14 +3,17 @@
 One run measures, on the same batch shape: base model only; every request on its own adapter (mixed
 ranks); the same multi-adapter workload through transformers + PEFT (`generate` with `adapter_names`);
 and the memory-bandwidth floor of one decode step (this rank's weight bytes / bandwidth measured now)
-against our decode step at batch `--floor-batch`. The shard runs in-process through its generate.v3
+against our decode step at batch `--floor-batch`. Decode figures use the median step (robust to other
+load on the machine); prefill is one timed step. The shard runs in-process through its generate.v3
 servicer (batching, sampling and detokenization included; no socket).
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import json
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -116,16 +119,26 @@ def run_shard(service: object, args: SimpleNamespace, name: str, adapters: Seque
         reply = service.Decode(generate_pb2.DecodeRequest(batches=[batch]), None)
         steps.append(time.perf_counter() - t0)
         batch = reply.batch
-    n = len(adapters)
-    return RunResult(name, n, n * args.prompt_tokens / prefill_s, n * len(steps) / sum(steps),
-                     1000 * sum(steps) / len(steps))
+    n, step = len(adapters), statistics.median(steps)
+    return RunResult(name, n, n * args.prompt_tokens / prefill_s, n / step, 1000 * step)
+
+
+class StepClock:
+    """A transformers StoppingCriteria that only timestamps every generation step."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: object, scores: object, **kwargs: object) -> bool:
+        self.stamps.append(time.perf_counter())
+        return False
 
 
 def run_peft(args: SimpleNamespace, names: Sequence[str]) -> RunResult:
     """The same requests through transformers + PEFT `generate(adapter_names=...)`, greedy."""
     import torch
     from peft import PeftModel
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM, StoppingCriteriaList
 
     tok = AutoTokenizer.from_pretrained(str(args.model_dir))
     base = LlamaForCausalLM.from_pretrained(str(args.model_dir), dtype=getattr(torch, args.dtype))
@@ -141,15 +154,14 @@ def run_peft(args: SimpleNamespace, names: Sequence[str]) -> RunResult:
     with torch.inference_mode():
         model.generate(ids[:2, :4], **{**kw, "attention_mask": torch.ones_like(ids[:2, :4]),
                                        "adapter_names": list(names[:2])}, max_new_tokens=2)
+        clock = StepClock()
         t0 = time.perf_counter()
-        model.generate(ids, **kw, max_new_tokens=1, min_new_tokens=1)
-        prefill_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.generate(ids, **kw, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
-        decode_s = max(time.perf_counter() - t0 - prefill_s, 1e-9)
-    steps = args.new_tokens - 1
-    return RunResult("transformers+peft", len(names), len(names) * args.prompt_tokens / prefill_s,
-                     len(names) * steps / decode_s, 1000 * decode_s / steps)
+        model.generate(ids, **kw, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                       stopping_criteria=StoppingCriteriaList([clock]))
+    prefill_s = clock.stamps[0] - t0
+    step = statistics.median(b - a for a, b in itertools.pairwise(clock.stamps))
+    n = len(names)
+    return RunResult("transformers+peft", n, n * args.prompt_tokens / prefill_s, n / step, 1000 * step)
 
 
 def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, object]:

@@ -197,5 +197,7 @@ def test_tensor_parallel_2_matches_tp_1(router, shard, tiny, tokenizer, adapters
         tp.run(replies[0].batch)
         urls = ranks[0].stub.ServiceDiscovery(generate_pb2.ServiceDiscoveryRequest()).urls
         assert list(urls) == [ranks[0].url, ranks[1].url]
+    assert [s.proc.returncode for s in ranks] == [0, 0]  # SIGTERM: graceful shutdown
+    assert not any(Path(s.url.removeprefix("unix://")).exists() for s in ranks)
     for i, *_ in plan:
         assert tp.tokens(i) == router.tokens(i), i

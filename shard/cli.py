@@ -13,6 +13,7 @@ from pathlib import Path
 
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
+from shard.server.adapters import parse_lora_adapters
 
 log = logging.getLogger("shard")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -64,6 +65,22 @@ def _device(arg: str | None) -> str:
     return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
 
 
+def check_inputs(args: object) -> dict[str, Path]:
+    """Model folder, --adapter-dir and --lora-adapters exist; returns the named adapters."""
+    if not (args.model_dir / "config.json").is_file():
+        raise SystemExit(f"chameleon shard: {args.model_dir} has no config.json (not a model folder)")
+    if args.adapter_dir is not None and not args.adapter_dir.is_dir():
+        raise SystemExit(f"chameleon shard: --adapter-dir {args.adapter_dir} is not a folder")
+    try:
+        named = parse_lora_adapters(args.lora_adapters)
+    except ValueError as exc:
+        raise SystemExit(f"chameleon shard: {exc}") from None
+    missing = [f"{n}={p}" for n, p in named.items() if not (p / "adapter_config.json").is_file()]
+    if missing:
+        raise SystemExit(f"chameleon shard: --lora-adapters {', '.join(missing)}: no adapter_config.json")
+    return named
+
+
 def build_core(args: object) -> object:
     """Load the model, tokenizer and adapters of this rank (DistContext from the environment)."""
     import torch
@@ -71,15 +88,11 @@ def build_core(args: object) -> object:
 
     from shard.model.dist import DistContext
     from shard.model.runner import ModelRunner
-    from shard.server.adapters import AdapterManager, parse_lora_adapters
+    from shard.server.adapters import AdapterManager
     from shard.server.headroom import DeviceMemory
     from shard.server.servicer import ShardCore, ShardOptions
 
-    if not (args.model_dir / "config.json").is_file():
-        raise SystemExit(f"chameleon shard: {args.model_dir} has no config.json (not a model folder)")
-    if args.adapter_dir is not None and not args.adapter_dir.is_dir():
-        raise SystemExit(f"chameleon shard: --adapter-dir {args.adapter_dir} is not a folder")
-    named = parse_lora_adapters(args.lora_adapters)
+    named = check_inputs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)

@@ -28,12 +28,11 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
         if not self.core.runner.num_pages:
             raise ValueError("the shard has no pool yet: call Warmup before loading adapters")
         manager = self.core.adapters
-        _, busy_adapters = self.core.busy()
+        busy_pages, busy_adapters = self.core.busy()
         if request.pages:
-            info = manager.load_assigned(request.adapter_id, list(request.pages), busy_adapters)
+            info = manager.load_assigned(request.adapter_id, list(request.pages), busy_pages, busy_adapters)
         else:
-            pages, _ = self.core.busy()
-            manager.ensure_resident([request.adapter_id], pages, busy_adapters)
+            manager.ensure_resident([request.adapter_id], busy_pages, busy_adapters)
             info = manager.store.info(request.adapter_id)
         return chameleon_pb2.LoadAdapterResponse(adapter=adapter_info_pb(info),
                                                  load_ns=time.perf_counter_ns() - t0,

@@ -83,14 +83,18 @@ class AdapterManager:
     def used_pages(self) -> set[int]:
         return {p for a in self.store.resident() for p in a.pages}
 
-    def load_assigned(self, adapter_id: str, pages: list[int], busy_adapters: set[str]) -> object:
-        """Router-managed load into `pages`; adapters we loaded ourselves that sit there move out."""
+    def load_assigned(self, adapter_id: str, pages: list[int], busy_pages: set[int],
+                      busy_adapters: set[str]) -> object:
+        """Router-managed load into `pages`; adapters we loaded ourselves that sit there move out.
+        Pages holding KV of a cached batch are refused."""
         if self.store.has(adapter_id):
             return self.store.info(adapter_id)
         bad = [p for p in pages if not 0 < p < self.num_pages]
         if bad:
             raise ValueError(f"pages {bad[:4]} are outside the pool (1..{self.num_pages - 1})")
         wanted = set(pages)
+        if wanted & busy_pages:
+            raise ValueError(f"pages {sorted(wanted & busy_pages)[:4]} hold KV blocks of a running batch")
         for info in self.store.resident():
             if wanted & set(info.pages):
                 if info.adapter_id not in self._self_loaded or info.adapter_id in busy_adapters:

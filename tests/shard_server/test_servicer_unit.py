@@ -255,3 +255,22 @@ def test_clear_cache_and_filter_to_nothing(service):
     assert 7 not in service.core.cache and r.headroom.kv_pages_used > 1
     with pytest.raises(ValueError, match="not in the shard's cache"):
         service.Decode(generate_pb2.DecodeRequest(batches=[generate_pb2.CachedBatch(id=7)]), None)
+
+
+def test_router_pages_holding_kv_are_refused(service):
+    from chameleon_pb import chameleon_pb2
+
+    from shard.server.adapter_service import AdapterService
+
+    adapters, pg = AdapterService(service.core), Pager()
+    r = pg.request(1, "hello world", 5)
+    service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(id=1, requests=[r])), None)
+    with pytest.raises(ValueError, match="KV blocks"):
+        adapters.LoadAdapter(chameleon_pb2.LoadAdapterRequest(adapter_id="ad1", pages=[r.blocks[0]]), None)
+    free = service.core.runner.num_pages // 2
+    loaded = adapters.LoadAdapter(chameleon_pb2.LoadAdapterRequest(adapter_id="ad1", pages=[free]), None)
+    assert loaded.adapter.pages == 1 and loaded.headroom.adapter_pages_used >= 1
+    service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(
+        id=2, requests=[pg.request(2, "x", 2, "ad1")])), None)
+    with pytest.raises(ValueError, match="used by a running batch"):
+        adapters.OffloadAdapter(chameleon_pb2.OffloadAdapterRequest(adapter_id="ad1"), None)

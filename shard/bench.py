@@ -169,9 +169,8 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     from chameleon_pb import generate_pb2
 
     from shard.cli import build_core
-    from shard.server.headroom import DeviceMemory, process_rss_bytes
+    from shard.server.headroom import DeviceMemory
     from shard.server.servicer import TextGenerationService
-    from shard.server.warmup import cpu_slack_bytes
 
     core = build_core(SimpleNamespace(
         model_dir=args.model_dir, uds_path="bench", lora_adapters="", adapter_dir=args.adapter_dir,
@@ -183,7 +182,7 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     prefill = len(names) * args.prompt_tokens
     if runner.device.type == "cpu":
         want = (kv_pages + adapter_pages) * runner.page_bytes + runner.measure_activation_bytes(prefill)
-        budget = process_rss_bytes() + want + 2 * cpu_slack_bytes(args.memory_budget)
+        budget = runner.weight_bytes + want + 2 * runner.page_bytes
         memory = DeviceMemory(runner.device, min(budget, args.memory_budget))
         core.options = replace(core.options, memory=memory)
     core.options = replace(core.options, adapter_pages=adapter_pages)

@@ -88,8 +88,14 @@ class ShardCore:
 
     def headroom(self) -> chameleon_pb2.Headroom:
         pages, _ = self.busy()
+        resident = self.adapters.store.resident()
         return measure_headroom(self.options.memory, self.rank, self.runner.num_pages or 0,
-                                self.runner.page_bytes, pages, self.adapters.store.resident())
+                                self.runner.page_bytes, pages, resident, self.serving_bytes(resident))
+
+    def serving_bytes(self, resident: list) -> int:
+        """Bytes of the serving tensors: weights, the pool, adapter copies outside the pool."""
+        pool = self.runner.pool.nbytes if self.runner.pool is not None else 0
+        return self.runner.weight_bytes + pool + sum(a.extra_bytes for a in resident)
 
     def run_step(self, batch: Batch) -> StepResult:
         result = generate_step(self.env, batch)
@@ -224,7 +230,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         release_pool(runner, core.adapters)
         prefill = max(request.max_prefill_tokens, 1)
         activation = runner.measure_activation_bytes(prefill)
-        free = core.agree_min(free_bytes_for_pool(core.options.memory, core.options.memory_fraction))
+        free = core.agree_min(free_bytes_for_pool(core.options.memory, core.options.memory_fraction,
+                                                  runner.weight_bytes))
         adapter_pages = core.self_region_pages(max(free - activation, 0) // runner.page_bytes)
         plan = plan_pool(free, activation, runner.page_bytes, adapter_pages)
         runner.allocate_pool(plan.num_pages)

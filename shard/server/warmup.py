@@ -1,10 +1,11 @@
 """Warmup: size the page pool from measured memory, and exercise one prefill of the router's batch.
 
 Pool bytes = free memory after the weights are loaded - the measured activation peak of a
-`max_prefill_tokens` forward. CPU: free = `--memory-budget` - process RSS - a slack; CUDA: free device memory
-(times `memory_fraction`). The same page count is used on every rank (minimum over ranks), since page
-ids are shared. The top `adapter_pages` pages form the shard's own adapter region (plain-TGI mode)
-and are not offered to the router as KV: max_supported_total_tokens = kv_pages * block_size.
+`max_prefill_tokens` forward. CPU: free = `--memory-budget` - the weights' bytes (the budget covers the
+serving tensors, see headroom.py); CUDA: free device memory (times `memory_fraction`). The same page
+count is used on every rank (minimum over ranks), since page ids are shared. The top `adapter_pages`
+pages form the shard's own adapter region (plain-TGI mode) and are not offered to the router as KV:
+max_supported_total_tokens = kv_pages * block_size.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from chameleon_pb import chameleon_pb2, generate_pb2
 
-from shard.server.headroom import DeviceMemory, process_rss_bytes
+from shard.server.headroom import DeviceMemory
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +34,9 @@ class PoolPlan:
 def release_pool(runner: Any, adapters: Any) -> None:
     """Drop the previous pool (and the adapters in it) before free memory is measured for a new one.
 
-    A second Warmup (a router restarted against running shards) must not count the old pool as used:
-    on CPU free memory is read from RSS, so the old pool would be measured as taken and the new plan
-    would find no room for a KV cache. Large tensors are returned to the OS when freed (CPU: glibc
-    unmaps them; CUDA: empty_cache)."""
+    A second Warmup (a router restarted against running shards) must not count the old pool as used,
+    or the new plan would find no room for a KV cache. Large tensors are returned to the OS when freed
+    (CPU: glibc unmaps them; CUDA: empty_cache)."""
     for info in adapters.store.resident():
         adapters.offload(info.adapter_id)
     adapters.set_pool(0, 0)
@@ -55,17 +55,12 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def free_bytes_for_pool(mem: DeviceMemory, memory_fraction: float) -> int:
+def free_bytes_for_pool(mem: DeviceMemory, memory_fraction: float, weight_bytes: int) -> int:
+    """Bytes available for activations + the pool, once the weights are loaded and no pool is held."""
     if mem.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(mem.device)
         return int(free * memory_fraction)
-    return mem.budget_bytes - process_rss_bytes() - cpu_slack_bytes(mem.budget_bytes)
-
-
-def cpu_slack_bytes(budget: int) -> int:
-    """Kept free on CPU for what RSS gains outside the pool and activations (allocator caches, adapter
-    conversion buffers, gRPC): 5% of the budget, at least 64 MiB."""
-    return max(budget // 20, 64 * 1024**2)
+    return mem.budget_bytes - weight_bytes
 
 
 def plan_pool(free_bytes: int, activation_bytes: int, page_bytes: int, adapter_pages: int) -> PoolPlan:

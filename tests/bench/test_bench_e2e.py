@@ -20,7 +20,7 @@ from router.bench.loadgen import server_info
 from router.bench.workload import BenchOptions, plan, population
 
 pytestmark = pytest.mark.slow
-LAUNCH = ("--memory-budget", str(640 << 20), "--max-batch-prefill-tokens", "256",
+LAUNCH = ("--memory-budget", str(128 << 20), "--max-batch-prefill-tokens", "256",
           "--shard-args", "--threads 1")
 
 

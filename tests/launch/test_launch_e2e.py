@@ -110,7 +110,7 @@ def launched(tiny_assets: Path, sock_dir: Path, tmp_path: Path) -> Iterator[Laun
     argv = [sys.executable, "-m", "chameleon", "launch", "--model-id", str(tiny_assets / "model"),
             "--adapter-dir", str(tiny_assets / "adapters"), "--num-shard", "2", "--port", str(port),
             "--grpc-port", str(free_port()), "--shard-uds-path", f"{sock_dir}/shard",
-            "--shard-args", "--threads 1", "--memory-budget", str(768 << 20), "--max-batch-prefill-tokens",
+            "--shard-args", "--threads 1", "--memory-budget", str(128 << 20), "--max-batch-prefill-tokens",
             "256", "--startup-timeout", "120",
             "--drain-timeout", "60"]
     with log.open("wb") as out:

@@ -63,7 +63,7 @@ def test_short_soak_with_a_shard_kill(tiny_assets: Path, tmp_path: Path, capsys:
     out = tmp_path / "soak.json"
     code = main(["--minutes", "0.4", "--rate", "3", "--trace", str(TRACE),
                  "--model-id", str(tiny_assets / "model"), "--adapter-dir", str(tiny_assets / "adapters"),
-                 "--launch-args", "--memory-budget 540000000 --max-batch-prefill-tokens 256",
+                 "--launch-args", "--memory-budget 100000000 --max-batch-prefill-tokens 256",
                  "--sample-every", "2", "--memory-tolerance", "100",  # too short to judge memory
                  "--log", str(tmp_path / "launch.log"), "--json", str(out)])
     report = json.loads(out.read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-BUDGET = 540_000_000  # bytes per shard on CPU: the tiny model plus a pool of ~2000 pages
+BUDGET = 100_000_000  # bytes per shard on CPU: tiny weights + activations + a pool of ~2500 pages
 PREFILL = 256  # --max-batch-prefill-tokens: a small activation reserve at warmup
 _DIST_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from router.engine.config import EngineConfig
 
-BUDGET = 540_000_000  # bytes per shard: ~440 MB process + a pool of ~2000 tiny pages (32 KiB)
+BUDGET = 100_000_000  # bytes per shard: tiny weights + activations + a pool of ~2500 pages (32 KiB)
 PREFILL = 256         # --max-batch-prefill-tokens: small warmup, small activation reserve
 
 

@@ -18,7 +18,7 @@ from shard.lora.errors import AdapterError
 from shard.model.dist import DistContext
 from shard.model.runner import ForwardOutput
 from shard.server.adapters import AdapterManager
-from shard.server.headroom import DeviceMemory, process_rss_bytes
+from shard.server.headroom import DeviceMemory
 from shard.server.servicer import ShardCore, ShardOptions, TextGenerationService
 
 BS = 4
@@ -48,7 +48,7 @@ class FakeStore:
 
     def load(self, a: str, path: Path, pages: list[int] | None) -> SimpleNamespace:
         self.infos[a] = SimpleNamespace(adapter_id=a, pages=tuple(pages or ()), rank=8, alpha=16.0,
-                                        nbytes=100, target_modules=("q_proj",))
+                                        nbytes=100, extra_bytes=0, target_modules=("q_proj",))
         return self.infos[a]
 
     def offload(self, a: str) -> tuple[int, ...]:
@@ -59,6 +59,7 @@ class FakeRunner:
     def __init__(self, vocab: int) -> None:
         self.vocab_size, self.block_size, self.num_pages, self.page_bytes = vocab, BS, 0, 64
         self.weight_bytes, self.device, self.dist = 1000, torch.device("cpu"), DistContext.single()
+        self.pool = None
         self.config = SimpleNamespace(max_position_embeddings=64, model_type="llama",
                                       shape=SimpleNamespace(hidden_size=8, num_layers=1))
         self.adapters = FakeStore()
@@ -107,7 +108,7 @@ def service(byte_tokenizer, tmp_path):
     (tmp_path / "ad1").mkdir()
     runner = FakeRunner(len(byte_tokenizer))
     options = ShardOptions(uds_path="/tmp/x", memory=DeviceMemory(torch.device("cpu"),
-                           process_rss_bytes() + 64 * 1024**2 + 64 * 3000 + 128 * 64))
+                           1000 + 64 * 3000 + 128 * 64))  # weights + 3000 pages + activations
     core = ShardCore(runner, byte_tokenizer, frozenset({EOS}), AdapterManager(runner.adapters,
                      {"named": tmp_path}, tmp_path), options)
     svc = TextGenerationService(core)

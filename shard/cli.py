@@ -29,8 +29,9 @@ def build_parser() -> EnvArgumentParser:
                    "(TGI's LORA_ADAPTERS format)")
     p.add_argument("--adapter-dir", type=Path, default=None, help="folder whose subfolders <id>/ are "
                    "PEFT adapters loaded on first use by id")
-    p.add_argument("--memory-budget", type=int, default=2 * 1024**3, help="bytes this rank may use on CPU "
-                   "(weights + activations + page pool); ignored on CUDA")
+    p.add_argument("--memory-budget", type=int, default=4 * 1024**3, help="bytes this rank may use on CPU "
+                   "for serving tensors (weights + activation reserve + page pool; the interpreter is not "
+                   "counted); ignored on CUDA")
     p.add_argument("--memory-fraction", type=float, default=0.9, help="fraction of free CUDA memory to use")
     p.add_argument("--adapter-pages", type=int, default=None, help="pool pages kept for adapters the shard "
                    "loads itself (plain-TGI mode); default: what --lora-adapters need, plus room for the 8 "

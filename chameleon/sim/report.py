@@ -68,13 +68,14 @@ def summarise(runs: Sequence[RunSummary], slo_s: float) -> tuple[dict[str, dict]
     return summary, high
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
+    """NaN/inf become null, recursively: JSON without non-standard tokens (simulator and live bench)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -83,7 +84,7 @@ def document(runs: Sequence[RunSummary], basis: SloBasis, meta: dict) -> dict:
     summary, high = summarise(runs, basis.slo_s)
     meta = {**meta, "slo_s": basis.slo_s, "slo_basis": {"policy": basis.policy, "rate": basis.rate,
             "mean_request_s": basis.mean_request_s, "factor": basis.factor}, "high_load_rps": high}
-    return _json_safe({"summary": summary, "runs": [r.json_row(basis.slo_s) for r in runs], "meta": meta})
+    return json_safe({"summary": summary, "runs": [r.json_row(basis.slo_s) for r in runs], "meta": meta})
 
 
 def format_runs(doc: dict) -> str:

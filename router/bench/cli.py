@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from chameleon.cliargs import EnvArgumentParser
+from chameleon.sim.report import json_safe
 from chameleon.workload import TraceError, TraceRecord, read_trace
 from router.bench import scrape
 from router.bench.loadgen import grpc_address, replay, server_info
@@ -64,18 +65,10 @@ class Run:
     records: list
 
     def document(self) -> dict:
-        return {"summary": _json_safe(self.summary),
-                "requests": [_json_safe(asdict(r)) for r in self.records]}
+        return {"summary": json_safe(self.summary),
+                "requests": [json_safe(asdict(r)) for r in self.records]}
 
 
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 async def run_bench(target: str, records: Sequence[TraceRecord], n_adapters: int, opts: BenchOptions, *,

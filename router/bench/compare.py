@@ -19,9 +19,10 @@ from pathlib import Path
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.launch.args import ADAPTER_CACHES, SCHEDULERS
 from chameleon.sim.profile import Profile
+from chameleon.sim.report import json_safe
 from chameleon.workload import LengthScale, TraceError, TraceRecord, read_trace
 from router.bench import report, system
-from router.bench.cli import _json_safe, add_workload_flags, options, run_bench
+from router.bench.cli import add_workload_flags, options, run_bench
 from router.bench.loadgen import closed_loop, server_info
 from router.bench.predict import predict
 from router.bench.profile import measure
@@ -211,7 +212,7 @@ async def compare(args) -> dict:
             failed[config] = str(exc)
             print(f"[{config}] FAILED, left out of the comparison: {exc}", file=sys.stderr, flush=True)
         partial = [{k: v for k, v in r.items() if k not in ("_records", "ttft_sorted")} for r in rows]
-        (args.log_dir / "bench-compare-partial.json").write_text(json.dumps(_json_safe(partial)) + "\n")
+        (args.log_dir / "bench-compare-partial.json").write_text(json.dumps(json_safe(partial)) + "\n")
     if not rows:
         raise RuntimeError(f"no configuration could be measured: {failed}")
     base_low = next((r for r in rows if r["config"] == configs[0]), None)
@@ -231,7 +232,7 @@ async def compare(args) -> dict:
 def _document(out: dict) -> dict:
     runs = [{k: v for k, v in r.items() if k not in ("_records", "ttft_sorted")} for r in out["runs"]]
     prof = out["profile"].to_dict() if out["profile"] is not None else None
-    return _json_safe({"summary": out["summary"], "runs": runs, "predictions": out["predictions"],
+    return json_safe({"summary": out["summary"], "runs": runs, "predictions": out["predictions"],
                        "profile": prof, "meta": out["meta"]})
 
 

@@ -90,17 +90,19 @@ class AdapterAccounts:
         (new queue, adapter) of the running requests. adapters: req_id -> (adapter_id, tokens)."""
         for acc_id in self._ids.values():
             ledger.release(acc_id)
-        self._users, self._ids, self._key_of = {}, {}, {}
+        self._users, self._ids, self._key_of = users, _, key_of = {}, {}, {}
         ledger.relayout(quotas, queue_of)
+        if not self.shared:
+            return
         for rid, q in sorted(queue_of.items()):
             aid, tokens = adapters.get(rid, (None, 0))
-            if not self.shared or aid is None:
+            if aid is None:
                 continue
             key = (q, aid)
-            if key not in self._users:
+            if key not in users:
                 self._open(ledger, key, [(q, tokens)] if tokens else [])
-            self._users[key].add(rid)
-            self._key_of[rid] = key
+            users[key].add(rid)
+            key_of[rid] = key
 
     def open_accounts(self) -> int:
         return len(self._users)

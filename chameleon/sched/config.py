@@ -37,6 +37,10 @@ class MlqConfig:
     adapter_charge: "shared" (default) charges a queue an adapter's tokens once while any of its running
     requests uses it (memory holds it once); "per_request" charges every request (the paper's literal
     `need`). See `chameleon.sched.accounts` for why.
+    refresh_step_work: a refresh's work per schedule() step, in samples or queued requests touched
+    (about 0.1-0.3 us each): a larger refresh is spread over the next steps, over a snapshot of the
+    window taken when it was due, and its layout takes effect at its last step (see
+    `ChameleonScheduler._refresh_job`). None: every refresh completes in the step it is due.
     """
 
     t_refresh_s: float = 300.0
@@ -58,6 +62,7 @@ class MlqConfig:
     rest_split: str = "weights"
     need: str = "reserved"
     adapter_charge: str = "shared"
+    refresh_step_work: int | None = 512
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -75,5 +80,7 @@ class MlqConfig:
             raise ValueError(f"need must be 'reserved' or 'predicted', got {self.need!r}")
         if self.adapter_charge not in ("shared", "per_request"):
             raise ValueError(f"adapter_charge must be 'shared' or 'per_request', got {self.adapter_charge!r}")
+        if self.refresh_step_work is not None and self.refresh_step_work < 1:
+            raise ValueError(f"refresh_step_work must be >= 1 or None, got {self.refresh_step_work}")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:
             raise ValueError("bypass_lookahead must be >= 0 and window_max_samples >= 1")

@@ -52,12 +52,14 @@ class QuotaLedger:
 
     def relayout(self, quotas: list[int], queue_of: Mapping[int, int]) -> None:
         """New queues and quotas: every live charge moves, whole, to the request's new queue."""
-        moved = {rid: (queue_of[rid], sum(a for _, a in parts)) for rid, parts in self._charges.items()}
-        self.quotas = list(quotas)
-        self.used = [0] * len(quotas)
-        self._charges = {}
-        for rid, (q, total) in moved.items():
-            self.charge(rid, [(q, total)])
+        used = [0] * len(quotas)
+        charges: dict[int, list[tuple[int, int]]] = {}
+        for rid, parts in self._charges.items():
+            q = queue_of[rid]
+            total = parts[0][1] if len(parts) == 1 else sum(a for _, a in parts)
+            used[q] += total
+            charges[rid] = [(q, total)]
+        self.quotas, self.used, self._charges = list(quotas), used, charges
 
     def check(self) -> None:
         used = [0] * len(self.quotas)

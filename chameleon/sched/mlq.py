@@ -16,16 +16,20 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Iterator
+from itertools import chain, filterfalse
+from operator import attrgetter
 
+from chameleon.memory_manager import MemoryManager
 from chameleon.predictor import OutputPredictor
 from chameleon.request import Request
 from chameleon.sched.accounts import AdapterAccounts
 from chameleon.sched.base import BatchBudget, Plan, ScheduleContext, Scheduler, SchedulerLimits
 from chameleon.sched.bypass import BypassTracker
 from chameleon.sched.config import MlqConfig
-from chameleon.sched.kmeans import boundaries, choose_k
+from chameleon.sched.layout import Job, Meter, Snapshot, layout_job
 from chameleon.sched.ledger import QuotaLedger
-from chameleon.sched.quotas import QueueLoad, size_quotas, size_statistic, split_quotas
+from chameleon.sched.quotas import split_quotas
 from chameleon.sched.window import Sample, SampleWindow, WrsModel
 
 
@@ -50,13 +54,26 @@ class ChameleonScheduler(Scheduler):
         self._last_refresh: float | None = None
         self._arrivals_since = 0
         self._cost_model = (0.0, 0.0)  # (est_step_s, est_prefill_s_per_token) of the last context
+        self._memory: MemoryManager | None = None  # the last context's memory (adapter sizes)
+        self._job: Iterator[None] | None = None  # a refresh in progress (see `_refresh_job`)
+        self._job_new: list[Request] | None = None  # queued while the job's rebuild runs
+        self._job_gone: list[Request] | None = None  # left the queues meanwhile
         self.refreshes = 0
 
     # ---- queue membership --------------------------------------------------------------------------
     def _enqueue(self, req: Request, now: float) -> None:
-        self._incoming.append(req)
-        self._where[req.id] = -1
+        """Classify at arrival once a schedule() has shown the memory (its adapter sizes); before
+        that, arrivals wait in `_incoming` and the first schedule() classifies them in arrival order.
+        Same result either way: classification reads only the request, the adapter size and the WRS
+        maxima, which change only by classifications (in arrival order) and refreshes (in schedule)."""
         self._arrivals_since += 1
+        if self._memory is None or self._incoming:
+            self._incoming.append(req)
+            self._where[req.id] = -1
+        else:
+            self._classify(req, self._memory)
+            if self._job_new is not None:
+                self._job_new.append(req)
 
     def _remove_queued(self, req_id: int) -> Request | None:
         q = self._where.pop(req_id, None)
@@ -66,6 +83,8 @@ class ChameleonScheduler(Scheduler):
         req = next(r for r in dq if r.id == req_id)
         dq.remove(req)
         self._adapter_tokens.pop(req_id, None)
+        if self._job_gone is not None:
+            self._job_gone.append(req)
         return req
 
     def _requeue(self, req: Request) -> None:
@@ -75,6 +94,8 @@ class ChameleonScheduler(Scheduler):
         dq.insert(pos, req)
         req.queue = q
         self._where[req.id] = q
+        if self._job_new is not None:
+            self._job_new.append(req)
 
     def queue_of(self, wrs: float) -> int:
         return bisect_right(self.boundaries, wrs)
@@ -85,11 +106,13 @@ class ChameleonScheduler(Scheduler):
         if index:
             del dq[index]
         del self._where[req.id]
+        if self._job_gone is not None:
+            self._job_gone.append(req)
         return req
 
     # ---- classification and refresh ----------------------------------------------------------------
-    def _classify(self, req: Request, now: float, ctx: ScheduleContext) -> None:
-        atok = ctx.memory.adapter_tokens(req.adapter_id)
+    def _classify(self, req: Request, memory: MemoryManager) -> None:
+        atok = memory.adapter_tokens(req.adapter_id)
         self._adapter_tokens[req.id] = atok
         self.model.observe(req.input_tokens, req.predicted_output, atok)
         out = req.max_new_tokens if self.config.need == "reserved" else req.predicted_output
@@ -109,50 +132,75 @@ class ChameleonScheduler(Scheduler):
         by_time = now - self._last_refresh >= self.config.t_refresh_s
         return bool(self.window.arrivals) and (by_count or by_time)
 
-    def _layout(self, now: float, capacity: int) -> tuple[list[float], list[int]]:
-        """New (boundaries, quotas) from the window; the Chameleon way: K-means + M/M/1."""
-        wrs = sorted(self.model.of(s) for s in self.window.arrivals)
-        _, centroids, _ = choose_k(wrs, self.config.k_max, self.config.elbow)
-        bounds = boundaries(centroids)
-        return bounds, size_quotas(self._loads(bounds, now), capacity, self.config.slo_s,
-                                   self.config.extra_weights, self.config.rest_split == "proportional")
-
-    def _loads(self, bounds: list[float], now: float) -> list[QueueLoad]:
-        k = len(bounds) + 1
-        needs: list[list[int]] = [[] for _ in range(k)]
-        for s in self.window.arrivals:
-            needs[bisect_right(bounds, self.model.of(s))].append(s.need)
-        largest = [size_statistic(xs, self.config.size_stat) for xs in needs]
-        count = [len(xs) for xs in needs]
-        service: list[list[float]] = [[] for _ in range(k)]
-        for s in self.window.completions:
-            service[bisect_right(bounds, self.model.of(s))].append(s.service_s or 0.0)
-        span = self.window.span_s(now)
-        return [QueueLoad(largest[q], self._service_s(service[q], bounds, q), count[q] / span)
-                for q in range(k)]
-
-    def _service_s(self, measured: list[float], bounds: list[float], q: int) -> float:
-        """D of queue q: mean measured service time; without completions yet, the cost model's estimate
-        (prompt * prefill s/token + predicted output * step s) averaged over the queue's arrivals."""
-        if measured:
-            return sum(measured) / len(measured)
-        step, prefill = self._cost_model
-        guesses = [s.input_tokens * prefill + s.output_tokens * step for s in self.window.arrivals
-                   if bisect_right(bounds, self.model.of(s)) == q]
-        return sum(guesses) / len(guesses) if guesses and step > 0 else self.config.default_service_s
-
-    def _refresh(self, now: float, capacity: int) -> None:
+    def _refresh_job(self, now: float, capacity: int) -> Iterator[None]:
+        """A refresh: K-means boundaries and quotas over the window as it is now, then every queued
+        request reclassified. Yields after about `config.refresh_step_work` units of work so schedule()
+        can spread it over steps; the snapshot is taken (and the WRS maxima reset) at the first step,
+        and the new layout takes effect at the last. Arrivals meanwhile are classified under the old
+        boundaries (with the reset maxima) and move at the last step like every queued request."""
         self.window.prune(now)
         self.model.reset(list(self.window.arrivals))
-        bounds, quotas = self._layout(now, capacity)
-        self._rebuild(bounds, quotas)
+        m = self.model
+        snap = Snapshot(list(self.window.arrivals), list(self.window.completions),
+                        (m.max_in, m.max_out, m.max_adapter), (m.a, m.b, m.base_factor), self._cost_model,
+                        self.window.span_s(now), capacity)
         self._last_refresh = now
         self._arrivals_since = 0
+        meter = Meter(self.config.refresh_step_work)
+        if meter.spend(len(snap.arrivals) // 4):  # the prune, reset and snapshot above (C-level passes)
+            yield
+        bounds, quotas = yield from self._layout_job(snap, meter)
+        yield from self._rebuild_job(bounds, quotas, meter)
         self.refreshes += 1
+
+    def _layout_job(self, snap: Snapshot, meter: Meter) -> Job:
+        """New (boundaries, quotas) from the window; the Chameleon way: K-means + M/M/1."""
+        return layout_job(snap, self.config, meter)
+
+    def _rebuild_job(self, bounds: list[float], quotas: list[int], meter: Meter) -> Iterator[None]:
+        """Reclassify the requests queued now into new queues, in chunks, while the old queues keep
+        serving; at the last step, drop from the new queues those that left meanwhile (admitted,
+        cancelled), add those that came (arrivals, squashed re-queues: `_job_new`, WRS as classified),
+        and switch. The new queues keep FIFO order by `seq`, as `_rebuild` does."""
+        queued = sorted(chain.from_iterable(self._queues), key=attrgetter("seq"))
+        self._job_new, self._job_gone = [], []
+        queues: list[deque[Request]] = [deque() for _ in quotas]
+        placed: dict[int, int] = {}
+        atok, wrs, where = self._adapter_tokens, self.model.wrs, self._where
+        for i, j in meter.slices(len(queued), 2):
+            for r in queued[i:j]:  # wrs/queue of a queued request are read only by later re-queues
+                if r.id not in where:
+                    continue  # left meanwhile (its adapter size may be forgotten)
+                r.wrs = w = wrs(r.input_tokens, r.predicted_output, atok[r.id])
+                r.queue = q = bisect_right(bounds, w)
+                queues[q].append(r)
+                placed[r.id] = q
+            if meter.spend(2 * (j - i)):
+                yield
+        if not meter.room_for(len(queued) // 2 + 8 * len(self._running)):
+            yield  # the switch below gets a step of its own
+        came = {r.id: r for r in self._job_new if r.id in where and r.id not in placed}
+        gone = {r for r in self._job_gone if r.id not in where}
+        self._job_new = self._job_gone = None
+        if gone:  # admitted or cancelled meanwhile
+            for r in gone:
+                placed.pop(r.id, None)
+            queues = [deque(filterfalse(gone.__contains__, dq)) for dq in queues]
+        for r in sorted(came.values(), key=attrgetter("seq")):
+            r.queue = q = bisect_right(bounds, r.wrs)
+            dq = queues[q]
+            if dq and dq[-1].seq > r.seq:  # a squashed request going back to its place
+                dq.insert(next(k for k, x in enumerate(dq) if x.seq > r.seq), r)
+            else:
+                dq.append(r)
+            placed[r.id] = q
+        where.update(placed)
+        self.boundaries, self._queues = bounds, queues
+        self._relayout_running(quotas)
 
     def _rebuild(self, bounds: list[float], quotas: list[int]) -> None:
         """Reclassify every queued request (FIFO by arrival within each queue) and move live charges."""
-        queued = sorted((r for dq in self._queues for r in dq), key=lambda r: r.seq)
+        queued = sorted(chain.from_iterable(self._queues), key=attrgetter("seq"))
         self.boundaries = bounds
         self._queues = [deque() for _ in quotas]
         for req in queued:
@@ -160,9 +208,12 @@ class ChameleonScheduler(Scheduler):
             req.queue = self.queue_of(req.wrs)
             self._queues[req.queue].append(req)
             self._where[req.id] = req.queue
-        running = self._running.items()
-        self.accounts.relayout(self.ledger, quotas, {rid: self.queue_of(r.wrs) for rid, r in running},
-                               {rid: (r.adapter_id, self._adapter_tokens.get(rid, 0)) for rid, r in running})
+        self._relayout_running(quotas)
+
+    def _relayout_running(self, quotas: list[int]) -> None:
+        running, bounds, atok = self._running.items(), self.boundaries, self._adapter_tokens
+        self.accounts.relayout(self.ledger, quotas, {rid: bisect_right(bounds, r.wrs) for rid, r in running},
+                               {rid: (r.adapter_id, atok.get(rid, 0)) for rid, r in running})
 
     def set_layout(self, bounds: list[float], quotas: list[int]) -> None:
         """Impose queue boundaries and quotas (experiments, tests); the next refresh recomputes them."""
@@ -171,6 +222,7 @@ class ChameleonScheduler(Scheduler):
         if not self._started:
             self._started = True
             self.ledger = QuotaLedger(list(quotas))
+        self._job = self._job_new = self._job_gone = None  # a refresh in progress would undo this
         self._rebuild(list(bounds), list(quotas))
 
     def _initial_ledger(self, capacity: int) -> QuotaLedger:
@@ -184,11 +236,14 @@ class ChameleonScheduler(Scheduler):
             self._started = True
             self.ledger = self._initial_ledger(capacity)
             self._queues = [deque() for _ in self.ledger.quotas]
+        self._memory = ctx.memory
         while self._incoming:
-            self._classify(self._incoming.popleft(), now, ctx)
-        if self._refresh_due(now):
+            self._classify(self._incoming.popleft(), ctx.memory)
+        if self._job is None and self._refresh_due(now):
             self._cost_model = (ctx.est_step_s, ctx.est_prefill_s_per_token)
-            self._refresh(now, capacity)
+            self._job = self._refresh_job(now, capacity)
+        if self._job is not None and next(self._job, StopIteration) is StopIteration:
+            self._job = None
         plan = Plan()
         budget = BatchBudget(self.limits, len(self._running))
         if self.config.bypass:
@@ -309,5 +364,7 @@ class StaticQueuesScheduler(ChameleonScheduler):
         self.boundaries = [i / self.n_queues for i in range(1, self.n_queues)]
         return QuotaLedger(split_quotas([1.0] * self.n_queues, capacity, [1.0] * self.n_queues))
 
-    def _layout(self, now: float, capacity: int) -> tuple[list[float], list[int]]:
-        return list(self.boundaries), split_quotas([1.0] * self.n_queues, capacity, [1.0] * self.n_queues)
+    def _layout_job(self, snap: Snapshot, meter: Meter) -> Job:
+        equal = [1.0] * self.n_queues
+        return list(self.boundaries), split_quotas(equal, snap.capacity, equal)
+        yield  # a generator that finishes at once

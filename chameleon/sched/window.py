@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,9 @@ class WrsModel:
     def reset(self, samples: list[Sample]) -> None:
         """Recompute the maxima over `samples` (keeps the old ones when there are none)."""
         if samples:
-            self.max_in = max(s.input_tokens for s in samples)
-            self.max_out = max(s.output_tokens for s in samples)
-            self.max_adapter = max(s.adapter_tokens for s in samples)
+            self.max_in = max(map(attrgetter("input_tokens"), samples))
+            self.max_out = max(map(attrgetter("output_tokens"), samples))
+            self.max_adapter = max(map(attrgetter("adapter_tokens"), samples))
 
     def wrs(self, input_tokens: int, output_tokens: int, adapter_tokens: int) -> float:
         size = self.a * input_tokens / max(self.max_in, 1) + self.b * output_tokens / max(self.max_out, 1)

@@ -99,9 +99,11 @@ class AdapterAccounts:
             if aid is None:
                 continue
             key = (q, aid)
-            if key not in users:
+            members = users.get(key)
+            if members is None:
                 self._open(ledger, key, [(q, tokens)] if tokens else [])
-            users[key].add(rid)
+                members = users[key]
+            members.add(rid)
             key_of[rid] = key
 
     def open_accounts(self) -> int:

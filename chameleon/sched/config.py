@@ -62,7 +62,7 @@ class MlqConfig:
     rest_split: str = "weights"
     need: str = "reserved"
     adapter_charge: str = "shared"
-    refresh_step_work: int | None = 512
+    refresh_step_work: int | None = 256
 
     def __post_init__(self) -> None:
         if self.k_max < 1:

@@ -96,6 +96,8 @@ def layout_job(snap: Snapshot, cfg: MlqConfig, meter: Meter) -> Job:
         runs += part
         if meter.spend(j - i):
             yield
+    if not meter.room_for(len(runs) // 4):
+        yield
     runs.sort()  # sorted runs: timsort merges them in linear passes
     if meter.spend(len(runs) // 4):
         yield

@@ -17,7 +17,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
-from itertools import chain, filterfalse
+from heapq import merge
+from itertools import chain, filterfalse, islice
 from operator import attrgetter
 
 from chameleon.memory_manager import MemoryManager
@@ -139,16 +140,24 @@ class ChameleonScheduler(Scheduler):
         and the new layout takes effect at the last. Arrivals meanwhile are classified under the old
         boundaries (with the reset maxima) and move at the last step like every queued request."""
         self.window.prune(now)
-        self.model.reset(list(self.window.arrivals))
-        m = self.model
-        snap = Snapshot(list(self.window.arrivals), list(self.window.completions),
-                        (m.max_in, m.max_out, m.max_adapter), (m.a, m.b, m.base_factor), self._cost_model,
-                        self.window.span_s(now), capacity)
+        arrivals, m = list(self.window.arrivals), self.model
+        span, completions = self.window.span_s(now), list(self.window.completions)
         self._last_refresh = now
         self._arrivals_since = 0
         meter = Meter(self.config.refresh_step_work)
-        if meter.spend(len(snap.arrivals) // 4):  # the prune, reset and snapshot above (C-level passes)
-            yield
+        m.mark()
+        top = [0, 0, 0]
+        for i, j in meter.slices(len(arrivals)):  # WrsModel.reset over the window, in steps
+            part = arrivals[i:j]
+            top = [max(top[0], *map(attrgetter("input_tokens"), part)),
+                   max(top[1], *map(attrgetter("output_tokens"), part)),
+                   max(top[2], *map(attrgetter("adapter_tokens"), part))]
+            if meter.spend(j - i):
+                yield
+        maxima = (top[0], top[1], top[2]) if arrivals else (m.max_in, m.max_out, m.max_adapter)
+        m.reset_to(maxima if arrivals else None)
+        snap = Snapshot(arrivals, completions, maxima, (m.a, m.b, m.base_factor), self._cost_model,
+                        span, capacity)
         bounds, quotas = yield from self._layout_job(snap, meter)
         yield from self._rebuild_job(bounds, quotas, meter)
         self.refreshes += 1
@@ -162,22 +171,24 @@ class ChameleonScheduler(Scheduler):
         serving; at the last step, drop from the new queues those that left meanwhile (admitted,
         cancelled), add those that came (arrivals, squashed re-queues: `_job_new`, WRS as classified),
         and switch. The new queues keep FIFO order by `seq`, as `_rebuild` does."""
-        queued = sorted(chain.from_iterable(self._queues), key=attrgetter("seq"))
+        runs = [list(dq) for dq in self._queues]  # each in seq order: merged lazily below
+        queued = merge(*runs, key=attrgetter("seq"))
         self._job_new, self._job_gone = [], []
         queues: list[deque[Request]] = [deque() for _ in quotas]
         placed: dict[int, int] = {}
         atok, wrs, where = self._adapter_tokens, self.model.wrs, self._where
-        for i, j in meter.slices(len(queued), 2):
-            for r in queued[i:j]:  # wrs/queue of a queued request are read only by later re-queues
+        n = sum(map(len, runs))
+        for i, j in meter.slices(n, 3):
+            for r in islice(queued, j - i):  # wrs/queue of a queued request are read only by re-queues
                 if r.id not in where:
                     continue  # left meanwhile (its adapter size may be forgotten)
                 r.wrs = w = wrs(r.input_tokens, r.predicted_output, atok[r.id])
                 r.queue = q = bisect_right(bounds, w)
                 queues[q].append(r)
                 placed[r.id] = q
-            if meter.spend(2 * (j - i)):
+            if meter.spend(3 * (j - i)):
                 yield
-        if not meter.room_for(len(queued) // 2 + 8 * len(self._running)):
+        if not meter.room_for(n // 2 + 8 * len(self._running)):
             yield  # the switch below gets a step of its own
         came = {r.id: r for r in self._job_new if r.id in where and r.id not in placed}
         gone = {r for r in self._job_gone if r.id not in where}
@@ -194,7 +205,10 @@ class ChameleonScheduler(Scheduler):
             else:
                 dq.append(r)
             placed[r.id] = q
-        where.update(placed)
+        if len(placed) == len(where):
+            self._where = placed  # the same keys: every queued request, now with its new queue
+        else:  # not expected; stays correct for the requests placed
+            where.update(placed)
         self.boundaries, self._queues = bounds, queues
         self._relayout_running(quotas)
 

@@ -31,11 +31,27 @@ class WrsModel:
     def __init__(self, a: float = 0.4, b: float = 0.6, base_factor: float = 0.05) -> None:
         self.a, self.b, self.base_factor = a, b, base_factor
         self.max_in = self.max_out = self.max_adapter = 0
+        self._since: list[int] | None = None  # maxima observed since `mark()`
 
     def observe(self, input_tokens: int, output_tokens: int, adapter_tokens: int) -> None:
         self.max_in = max(self.max_in, input_tokens)
         self.max_out = max(self.max_out, output_tokens)
         self.max_adapter = max(self.max_adapter, adapter_tokens)
+        if self._since is not None:
+            since = self._since
+            since[0], since[1] = max(since[0], input_tokens), max(since[1], output_tokens)
+            since[2] = max(since[2], adapter_tokens)
+
+    def mark(self) -> None:
+        """Start remembering the maxima of what is observed from now on (see `reset_to`)."""
+        self._since = [0, 0, 0]
+
+    def reset_to(self, maxima: tuple[int, int, int] | None) -> None:
+        """The maxima of a window taken at `mark()` time (None: it was empty, keep the current ones),
+        raised by everything observed since: as if `reset` had run at the mark."""
+        since, self._since = self._since or [0, 0, 0], None
+        if maxima is not None:
+            self.max_in, self.max_out, self.max_adapter = map(max, maxima, since)
 
     def reset(self, samples: list[Sample]) -> None:
         """Recompute the maxima over `samples` (keeps the old ones when there are none)."""

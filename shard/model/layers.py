@@ -2,7 +2,8 @@
 so the model file stays declarative and the loader only maps checkpoint names to parameters.
 
 Collectives live here only: the all-reduce in RowParallelLinear and VocabParallelEmbedding, the
-all-gather in ParallelLMHead. With world_size == 1 every layer is a plain dense layer.
+all-gather in ParallelLMHead. With world_size == 1 every layer is a plain dense layer. Matmuls go through
+shard.model.cpu_kernels.small_linear (F.linear, with a C kernel for small CPU float32 batches).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon.memory import split_range
+from shard.model.cpu_kernels import small_linear
 from shard.model.dist import DistContext
 
 LoraHook = Callable[[torch.Tensor, torch.Tensor], None]  # (x_local, y_partial) -> adds into y in place
@@ -55,7 +57,7 @@ class ColumnParallelLinear(nn.Module):
         return y[:, offset:offset + end - start]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return small_linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -76,7 +78,7 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(loaded)
 
     def forward(self, x: torch.Tensor, lora: LoraHook | None = None) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = small_linear(x, self.weight)
         if lora is not None:
             lora(x, y)  # row-parallel LoRA adds its output columns per rank, before the reduce
         y = self.dist.all_reduce(y)
@@ -125,7 +127,7 @@ class ParallelLMHead(nn.Module):
         param.data.copy_(loaded[self.start:self.end])
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.dist.all_gather(F.linear(h, self.weight), self.sizes)
+        return self.dist.all_gather(small_linear(h, self.weight), self.sizes)
 
 
 class RMSNorm(nn.Module):

@@ -75,7 +75,7 @@ class ModelRunner:
     Attributes: config (ModelConfig), shape (chameleon.memory.ModelShape), dtype, device, dist,
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
     vocab_size, pool (PagePool or None), num_pages (0 until allocate_pool).
-    `lora_path` (None | "segment" | "gather") forces a LoRA path; None applies the measured rule.
+    `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
     """
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype, device: str | torch.device,

@@ -35,9 +35,13 @@ def runner(tiny_root: Path) -> ModelRunner:
                        num_pages=NUM_PAGES, block_size=BLOCK)
 
 
-@pytest.mark.parametrize("lora_path", ["segment", "gather"])
+@pytest.mark.parametrize("lora_path", ["segment", "gather", "kernel", "torch-only"])
 def test_matches_transformers_peft(runner: ModelRunner, tiny_root: Path, reference: Reference,
-                                   lora_path: str | None) -> None:
+                                   lora_path: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"kernel": the C kernels (base and LoRA) where they apply; "torch-only": C kernels disabled."""
+    if lora_path == "torch-only":
+        monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
+        lora_path = None
     for info in runner.adapters.resident():
         runner.adapters.offload(info.adapter_id)
     runner.allocate_pool(NUM_PAGES)

@@ -1,0 +1,92 @@
+"""Multi-LoRA on CPU float32 through the C kernel `ck_lora` (shard.model.cpu_kernels): one call per
+(layer, module) does every segment's shrink and expand, instead of two torch matmuls per segment.
+
+Per adapter a table of int64 entries [layer, module, 5] = (A ptr, A row stride, B ptr, B row stride, r)
+points at its (A, B*scale) tensors where they live (pool views or copies), built once per adapter and
+kept (with the LoraWeights it describes) until the store's version changes. A ptr 0: module absent.
+The tables hold raw addresses: they are valid while the LoraWeights are alive, which the cache entry
+guarantees by holding them. World size 1 only (tensor parallelism needs collectives between shrink and
+expand); every tensor must be CPU float32 with unit column stride, else the torch paths run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from chameleon.memory import LORA_TARGETS
+from shard.lora.store import LoraWeights
+from shard.model import cpu_kernels
+
+MODULE_INDEX = {m: i for i, m in enumerate(LORA_TARGETS)}
+MAX_SEGMENT_ROWS = 64  # longer segments (prefill) go to the torch segment path (MKL wins there)
+
+
+@dataclass(slots=True)
+class TableCache:
+    """Per-adapter pointer tables, valid for one store version."""
+
+    version: int = -1
+    tables: dict[str, tuple[LoraWeights, torch.Tensor | None]] = field(default_factory=dict)
+
+    def get(self, weights: LoraWeights, version: int) -> torch.Tensor | None:
+        if version != self.version:
+            self.version, self.tables = version, {}
+        hit = self.tables.get(weights.adapter_id)
+        if hit is None or hit[0] is not weights:
+            hit = (weights, adapter_table(weights))
+            self.tables[weights.adapter_id] = hit
+        return hit[1]
+
+
+def adapter_table(weights: LoraWeights) -> torch.Tensor | None:
+    """int64 [layers, modules, 5]; None when a tensor is not CPU float32 with unit column stride."""
+    table = torch.zeros(len(weights.layers), len(LORA_TARGETS), 5, dtype=torch.int64)
+    for layer, modules in enumerate(weights.layers):
+        for module, (a, b) in modules.items():
+            if not (cpu_kernels.usable(a) and cpu_kernels.usable(b)) or a.shape[0] != b.shape[1]:
+                return None
+            table[layer, MODULE_INDEX[module]] = torch.tensor(
+                [a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), a.shape[0]])
+    return table
+
+
+class CpuBgmv:
+    """The kernel's view of one forward's segments (token rows grouped by adapter)."""
+
+    def __init__(self, lib: object, rows: list[torch.Tensor], tables: list[torch.Tensor]) -> None:
+        self.lib = lib
+        self.seg = torch.tensor([0, *torch.tensor([len(r) for r in rows]).cumsum(0).tolist()],
+                                dtype=torch.int32)
+        self.rows = torch.cat(rows).to(torch.int32)
+        self.tables = tables  # kept alive: the pointer array below points into them
+        self.ptrs = torch.tensor([t.data_ptr() for t in tables], dtype=torch.int64)
+        self.threads = torch.get_num_threads()
+
+    @classmethod
+    def build(cls, weights: list[LoraWeights], rows: list[slice | torch.Tensor], num_tokens: int,
+              cache: TableCache, version: int, device: torch.device, dtype: torch.dtype) -> CpuBgmv | None:
+        """None when the kernel does not apply (device, dtype, disabled/unavailable, long segments)."""
+        if device.type != "cpu" or dtype != torch.float32:
+            return None
+        idx = [torch.arange(num_tokens)[r] if isinstance(r, slice) else r.cpu() for r in rows]
+        if max(len(i) for i in idx) > MAX_SEGMENT_ROWS:
+            return None
+        lib = cpu_kernels.library()
+        if lib is None:
+            return None
+        tables = [cache.get(w, version) for w in weights]
+        if any(t is None for t in tables):
+            return None
+        return cls(lib, idx, tables)  # type: ignore[arg-type]
+
+    def apply(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """y [T, N] += LoRA(x [T, K]) for every segment; False (nothing done) when x or y do not fit."""
+        if not (cpu_kernels.usable(x) and cpu_kernels.usable(y)) or x.shape[0] != y.shape[0]:
+            return False
+        entry = layer * len(LORA_TARGETS) + MODULE_INDEX[module]
+        rc = self.lib.ck_lora(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), len(self.tables),
+                              self.seg.data_ptr(), self.rows.data_ptr(), self.ptrs.data_ptr(), entry,
+                              y.shape[1], x.shape[1], self.threads)
+        return rc == 0

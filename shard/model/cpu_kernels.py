@@ -1,0 +1,143 @@
+"""Small-batch float32 CPU kernels (cpu_kernels.c), compiled with the system gcc at first use.
+
+Why: decode multiplies a few token rows by large weights; MKL's sgemm with small M reads the weights
+far below the machine's read bandwidth. The C kernels stream each weight row once against all rows.
+
+Contract:
+- `lora(...)` (used by shard.lora.cpu_bgmv) adds every token's own adapter's B A x into y.
+- `linear(x, w, bias)` is F.linear for CPU float32 with M = x rows in 1..SMALL_M; it returns None when
+  the kernel does not apply (other device/dtype, strides, sizes, kernels unavailable) and the caller
+  falls back to torch.
+- The library is built into ~/.cache/chameleon/kernels (or $CHAMELEON_KERNEL_CACHE) under a name keyed
+  by the source, flags, compiler version and CPU flags; written atomically, so concurrent processes
+  (tensor-parallel ranks) can race safely.
+- CHAMELEON_CPU_KERNELS=0 disables them (read at every call: benches flip it in one process). A missing
+  gcc, a CPU without AVX2/FMA or a failed compile logs one warning and leaves torch in charge.
+- Threads: torch.get_num_threads(). The library links libgomp by soname, so it shares the OpenMP
+  runtime torch already loaded (no second pool of spinning threads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+SMALL_M = 32  # up to this many rows the kernel beats MKL (measured: bench-shard kernels line)
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def enabled() -> bool:
+    """CHAMELEON_CPU_KERNELS unset or not in (0, false, no, off)."""
+    return os.environ.get("CHAMELEON_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("CHAMELEON_KERNEL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "chameleon" / "kernels"
+
+
+def build(cc: str = "gcc") -> Path:
+    """Compile (or find in the cache) the library; raises RuntimeError/OSError on failure."""
+    gcc = shutil.which(cc)
+    if gcc is None:
+        raise RuntimeError(f"{cc} not found")
+    flags = _cpu_flags().split()
+    if "avx2" not in flags or "fma" not in flags:
+        raise RuntimeError("CPU lacks AVX2/FMA")
+    version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, " ".join(flags)]).encode())
+    out = cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([gcc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"compile failed: {res.stderr.strip()[:2000]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (disabled, or unavailable: warned once)."""
+    global _lib, _tried
+    if not enabled():
+        return None
+    if not _tried:
+        _tried = True
+        try:
+            lib = ctypes.CDLL(str(build()))
+            i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+            lib.ck_linear.argtypes = [fp, i64, fp, i64, fp, fp, i64, i32, i64, i64, i32, i32]
+            lib.ck_linear.restype = i32
+            lib.ck_lora.argtypes = [fp, i64, fp, i64, i32, fp, fp, fp, i64, i64, i64, i32]
+            lib.ck_lora.restype = i32
+            _lib = lib
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            log.warning("CPU kernels unavailable, using torch matmuls: %s", e)
+    return _lib
+
+
+def usable(t: torch.Tensor) -> bool:
+    """A CPU float32 matrix with unit column stride (rows may be strided)."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.stride(1) == 1
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """x [M, K] @ w[N, K].T (+ bias) through the C kernel, or None when it does not apply."""
+    if not (x.dim() == 2 and 1 <= x.shape[0] <= SMALL_M and usable(x) and usable(w)
+            and x.shape[1] == w.shape[1] and (bias is None or (usable(bias[None]) and bias.is_contiguous()))):
+        return None
+    if x.requires_grad or w.requires_grad:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    rc = lib.ck_linear(x.data_ptr(), x.stride(0), w.data_ptr(), w.stride(0),
+                       bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m, n, k, 0,
+                       torch.get_num_threads())
+    return y if rc == 0 else None
+
+
+def small_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, through the C kernel for small CPU float32 batches; else torch (small M on CPU as
+    (w @ x.T).T, which MKL runs closer to the read bandwidth than x @ w.T)."""
+    y = linear(x, w, bias) if x.dim() == 2 and x.device.type == "cpu" else None
+    if y is not None:
+        return y
+    if x.dim() == 2 and x.device.type == "cpu" and x.shape[0] <= SMALL_M and not x.requires_grad:
+        y = (w @ x.T).T.contiguous()
+        return y + bias if bias is not None else y
+    return torch.nn.functional.linear(x, w, bias)

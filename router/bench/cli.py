@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.sim.report import json_safe
 from chameleon.workload import TraceError, TraceRecord, read_trace
-from router.bench import scrape
+from router.bench import machine, scrape
 from router.bench.loadgen import grpc_address, replay, server_info
 from router.bench.stats import summarise
 from router.bench.workload import DEFAULT_LENGTH_SCALE, BenchOptions, plan, population
@@ -80,10 +80,13 @@ async def run_bench(target: str, records: Sequence[TraceRecord], n_adapters: int
     if not items:
         raise ValueError("no request arrives within --duration at this rate; raise --duration or --rate")
     before = await asyncio.to_thread(scrape.snapshot, metrics_url)
+    load_before = machine.loadavg_1m()
     recs = await replay(target, items, seed=opts.seed, drain_timeout_s=drain_timeout_s)
+    load_after = machine.loadavg_1m()
     after = await asyncio.to_thread(scrape.snapshot, metrics_url)
     summary = {"rate": opts.rate, "duration_s": opts.duration_s, **summarise(recs, slo_s),
-               **scrape.delta(before, after)}
+               **scrape.delta(before, after), "loadavg_1m_before": load_before,
+               "loadavg_1m_after": load_after, "cpus": machine.cpu_count()}
     return Run(summary, recs)
 
 
@@ -91,6 +94,9 @@ def format_summary(s: dict) -> str:
     def ms(key: str) -> str:
         v = s.get(key)
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * 1e3:.0f} ms"
+
+    def load(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
 
     hit = s.get("cache_hit_rate")
     slo = s.get("slo_attainment")
@@ -106,6 +112,8 @@ def format_summary(s: dict) -> str:
         f"SLO attainment {'-' if slo is None else f'{slo * 100:.1f}%'}"
         f"{within}  "
         f"cache hit rate {'-' if hit is None else f'{hit * 100:.1f}%'}",
+        f"machine load (1-min average) {load(s.get('loadavg_1m_before'))} before, "
+        f"{load(s.get('loadavg_1m_after'))} after ({s.get('cpus', '?')} CPUs)",
     ])
 
 

@@ -13,7 +13,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from chameleon.cliargs import EnvArgumentParser
@@ -21,17 +21,22 @@ from chameleon.launch.args import ADAPTER_CACHES, SCHEDULERS
 from chameleon.sim.profile import Profile
 from chameleon.sim.report import json_safe
 from chameleon.workload import LengthScale, TraceError, TraceRecord, read_trace
-from router.bench import report, system
+from router.bench import machine, report, system
 from router.bench.cli import add_workload_flags, options, run_bench
-from router.bench.loadgen import closed_loop, server_info
+from router.bench.loadgen import server_info
 from router.bench.predict import predict
 from router.bench.profile import measure
-from router.bench.stats import BASELINE, slo_from_low_load, summarise
+from router.bench.ramp import ramp, ramp_steps, warp
+from router.bench.ramp import unit_time as ramp_unit_time
+from router.bench.stats import BASELINE, misses_slo, slo_from_low_load, summarise, sweep_stops
 from router.bench.workload import lengths, plan, population
 
 DEFAULT_CONFIGS = "fifo/none,sjf/none,chameleon/chameleon,chameleon/none,fifo/chameleon"
-PROBE_FRACTIONS = (0.3, 0.7, 1.0, 1.4)   # sweep = these x the capacity the probe measured
-PROBE_CLIENTS = 32
+# sweep = these x the capacity the probe measured: from light load to well past saturation, so that the
+# baseline misses the SLO inside the sweep and the better configurations' SLO crossing can be bracketed
+PROBE_FRACTIONS = (0.3, 0.6, 0.9, 1.2, 1.6, 2.0)
+RAMP_START_RPS, RAMP_GROWTH = 0.3, 1.35     # the probe's ramp: 0.3 rps for 12 s, then x1.35 every 8 s
+RAMP_FIRST_STEP_S, RAMP_STEP_S = 12.0, 8.0
 DEFAULT_LAUNCH = "--memory-budget 4294967296 --max-batch-prefill-tokens 1024 --max-concurrent-requests 4096"
 
 
@@ -43,11 +48,16 @@ def build_parser() -> EnvArgumentParser:
                    help=f"SCHEDULER/ADAPTER-CACHE,... (schedulers {', '.join(SCHEDULERS)}; caches "
                    f"{', '.join(ADAPTER_CACHES)}); ratios are against {BASELINE}")
     p.add_argument("--rates", default=None, help="requests/s, comma-separated (default: a sweep of "
-                   f"{'/'.join(map(str, PROBE_FRACTIONS))} x the capacity a quick closed-loop probe "
-                   "measures)")
+                   f"{'/'.join(map(str, PROBE_FRACTIONS))} x the highest rate an open-loop ramp sustains "
+                   "within the SLO)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up load per configuration")
-    p.add_argument("--probe", type=float, default=20.0, help="seconds of the capacity probe")
+    p.add_argument("--probe", type=float, default=100.0,
+                   help=f"at most this many seconds of the capacity probe's open-loop ramp ({RAMP_START_RPS} "
+                   f"rps, x{RAMP_GROWTH} every {RAMP_STEP_S:.0f} s, until TTFT crosses the SLO)")
+    p.add_argument("--full-sweep", action="store_true",
+                   help="run every rate for every configuration (default: a configuration stops at its "
+                   "first SLO miss at or above the high load; higher rates would miss too)")
     p.add_argument("--drain-timeout", type=float, default=45.0,
                    help="after the last arrival of a rate, wait this long, then cancel what is left")
     p.add_argument("--launch-args", default=DEFAULT_LAUNCH, help="further `chameleon launch` flags")
@@ -87,26 +97,51 @@ def parse_rates(text: str | None) -> list[float] | None:
     return rates
 
 
-async def _probe(args, sysm: system.System, records: Sequence[TraceRecord]) -> list[float]:
+async def _probe(args, sysm: system.System, records: Sequence[TraceRecord], ctx: Context) -> list[float]:
+    """The open-loop ramp (router/bench/ramp.py) on the first configuration; the sweep is
+    PROBE_FRACTIONS x the highest rate it sustained."""
     info = await server_info(sysm.target)
     pop = population([(a, r) for a, r, _ in info.adapters], args.adapters)
-    items = plan(records, pop, options(args, 1.0, 10_000.0), info.max_total_tokens, info.max_new_tokens)
-    done, secs = await closed_loop(sysm.target, items, concurrency=PROBE_CLIENTS, duration_s=args.probe,
-                                   seed=args.seed + 7)
-    cap = done / secs if secs > 0 else 0.0
-    if cap <= 0:
-        raise RuntimeError("the capacity probe completed no request; give --rates")
-    print(f"capacity probe: {done} requests in {secs:.1f} s closed-loop ({PROBE_CLIENTS} clients) = "
-          f"{cap:.2f} rps", flush=True)
-    return [round(cap * f, 2) for f in PROBE_FRACTIONS]
+    steps = ramp_steps(RAMP_START_RPS, RAMP_GROWTH, RAMP_STEP_S, RAMP_FIRST_STEP_S, args.probe)
+    unit = replace(options(args, 1.0, ramp_unit_time(steps)), seed=args.seed + 7)
+    items = warp(plan(records, pop, unit, info.max_total_tokens, info.max_new_tokens), steps)
+    load = machine.loadavg_1m()
+    res = await ramp(sysm.target, items, steps, limit_s=args.slo_s, seed=args.seed + 7)
+    ctx.probe = {"sustained_rps": res.sustained_rps, "crossed_rps": res.crossed_rps, "limit_s": res.limit_s,
+                 "steps": res.steps, "elapsed_s": res.elapsed_s, "loadavg_1m_before": load,
+                 "loadavg_1m_after": machine.loadavg_1m()}
+    steps_text = ", ".join(f"{st['rate']:.2f}:{st['late']}/{st['requests']}" for st in res.steps)
+    print(f"capacity probe (open-loop ramp, TTFT limit {res.limit_s:.2f} s; rate:late/requests per step: "
+          f"{steps_text}): sustained {_rps(res.sustained_rps)}, crossed at {_rps(res.crossed_rps)} "
+          f"({res.elapsed_s:.0f} s, load average {_load(load)} -> {_load(machine.loadavg_1m())})", flush=True)
+    if res.sustained_rps is None:
+        raise RuntimeError(f"the capacity probe's first step ({RAMP_START_RPS} rps) already missed the "
+                           f"{res.limit_s:.2f} s TTFT limit; give --rates")
+    if res.crossed_rps is None:
+        print(f"capacity probe: never crossed the limit within {args.probe:.0f} s; the sweep may not "
+              "reach saturation (raise --probe or give --rates)", flush=True)
+    return sorted({round(res.sustained_rps * f, 2) for f in PROBE_FRACTIONS})
+
+
+def _rps(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} rps"
+
+
+def _load(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 @dataclass(slots=True)
 class Context:
     """What one comparison learns as it goes: the served adapters and limits (from the first system),
-    the measured profile (from the first configuration with a cache), the rates (given or probed)."""
+    the measured profile (from the first configuration with a cache), the rates (given or probed), the SLO
+and the high load as soon as they are known (they decide where a configuration's sweep may stop)."""
 
     rates: list[float] | None
+    slo_s: float | None = None          # given, or known after the first configuration's lowest rate
+    high_load: float | None = None      # the first configuration's first SLO miss, once it has finished
+    probe: dict | None = None
+    skipped: dict[str, list[float]] = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
     scale: LengthScale | None = None
     profile: Profile | None = None
@@ -122,7 +157,7 @@ async def _learn(args, ctx: Context, target: str) -> None:
 
 
 async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[TraceRecord],
-                  ctx: Context) -> list[dict]:
+                  ctx: Context, first: bool) -> list[dict]:
     sched, _, cache = config.partition("/")
     log = args.log_dir / f"bench-compare-{sched}-{cache}.log"
     t0 = time.perf_counter()
@@ -131,7 +166,7 @@ async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[
     try:
         await _learn(args, ctx, sysm.target)
         if ctx.rates is None:
-            ctx.rates = await _probe(args, sysm, records)
+            ctx.rates = await _probe(args, sysm, records, ctx)
         if ctx.profile is None and cache != "none":
             info = await server_info(sysm.target)
             ctx.profile = await measure(sysm.target, sysm.metrics_url, info, length_scale=args.length_scale,
@@ -141,15 +176,30 @@ async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[
         await run_bench(sysm.target, records, args.adapters, warm, metrics_url=None, slo_s=None,
                         drain_timeout_s=args.drain_timeout)
         rows = []
-        for rate in rates:
+        for i, rate in enumerate(rates):
             run = await run_bench(sysm.target, records, args.adapters, options(args, rate, args.duration),
                                   metrics_url=sysm.metrics_url, slo_s=None,
                                   drain_timeout_s=args.drain_timeout)
-            rows.append({"config": config, **run.summary, "ttft_sorted": sorted(
+            s = run.summary
+            rows.append({"config": config, **s, "ttft_sorted": sorted(
                 r.ttft_s for r in run.records if r.ok), "_records": run.records})
-            print(f"[{config}] {rate:.2f} rps: {run.summary['requests']} requests, P50 TTFT "
-                  f"{run.summary['ttft_p50_s']:.3f} s, P99 {run.summary['ttft_p99_s']:.3f} s, "
-                  f"errors {run.summary['errors']}", flush=True)
+            if ctx.slo_s is None:
+                ctx.slo_s = slo_from_low_load(s["e2e_mean_s"])
+            miss = misses_slo(s["ttft_p99_s"], ctx.slo_s)
+            print(f"[{config}] {rate:.2f} rps: {s['requests']} requests, P50 TTFT "
+                  f"{s['ttft_p50_s']:.3f} s, P99 {s['ttft_p99_s']:.3f} s ({'misses' if miss else 'meets'} "
+                  f"the {ctx.slo_s:.2f} s SLO), errors {s['errors']}, load average "
+                  f"{_load(s.get('loadavg_1m_before'))} -> {_load(s.get('loadavg_1m_after'))}", flush=True)
+            high = ctx.high_load if ctx.high_load is not None else (rate if first else max(rates))
+            if sweep_stops(rate, s["ttft_p99_s"], ctx.slo_s, high) and not args.full_sweep \
+                    and i + 1 < len(rates):
+                ctx.skipped[config] = rates[i + 1:]
+                print(f"[{config}] missed the SLO at {rate:.2f} rps (>= the high load): higher rates "
+                      f"{rates[i + 1:]} skipped (--full-sweep runs them)", flush=True)
+                break
+        if first:
+            ctx.high_load = next((r["rate"] for r in rows if misses_slo(r["ttft_p99_s"], ctx.slo_s)),
+                                 max(rates))
     finally:
         await asyncio.to_thread(sysm.stop)
     return rows
@@ -201,13 +251,14 @@ async def compare(args) -> dict:
     records = read_trace(args.trace)
     launch = tuple(shlex.split(args.launch_args))
     spec = system.SystemSpec(args.model_id, args.adapter_dir, launch)
-    ctx = Context(parse_rates(args.rates))
+    ctx = Context(parse_rates(args.rates), slo_s=args.slo_s)
+    load_start = machine.loadavg_1m()
     started = time.perf_counter()
     rows: list[dict] = []
     failed: dict[str, str] = {}
     for config in configs:
         try:
-            rows += await _config(args, config, spec, records, ctx)
+            rows += await _config(args, config, spec, records, ctx, first=config == configs[0])
         except (RuntimeError, ConnectionError) as exc:   # a config that cannot start or serve
             failed[config] = str(exc)
             print(f"[{config}] FAILED, left out of the comparison: {exc}", file=sys.stderr, flush=True)
@@ -225,7 +276,13 @@ async def compare(args) -> dict:
             "adapters": args.adapters, "length_scale": args.length_scale, "seed": args.seed,
             "slo_s": slo_s, "slo_basis": "given" if args.slo_s is not None else
             f"5 x mean request time of {configs[0]} at {ctx.rates[0]} rps", **high,
-            "launch_args": list(launch), "failed": failed, "elapsed_s": time.perf_counter() - started}
+            "launch_args": list(launch), "failed": failed, "elapsed_s": time.perf_counter() - started,
+            "probe": ctx.probe, "probe_fractions": None if args.rates else list(PROBE_FRACTIONS),
+            "skipped_rates": ctx.skipped, "full_sweep": bool(args.full_sweep),
+            "loadavg_1m_start": load_start, "loadavg_1m_end": machine.loadavg_1m(),
+            "loadavg_1m_max": max((v for r in rows for v in (r.get("loadavg_1m_before"),
+                                                             r.get("loadavg_1m_after")) if v is not None),
+                                  default=None), "cpus": machine.cpu_count()}
     return {"summary": summary, "runs": rows, "predictions": preds, "meta": meta, "profile": ctx.profile}
 
 

@@ -19,6 +19,8 @@ from chameleon.workload import WorkItem
 from router.bench.stats import RequestRecord
 from router.bench.workload import prompt_text
 
+CANCELLED = "CANCELLED_BY_BENCH"    # the error of a request the bench itself cancelled
+
 
 def grpc_address(target: str) -> str:
     """`grpc://host:port` or `host:port` -> `host:port`."""
@@ -67,7 +69,7 @@ def _request(item: WorkItem, seed: int) -> generation_pb2.SingleGenerationReques
     return req
 
 
-async def _one(stub: generation_pb2_grpc.GenerationServiceStub, item: WorkItem, rec: RequestRecord,
+async def stream_one(stub: generation_pb2_grpc.GenerationServiceStub, item: WorkItem, rec: RequestRecord,
                start: float, seed: int, timeout_s: float) -> None:
     req = _request(item, seed)
     await asyncio.sleep(max(0.0, start + item.arrival - time.perf_counter()))
@@ -95,7 +97,7 @@ async def _one(stub: generation_pb2_grpc.GenerationServiceStub, item: WorkItem, 
     except grpc.aio.AioRpcError as exc:
         rec.error = exc.code().name
     except asyncio.CancelledError:
-        rec.error = "CANCELLED_BY_BENCH"
+        rec.error = CANCELLED
         raise
 
 
@@ -108,7 +110,7 @@ async def replay(target: str, items: Sequence[WorkItem], *, seed: int = 0, chann
     chans = [grpc.aio.insecure_channel(grpc_address(target)) for _ in range(max(1, channels))]
     stubs = [generation_pb2_grpc.GenerationServiceStub(c) for c in chans]
     start = time.perf_counter() + 0.2
-    tasks = [asyncio.ensure_future(_one(stubs[i % len(stubs)], w, r, start, seed, request_timeout_s))
+    tasks = [asyncio.ensure_future(stream_one(stubs[i % len(stubs)], w, r, start, seed, request_timeout_s))
              for i, (w, r) in enumerate(zip(items, records, strict=True))]
     last = max((w.arrival for w in items), default=0.0)
     try:
@@ -123,30 +125,3 @@ async def replay(target: str, items: Sequence[WorkItem], *, seed: int = 0, chann
         for c in chans:
             await c.close()
     return records
-
-
-async def closed_loop(target: str, items: Sequence[WorkItem], *, concurrency: int, duration_s: float,
-                      seed: int = 0) -> tuple[int, float]:
-    """`concurrency` clients, each sending the next item as soon as its previous one ends; after
-    `duration_s` the requests still running are cancelled. Returns (requests completed, duration_s):
-    their ratio estimates the capacity."""
-    queue = list(reversed(items))
-    done = 0
-    async with grpc.aio.insecure_channel(grpc_address(target)) as ch:
-        stub = generation_pb2_grpc.GenerationServiceStub(ch)
-
-        async def client() -> None:
-            nonlocal done
-            while queue:
-                w = queue.pop()
-                rec = RequestRecord(w.id, w.adapter_id, w.input_tokens, w.output_tokens, 0.0)
-                await _one(stub, WorkItem(w.id, 0.0, w.adapter_id, w.input_tokens, w.output_tokens), rec,
-                           time.perf_counter(), seed, 600.0)
-                done += rec.ok
-
-        tasks = [asyncio.ensure_future(client()) for _ in range(concurrency)]
-        await asyncio.wait(tasks, timeout=duration_s)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return done, duration_s

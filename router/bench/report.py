@@ -56,14 +56,24 @@ def _pct(v: float | None) -> str:
 
 def format_runs(runs: Sequence[dict]) -> str:
     head = (f"{'config':<20} {'rps':>5} {'n':>4} {'err':>3} {'P50 TTFT':>8} {'P90 TTFT':>8} {'P99 TTFT':>8} "
-            f"{'P50 TBT':>7} {'P99 TBT':>7} {'thr':>5} {'SLO att':>7} {'hit':>4}")
+            f"{'P50 TBT':>7} {'P99 TBT':>7} {'thr':>5} {'SLO att':>7} {'hit':>4} {'load 1m':>9}")
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(f"{r['config']:<20} {r['rate']:>5.2f} {r['requests']:>4} {r['errors']:>3} "
                      f"{_s(r['ttft_p50_s']):>8} {_s(r['ttft_p90_s']):>8} {_s(r['ttft_p99_s']):>8} "
                      f"{_s(r['tbt_p50_s']):>7} {_s(r['tbt_p99_s']):>7} {r['throughput_rps'] or 0:>5.2f} "
-                     f"{_pct(r.get('slo_attainment')):>7} {_pct(r.get('cache_hit_rate')):>4}")
+                     f"{_pct(r.get('slo_attainment')):>7} {_pct(r.get('cache_hit_rate')):>4} "
+                     f"{_load(r.get('loadavg_1m_before'), r.get('loadavg_1m_after')):>9}")
+    lines.append("(load 1m: the machine's 1-minute load average before->after the run; "
+                 "above the CPU count, other processes competed for the CPUs)")
     return "\n".join(lines)
+
+
+def _load(before: float | None, after: float | None) -> str:
+    def one(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    return f"{one(before)}->{one(after)}"
 
 
 def format_summary(summary: dict, high: dict, slo_s: float) -> str:
@@ -78,7 +88,16 @@ def format_summary(summary: dict, high: dict, slo_s: float) -> str:
                      f"{_s(s['ttft_p50_s_at_high_load']):>9} {_x(s['ttft_p50_x_baseline']):>7} "
                      f"{_s(s['ttft_p99_s_at_high_load']):>9} {_x(s['ttft_p99_x_baseline']):>7} "
                      f"{_pct(s['cache_hit_rate']):>8}")
-    lines.append("(+: met the SLO at every swept rate, so at least this; <: missed it at the lowest rate)")
+    lines.append("(+: the SLO crossing was not reached: met the SLO at every rate it ran, so at least this; "
+                 "<: missed it at the lowest rate)")
+    skipped = high.get("skipped_rates") or {}
+    for c, rates in skipped.items():
+        lines.append(f"{c}: stopped after its first SLO miss at or above the high load; not run at "
+                     f"{', '.join(f'{r:.2f}' for r in rates)} rps")
+    if high.get("loadavg_1m_start") is not None:
+        lines.append(f"machine load (1-min average): {high['loadavg_1m_start']:.2f} at the start, "
+                     f"{high.get('loadavg_1m_end') or 0:.2f} at the end, max "
+                     f"{high.get('loadavg_1m_max') or 0:.2f} around the runs ({high.get('cpus', '?')} CPUs)")
     return "\n".join(lines)
 
 

@@ -93,6 +93,20 @@ def high_load_rate(rates: Sequence[float], p99_ttft: Sequence[float | None],
     return pairs[-1][0], False
 
 
+def misses_slo(p99: float | None, slo_s: float) -> bool:
+    """A run misses the SLO when its P99 TTFT exceeds it (a run without any completed request too)."""
+    return p99 is None or math.isnan(p99) or p99 > slo_s
+
+
+def sweep_stops(rate: float, p99: float | None, slo_s: float, high_load: float) -> bool:
+    """After a run at `rate`, may a configuration skip its higher rates? Yes once it missed the SLO at
+    or above the high load (the baseline's first miss): its throughput at the SLO is then bracketed
+    (`slo_throughput` only looks up to the first miss) and its P99/P50 at the high load measured, so
+    higher rates, which take longest to drain, add nothing to the summary. Assumes P99 TTFT grows
+    with the rate; `bench-compare --full-sweep` checks that."""
+    return rate >= high_load and misses_slo(p99, slo_s)
+
+
 def slo_throughput(rates: Sequence[float], p99_ttft: Sequence[float | None],
                    slo_s: float) -> tuple[float, bool]:
     """(rps, bounded): the load at which P99 TTFT crosses the SLO, interpolated between swept rates

@@ -17,6 +17,7 @@ from router.bench import system
 from router.bench.cli import main as bench_main
 from router.bench.compare import main as compare_main
 from router.bench.loadgen import server_info
+from router.bench.ramp import ramp, ramp_steps, unit_time, warp
 from router.bench.workload import BenchOptions, plan, population
 
 pytestmark = pytest.mark.slow
@@ -70,13 +71,28 @@ def test_bench_accounts_for_every_request(served: system.System, trace: Path, tm
     assert s["cache_hit_rate"] is not None
 
 
+def test_the_ramp_probe_sends_every_step_and_reports_what_it_sustained(served: system.System,
+                                                                      trace: Path) -> None:
+    info = asyncio.run(server_info(served.target))
+    pop = population([(a, r) for a, r, _ in info.adapters], 8)
+    steps = ramp_steps(2.0, 2.0, 1.0, 2.0, max_s=3.0)             # 2 rps for 2 s, then 4 rps for 1 s
+    items = warp(plan(read_trace(trace), pop, BenchOptions(rate=1.0, duration_s=unit_time(steps)),
+                      info.max_total_tokens, info.max_new_tokens), steps)
+    res = asyncio.run(ramp(served.target, items, steps, limit_s=60.0))
+    assert [s["rate"] for s in res.steps] == [2.0, 4.0]
+    assert sum(s["requests"] for s in res.steps) == len(items)
+    # a generous limit on the tiny model: no step fails, every request completes
+    assert res.crossed_rps is None and res.sustained_rps == 4.0 and res.limit_s == 60.0
+    assert all(s["late"] == 0 and s["completed"] == s["requests"] for s in res.steps)
+
+
 def test_compare_writes_summary_runs_and_a_loadable_profile(tiny_assets: Path, trace: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp.json"
     argv = ["--model-id", str(tiny_assets / "model"), "--adapter-dir", str(tiny_assets / "adapters"),
             "--trace", str(trace), "--adapters", "8", "--configs", "chameleon/chameleon", "--rates", "2,4",
             "--duration", "2", "--warmup", "1", "--json", str(out), "--log-dir", str(tmp_path),
-            "--launch-args", " ".join(LAUNCH[:4]) + " --shard-args '--threads 1'"]
+            "--full-sweep", "--launch-args", " ".join(LAUNCH[:4]) + " --shard-args '--threads 1'"]
     assert compare_main(argv) == 0
     printed = capsys.readouterr().out
     assert "simulator (profile measured on this system) vs measurement" in printed
@@ -86,6 +102,8 @@ def test_compare_writes_summary_runs_and_a_loadable_profile(tiny_assets: Path, t
         assert key in s
     assert [r["rate"] for r in doc["runs"]] == [2.0, 4.0]
     assert all(r["requests"] == r["completed"] + r["errors"] for r in doc["runs"])
+    assert all("loadavg_1m_before" in r and "loadavg_1m_after" in r for r in doc["runs"])
+    assert "loadavg_1m_start" in doc["meta"] and doc["meta"]["skipped_rates"] == {}
     assert len(doc["predictions"]) == 2 and doc["meta"]["high_load_rps"] in (2.0, 4.0)
     prof = Profile.load(out.with_suffix(".profile.json"))
     assert prof.compute_s_per_token > 0 and prof.h2d_bytes_per_s > 0 and len(prof.adapter_bytes) == 4

@@ -6,6 +6,7 @@ import math
 
 from chameleon.sim.paper_a40 import build
 from chameleon.workload import LengthScale, TraceRecord
+from router.bench.machine import loadavg_1m
 from router.bench.predict import SIM_POLICY, predict
 from router.bench.report import format_predictions, format_runs, format_summary, summarise_configs
 
@@ -27,11 +28,28 @@ def test_prediction_replays_the_same_number_of_requests() -> None:
                    max_prefill_tokens=1024, slo_s=5.0) is None
 
 
+def test_tables_show_the_machine_load_and_skipped_rates() -> None:
+    run = {"config": "fifo/none", "rate": 1.0, "requests": 3, "errors": 0, "ttft_p50_s": 0.2,
+           "ttft_p90_s": 0.3, "ttft_p99_s": 2.0, "tbt_p50_s": 0.1, "tbt_p99_s": 0.2, "throughput_rps": 1.0,
+           "slo_attainment": 0.5, "cache_hit_rate": 0.5, "loadavg_1m_before": 1.25, "loadavg_1m_after": 3.5}
+    assert "1.2->3.5" in format_runs([run])
+    summary, high = summarise_configs([run], slo_s=1.0)
+    meta = {**high, "skipped_rates": {"fifo/none": [1.5, 2.0]}, "loadavg_1m_start": 0.5,
+            "loadavg_1m_end": 2.0, "loadavg_1m_max": 3.5, "cpus": 2}
+    text = format_summary(summary, meta, 1.0)
+    assert "not run at 1.50, 2.00 rps" in text and "max 3.50" in text and "2 CPUs" in text
+
+
+def test_machine_load_is_a_number_where_the_os_reports_it() -> None:
+    load = loadavg_1m()
+    assert load is None or load >= 0.0
+
+
 def test_tables_print_missing_values_as_dashes() -> None:
     run = {"config": "fifo/none", "rate": 1.0, "requests": 3, "errors": 3, "ttft_p50_s": math.nan,
            "ttft_p90_s": math.nan, "ttft_p99_s": math.nan, "tbt_p50_s": math.nan, "tbt_p99_s": math.nan,
            "throughput_rps": None, "slo_attainment": 0.0, "cache_hit_rate": None}
-    assert "fifo/none" in format_runs([run])
+    assert "fifo/none" in format_runs([run]) and "-->-" in format_runs([run])   # load average unknown
     summary, high = summarise_configs([run], slo_s=1.0)
     text = format_summary(summary, high, 1.0)
     assert "high load = 1.00 rps" in text and "-" in text

@@ -10,10 +10,12 @@ from router.bench.report import summarise_configs
 from router.bench.stats import (
     RequestRecord,
     high_load_rate,
+    misses_slo,
     ratio,
     slo_from_low_load,
     slo_throughput,
     summarise,
+    sweep_stops,
 )
 
 
@@ -52,6 +54,18 @@ def test_high_load_is_the_lowest_rate_where_the_baseline_misses() -> None:
     assert high_load_rate([1, 2], [0.5, 0.6], slo_s=1.0) == (2, False)                 # never missed
     with pytest.raises(ValueError):
         high_load_rate([], [], 1.0)
+
+
+def test_a_sweep_stops_only_after_a_miss_at_or_above_the_high_load() -> None:
+    assert misses_slo(1.5, 1.0) and misses_slo(None, 1.0) and misses_slo(math.nan, 1.0)
+    assert not misses_slo(1.0, 1.0)
+    assert sweep_stops(2.0, 1.5, slo_s=1.0, high_load=2.0)
+    assert sweep_stops(3.0, None, slo_s=1.0, high_load=2.0)          # nothing completed: a miss
+    assert not sweep_stops(1.0, 1.5, slo_s=1.0, high_load=2.0)       # below the high load: keep going
+    assert not sweep_stops(3.0, 0.9, slo_s=1.0, high_load=2.0)       # met the SLO: keep going
+    # what stopping skips cannot change the summary: the throughput at the SLO only looks up to the
+    # first miss
+    assert slo_throughput([1, 2, 3], [0.5, 1.5, 0.7], 1.0) == slo_throughput([1, 2], [0.5, 1.5], 1.0)
 
 
 def test_slo_throughput_interpolates_and_flags_unbounded() -> None:

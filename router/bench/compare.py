@@ -32,9 +32,9 @@ from router.bench.stats import BASELINE, misses_slo, slo_from_low_load, summaris
 from router.bench.workload import lengths, plan, population
 
 DEFAULT_CONFIGS = "fifo/none,sjf/none,chameleon/chameleon,chameleon/none,fifo/chameleon"
-# sweep = these x the capacity the probe measured: from light load to well past saturation, so that the
-# baseline misses the SLO inside the sweep and the better configurations' SLO crossing can be bracketed
-PROBE_FRACTIONS = (0.3, 0.6, 0.9, 1.2, 1.6, 2.0)
+# sweep = these x the highest rate the probe's ramp sustained: from light load to well past saturation, so
+# that the baseline misses the SLO inside the sweep and the better configurations' crossing is bracketed
+PROBE_FRACTIONS = (0.3, 0.65, 1.0, 1.35, 1.8)
 RAMP_START_RPS, RAMP_GROWTH = 0.3, 1.35     # the probe's ramp: 0.3 rps for 12 s, then x1.35 every 8 s
 RAMP_FIRST_STEP_S, RAMP_STEP_S = 12.0, 8.0
 DEFAULT_LAUNCH = "--memory-budget 4294967296 --max-batch-prefill-tokens 1024 --max-concurrent-requests 4096"

@@ -56,17 +56,25 @@ def _pct(v: float | None) -> str:
 
 def format_runs(runs: Sequence[dict]) -> str:
     head = (f"{'config':<20} {'rps':>5} {'n':>4} {'err':>3} {'P50 TTFT':>8} {'P90 TTFT':>8} {'P99 TTFT':>8} "
-            f"{'P50 TBT':>7} {'P99 TBT':>7} {'thr':>5} {'SLO att':>7} {'hit':>4} {'load 1m':>9}")
+            f"{'P50 TBT':>7} {'P99 TBT':>7} {'thr':>5} {'SLO att':>7} {'hit':>4} {'MLQ ref':>7} "
+            f"{'load 1m':>9}")
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(f"{r['config']:<20} {r['rate']:>5.2f} {r['requests']:>4} {r['errors']:>3} "
                      f"{_s(r['ttft_p50_s']):>8} {_s(r['ttft_p90_s']):>8} {_s(r['ttft_p99_s']):>8} "
                      f"{_s(r['tbt_p50_s']):>7} {_s(r['tbt_p99_s']):>7} {r['throughput_rps'] or 0:>5.2f} "
                      f"{_pct(r.get('slo_attainment')):>7} {_pct(r.get('cache_hit_rate')):>4} "
+                     f"{_count(r.get('scheduler_refreshes_total')):>7} "
                      f"{_load(r.get('loadavg_1m_before'), r.get('loadavg_1m_after')):>9}")
-    lines.append("(load 1m: the machine's 1-minute load average before->after the run; "
-                 "above the CPU count, other processes competed for the CPUs)")
+    lines.append("(MLQ ref: queue-layout refreshes of the Chameleon scheduler since its start, at the end of "
+                 "the run; 0 = still its one cold-start queue, i.e. FIFO order. load 1m: the machine's "
+                 "1-minute load average before->after the run; above the CPU count, other processes "
+                 "competed for the CPUs)")
     return "\n".join(lines)
+
+
+def _count(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
 
 
 def _load(before: float | None, after: float | None) -> str:

@@ -31,8 +31,9 @@ def test_prediction_replays_the_same_number_of_requests() -> None:
 def test_tables_show_the_machine_load_and_skipped_rates() -> None:
     run = {"config": "fifo/none", "rate": 1.0, "requests": 3, "errors": 0, "ttft_p50_s": 0.2,
            "ttft_p90_s": 0.3, "ttft_p99_s": 2.0, "tbt_p50_s": 0.1, "tbt_p99_s": 0.2, "throughput_rps": 1.0,
-           "slo_attainment": 0.5, "cache_hit_rate": 0.5, "loadavg_1m_before": 1.25, "loadavg_1m_after": 3.5}
-    assert "1.2->3.5" in format_runs([run])
+           "slo_attainment": 0.5, "cache_hit_rate": 0.5, "loadavg_1m_before": 1.25, "loadavg_1m_after": 3.5,
+           "scheduler_refreshes_total": 2.0}
+    assert "1.2->3.5" in format_runs([run]) and "      2 " in format_runs([run])
     summary, high = summarise_configs([run], slo_s=1.0)
     meta = {**high, "skipped_rates": {"fifo/none": [1.5, 2.0]}, "loadavg_1m_start": 0.5,
             "loadavg_1m_end": 2.0, "loadavg_1m_max": 3.5, "cpus": 2}

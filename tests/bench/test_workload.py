@@ -71,3 +71,7 @@ def test_metrics_deltas_give_the_hit_rate_over_a_run() -> None:
     after = {**before, "chameleon_cache_hits_total": 19.0, "chameleon_cache_misses_total": 6.0}
     assert delta(before, after)["cache_hit_rate"] == pytest.approx(0.9)
     assert delta(None, after) == {"cache_hit_rate": None}
+    later = {**after, "chameleon_scheduler_refreshes_total": 1.0}
+    d = delta(after, later)
+    assert d["scheduler_refreshes"] == 1.0 and d["scheduler_refreshes_total"] == 1.0
+    assert delta(before, after)["scheduler_refreshes_total"] is None    # FIFO: no such counter

@@ -46,7 +46,9 @@ def _setup(name: str, a: argparse.Namespace) -> tuple:
     specs = [AdapterSpec(f"a{i}", RANKS[i % len(RANKS)], RANKS[i % len(RANKS)] * 8192,
                          RANKS[i % len(RANKS)] // 8) for i in range(a.adapters)]
     mem = MemoryManager(PagePool(a.pages + 1), make_cache("chameleon"), block, spec_table(specs))
-    cfg = {"t_refresh_s": a.t_refresh} if name in ("chameleon", "static4") else {}
+    cfg: dict[str, object] = {"t_refresh_s": a.t_refresh} if name in ("chameleon", "static4") else {}
+    if cfg and a.refresh_step_work is not None:
+        cfg["refresh_step_work"] = None if a.refresh_step_work == 0 else a.refresh_step_work
     return mem, make_scheduler(name, max_batch_size=a.max_batch, **cfg), [s.adapter_id for s in specs]
 
 
@@ -149,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pages", type=int, default=2048, help="pool pages (block size 16)")
     p.add_argument("--adapters", type=int, default=100)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--refresh-step-work", type=int, default=None, help="MlqConfig.refresh_step_work for "
+                   "the current tree (0: None, every refresh in one step); the reference keeps its own")
     p.add_argument("--reference", type=Path, default=None,
                    help="another checkout's root (e.g. a git worktree of the old commit) to compare with")
     p.add_argument("--no-gc", action="store_true", help="disable Python's cyclic GC while measuring "
@@ -184,10 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = base.index("--reference")
         del base[i:i + 2]
     one = [*base, "--repeats", "1"]
+    if "--refresh-step-work" in one:
+        i = one.index("--refresh-step-work")
+        plain = one[:i] + one[i + 2:]  # the reference checkout may not know the option
+    else:
+        plain = one
     runs: dict[str, dict[str, list[dict[str, object]]]] = {t: {} for t in trees}
     for r in range(a.repeats):  # alternate the checkouts, so both see the same machine load
         for tree, root in trees.items():
-            got = _in_checkout(root, [*one, "--seed", str(a.seed + r)])
+            got = _in_checkout(root, [*(one if tree == "current" else plain), "--seed", str(a.seed + r)])
             for name, rs in got.items():
                 runs[tree].setdefault(name, []).extend(rs)
     table = {tree: {name: summarize(rs) for name, rs in by.items()} for tree, by in runs.items()}

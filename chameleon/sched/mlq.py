@@ -10,6 +10,10 @@ iteration, Algorithm 1:
   phase 2: queues small to large, while leftover > 0: admit more heads with own + borrowed quota.
 Opportunistic bypass (bypass.py) lets a younger request pass a head whose adapter cannot fit, and
 squashes it when the head's memory frees before it finishes.
+Step cost: a request is classified when it arrives (once a schedule() has shown the memory view), and
+a refresh is resumable work spread over steps (`_refresh_job`, MlqConfig.refresh_step_work), so no
+schedule() step does O(queued) or O(window) Python work at once: a burst of 1,000 arrivals or a
+refresh with 1,000 queued costs a step well under 1 ms (`python -m chameleon.sched.bench_step`).
 """
 
 from __future__ import annotations
@@ -135,10 +139,15 @@ class ChameleonScheduler(Scheduler):
 
     def _refresh_job(self, now: float, capacity: int) -> Iterator[None]:
         """A refresh: K-means boundaries and quotas over the window as it is now, then every queued
-        request reclassified. Yields after about `config.refresh_step_work` units of work so schedule()
-        can spread it over steps; the snapshot is taken (and the WRS maxima reset) at the first step,
-        and the new layout takes effect at the last. Arrivals meanwhile are classified under the old
-        boundaries (with the reset maxima) and move at the last step like every queued request."""
+        request reclassified. Yields after about `config.refresh_step_work` units of work, so that
+        schedule() spreads it over steps (the old layout keeps serving meanwhile; None: all at once):
+        1. window pruned and copied at the due step; WRS maxima over the copy, in steps, then
+           `WrsModel.reset_to` (= reset at the due step, raised by what was classified since);
+        2. `layout_job`: WRS, sort, K-means, per-queue loads, quotas over the copy (same numbers as
+           computing it at once);
+        3. `_rebuild_job`: new queues built in steps; the switch (with arrivals, re-queues and
+           departures of the meantime applied) and the ledger relayout happen at the last step.
+        Requests classified meanwhile use the old boundaries until the switch, like any queued one."""
         self.window.prune(now)
         arrivals, m = list(self.window.arrivals), self.model
         span, completions = self.window.span_s(now), list(self.window.completions)

@@ -155,6 +155,8 @@ class ChameleonScheduler(Scheduler):
         self._arrivals_since = 0
         meter = Meter(self.config.refresh_step_work)
         m.mark()
+        if meter.spend(len(arrivals) // 4 + len(completions) // 8):  # the copies above
+            yield
         top = [0, 0, 0]
         for i, j in meter.slices(len(arrivals)):  # WrsModel.reset over the window, in steps
             part = arrivals[i:j]
@@ -180,6 +182,8 @@ class ChameleonScheduler(Scheduler):
         serving; at the last step, drop from the new queues those that left meanwhile (admitted,
         cancelled), add those that came (arrivals, squashed re-queues: `_job_new`, WRS as classified),
         and switch. The new queues keep FIFO order by `seq`, as `_rebuild` does."""
+        if not meter.room_for(len(self._where) // 4):
+            yield  # the copies below start a step
         runs = [list(dq) for dq in self._queues]  # each in seq order: merged lazily below
         queued = merge(*runs, key=attrgetter("seq"))
         self._job_new, self._job_gone = [], []

@@ -3,9 +3,14 @@
 One run measures, on the same batch shape: base model only; every request on its own adapter (mixed
 ranks); the same multi-adapter workload through transformers + PEFT (`generate` with `adapter_names`);
 and the memory-bandwidth floor of one decode step (this rank's weight bytes / bandwidth measured now)
-against our decode step at batch `--floor-batch`. Decode figures use the median step (robust to other
-load on the machine); prefill is one timed step. The shard runs in-process through its generate.v3
-servicer (batching, sampling and detokenization included; no socket).
+against our decode step at batch `--floor-batch`. On CPU float32 the base and multi-adapter decode runs are
+repeated with the C kernels off (CHAMELEON_CPU_KERNELS=0, the torch path) in the same process, so both
+paths are compared on the same machine state. Bandwidth physics: a decode step must read the base
+weights plus every adapter of the batch once, so if decode is bandwidth-bound the multi-adapter / base
+throughput ratio cannot exceed weights / (weights + adapter bytes); the report prints that ceiling and the
+multi-adapter step against its own floor ((weights + adapter bytes) / bandwidth). Decode figures use the
+median step (robust to other load on the machine); prefill is one timed step. The shard runs in-process
+through its generate.v3 servicer (batching, sampling and detokenization included; no socket).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -56,6 +62,8 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--skip-peft", action="store_true", help="do not run the transformers + PEFT baseline")
+    p.add_argument("--skip-torch-path", action="store_true",
+                   help="do not repeat the decode runs with the C CPU kernels off")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -192,16 +200,65 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     return core, service
 
 
+def kernels_active(runner: object) -> bool:
+    """Whether the C CPU kernels serve this runner now (CPU float32, compiled, not disabled)."""
+    import torch
+
+    from shard.model import cpu_kernels
+
+    return (runner.device.type == "cpu" and runner.dtype == torch.float32
+            and cpu_kernels.library() is not None)
+
+
+def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs: int,
+                suffix: str = "") -> tuple[RunResult, RunResult, RunResult]:
+    """(base at --floor-batch, base at --requests, every request on its own adapter)."""
+    at_floor = run_shard(service, args, f"base batch {args.floor_batch}{suffix}", [None] * args.floor_batch,
+                         bs)
+    base = run_shard(service, args, f"base only{suffix}", [None] * args.requests, bs)
+    multi = run_shard(service, args, f"{args.requests} adapters{suffix}", names, bs)
+    return at_floor, base, multi
+
+
+def torch_path_runs(service: object, args: SimpleNamespace, names: Sequence[str],
+                    bs: int) -> tuple[RunResult, RunResult, RunResult]:
+    """The same runs with the C kernels off (read at every call), restored afterwards."""
+    old = os.environ.get("CHAMELEON_CPU_KERNELS")
+    os.environ["CHAMELEON_CPU_KERNELS"] = "0"
+    try:
+        run_shard(service, replace_args(args, new_tokens=3), "warm-up", [None, names[0]], bs)
+        return run_decodes(service, args, names, bs, " (torch)")
+    finally:
+        if old is None:
+            del os.environ["CHAMELEON_CPU_KERNELS"]
+        else:
+            os.environ["CHAMELEON_CPU_KERNELS"] = old
+
+
+def physics(weight_bytes: int, adapter_bytes: int, bandwidth: float, base: RunResult,
+            multi: RunResult) -> dict:
+    """Bandwidth-bound ceiling of multi/base and the multi step against its own floor."""
+    ceiling = weight_bytes / (weight_bytes + adapter_bytes)
+    ratio = multi.decode_tokens_per_s / base.decode_tokens_per_s
+    multi_floor_ms = 1000 * (weight_bytes + adapter_bytes) / bandwidth
+    return {"adapter_bytes_per_step": adapter_bytes, "multi_vs_base_ceiling": ceiling,
+            "multi_vs_base_of_ceiling": ratio / ceiling, "multi_floor_step_ms": multi_floor_ms,
+            "multi_floor_ratio": multi.decode_step_ms / multi_floor_ms}
+
+
 def run_all(args: SimpleNamespace) -> dict:
     names = pick_adapters(args.adapter_dir, args.requests)
     core, service = build_service(args, names)
     bs = core.runner.block_size
     run_shard(service, replace_args(args, new_tokens=3), "warm-up", [None, names[0]], bs)
-    floor_ms = 1000 * core.runner.weight_bytes / measure_bandwidth_bytes_per_s()
-    at_floor = run_shard(service, args, f"base batch {args.floor_batch}", [None] * args.floor_batch, bs)
-    base = run_shard(service, args, "base only", [None] * args.requests, bs)
-    multi = run_shard(service, args, f"{args.requests} adapters", names, bs)
+    bandwidth = measure_bandwidth_bytes_per_s()
+    floor_ms = 1000 * core.runner.weight_bytes / bandwidth
+    kernels = kernels_active(core.runner)
+    at_floor, base, multi = run_decodes(service, args, names, bs)
+    torch_runs = torch_path_runs(service, args, names, bs) if kernels and not args.skip_torch_path else None
     weight_bytes = core.runner.weight_bytes
+    # every adapter of the batch is read once per decode step (this rank's slice)
+    adapter_bytes = sum(core.runner.adapters.info(n).nbytes for n in set(names))
     del service, core
     gc.collect()
     peft = None if args.skip_peft else run_peft(args, names)
@@ -210,7 +267,15 @@ def run_all(args: SimpleNamespace) -> dict:
            "new_tokens": args.new_tokens, "adapter_ranks": ranks,
            "weight_bytes": weight_bytes, "floor_step_ms": floor_ms, "floor_batch": asdict(at_floor),
            "floor_ratio": at_floor.decode_step_ms / floor_ms, "base": asdict(base), "multi": asdict(multi),
-           "multi_vs_base_decode": multi.decode_tokens_per_s / base.decode_tokens_per_s}
+           "multi_vs_base_decode": multi.decode_tokens_per_s / base.decode_tokens_per_s,
+           "bandwidth_bytes_per_s": bandwidth, "cpu_kernels": kernels,
+           **physics(weight_bytes, adapter_bytes, bandwidth, base, multi)}
+    if torch_runs is not None:
+        t_floor, t_base, t_multi = torch_runs
+        out["torch_path"] = {"floor_batch": asdict(t_floor), "base": asdict(t_base), "multi": asdict(t_multi),
+                             "floor_ratio": t_floor.decode_step_ms / floor_ms,
+                             "multi_vs_base_decode": t_multi.decode_tokens_per_s / t_base.decode_tokens_per_s,
+                             **physics(weight_bytes, adapter_bytes, bandwidth, t_base, t_multi)}
     if peft is not None:
         out["peft"] = asdict(peft)
         out["multi_vs_peft_decode"] = multi.decode_tokens_per_s / peft.decode_tokens_per_s
@@ -227,7 +292,9 @@ def replace_args(args: SimpleNamespace, **kw: object) -> SimpleNamespace:
 
 
 def format_report(r: dict) -> str:
-    rows = [r["base"], r["multi"], *([r["peft"]] if "peft" in r else []), r["floor_batch"]]
+    tp = r.get("torch_path")
+    rows = [r["base"], r["multi"], *([r["peft"]] if "peft" in r else []), r["floor_batch"],
+            *([tp["base"], tp["multi"], tp["floor_batch"]] if tp else [])]
     lines = [f"model {r['model']}: {r['requests']} requests x {r['prompt_tokens']} prompt tokens, "
              f"{r['new_tokens']} new tokens; adapter ranks {r['adapter_ranks']}",
              f"{'workload':<24}{'prefill tok/s':>15}{'decode tok/s':>15}{'decode step ms':>16}"]
@@ -241,6 +308,21 @@ def format_report(r: dict) -> str:
     lines.append(f"bandwidth floor {r['floor_step_ms']:.1f} ms/step ({r['weight_bytes'] / 1e6:.0f} MB of "
                  f"weights); our batch-{at['requests']} step {at['decode_step_ms']:.1f} ms = "
                  f"{r['floor_ratio']:.2f}x floor (target <= 1.5x)")
+    if "adapter_bytes_per_step" in r:
+        lines.append(f"adapters read per multi-adapter step: {r['adapter_bytes_per_step'] / 1e6:.0f} MB; "
+                     f"bandwidth-bound ceiling of multi/base = weights / (weights + adapters) = "
+                     f"{r['multi_vs_base_ceiling']:.2f}x; ours {r['multi_vs_base_decode']:.2f}x = "
+                     f"{r['multi_vs_base_of_ceiling']:.2f} of the ceiling")
+        lines.append(f"multi-adapter floor {r['multi_floor_step_ms']:.1f} ms/step "
+                     f"({(r['weight_bytes'] + r['adapter_bytes_per_step']) / 1e6:.0f} MB at "
+                     f"{r['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s); our step "
+                     f"{r['multi']['decode_step_ms']:.1f} ms = {r['multi_floor_ratio']:.2f}x floor")
+    if tp:
+        lines.append(f"C CPU kernels {'on' if r['cpu_kernels'] else 'off'}; torch path "
+                     f"(CHAMELEON_CPU_KERNELS=0, same run): batch-{tp['floor_batch']['requests']} step "
+                     f"{tp['floor_batch']['decode_step_ms']:.1f} ms = {tp['floor_ratio']:.2f}x floor, "
+                     f"multi/base {tp['multi_vs_base_decode']:.2f}x ({tp['multi_vs_base_of_ceiling']:.2f} of "
+                     f"the ceiling), multi step {tp['multi_floor_ratio']:.2f}x its floor")
     return "\n".join(lines)
 
 

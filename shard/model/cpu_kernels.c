@@ -1,4 +1,4 @@
-/* Small-batch float32 CPU kernels for the shard (AVX2 + FMA, OpenMP), loaded with ctypes.
+/* Small-batch float32 CPU kernels for the shard (AVX2 + FMA, own thread pool), loaded with ctypes.
  *
  * Decode multiplies a handful of token rows by large weight matrices: the cost is reading the weights
  * once from memory. Both kernels stream each weight row once and dot it with every input row while the
@@ -8,14 +8,19 @@
  *   weight [N, K] with row stride ldw, inputs/outputs with row strides ldx/ldy, unit column stride.
  * ck_lora: BGMV over segments: for segment s (token rows rows[seg[s]..seg[s+1]]), with that adapter's
  *   table entry e = tables[s] + 5 * entry = {A_s ptr, lda, B_s ptr, ldb, r_s} (A_s [r_s, K], B_s [N, r_s]
- *   already scaled; A ptr 0: the adapter lacks this module): y[t, :] += B_s @ (A_s @ x[t, :]). Segments own disjoint rows, so they run in parallel; with fewer
- *   segments than 2 x threads each segment's shrink and expand are split over rows instead.
+ *   already scaled; A ptr 0: the adapter lacks this module): y[t, :] += B_s @ (A_s @ x[t, :]).
+ *   Segments own disjoint rows: the shrinks run in parallel by segment, then the expands by
+ *   (segment, slice of output rows).
  * Summation order differs from BLAS only by float rounding. No allocation except ck_lora's scratch.
  */
+#define _GNU_SOURCE
 #include <immintrin.h>
-#include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #ifndef RW
 #define RW 3 /* weight rows per tile */
@@ -120,17 +125,129 @@ static void rows_block(const float *w, int64_t ldw, int64_t n0, int64_t n1, cons
     }
 }
 
-/* This thread's share [*a, *b) of n rows, in multiples of RW. */
-static void share(int64_t n, int tid, int nt, int64_t *a, int64_t *b) {
-    int64_t tiles = (n + RW - 1) / RW, per = tiles / nt, extra = tiles % nt;
-    int64_t t0 = tid * per + (tid < extra ? tid : extra), t1 = t0 + per + (tid < extra ? 1 : 0);
-    *a = t0 * RW < n ? t0 * RW : n;
-    *b = t1 * RW < n ? t1 * RW : n;
-}
-
 #define MAX_M 256
 
 int ck_max_m(void) { return MAX_M; }
+
+/* ---- thread pool --------------------------------------------------------------------------------
+ * Not OpenMP: an OpenMP region ends in a barrier that waits for every thread of the team, so on a busy
+ * machine one descheduled thread stalls each of the ~120 matmuls of a decode step for a time slice.
+ * Here the caller and the workers claim chunks from one atomic counter (tagged with the job number);
+ * the caller waits only for chunks a worker has claimed, never for a worker that is not running.
+ * Workers spin briefly between jobs (a decode step issues them back to back), then sleep. */
+typedef void (*job_fn)(const void *ctx, int64_t chunk);
+typedef struct { job_fn fn; const void *ctx; int64_t nchunks; int nworkers; } job_t;
+
+#define MAX_WORKERS 63
+#define SPIN_NS 200000L
+static job_t jobs[4];
+static _Atomic uint64_t state;   /* (job number << 32) | next chunk */
+static _Atomic int64_t done;     /* chunks finished of the current job */
+static _Atomic int sleepers;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static atomic_flag busy = ATOMIC_FLAG_INIT;
+static int started; /* workers created (by the one thread that calls the kernels) */
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* Claim and run chunks of job `gen` until none is left or a newer job has replaced it. */
+static void work(uint32_t gen, int worker) {
+    const job_t *job = &jobs[gen & 3];
+    job_fn fn = job->fn;
+    const void *ctx = job->ctx;
+    int64_t n = job->nchunks;
+    if (worker >= job->nworkers) return;
+    uint64_t cur = atomic_load(&state);
+    while ((uint32_t)(cur >> 32) == gen && (int64_t)(cur & 0xffffffffu) < n) {
+        if (atomic_compare_exchange_weak(&state, &cur, cur + 1)) {
+            fn(ctx, (int64_t)(cur & 0xffffffffu));
+            atomic_fetch_add(&done, 1);
+            cur = atomic_load(&state);
+        }
+    }
+}
+
+static void *worker_main(void *arg) {
+    int id = (int)(intptr_t)arg;
+    uint32_t seen = (uint32_t)(atomic_load(&state) >> 32);
+    for (;;) {
+        int64_t t0 = now_ns();
+        uint32_t gen;
+        while ((gen = (uint32_t)(atomic_load(&state) >> 32)) == seen) {
+            _mm_pause();
+            if (now_ns() - t0 > SPIN_NS) {
+                pthread_mutex_lock(&mu);
+                atomic_fetch_add(&sleepers, 1);
+                while ((uint32_t)(atomic_load(&state) >> 32) == seen) pthread_cond_wait(&cv, &mu);
+                atomic_fetch_sub(&sleepers, 1);
+                pthread_mutex_unlock(&mu);
+                t0 = now_ns();
+            }
+        }
+        seen = gen;
+        work(gen, id);
+    }
+    return NULL;
+}
+
+/* Run fn(ctx, c) for c < nchunks on the caller and up to nthreads - 1 workers. */
+static void run(job_fn fn, const void *ctx, int64_t nchunks, int nthreads) {
+    if (nthreads > MAX_WORKERS + 1) nthreads = MAX_WORKERS + 1;
+    /* one caller at a time; a second concurrent caller runs its job alone */
+    if (nthreads <= 1 || nchunks <= 1 || atomic_flag_test_and_set(&busy)) {
+        for (int64_t c = 0; c < nchunks; c++) fn(ctx, c);
+        return;
+    }
+    while (started < nthreads - 1) {
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &at, worker_main, (void *)(intptr_t)started) != 0) break;
+        started++;
+    }
+    uint32_t gen = (uint32_t)(atomic_load(&state) >> 32) + 1;
+    jobs[gen & 3] = (job_t){fn, ctx, nchunks, nthreads - 1};
+    atomic_store(&done, 0);
+    atomic_store(&state, (uint64_t)gen << 32);
+    if (atomic_load(&sleepers) > 0) {
+        pthread_mutex_lock(&mu);
+        pthread_cond_broadcast(&cv);
+        pthread_mutex_unlock(&mu);
+    }
+    work(gen, -1); /* the caller: worker id -1 always passes the nworkers check */
+    /* every chunk is claimed now; wait for those that workers are still running */
+    int spins = 0;
+    while (atomic_load(&done) < nchunks)
+        if (++spins > 2000) sched_yield(); else _mm_pause();
+    atomic_flag_clear(&busy);
+}
+
+/* ---- kernels ------------------------------------------------------------------------------------ */
+typedef struct {
+    const float *w, *bias;
+    int64_t ldw, N, K, chunk;
+    const float *const *xr;
+    float *const *yr;
+    int M, accumulate;
+} linear_ctx;
+
+static void linear_chunk(const void *p, int64_t c) {
+    const linear_ctx *L = (const linear_ctx *)p;
+    int64_t a = c * L->chunk, b = a + L->chunk < L->N ? a + L->chunk : L->N;
+    rows_block(L->w, L->ldw, a, b, L->xr, L->yr, L->M, L->K, L->bias, L->accumulate);
+}
+
+/* rows per chunk: ~1/8 of a thread's share (a preempted thread holds up little), at least 64 */
+static int64_t chunk_rows(int64_t N, int nthreads) {
+    int64_t chunk = (N / (8 * (nthreads > 0 ? nthreads : 1)) + RW - 1) / RW * RW;
+    return chunk < 64 ? 64 : chunk;
+}
 
 int ck_linear(const float *x, int64_t ldx, const float *w, int64_t ldw, const float *bias, float *y,
               int64_t ldy, int M, int64_t N, int64_t K, int accumulate, int nthreads) {
@@ -138,43 +255,55 @@ int ck_linear(const float *x, int64_t ldx, const float *w, int64_t ldw, const fl
     const float *xr[MAX_M];
     float *yr[MAX_M];
     for (int m = 0; m < M; m++) { xr[m] = x + m * ldx; yr[m] = y + m * ldy; }
-    if (nthreads < 1) nthreads = 1;
     if (N * K < 65536) nthreads = 1; /* too small to pay for waking threads */
-    /* dynamic chunks of ~1/8 of a thread's share: a thread preempted by other load does not hold up
-     * the others at the end of the call */
-    int64_t chunk = (N / (8 * nthreads) + RW - 1) / RW * RW;
-    if (chunk < 16 * RW) chunk = 16 * RW;
-    int64_t nchunks = (N + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1)
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t a = c * chunk, b = a + chunk < N ? a + chunk : N;
-        rows_block(w, ldw, a, b, xr, yr, M, K, bias, accumulate);
-    }
+    linear_ctx L = {w, bias, ldw, N, K, chunk_rows(N, nthreads), xr, yr, M, accumulate};
+    run(linear_chunk, &L, (N + L.chunk - 1) / L.chunk, nthreads);
     return 0;
 }
 
-/* One segment's shrink (xa = x A^T into scratch rows) then expand (y += xa B^T); with nt > 1 the
- * calling team splits both over rows, with a barrier in between (every thread must call it). */
-static void segment(const float *x, int64_t ldx, float *y, int64_t ldy, const int32_t *seg,
-                    const int32_t *rows, const float *A, int64_t lda, const float *B, int64_t ldb, int r,
-                    int64_t N, int64_t K, float *scratch, int rmax, int s, int tid, int nt) {
-    int M = seg[s + 1] - seg[s];
-    const float *xr[MAX_M], *ar[MAX_M];
+typedef struct {
+    const float *x;
+    int64_t ldx;
+    float *y;
+    int64_t ldy;
+    const int32_t *seg, *rows;
+    const int64_t *const *tables;
+    int64_t entry, N, K, nchunk_n; /* expand: output rows split in nchunk_n chunks per segment */
+    float *scratch;
+    int rmax;
+} lora_ctx;
+
+static void lora_rows(const lora_ctx *L, int s, const float **xr, float **yr, float **xa) {
+    for (int m = 0; m < L->seg[s + 1] - L->seg[s]; m++) {
+        xr[m] = L->x + (int64_t)L->rows[L->seg[s] + m] * L->ldx;
+        yr[m] = L->y + (int64_t)L->rows[L->seg[s] + m] * L->ldy;
+        xa[m] = L->scratch + (int64_t)(L->seg[s] + m) * L->rmax;
+    }
+}
+
+static void shrink_chunk(const void *p, int64_t s) { /* xa = x A^T, one segment */
+    const lora_ctx *L = (const lora_ctx *)p;
+    const int64_t *e = L->tables[s] + 5 * L->entry;
+    int M = L->seg[s + 1] - L->seg[s];
+    if (!e[0] || M == 0) return;
+    const float *xr[MAX_M];
     float *yr[MAX_M], *xa[MAX_M];
-    for (int m = 0; m < M; m++) {
-        xr[m] = x + (int64_t)rows[seg[s] + m] * ldx;
-        yr[m] = y + (int64_t)rows[seg[s] + m] * ldy;
-        xa[m] = scratch + (int64_t)(seg[s] + m) * rmax;
-        ar[m] = xa[m];
-    }
-    int64_t a, b;
-    share(r, tid, nt, &a, &b);
-    if (M > 0) rows_block(A, lda, a, b, xr, xa, M, K, NULL, 0);
-    if (nt > 1) {
-#pragma omp barrier
-    }
-    share(N, tid, nt, &a, &b);
-    if (M > 0) rows_block(B, ldb, a, b, ar, yr, M, r, NULL, 1);
+    lora_rows(L, (int)s, xr, yr, xa);
+    rows_block((const float *)e[0], e[1], 0, e[4], xr, xa, M, L->K, NULL, 0);
+}
+
+static void expand_chunk(const void *p, int64_t c) { /* y += xa B^T, one segment's slice of rows */
+    const lora_ctx *L = (const lora_ctx *)p;
+    int s = (int)(c / L->nchunk_n);
+    const int64_t *e = L->tables[s] + 5 * L->entry;
+    int M = L->seg[s + 1] - L->seg[s];
+    if (!e[0] || M == 0) return;
+    const float *xr[MAX_M];
+    float *yr[MAX_M], *xa[MAX_M];
+    lora_rows(L, s, xr, yr, xa);
+    int64_t per = (L->N + L->nchunk_n - 1) / L->nchunk_n, a = (c % L->nchunk_n) * per;
+    int64_t b = a + per < L->N ? a + per : L->N;
+    if (a < b) rows_block((const float *)e[2], e[3], a, b, (const float *const *)xa, yr, M, e[4], NULL, 1);
 }
 
 int ck_lora(const float *x, int64_t ldx, float *y, int64_t ldy, int nseg, const int32_t *seg,
@@ -189,28 +318,12 @@ int ck_lora(const float *x, int64_t ldx, float *y, int64_t ldy, int nseg, const 
     if (T == 0 || rmax == 0) return 0;
     float *scratch = (float *)malloc(sizeof(float) * (size_t)T * (size_t)rmax);
     if (!scratch) return -2;
-    if (nthreads < 1) nthreads = 1;
-    int by_segment = nseg >= 2 * nthreads || nthreads == 1;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        if (by_segment) {
-#pragma omp for schedule(dynamic, 1)
-            for (int s = 0; s < nseg; s++) {
-                const int64_t *e = tables[s] + 5 * entry;
-                if (e[0])
-                    segment(x, ldx, y, ldy, seg, rows, (const float *)e[0], e[1], (const float *)e[2], e[3],
-                            (int)e[4], N, K, scratch, rmax, s, 0, 1);
-            }
-        } else {
-            for (int s = 0; s < nseg; s++) {
-                const int64_t *e = tables[s] + 5 * entry;
-                if (e[0])
-                    segment(x, ldx, y, ldy, seg, rows, (const float *)e[0], e[1], (const float *)e[2], e[3],
-                            (int)e[4], N, K, scratch, rmax, s, tid, nt);
-            }
-        }
-    }
+    /* expand: split each segment's output rows so that there are >= 4 chunks per thread */
+    int64_t nchunk_n = (4 * (int64_t)nthreads + nseg - 1) / nseg;
+    if (nchunk_n > N / 64) nchunk_n = N / 64 > 0 ? N / 64 : 1;
+    lora_ctx L = {x, ldx, y, ldy, seg, rows, tables, entry, N, K, nchunk_n, scratch, rmax};
+    run(shrink_chunk, &L, nseg, nthreads);
+    run(expand_chunk, &L, nseg * nchunk_n, nthreads);
     free(scratch);
     return 0;
 }

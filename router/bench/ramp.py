@@ -142,7 +142,7 @@ async def ramp(target: str, items: Sequence[WorkItem], steps: Sequence[RampStep]
             await asyncio.gather(*tasks, return_exceptions=True)
     now = time.perf_counter() - start
     assert limit_s is not None
-    rows = [{"rate": s.rate, "requests": len(rs), "completed": sum(1 for r in rs if r.ok),
+    rows = [{"rate": round(s.rate, 4), "requests": len(rs), "completed": sum(1 for r in rs if r.ok),
              "late": sum(1 for r in rs if is_late(r, now, limit_s))}
             for s, rs in zip(steps, by_step, strict=True)]
     last = len(steps) if crossed is None else crossed

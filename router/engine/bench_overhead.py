@@ -87,7 +87,7 @@ async def ttft_pairs(engine: Engine, req: GenerateRequest, repeats: int) -> dict
             "added_ms_p50": 1e3 * statistics.median(diffs)}
 
 
-async def schedule_backlog(engine: Engine, req: GenerateRequest, queued: int) -> dict[str, float]:
+async def schedule_backlog(engine: Engine, req: GenerateRequest, queued: int) -> dict[str, object]:
     """Submit `queued` requests at once, let the engine drain them; schedule() times in ms."""
     loop = engine.loop
     assert loop is not None  # started
@@ -102,7 +102,12 @@ async def schedule_backlog(engine: Engine, req: GenerateRequest, queued: int) ->
     t0 = time.perf_counter()
     await asyncio.gather(*(drain(s) for s in streams))
     drain_s = time.perf_counter() - t0
-    out: dict[str, float] = {"queued": queued, "iterations": len(loop.schedule_samples), "drain_s": drain_s}
+    out: dict[str, object] = {"queued": queued, "iterations": len(loop.schedule_samples), "drain_s": drain_s}
+    steps = list(loop.schedule_samples)
+    if steps:  # where the slowest steps were: the first ones take the burst (and a refresh starts)
+        out["schedule_ms_first3"] = [round(1e3 * x, 3) for x in steps[:3]]
+        out["schedule_ms_top5"] = [round(1e3 * x, 3) for x in sorted(steps, reverse=True)[:5]]
+        out["schedule_max_at_iteration"] = steps.index(max(steps))
     for name, raw in (("schedule", loop.schedule_samples), ("host", loop.host_samples)):
         samples = sorted(raw)
         out[f"{name}_ms_p50"] = 1e3 * statistics.median(samples)

@@ -15,7 +15,9 @@ class MlqConfig:
     maxima over the sample window; base-model requests (no adapter) use base_adapter_factor.
     Refresh (K-means boundaries + quotas): every t_refresh_s, or earlier once `refresh_requests`
     arrivals were seen since the last refresh (the first refresh uses `first_refresh_requests`);
-    None disables the count trigger. Until the first refresh there is one queue holding everything.
+    None disables the count trigger. Until the first refresh there is one queue holding everything
+    (FIFO); `first_refresh_requests` (32) is small so that a fresh server leaves that cold start within
+    its first few dozen requests (the paper's T_refresh = 5 min alone would serve FIFO for 5 minutes).
     K rule (elbow): the smallest K in 1..k_max with WCSS_K - WCSS_kmax <= elbow * WCSS_1.
     Quotas: Tok_min_i = S_i * D_i * (1/slo_s + lambda_i); the rest of the capacity split by
     `extra_weights` (default 1, 0.9, 0.8, ...: smaller-request queues get a little more; with
@@ -47,7 +49,7 @@ class MlqConfig:
     """
 
     t_refresh_s: float = 300.0
-    first_refresh_requests: int | None = 100
+    first_refresh_requests: int | None = 32
     refresh_requests: int | None = 1000
     window_s: float = 300.0
     window_max_samples: int = 4096

@@ -60,6 +60,7 @@ class ServingLoop:
         self.batches: list[generate_pb2.CachedBatch] = []
         self.headroom: dict[int, chameleon_pb2.Headroom] = {}
         self.est_step_s = 0.05
+        self.est_prefill_s_per_token = 0.0  # EMA of prefill time / prompt tokens (0: none measured yet)
         self.schedule_s = self.schedule_max_s = 0.0
         self.schedule_samples: deque[float] = deque(maxlen=4096)  # recent schedule() durations, s
         self.host_samples: deque[float] = deque(maxlen=4096)  # iteration time outside shard RPCs, s
@@ -177,7 +178,8 @@ class ServingLoop:
 
     def _schedule(self, now: float) -> Plan:
         t0 = time.perf_counter()
-        ctx = ScheduleContext(self.memory, self.scheduler.running(), est_step_s=self.est_step_s)
+        ctx = ScheduleContext(self.memory, self.scheduler.running(), est_step_s=self.est_step_s,
+                              est_prefill_s_per_token=self.est_prefill_s_per_token)
         plan = self.scheduler.schedule(now, ctx)
         self.schedule_s = time.perf_counter() - t0
         self.schedule_samples.append(self.schedule_s)
@@ -269,6 +271,11 @@ class ServingLoop:
                 lv.first_admitted = now
         t0 = time.perf_counter()
         res = await self.client.prefill(prefill_batch(bid, lives, pages, self.block_size))
+        tokens = sum(lv.core.input_tokens for lv in lives)
+        if tokens:
+            per_token = (time.perf_counter() - t0) / tokens
+            self.est_prefill_s_per_token = per_token if not self.est_prefill_s_per_token \
+                else 0.8 * self.est_prefill_s_per_token + 0.2 * per_token
         if res.batch is not None and res.batch.request_ids:
             self.batches.append(res.batch)
         self._observe("prefill", time.perf_counter() - t0, res)

@@ -4,9 +4,9 @@ Why: decode multiplies a few token rows by large weights; MKL's sgemm with small
 far below the machine's read bandwidth. The C kernels stream each weight row once against all rows.
 
 Contract:
-- `lora(...)` (used by shard.lora.cpu_bgmv) adds every token's own adapter's B A x into y.
-- `linear(x, w, bias)` is F.linear for CPU float32 with M = x rows in 1..SMALL_M; it returns None when
-  the kernel does not apply (other device/dtype, strides, sizes, kernels unavailable) and the caller
+- `ck_lora` (called by shard.lora.cpu_bgmv) adds every token's own adapter's B A x into y.
+- `linear(x, w, bias)` is F.linear for CPU float32 with M = x rows in 1..KERNEL_M (max_m); it returns
+  None when the kernel does not apply (other device/dtype, strides, sizes, kernels unavailable) and the caller
   falls back to torch.
 - The library is built into ~/.cache/chameleon/kernels (or $CHAMELEON_KERNEL_CACHE) under a name keyed
   by the source, flags, compiler version and CPU flags; written atomically, so concurrent processes
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c11")
-SMALL_M = 32  # up to this many rows the kernel beats MKL (measured: bench-shard kernels line)
+SMALL_M = 32  # up to this many rows small_linear computes (w @ x.T).T on CPU instead of x @ w.T
+KERNEL_M = 32  # up to this many rows the C kernel runs (30 layers + LM head of SmolLM2, cold weights, 2
+               # cores: kernel vs MKL w @ x.T 40-50 vs 90-110 ms at M=8, 100-120 vs 130-140 ms at M=32)
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -114,9 +116,11 @@ def usable(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.stride(1) == 1
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    """x [M, K] @ w[N, K].T (+ bias) through the C kernel, or None when it does not apply."""
-    if not (x.dim() == 2 and 1 <= x.shape[0] <= SMALL_M and usable(x) and usable(w)
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+           max_m: int = KERNEL_M) -> torch.Tensor | None:
+    """x [M, K] @ w[N, K].T (+ bias) through the C kernel, or None when it does not apply (M > max_m,
+    at most 256, included)."""
+    if not (x.dim() == 2 and 1 <= x.shape[0] <= min(max_m, 256) and usable(x) and usable(w)
             and x.shape[1] == w.shape[1] and (bias is None or (usable(bias[None]) and bias.is_contiguous()))):
         return None
     if x.requires_grad or w.requires_grad:

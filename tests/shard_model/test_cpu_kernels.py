@@ -18,15 +18,15 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 32])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 32, 33])
 @pytest.mark.parametrize(("n", "k"), [(1, 1), (5, 3), (13, 7), (577, 579), (1536, 576), (96, 1536), (6, 8)])
 def test_linear_equals_torch(m: int, n: int, k: int) -> None:
     g = torch.Generator().manual_seed(m * 1000 + n + k)
     x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-    y = cpu_kernels.linear(x, w, b)
+    y = cpu_kernels.linear(x, w, b, max_m=64)
     assert y is not None
     close(y, F.linear(x, w, b))
-    y = cpu_kernels.linear(x, w)
+    y = cpu_kernels.linear(x, w, max_m=64)
     assert y is not None
     close(y, F.linear(x, w))
 
@@ -43,7 +43,8 @@ def test_linear_strided_rows_and_views() -> None:
 
 def test_fallbacks_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     w = torch.randn(20, 12)
-    assert cpu_kernels.linear(torch.randn(33, 12), w) is None          # M above SMALL_M
+    assert cpu_kernels.linear(torch.randn(cpu_kernels.KERNEL_M + 1, 12), w) is None  # M above KERNEL_M
+    assert cpu_kernels.linear(torch.randn(257, 12), w, max_m=1000) is None
     assert cpu_kernels.linear(torch.randn(12, 4).T, w) is None         # x column stride != 1
     assert cpu_kernels.linear(torch.randn(4, 12), torch.randn(12, 20).T) is None
     assert cpu_kernels.linear(torch.randn(4, 12, dtype=torch.float64), w.double()) is None

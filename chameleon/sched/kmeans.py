@@ -90,8 +90,6 @@ def kmeans_1d(values: Sequence[float], k: int, max_iter: int = 100) -> tuple[lis
 
     Fewer than k centroids come back when there are fewer than k distinct values or a cluster empties.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     return lloyd(SortedValues(values), k, max_iter)
 
 

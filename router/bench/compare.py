@@ -107,13 +107,14 @@ async def _probe(args, sysm: system.System, records: Sequence[TraceRecord], ctx:
     items = warp(plan(records, pop, unit, info.max_total_tokens, info.max_new_tokens), steps)
     load = machine.loadavg_1m()
     res = await ramp(sysm.target, items, steps, limit_s=args.slo_s, seed=args.seed + 7)
+    load_after = machine.loadavg_1m()
     ctx.probe = {"sustained_rps": res.sustained_rps, "crossed_rps": res.crossed_rps, "limit_s": res.limit_s,
                  "steps": res.steps, "elapsed_s": res.elapsed_s, "loadavg_1m_before": load,
-                 "loadavg_1m_after": machine.loadavg_1m()}
+                 "loadavg_1m_after": load_after}
     steps_text = ", ".join(f"{st['rate']:.2f}:{st['late']}/{st['requests']}" for st in res.steps)
     print(f"capacity probe (open-loop ramp, TTFT limit {res.limit_s:.2f} s; rate:late/requests per step: "
           f"{steps_text}): sustained {_rps(res.sustained_rps)}, crossed at {_rps(res.crossed_rps)} "
-          f"({res.elapsed_s:.0f} s, load average {_load(load)} -> {_load(machine.loadavg_1m())})", flush=True)
+          f"({res.elapsed_s:.0f} s, load average {_load(load)} -> {_load(load_after)})", flush=True)
     if res.sustained_rps is None:
         raise RuntimeError(f"the capacity probe's first step ({RAMP_START_RPS} rps) already missed the "
                            f"{res.limit_s:.2f} s TTFT limit; give --rates")

@@ -70,6 +70,7 @@ def test_tiny_layout(tiny_assets: Path) -> None:
     for name in adapters:
         cfg = json.loads((tiny_assets / "adapters" / name / "adapter_config.json").read_text())
         assert cfg["peft_type"] == "LORA" and name == f"r{cfg['r']}-{name.split('-')[1]}"
+        assert len(cfg["target_modules"]) == 7  # tiny adapters cover the MLP too
         assert (tiny_assets / "adapters" / name / "adapter_model.safetensors").is_file()
 
 
@@ -108,7 +109,20 @@ def test_rebuild_is_skipped_when_up_to_date_and_repaired_when_not(tmp_path: Path
     assert (out / "adapters" / "r8-00" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("argv", [["--num-adapters", "7"], ["--ranks", "8,x"], ["--strength", "0"]])
+def test_target_modules_flag(tmp_path: Path) -> None:
+    out = build_from_argv(["--tiny", "--no-progress", "--num-adapters", "4", "--target-modules",
+                           "v_proj, q_proj", str(tmp_path / "a")])
+    cfg = json.loads((out / "adapters" / "r8-00" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == ["q_proj", "v_proj"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapters" / "r8-00" / "adapter_model.safetensors"), framework="pt") as fh:
+        modules = {k.split(".")[-3] for k in fh.keys()}  # noqa: SIM118
+    assert modules == {"q_proj", "v_proj"}
+
+
+@pytest.mark.parametrize("argv", [["--num-adapters", "7"], ["--ranks", "8,x"], ["--strength", "0"],
+                                  ["--target-modules", "q_proj,lm_head"], ["--target-modules", ","]])
 def test_bad_arguments_are_refused(argv: list[str], tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -152,6 +166,9 @@ def test_smollm2_adapters_load_and_change_output(demo_assets: Path) -> None:
     for name in ("r8-00", "r16-05", "r32-10", "r64-15", "r128-19"):
         peft_model = PeftModel.from_pretrained(model, demo_assets / "adapters" / name).eval()
         assert peft_model.peft_config["default"].r == int(name[1:].split("-")[0])
+        # the paper's adapters: attention projections only (its rank-32 Llama-7B adapter is 64 MB)
+        assert set(peft_model.peft_config["default"].target_modules) == {"q_proj", "k_proj", "v_proj",
+                                                                          "o_proj"}
         out = _greedy(peft_model, tok, PARIS_PROMPT, 12)
         model = peft_model.unload()
         assert out != base_out, name

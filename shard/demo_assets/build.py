@@ -18,27 +18,39 @@ from tqdm import tqdm
 
 from shard.demo_assets.files import LOCK, MANIFEST, file_lock, tree_hashes, write_json
 from shard.demo_assets.hf import quiet_transformers
-from shard.demo_assets.lora import plan_adapters, read_targets, single_thread, write_adapter
+from shard.demo_assets.lora import (
+    ATTENTION_TARGETS,
+    LORA_TARGETS,
+    plan_adapters,
+    read_targets,
+    single_thread,
+    write_adapter,
+)
 
 log = logging.getLogger(__name__)
-BUILDER_VERSION = 2  # bump whenever the bytes written for a request change
+BUILDER_VERSION = 3  # bump whenever the bytes written for a request change
 DEMO_RANKS = (8, 16, 32, 64, 128)
 TINY_RANKS = (8, 16, 64, 128)
+DEMO_TARGETS = ATTENTION_TARGETS  # the paper's adapters (q, k, v, o)
+TINY_TARGETS = LORA_TARGETS  # every linear, so the tests cover MLP adapters too
 _ADAPTER_DIR = re.compile(r"^r\d+-\d+$")
 
 
 @dataclass(frozen=True, slots=True)
 class BuildRequest:
-    """What to build. `strength` is the relative size of each adapter's delta (see lora.py)."""
+    """What to build. `strength` is the relative size of each adapter's delta (see lora.py);
+    `targets` the PEFT module names every adapter adapts."""
 
     tiny: bool
     seed: int
     ranks: tuple[int, ...]
     adapters_per_rank: int
     strength: float
+    targets: tuple[str, ...] = DEMO_TARGETS
 
     def key(self) -> dict[str, object]:
-        return {**asdict(self), "ranks": list(self.ranks), "builder_version": BUILDER_VERSION}
+        return {**asdict(self), "ranks": list(self.ranks), "targets": list(self.targets),
+                "builder_version": BUILDER_VERSION}
 
 
 def build_assets(out_dir: Path, req: BuildRequest, *, cache_dir: Path, progress: bool = True,
@@ -55,13 +67,14 @@ def build_assets(out_dir: Path, req: BuildRequest, *, cache_dir: Path, progress:
                                         disable=not progress) as bar:
             base_name = _build_model(out_dir / "model", req, cache_dir, bar.set_description)
             bar.update()
-            weights = read_targets(out_dir / "model" / "model.safetensors")
+            weights = read_targets(out_dir / "model" / "model.safetensors", req.targets)
             adapters = out_dir / "adapters"
             _remove_stale(adapters, {s.name for s in specs})
             with single_thread():
                 for spec in specs:
                     bar.set_description(f"adapter {spec.name}")
-                    write_adapter(adapters, spec, weights, base_name=base_name, strength=req.strength)
+                    write_adapter(adapters, spec, weights, base_name=base_name, strength=req.strength,
+                                  targets=req.targets)
                     bar.update()
             bar.set_description("done")
         _write_manifest(out_dir, req)

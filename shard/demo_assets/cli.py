@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
+from chameleon.memory import LORA_TARGETS
 
 if TYPE_CHECKING:
     from shard.demo_assets.build import BuildRequest
@@ -37,6 +38,15 @@ def _ranks(text: str) -> tuple[int, ...]:
     return ranks
 
 
+def _targets(text: str) -> tuple[str, ...]:
+    names = {x.strip() for x in text.split(",") if x.strip()}
+    unknown = sorted(names - set(LORA_TARGETS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"target modules must be a comma-separated subset of {','.join(LORA_TARGETS)}, got {text!r}")
+    return tuple(m for m in LORA_TARGETS if m in names)
+
+
 def build_parser() -> EnvArgumentParser:
     p = EnvArgumentParser(prog="chameleon demo-assets", description=(
         "Write OUT_DIR/model (a Hugging Face folder) and OUT_DIR/adapters/<id> (PEFT LoRA adapters). "
@@ -49,6 +59,10 @@ def build_parser() -> EnvArgumentParser:
                    help="adapters in all, spread evenly over --ranks (default: 100, or 8 with --tiny)")
     p.add_argument("--ranks", type=_ranks, default=None,
                    help="comma-separated LoRA ranks (default: 8,16,32,64,128, or 8,16,64,128 with --tiny)")
+    p.add_argument("--target-modules", type=_targets, default=None,
+                   help="comma-separated PEFT module names every adapter adapts (default: q_proj,k_proj,"
+                        "v_proj,o_proj, the paper's adapters; with --tiny every linear layer, so tests "
+                        "cover MLP adapters too)")
     p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                    help="each adapter delta's Frobenius norm relative to the base weight it changes")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -62,7 +76,7 @@ def build_parser() -> EnvArgumentParser:
 
 def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BuildRequest:
     """The build request of the parsed flags; bad combinations exit through parser.error (code 2)."""
-    from shard.demo_assets.build import DEMO_RANKS, TINY_RANKS, BuildRequest
+    from shard.demo_assets.build import DEMO_RANKS, DEMO_TARGETS, TINY_RANKS, TINY_TARGETS, BuildRequest
 
     ranks = args.ranks or (TINY_RANKS if args.tiny else DEMO_RANKS)
     count = args.num_adapters if args.num_adapters is not None else (8 if args.tiny else 100)
@@ -72,7 +86,8 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if not 0 < args.strength < 10:
         parser.error(f"--strength {args.strength} must be in (0, 10); {DEFAULT_STRENGTH} is the default")
     return BuildRequest(tiny=args.tiny, seed=args.seed, ranks=ranks,
-                        adapters_per_rank=count // len(ranks), strength=args.strength)
+                        adapters_per_rank=count // len(ranks), strength=args.strength,
+                        targets=args.target_modules or (TINY_TARGETS if args.tiny else DEMO_TARGETS))
 
 
 def build_from_argv(argv: Sequence[str]) -> Path:

@@ -26,8 +26,12 @@ from safetensors import safe_open
 from shard.demo_assets.files import save_tensors, stable_seed, write_json
 
 ADAPTER_DTYPE = torch.bfloat16
-# Every linear layer of a Llama block, as the demo adapters target them (PEFT module names).
+# Every linear layer of a Llama block (PEFT module names): what the tiny test adapters target, so that
+# the tests cover LoRA on the MLP too.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The attention projections: what the paper's adapters target (its "rank-32 adapter of Llama-7B =
+# 64 MB" is exactly q, k, v, o in fp16), and so the SmolLM2 demo adapters by default.
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _LAYER_WEIGHT = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.weight$")
 
 

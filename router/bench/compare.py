@@ -24,7 +24,7 @@ from chameleon.workload import LengthScale, TraceError, TraceRecord, read_trace
 from router.bench import machine, report, system
 from router.bench.cli import add_workload_flags, options, run_bench
 from router.bench.loadgen import server_info
-from router.bench.predict import predict
+from router.bench.predict import predict, predict_steady
 from router.bench.profile import measure
 from router.bench.ramp import ramp, ramp_steps, warp
 from router.bench.ramp import unit_time as ramp_unit_time
@@ -66,6 +66,10 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--profile-out", default=None,
                    help="write the measured simulator profile here (default: next to --json, else "
                    "bench-profile.json)")
+    p.add_argument("--steady-requests", type=int, default=1000,
+                   help="after the measurements, simulate this many requests at the high load for every "
+                   "configuration with the measured profile: a low-noise P99 beside the measured one "
+                   "(0 = skip)")
     p.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="where each launch's log goes")
     add_workload_flags(p)
     return p
@@ -236,6 +240,18 @@ def _predictions(args, records: Sequence[TraceRecord], rows: list[dict], ctx: Co
     return out
 
 
+def _steady(args, records: Sequence[TraceRecord], configs: Sequence[str], rate: float | None, ctx: Context,
+            launch: Sequence[str], slo_s: float) -> list[dict]:
+    """The simulator at the high load with `--steady-requests` requests (see `predict_steady`)."""
+    if ctx.profile is None or ctx.scale is None or not rate or args.steady_requests <= 0:
+        return []
+    return predict_steady(records, args.steady_requests, ctx.profile, configs, rate, n_adapters=args.adapters,
+                          ranks=ctx.ranks, scale=ctx.scale, arrivals=args.arrivals,
+                          exponent=args.popularity_exponent, base_fraction=args.base_fraction, seed=args.seed,
+                          max_prefill_tokens=_launch_value(launch, "--max-batch-prefill-tokens", 4096),
+                          slo_s=slo_s)
+
+
 def _with_slo(rows: list[dict], slo_s: float) -> list[dict]:
     """Recompute each run's statistics now that the SLO is known (attainment needs it)."""
     out = []
@@ -273,6 +289,8 @@ async def compare(args) -> dict:
     rows = _with_slo(rows, slo_s)
     summary, high = report.summarise_configs(rows, slo_s)
     preds = await asyncio.to_thread(_predictions, args, records, rows, ctx, launch, slo_s)
+    steady = await asyncio.to_thread(_steady, args, records, configs, high.get("high_load_rps"), ctx, launch,
+                                     slo_s)
     meta = {"trace": str(args.trace), "configs": configs, "rates": ctx.rates, "duration_s": args.duration,
             "adapters": args.adapters, "length_scale": args.length_scale, "seed": args.seed,
             "slo_s": slo_s, "slo_basis": "given" if args.slo_s is not None else
@@ -284,14 +302,15 @@ async def compare(args) -> dict:
             "loadavg_1m_max": max((v for r in rows for v in (r.get("loadavg_1m_before"),
                                                              r.get("loadavg_1m_after")) if v is not None),
                                   default=None), "cpus": machine.cpu_count()}
-    return {"summary": summary, "runs": rows, "predictions": preds, "meta": meta, "profile": ctx.profile}
+    return {"summary": summary, "runs": rows, "predictions": preds, "steady_state": steady, "meta": meta,
+            "profile": ctx.profile}
 
 
 def _document(out: dict) -> dict:
     runs = [{k: v for k, v in r.items() if k not in ("_records", "ttft_sorted")} for r in out["runs"]]
     prof = out["profile"].to_dict() if out["profile"] is not None else None
     return json_safe({"summary": out["summary"], "runs": runs, "predictions": out["predictions"],
-                       "profile": prof, "meta": out["meta"]})
+                       "steady_state": out["steady_state"], "profile": prof, "meta": out["meta"]})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out["predictions"]:
         print("\nsimulator (profile measured on this system) vs measurement:")
         print(report.format_predictions(doc["predictions"]))
+    if out["steady_state"]:
+        print(f"\nsimulator steady state at the high load ({args.steady_requests} requests each, same "
+              "profile; a P99 that one burst cannot move):")
+        print(report.format_steady(doc["steady_state"]))
     prof_path = Path(args.profile_out or (Path(args.json).with_suffix(".profile.json") if args.json
                                           else "bench-profile.json"))
     if out["profile"] is not None:

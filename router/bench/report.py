@@ -118,3 +118,14 @@ def format_predictions(preds: Sequence[dict]) -> str:
                      f"{_s(p['predicted_ttft_p50_s']):>8} {'-' if err is None else f'{err * 100:+.0f}%':>6} "
                      f"{_s(p['measured_ttft_p99_s']):>9} {_s(p['predicted_ttft_p99_s']):>8}")
     return "\n".join(lines)
+
+
+def format_steady(rows: Sequence[dict]) -> str:
+    head = (f"{'config':<20} {'rps':>5} {'n':>5} {'P50 TTFT':>9} {'x base':>7} {'P99 TTFT':>9} {'x base':>7} "
+            f"{'hit':>5}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['config']:<20} {r['rate']:>5.2f} {r['requests']:>5} {_s(r['ttft_p50_s']):>9} "
+                     f"{_x(r.get('ttft_p50_s_vs_baseline')):>7} {_s(r['ttft_p99_s']):>9} "
+                     f"{_x(r.get('ttft_p99_s_vs_baseline')):>7} {_pct(r.get('cache_hit_rate')):>5}")
+    return "\n".join(lines)

@@ -92,6 +92,7 @@ def test_compare_writes_summary_runs_and_a_loadable_profile(tiny_assets: Path, t
     argv = ["--model-id", str(tiny_assets / "model"), "--adapter-dir", str(tiny_assets / "adapters"),
             "--trace", str(trace), "--adapters", "8", "--configs", "chameleon/chameleon", "--rates", "2,4",
             "--duration", "2", "--warmup", "1", "--json", str(out), "--log-dir", str(tmp_path),
+            "--steady-requests", "200",
             "--full-sweep", "--launch-args", " ".join(LAUNCH[:4]) + " --shard-args '--threads 1'"]
     assert compare_main(argv) == 0
     printed = capsys.readouterr().out
@@ -105,6 +106,9 @@ def test_compare_writes_summary_runs_and_a_loadable_profile(tiny_assets: Path, t
     assert all("loadavg_1m_before" in r and "loadavg_1m_after" in r for r in doc["runs"])
     assert "loadavg_1m_start" in doc["meta"] and doc["meta"]["skipped_rates"] == {}
     assert len(doc["predictions"]) == 2 and doc["meta"]["high_load_rps"] in (2.0, 4.0)
+    steady = doc["steady_state"]
+    assert [r["config"] for r in steady] == ["chameleon/chameleon"] and steady[0]["ttft_p99_s"] > 0
+    assert "simulator steady state at the high load" in printed
     prof = Profile.load(out.with_suffix(".profile.json"))
     assert prof.compute_s_per_token > 0 and prof.h2d_bytes_per_s > 0 and len(prof.adapter_bytes) == 4
     from chameleon.sim.cli import main as simulate_main

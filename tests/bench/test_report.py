@@ -7,8 +7,14 @@ import math
 from chameleon.sim.paper_a40 import build
 from chameleon.workload import LengthScale, TraceRecord
 from router.bench.machine import loadavg_1m
-from router.bench.predict import SIM_POLICY, predict
-from router.bench.report import format_predictions, format_runs, format_summary, summarise_configs
+from router.bench.predict import SIM_POLICY, predict, predict_steady
+from router.bench.report import (
+    format_predictions,
+    format_runs,
+    format_steady,
+    format_summary,
+    summarise_configs,
+)
 
 
 def test_every_default_config_has_a_simulator_policy() -> None:
@@ -26,6 +32,21 @@ def test_prediction_replays_the_same_number_of_requests() -> None:
     assert predict(records, 20, build(), "sjf/lru", 2.0, n_adapters=10, ranks=(8,),
                    scale=LengthScale(), arrivals="poisson", exponent=1.0, base_fraction=0.0, seed=0,
                    max_prefill_tokens=1024, slo_s=5.0) is None
+
+
+def test_steady_state_simulates_every_config_with_ratios_to_the_first() -> None:
+    records = [TraceRecord(0.1 * i, 300, 40) for i in range(400)]
+    rows = predict_steady(records, 300, build(), ["fifo/none", "fifo/chameleon", "sjf/lru"], 8.0,
+                          n_adapters=20, ranks=(8, 128), scale=LengthScale(0.25, 0.25), arrivals="poisson",
+                          exponent=1.0, base_fraction=0.0, seed=0, max_prefill_tokens=1024, slo_s=5.0)
+    assert [r["config"] for r in rows] == ["fifo/none", "fifo/chameleon"]  # no simulator policy for sjf/lru
+    assert all(r["requests"] == 300 for r in rows)
+    assert rows[0]["ttft_p99_s_vs_baseline"] == 1.0
+    cached = rows[1]
+    assert cached["ttft_p50_s_vs_baseline"] == cached["ttft_p50_s"] / rows[0]["ttft_p50_s"]
+    assert cached["cache_hit_rate"] > rows[0]["cache_hit_rate"]
+    table = format_steady(rows)
+    assert "fifo/chameleon" in table and "1.00x" in table
 
 
 def test_tables_show_the_machine_load_and_skipped_rates() -> None:

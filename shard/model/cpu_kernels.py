@@ -64,8 +64,9 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "chameleon" / "kernels"
 
 
-def build(cc: str = "gcc") -> Path:
-    """Compile (or find in the cache) the library; raises RuntimeError/OSError on failure."""
+def build(cc: str = "gcc", source: Path = SOURCE) -> Path:
+    """Compile (or find in the cache) the library of `source` (this module's by default), named after it;
+    raises RuntimeError/OSError on failure."""
     gcc = shutil.which(cc)
     if gcc is None:
         raise RuntimeError(f"{cc} not found")
@@ -73,15 +74,15 @@ def build(cc: str = "gcc") -> Path:
     if "avx2" not in flags or "fma" not in flags:
         raise RuntimeError("CPU lacks AVX2/FMA")
     version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, " ".join(flags)]).encode())
-    out = cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    key = hashlib.sha256("\0".join([source.read_text(), *FLAGS, version, " ".join(flags)]).encode())
+    out = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        res = subprocess.run([gcc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        res = subprocess.run([gcc, *FLAGS, "-o", tmp, str(source)], capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"compile failed: {res.stderr.strip()[:2000]}")
         os.replace(tmp, out)

@@ -22,6 +22,9 @@ LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_p
 COLUMN_PARALLEL: frozenset[str] = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"})
 ROW_PARALLEL: frozenset[str] = frozenset({"o_proj", "down_proj"})
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# safetensors header dtype codes of the floating types adapters come in
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+ADAPTER_DTYPE_POLICIES = ("auto", "model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +157,38 @@ def pages_for(nbytes: int, page: int) -> int:
 
 
 def adapter_pages(shape: ModelShape, r: int, targets: Iterable[str], dtype_bytes: int,
-                  block_size: int, world: int = 1) -> int:
-    """Pool pages an adapter occupies on every rank: the maximum over ranks of its slice in pages."""
+                  block_size: int, world: int = 1, adapter_dtype_bytes: int | None = None) -> int:
+    """Pool pages an adapter occupies on every rank: the maximum over ranks of its slice in pages.
+
+    `dtype_bytes` is the pool's (KV) element size, which sets the page size; `adapter_dtype_bytes` the
+    element size the adapter is stored in (`adapter_storage_dtype`; default: the pool's)."""
     targets = tuple(targets)
-    return max(pages_for(adapter_bytes(shape, r, targets, dtype_bytes, world, k),
+    stored = dtype_bytes if adapter_dtype_bytes is None else adapter_dtype_bytes
+    return max(pages_for(adapter_bytes(shape, r, targets, stored, world, k),
                          page_bytes(shape, block_size, dtype_bytes, world, k)) for k in range(world))
+
+
+def adapter_storage_dtype(model_dtype: str, file_dtypes: Iterable[str], policy: str = "auto") -> str:
+    """The dtype an adapter's A/B are stored in, in the pool: the one rule router and shard both apply.
+
+    `model_dtype`: the shard's weight/KV dtype ("float32", "bfloat16", "float16"); `file_dtypes`: the
+    dtypes of the adapter's LoRA tensors on disk, as safetensors header codes ("BF16") or torch names
+    ("bfloat16"). Policy "model": every adapter in the model dtype. Policy "auto" (lossless on-disk
+    precision): when the model runs in float32 and every LoRA tensor is stored in one 16-bit float type
+    (bfloat16 or float16), keep that type (16 -> 32 bit is exact, the kernels upcast while computing);
+    otherwise the model dtype (float32 files stay float32; a 16-bit model converts as before).
+    """
+    if policy not in ADAPTER_DTYPE_POLICIES:
+        raise ValueError(f"adapter dtype policy must be one of {', '.join(ADAPTER_DTYPE_POLICIES)}, "
+                         f"got {policy!r}")
+    if model_dtype not in DTYPE_BYTES:
+        raise ValueError(f"unsupported model dtype {model_dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
+    found = {SAFETENSORS_DTYPES.get(d, d) for d in file_dtypes}
+    if policy == "auto" and model_dtype == "float32" and len(found) == 1:
+        (only,) = found
+        if only in ("bfloat16", "float16"):
+            return only
+    return model_dtype
 
 
 def blocks_for_tokens(tokens: int, block_size: int) -> int:

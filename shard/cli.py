@@ -13,6 +13,7 @@ from pathlib import Path
 
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
+from chameleon.memory import ADAPTER_DTYPE_POLICIES
 from shard.server.adapters import parse_lora_adapters
 
 log = logging.getLogger("shard")
@@ -37,6 +38,11 @@ def build_parser() -> EnvArgumentParser:
                    "loads itself (plain-TGI mode); default: what --lora-adapters need, plus room for the 8 "
                    "largest adapters of --adapter-dir (10%%..50%% of the pool)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight and KV dtype")
+    p.add_argument("--adapter-dtype", choices=ADAPTER_DTYPE_POLICIES, default="auto", help="dtype LoRA "
+                   "adapters are stored in, in the page pool: 'auto' keeps an adapter saved in bfloat16 or "
+                   "float16 in that 16-bit dtype when the model runs in float32 (lossless: the kernels widen "
+                   "it to float32 exactly; half the memory and half the bytes a decode step reads), else "
+                   "the model dtype; 'model' converts every adapter to the model dtype")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if CUDA is "
                    "available, else cpu)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (pool page)")
@@ -98,12 +104,14 @@ def build_core(args: object) -> object:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     dist = DistContext.from_env(device=device)
+    adapter_dtype = getattr(args, "adapter_dtype", "auto")
     runner = ModelRunner(args.model_dir, dtype=getattr(torch, args.dtype), device=device, dist=dist,
-                         block_size=args.block_size)
+                         block_size=args.block_size, adapter_dtype=adapter_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(args.model_dir))
     options = ShardOptions(uds_path=args.uds_path, memory=DeviceMemory(torch.device(device),
                            args.memory_budget), adapter_pages=args.adapter_pages,
-                           memory_fraction=args.memory_fraction, dtype_name=args.dtype)
+                           memory_fraction=args.memory_fraction, dtype_name=args.dtype,
+                           adapter_dtype=adapter_dtype)
     manager = AdapterManager(runner.adapters, named, args.adapter_dir)
     return ShardCore(runner, tokenizer, eos_token_ids(args.model_dir, tokenizer), manager, options)
 

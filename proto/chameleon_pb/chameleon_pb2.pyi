@@ -45,7 +45,7 @@ class PoolLayout(_message.Message):
     def __init__(self, page_bytes: _Optional[int] = ..., num_pages: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., activation_reserve_bytes: _Optional[int] = ..., weight_bytes: _Optional[int] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("rank", "world_size", "model_type", "hidden_size", "num_layers", "max_position_embeddings", "weight_bytes", "target_modules")
+    __slots__ = ("rank", "world_size", "model_type", "hidden_size", "num_layers", "max_position_embeddings", "weight_bytes", "target_modules", "adapter_dtype")
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class ShardInfo(_message.Message):
     MAX_POSITION_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_DTYPE_FIELD_NUMBER: _ClassVar[int]
     rank: int
     world_size: int
     model_type: str
@@ -62,10 +63,11 @@ class ShardInfo(_message.Message):
     max_position_embeddings: int
     weight_bytes: int
     target_modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., model_type: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    adapter_dtype: str
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., model_type: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., adapter_dtype: _Optional[str] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
-    __slots__ = ("adapter_id", "rank", "bytes", "pages", "resident", "target_modules", "alpha")
+    __slots__ = ("adapter_id", "rank", "bytes", "pages", "resident", "target_modules", "alpha", "dtype")
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,7 @@ class AdapterInfo(_message.Message):
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     adapter_id: str
     rank: int
     bytes: int
@@ -80,7 +83,8 @@ class AdapterInfo(_message.Message):
     resident: bool
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     alpha: float
-    def __init__(self, adapter_id: _Optional[str] = ..., rank: _Optional[int] = ..., bytes: _Optional[int] = ..., pages: _Optional[int] = ..., resident: _Optional[bool] = ..., target_modules: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ...) -> None: ...
+    dtype: str
+    def __init__(self, adapter_id: _Optional[str] = ..., rank: _Optional[int] = ..., bytes: _Optional[int] = ..., pages: _Optional[int] = ..., resident: _Optional[bool] = ..., target_modules: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
     __slots__ = ("adapter_id", "pages")

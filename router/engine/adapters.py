@@ -3,8 +3,10 @@
 Sources: PEFT folders under `--adapter-dir` (by plain folder name; a name not seen at start-up is
 looked up on first use) and the adapters the shard itself knows (its ListAdapters). Sizes come from
 `adapter_config.json` (r, lora_alpha, target_modules) and the safetensors header (plain JSON: the
-tensor names give the target modules when the config names them by pattern), with the page
-arithmetic of `chameleon.memory` so router and shard agree. No torch, no tensor is read.
+tensor names give the target modules when the config names them by pattern, the tensor dtypes the
+storage dtype through `chameleon.memory.adapter_storage_dtype` and the shards' `--adapter-dtype`
+policy), with the page arithmetic of `chameleon.memory` so router and shard agree. No torch, no
+tensor is read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from chameleon.memory import LORA_TARGETS, ModelShape, adapter_bytes, adapter_pages
+from chameleon.memory import (
+    DTYPE_BYTES,
+    LORA_TARGETS,
+    ModelShape,
+    adapter_bytes,
+    adapter_pages,
+    adapter_storage_dtype,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _WEIGHTS = "adapter_model.safetensors"
@@ -30,7 +39,7 @@ class AdapterNotFound(KeyError):
 
 @dataclass(frozen=True, slots=True)
 class AdapterMeta:
-    """An adapter's size facts. `nbytes` is the whole adapter in the serving dtype (all ranks);
+    """An adapter's size facts. `nbytes` is the whole adapter in its storage dtype `dtype` (all ranks);
     `pages` the pool pages it occupies on every rank (the largest rank slice, in pages)."""
 
     adapter_id: str
@@ -40,6 +49,7 @@ class AdapterMeta:
     nbytes: int
     pages: int
     path: Path | None
+    dtype: str = ""  # storage dtype ("float32", "bfloat16", "float16"); "" = the model dtype
 
 
 def valid_adapter_name(name: str) -> bool:
@@ -49,6 +59,11 @@ def valid_adapter_name(name: str) -> bool:
 
 def safetensors_names(path: Path) -> list[str]:
     """Tensor names from a safetensors file's JSON header (8-byte little-endian length + JSON)."""
+    return list(safetensors_dtypes(path))
+
+
+def safetensors_dtypes(path: Path) -> dict[str, str]:
+    """Tensor name -> dtype code ("BF16", "F32", ...) from a safetensors file's JSON header."""
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) != 8:
@@ -57,7 +72,10 @@ def safetensors_names(path: Path) -> list[str]:
         if n > 100 << 20:
             raise ValueError(f"{path}: safetensors header of {n} bytes is implausible")
         header = json.loads(f.read(n))
-    return [k for k in header if k != "__metadata__"]
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not a JSON object")
+    return {k: str(v.get("dtype", "")) if isinstance(v, dict) else "" for k, v in header.items()
+            if k != "__metadata__"}
 
 
 def _targets(config: dict, folder: Path) -> tuple[str, ...]:
@@ -74,13 +92,28 @@ def _targets(config: dict, folder: Path) -> tuple[str, ...]:
                      f"no {_WEIGHTS})")
 
 
+def _file_dtypes(folder: Path) -> tuple[str, ...]:
+    """Dtype codes of the LoRA tensors in the folder's safetensors file (none when it is missing)."""
+    weights = folder / _WEIGHTS
+    if not weights.is_file():
+        return ()
+    return tuple(sorted({d for n, d in safetensors_dtypes(weights).items() if ".lora_" in n}))
+
+
 class AdapterRegistry:
     """Adapter id -> AdapterMeta. `shape`, `dtype_bytes`, `block_size` and `world` must be the
-    shards' (Info/Warmup), so page counts equal what the shards allocate."""
+    shards' (Info/Warmup), so page counts equal what the shards allocate; so must `model_dtype` (Info
+    dtype) and `adapter_policy` (ShardInfo.adapter_dtype), which fix each adapter's storage dtype.
+    Without `model_dtype` every adapter is sized in `dtype_bytes` (the shards' behaviour before
+    adapter storage dtypes)."""
 
     def __init__(self, shape: ModelShape, dtype_bytes: int, block_size: int, world: int,
-                 adapter_dir: Path | None = None) -> None:
+                 adapter_dir: Path | None = None, model_dtype: str | None = None,
+                 adapter_policy: str = "model") -> None:
         self._shape, self._dtype_bytes, self._block, self._world = shape, dtype_bytes, block_size, world
+        self._model_dtype, self._policy = model_dtype, adapter_policy or "model"
+        if model_dtype is not None:
+            adapter_storage_dtype(model_dtype, (), self._policy)  # validates both now
         self._dir = adapter_dir
         self._known: dict[str, AdapterMeta] = {}
 
@@ -95,10 +128,12 @@ class AdapterRegistry:
                 found.append(sub.name)
         return found
 
-    def add_from_shard(self, adapter_id: str, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
-        """Register an adapter the shard knows (its --lora-adapters) unless the folder scan has it."""
+    def add_from_shard(self, adapter_id: str, rank: int, alpha: float, targets: tuple[str, ...],
+                       dtype: str = "") -> None:
+        """Register an adapter the shard knows (its --lora-adapters) unless the folder scan has it;
+        `dtype`: the storage dtype the shard reported (its AdapterInfo.dtype; "" = the model dtype)."""
         if adapter_id not in self._known:
-            self._known[adapter_id] = self._meta(adapter_id, rank, alpha, targets, None)
+            self._known[adapter_id] = self._meta(adapter_id, rank, alpha, targets, None, dtype)
 
     def read_folder(self, adapter_id: str, folder: Path) -> AdapterMeta:
         cfg_path = folder / "adapter_config.json"
@@ -114,13 +149,18 @@ class AdapterRegistry:
             raise ValueError(f"adapter {adapter_id!r}: none of its target modules is supported "
                              f"({', '.join(LORA_TARGETS)})")
         alpha = float(config.get("lora_alpha", rank))
-        return self._meta(adapter_id, rank, alpha, targets, folder)
+        dtype = ""
+        if self._model_dtype is not None:
+            dtype = adapter_storage_dtype(self._model_dtype, _file_dtypes(folder), self._policy)
+        return self._meta(adapter_id, rank, alpha, targets, folder, dtype)
 
     def _meta(self, adapter_id: str, rank: int, alpha: float, targets: tuple[str, ...],
-              path: Path | None) -> AdapterMeta:
-        nbytes = adapter_bytes(self._shape, rank, targets, self._dtype_bytes)
-        pages = adapter_pages(self._shape, rank, targets, self._dtype_bytes, self._block, self._world)
-        return AdapterMeta(adapter_id, rank, alpha, targets, nbytes, pages, path)
+              path: Path | None, dtype: str = "") -> AdapterMeta:
+        stored = DTYPE_BYTES.get(dtype, self._dtype_bytes)
+        nbytes = adapter_bytes(self._shape, rank, targets, stored)
+        pages = adapter_pages(self._shape, rank, targets, self._dtype_bytes, self._block, self._world,
+                              adapter_dtype_bytes=stored)
+        return AdapterMeta(adapter_id, rank, alpha, targets, nbytes, pages, path, dtype)
 
     def get(self, adapter_id: str) -> AdapterMeta:
         """The adapter's facts; looks it up under --adapter-dir on first use. Raises AdapterNotFound."""

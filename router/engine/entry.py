@@ -72,7 +72,8 @@ class Engine:
         self.info = info
         shape = ModelShape.from_model_dir(cfg.model_dir)
         self.registry = AdapterRegistry(shape, facts.dtype_bytes, info.block_size, info.world_size,
-                                        cfg.adapter_dir)
+                                        cfg.adapter_dir, model_dtype=facts.info.dtype.removeprefix("torch."),
+                                        adapter_policy=facts.adapter_dtype)
         self.registry.scan()
         await self._adopt_shard_adapters()
         self._start_loop(cfg.scheduler, cfg.adapter_cache)
@@ -139,7 +140,7 @@ class Engine:
         for a in listed.adapters:
             if a.rank < 1 or not a.target_modules:
                 continue  # listed but not loaded: its size is unknown here (found under --adapter-dir)
-            self.registry.add_from_shard(a.adapter_id, a.rank, a.alpha, tuple(a.target_modules))
+            self.registry.add_from_shard(a.adapter_id, a.rank, a.alpha, tuple(a.target_modules), a.dtype)
             if a.resident:
                 await client.offload_adapter(a.adapter_id)
 

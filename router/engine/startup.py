@@ -28,6 +28,7 @@ class ShardFacts:
     info: EngineInfo
     dtype_bytes: int
     max_position_embeddings: int
+    adapter_dtype: str = "model"  # the shards' adapter storage policy (ShardInfo.adapter_dtype)
 
 
 def dtype_bytes(name: str) -> int:
@@ -108,4 +109,5 @@ def _facts(cfg: EngineConfig, first: generate_pb2.InfoResponse,
         max_batch_prefill_tokens=cfg.max_batch_prefill_tokens,
         max_concurrent_requests=cfg.max_concurrent_requests,
         max_supported_total_tokens=supported or usable, page_bytes=warm[0].pool.page_bytes)
-    return ShardFacts(info=info, dtype_bytes=dtype_bytes(first.dtype), max_position_embeddings=max_pos)
+    return ShardFacts(info=info, dtype_bytes=dtype_bytes(first.dtype), max_position_embeddings=max_pos,
+                      adapter_dtype=first.chameleon.adapter_dtype or "model")

@@ -1,16 +1,20 @@
 """Multi-LoRA on CPU float32 through the C kernel `ck_lora` (shard.model.cpu_kernels): one call per
 (layer, module) does every segment's shrink and expand, instead of two torch matmuls per segment.
 
-Per adapter a table of int64 entries [layer, module, 5] = (A ptr, A row stride, B ptr, B row stride, r)
-points at its (A, B*scale) tensors where they live (pool views or copies), built once per adapter and
-kept (with the LoraWeights it describes) until the store's version changes. A ptr 0: module absent.
-The tables hold raw addresses: they are valid while the LoraWeights are alive, which the cache entry
-guarantees by holding them. World size 1 only (tensor parallelism needs collectives between shrink and
-expand); every tensor must be CPU float32 with unit column stride, else the torch paths run.
+Per adapter a table of int64 entries [layer, module, ENTRY] = (A ptr, A row stride, B ptr, B row stride,
+r, weight type, scale as the bits of a float64, 0) points at its (A, B) tensors where they live (pool
+views or copies), built once per adapter and kept (with the LoraWeights it describes) until the store's
+version changes. A ptr 0: module absent. Weight type: float32, bfloat16 or float16 (the adapter's
+storage dtype, see shard.lora.store); the kernel widens 16-bit weights to float32 in registers and
+computes y += B (scale * (A x)) in float32. The tables hold raw addresses: they are valid while the
+LoraWeights are alive, which the cache entry guarantees by holding them. World size 1 only (tensor
+parallelism needs collectives between shrink and expand); activations must be CPU float32 and every
+tensor must have unit column stride, else the torch paths run.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +25,8 @@ from shard.model import cpu_kernels
 
 MODULE_INDEX = {m: i for i, m in enumerate(LORA_TARGETS)}
 MAX_SEGMENT_ROWS = 64  # longer segments (prefill) go to the torch segment path (MKL wins there)
+ENTRY = 8  # int64 fields per table entry (LORA_ENTRY in cpu_kernels.c)
+WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # WT_* in cpu_kernels.c
 
 
 @dataclass(slots=True)
@@ -40,15 +46,23 @@ class TableCache:
         return hit[1]
 
 
+def weight_usable(t: torch.Tensor) -> bool:
+    """A CPU float32/bfloat16/float16 matrix with unit column stride (rows may be strided)."""
+    return t.device.type == "cpu" and t.dtype in WEIGHT_TYPES and t.dim() == 2 and t.stride(1) == 1
+
+
 def adapter_table(weights: LoraWeights) -> torch.Tensor | None:
-    """int64 [layers, modules, 5]; None when a tensor is not CPU float32 with unit column stride."""
-    table = torch.zeros(len(weights.layers), len(LORA_TARGETS), 5, dtype=torch.int64)
+    """int64 [layers, modules, ENTRY]; None when a tensor is not a CPU float32/bfloat16/float16 matrix
+    with unit column stride, or A and B differ in dtype."""
+    table = torch.zeros(len(weights.layers), len(LORA_TARGETS), ENTRY, dtype=torch.int64)
+    (scale_bits,) = struct.unpack("<q", struct.pack("<d", float(weights.scale)))
     for layer, modules in enumerate(weights.layers):
         for module, (a, b) in modules.items():
-            if not (cpu_kernels.usable(a) and cpu_kernels.usable(b)) or a.shape[0] != b.shape[1]:
+            if not (weight_usable(a) and weight_usable(b)) or a.dtype != b.dtype or a.shape[0] != b.shape[1]:
                 return None
             table[layer, MODULE_INDEX[module]] = torch.tensor(
-                [a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), a.shape[0]])
+                [a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), a.shape[0], WEIGHT_TYPES[a.dtype],
+                 scale_bits, 0])
     return table
 
 
@@ -67,7 +81,8 @@ class CpuBgmv:
     @classmethod
     def build(cls, weights: list[LoraWeights], rows: list[slice | torch.Tensor], num_tokens: int,
               cache: TableCache, version: int, device: torch.device, dtype: torch.dtype) -> CpuBgmv | None:
-        """None when the kernel does not apply (device, dtype, disabled/unavailable, long segments)."""
+        """None when the kernel does not apply (device, activation dtype, disabled/unavailable, long
+        segments, adapter tensors the kernel cannot read). `dtype`: the activations' (model) dtype."""
         if device.type != "cpu" or dtype != torch.float32:
             return None
         idx = [torch.arange(num_tokens)[r] if isinstance(r, slice) else r.cpu() for r in rows]

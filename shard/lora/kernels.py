@@ -1,13 +1,16 @@
-"""Batched multi-LoRA in pure torch: y += (x @ A.T) @ B.T per token, with each token's own adapter.
+"""Batched multi-LoRA in pure torch: y += (scale * (x @ A.T)) @ B.T per token, with each token's own
+adapter (scale: the adapter's LoRA scaling; A and B may be stored in 16 bits under a float32 model, see
+shard.lora.store: the torch paths then upcast them to the activation dtype per use, exactly).
 
 Two paths, both exact (base rows get no LoRA contribution at all):
 - segment path (SGMV-like): tokens grouped by adapter, one (A, B) matmul pair per segment; reads each
   adapter once; cost grows with the number of segments (Python + kernel launch per segment).
 - gather path (BGMV-like, CPU friendly): per module, the batch's adapters are concatenated along r
   (A_cat [sum_r, in], B_cat [out, sum_r], cached across steps while the batch's adapter set is
-  unchanged); every token multiplies A_cat, a 0/1 mask keeps only its own adapter's r columns, one
-  matmul with B_cat adds the result. Two matmuls whatever the number of adapters, at the cost of
-  (adapters - 1)x wasted FLOPs per token: the right choice when tokens per segment are few (decode).
+  unchanged, upcast to the activation dtype); every token multiplies A_cat, a mask keeps only its own
+  adapter's r columns (holding that adapter's scale, 0 elsewhere), one matmul with B_cat adds the
+  result. Two matmuls whatever the number of adapters, at the cost of (adapters - 1)x wasted FLOPs per
+  token: the right choice when tokens per segment are few (decode).
 Rule (SmolLM2 fp32 on CPU, decode batch 8, steps interleaved in one process: 8 adapters of sum(r) 304
 took 258 ms by segments vs 359 ms gathered, 4 adapters of sum(r) 120 took 149 vs 138 ms, base 111-174
 ms): the gather path wastes T x sum(r) - sum(t_k x r_k) rank-rows of compute; the segment path pays a
@@ -57,8 +60,17 @@ class ConcatCache:
             self.key, self.entries = key, {}
 
 
+def _shrink(x: torch.Tensor, a: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * (x @ a.T), with a upcast to x's dtype when it is stored narrower."""
+    xa = x @ a.to(x.dtype).T
+    if scale != 1.0:
+        xa.mul_(scale)
+    return xa
+
+
 def _add_rows(y: torch.Tensor, rows: slice | torch.Tensor, xa: torch.Tensor, b: torch.Tensor) -> None:
     """y[rows] += xa @ b.T, in place (one fused addmm when the rows are a slice)."""
+    b = b.to(y.dtype)
     if isinstance(rows, slice):
         y[rows].addmm_(xa, b.T)
     else:
@@ -96,10 +108,8 @@ class LoraBatch:
         gather = dist.world_size == 1 and len(segments) > 1 and cheap
         cpu = None
         if force in (None, "kernel") and dist.world_size == 1:
-            first = segments[0].weights.layers[0]
-            dtype = next(iter(first.values()))[0].dtype if first else torch.float32
             cpu = CpuBgmv.build([s.weights for s in segments], [s.rows for s in segments], start,
-                                cache.tables, store.version, device, dtype)
+                                cache.tables, store.version, device, store.dtype)
         if force in ("segment", "gather"):
             gather = force == "gather" and dist.world_size == 1
         if cpu is not None:
@@ -121,7 +131,7 @@ class LoraBatch:
             ab = seg.weights.layers[layer].get(module)
             if ab is None:
                 continue
-            xa = x[seg.rows] @ ab[0].T  # [t, r_local]
+            xa = _shrink(x[seg.rows], ab[0], seg.weights.scale)  # [t, r_local]
             if self.dist.world_size > 1:
                 xa = self.dist.all_gather(xa, list(seg.weights.r_sizes))  # [t, r]
             _add_rows(y, seg.rows, xa, ab[1])
@@ -138,7 +148,7 @@ class LoraBatch:
                 ab = seg.weights.layers[layer].get(module)
                 if ab is None:
                     continue
-                xa = self.dist.all_reduce(x[seg.rows] @ ab[0].T)  # [t, r]
+                xa = self.dist.all_reduce(_shrink(x[seg.rows], ab[0], seg.weights.scale))  # [t, r]
                 o0, o1 = seg.weights.out_ranges[module]
                 _add_rows(y[:, o0:o1], seg.rows, xa, ab[1])
         return hook
@@ -149,12 +159,12 @@ class LoraBatch:
             parts = [s.weights.layers[layer][module] for s in self.segments
                      if module in s.weights.layers[layer]]
             self.cache.entries[key] = None if not parts else (
-                torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts], 1))
+                torch.cat([a.to(x.dtype) for a, _ in parts]), torch.cat([b.to(x.dtype) for _, b in parts], 1))
         entry = self.cache.entries[key]
         if entry is None:
             return
         xa = x @ entry[0].T  # [T, sum_r]: every token times every adapter of the batch
-        xa *= self._mask(module, x)  # keep each token's own adapter columns only
+        xa *= self._mask(module, x)  # keep each token's own adapter columns only, times its scale
         y.addmm_(xa, entry[1].T)
 
     def _mask(self, module: str, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +174,7 @@ class LoraBatch:
             mask = torch.zeros(self.num_tokens, total, dtype=x.dtype, device=x.device)
             col = 0
             for s in having:
-                mask[s.rows, col:col + s.weights.rank] = 1
+                mask[s.rows, col:col + s.weights.rank] = s.weights.scale
                 col += s.weights.rank
             self._masks[module] = mask
         return self._masks[module]

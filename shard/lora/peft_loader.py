@@ -33,12 +33,13 @@ class AdapterSpec:
     alpha: float
     scaling: float               # alpha / r, or alpha / sqrt(r) with use_rslora
     targets: tuple[str, ...]     # in LORA_TARGETS order
+    file_dtypes: tuple[str, ...] = ()  # safetensors dtype codes of the LoRA tensors ("BF16", "F32"), sorted
 
 
 @dataclass(frozen=True, slots=True)
 class PeftAdapter:
     spec: AdapterSpec
-    # (layer, module) -> (A [r, in], B [out, r]), in the model dtype
+    # (layer, module) -> (A [r, in], B [out, r]), unscaled, in the dtype asked of load_peft
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -84,15 +85,18 @@ def read_spec(path: str | Path, shape: ModelShape) -> AdapterSpec:
         raise AdapterError(f"{path}: r must be a positive integer, got {rank!r}")
     alpha = float(cfg.get("lora_alpha", rank))
     scaling = alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
-    found = _layer_modules(path, _keys(path), shape)
+    dtypes = _key_dtypes(path)
+    found = _layer_modules(path, list(dtypes), shape)
     targets = tuple(m for m in LORA_TARGETS if m in found)
-    return AdapterSpec(path=path, rank=rank, alpha=alpha, scaling=scaling, targets=targets)
+    return AdapterSpec(path=path, rank=rank, alpha=alpha, scaling=scaling, targets=targets,
+                       file_dtypes=tuple(sorted(set(dtypes.values()))))
 
 
-def _keys(path: Path) -> list[str]:
+def _key_dtypes(path: Path) -> dict[str, str]:
+    """Tensor name -> safetensors dtype code, from the header (no tensor data is read)."""
     try:
         with safe_open(str(path / WEIGHTS), framework="pt") as f:
-            return list(f.keys())
+            return {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterError(f"{path / WEIGHTS} is corrupt or unreadable: {exc}") from exc
 
@@ -121,7 +125,8 @@ def _layer_modules(path: Path, keys: list[str], shape: ModelShape) -> set[str]:
 
 
 def load_peft(path: str | Path, shape: ModelShape, dtype: torch.dtype) -> PeftAdapter:
-    """Read and validate every tensor: A must be [r, in] and B [out, r] for this base model."""
+    """Read and validate every tensor: A must be [r, in] and B [out, r] for this base model; returns
+    them converted to `dtype` (the storage dtype, see shard.lora.store)."""
     spec = read_spec(path, shape)
     weights: dict[tuple[int, str], list[torch.Tensor | None]] = {}
     try:

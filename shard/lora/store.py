@@ -3,11 +3,20 @@
 Conversion (chameleon.memory is the source of the split rules): for column-parallel modules A keeps
 rows split_range(r) ([r_local, in]) and B the rows of this rank's output slice ([out_local, r]); for
 row-parallel modules A keeps the columns of this rank's input slice ([r, in_local]) and B rows
-split_range(out) ([out_split, r]). B is pre-multiplied by the LoRA scaling (alpha/r, or alpha/sqrt(r)
-with rsLoRA). The tensors are packed layer by layer, module by module (A then B) into the assigned
-pages, in ascending page order, and used in place as views of the pool. A tensor that would straddle
-two non-adjacent pages is used from a contiguous copy (its bytes stay in the pages too, so page
-accounting is exact); `AdapterInfo.extra_bytes` reports such copies.
+split_range(out) ([out_split, r]). B is stored as trained; the LoRA scaling (alpha/r, or alpha/sqrt(r)
+with rsLoRA) travels in `LoraWeights.scale` and the kernels apply it to the rank-sized A output.
+
+Storage dtype (`chameleon.memory.adapter_storage_dtype`, the rule the router applies too): policy
+"auto" keeps a float32 model's 16-bit (bfloat16/float16) adapters in 16 bits, which is lossless
+(their float32 upcast is exact) and halves the bytes a decode step reads; "model" converts every
+adapter to the model dtype. The pool's pages are raw bytes of the KV pool: a 16-bit adapter is packed
+into a 16-bit view of them (a page holds twice as many of its elements). The kernels compute in the
+activation dtype (the C kernel widens 16-bit weights in registers, the torch paths upcast per use).
+
+The tensors are packed layer by layer, module by module (A then B) into the assigned pages, in
+ascending page order, and used in place as views of the pool. A tensor that would straddle two
+non-adjacent pages is used from a contiguous copy (its bytes stay in the pages too, so page accounting
+is exact); `AdapterInfo.extra_bytes` reports such copies.
 """
 
 from __future__ import annotations
@@ -18,7 +27,14 @@ from pathlib import Path
 
 import torch
 
-from chameleon.memory import COLUMN_PARALLEL, ModelShape, adapter_pages, shard_ranges, split_range
+from chameleon.memory import (
+    COLUMN_PARALLEL,
+    ModelShape,
+    adapter_pages,
+    adapter_storage_dtype,
+    shard_ranges,
+    split_range,
+)
 from shard.lora.errors import AdapterError
 from shard.lora.peft_loader import AdapterSpec, load_peft, read_spec
 from shard.model.dist import DistContext
@@ -33,9 +49,10 @@ class AdapterInfo:
     rank: int
     alpha: float
     target_modules: tuple[str, ...]
-    nbytes: int             # true size of this rank's slice (chameleon.memory.adapter_bytes)
+    nbytes: int             # true size of this rank's slice (chameleon.memory.adapter_bytes, storage dtype)
     pages: tuple[int, ...]  # pool pages it occupies (empty when loaded outside the pool)
     extra_bytes: int = 0    # bytes held outside the pool (all of it when pages is empty)
+    dtype: str = "float32"  # storage dtype of A/B ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +62,9 @@ class LoraWeights:
     adapter_id: str
     rank: int
     r_sizes: tuple[int, ...]                             # split_sizes(r, world): column-parallel A rows
-    layers: tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], ...]  # per layer: module -> (A, B*scale)
+    layers: tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], ...]  # per layer: module -> (A, B)
     out_ranges: dict[str, tuple[int, int]]                # row-parallel module -> output columns of B
+    scale: float = 1.0                                    # y += B @ (scale * (A @ x))
 
 
 class AdapterStore:
@@ -54,9 +72,11 @@ class AdapterStore:
     the server calls it from its single model thread."""
 
     def __init__(self, shape: ModelShape, dtype: torch.dtype, device: torch.device, dist: DistContext,
-                 block_size: int, pool: Callable[[], PagePool | None]) -> None:
+                 block_size: int, pool: Callable[[], PagePool | None], adapter_dtype: str = "auto") -> None:
         self.shape, self.dtype, self.device, self.dist = shape, dtype, device, dist
         self.block_size = block_size
+        adapter_storage_dtype(_name(dtype), (), adapter_dtype)  # validates the policy early
+        self.adapter_dtype = adapter_dtype  # storage policy: "auto" | "model"
         self._pool = pool
         self._infos: dict[str, AdapterInfo] = {}
         self._weights: dict[str, LoraWeights] = {}
@@ -64,16 +84,24 @@ class AdapterStore:
 
     @property
     def dtype_bytes(self) -> int:
+        """Bytes per element of the pool (model/KV dtype): sets the page size."""
         return torch.empty((), dtype=self.dtype).element_size()
 
     def spec(self, path: str | Path) -> AdapterSpec:
         return read_spec(path, self.shape)
 
+    def storage_dtype(self, spec: AdapterSpec) -> torch.dtype:
+        """The dtype this adapter's A/B are kept in (chameleon.memory.adapter_storage_dtype)."""
+        return getattr(torch, adapter_storage_dtype(_name(self.dtype), spec.file_dtypes, self.adapter_dtype))
+
+    def _pages(self, spec: AdapterSpec) -> int:
+        stored = torch.empty((), dtype=self.storage_dtype(spec)).element_size()
+        return adapter_pages(self.shape, spec.rank, spec.targets, self.dtype_bytes, self.block_size,
+                             self.dist.world_size, adapter_dtype_bytes=stored)
+
     def pages_needed(self, path: str | Path) -> int:
         """Pool pages the adapter takes on every rank (chameleon.memory.adapter_pages)."""
-        spec = self.spec(path)
-        return adapter_pages(self.shape, spec.rank, spec.targets, self.dtype_bytes, self.block_size,
-                             self.dist.world_size)
+        return self._pages(self.spec(path))
 
     def has(self, adapter_id: str) -> bool:
         return adapter_id in self._infos
@@ -101,13 +129,15 @@ class AdapterStore:
         spec = self.spec(path)
         if pages is not None:
             pages = self._check_pages(spec, pages)
-        peft = load_peft(path, self.shape, self.dtype)
+        stored = self.storage_dtype(spec)
+        peft = load_peft(path, self.shape, stored)
         tensors = self._convert(peft.spec, peft.weights)
-        placed, extra = self._place(tensors, pages) if pages is not None else (tensors, None)
+        placed, extra = self._place(tensors, pages, stored) if pages is not None else (tensors, None)
         weights = self._assemble(adapter_id, spec, placed)
-        nbytes = sum(t.numel() for t in tensors) * self.dtype_bytes
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
         self._infos[adapter_id] = AdapterInfo(adapter_id, spec.rank, spec.alpha, spec.targets, nbytes,
-                                              tuple(pages or ()), nbytes if extra is None else extra)
+                                              tuple(pages or ()), nbytes if extra is None else extra,
+                                              _name(stored))
         self._weights[adapter_id] = weights
         self.version += 1
         return self._infos[adapter_id]
@@ -123,11 +153,10 @@ class AdapterStore:
         pool = self._pool()
         if pool is None:
             raise AdapterError("no page pool is allocated yet (Warmup first), cannot load into pages")
-        need = adapter_pages(self.shape, spec.rank, spec.targets, self.dtype_bytes, self.block_size,
-                             self.dist.world_size)
+        need = self._pages(spec)
         if len(pages) != need:
-            raise AdapterError(f"adapter {spec.path} (rank {spec.rank}, {len(spec.targets)} modules) needs "
-                               f"{need} pages, got {len(pages)}")
+            raise AdapterError(f"adapter {spec.path} (rank {spec.rank}, {len(spec.targets)} modules, stored "
+                               f"in {_name(self.storage_dtype(spec))}) needs {need} pages, got {len(pages)}")
         taken = self.used_pages()
         bad = [p for p in pages if not 0 < p < pool.num_pages or p in taken]
         if bad or len(set(pages)) != len(pages):
@@ -136,7 +165,7 @@ class AdapterStore:
         return sorted(pages)
 
     def _convert(self, spec: AdapterSpec, full: dict) -> list[torch.Tensor]:
-        """This rank's (A, B*scale) per layer and target, flattened in packing order."""
+        """This rank's (A, B) per layer and target, flattened in packing order."""
         world, rank = self.dist.world_size, self.dist.rank
         out: list[torch.Tensor] = []
         for layer in range(self.shape.num_layers):
@@ -149,17 +178,19 @@ class AdapterStore:
                 else:
                     s0, s1 = split_range(self.shape.module_dims(module)[1], world, rank)
                     a_loc, b_loc = a[:, i0:i1], b[s0:s1]
-                b_loc = b_loc * spec.scaling
                 out += [a_loc.contiguous().to(self.device), b_loc.contiguous().to(self.device)]
         return out
 
-    def _place(self, tensors: list[torch.Tensor], pages: list[int]) -> tuple[list[torch.Tensor], int]:
-        """Write the packed tensors into `pages`; return views into the pool (copies where a tensor
-        straddles non-adjacent pages) and the bytes of those copies."""
+    def _place(self, tensors: list[torch.Tensor], pages: list[int],
+               stored: torch.dtype) -> tuple[list[torch.Tensor], int]:
+        """Write the packed tensors (all of dtype `stored`) into `pages`, seen as `stored` elements;
+        return views into the pool (copies where a tensor straddles non-adjacent pages) and the bytes of
+        those copies."""
         pool = self._pool()
         if pool is None:
             raise AdapterError("no page pool is allocated")
-        pe, buf = pool.page_elems, pool.buffer
+        buf = pool.buffer.view(stored)  # the same bytes; a page holds page_bytes / itemsize elements
+        pe = pool.page_bytes // buf.element_size()
         placed, extra, off = [], 0, 0
         for t in tensors:
             n, flat = t.numel(), t.reshape(-1)
@@ -187,4 +218,8 @@ class AdapterStore:
                       for m in spec.targets if m not in COLUMN_PARALLEL}
         r_sizes = tuple(split_range(spec.rank, world, k)[1] - split_range(spec.rank, world, k)[0]
                         for k in range(world))
-        return LoraWeights(adapter_id, spec.rank, r_sizes, layers, out_ranges)
+        return LoraWeights(adapter_id, spec.rank, r_sizes, layers, out_ranges, spec.scaling)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

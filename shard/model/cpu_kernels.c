@@ -1,4 +1,5 @@
-/* Small-batch float32 CPU kernels for the shard (AVX2 + FMA, own thread pool), loaded with ctypes.
+/* Small-batch CPU kernels for the shard (AVX2 + FMA, own thread pool), loaded with ctypes. Activations
+ * and accumulation are float32; LoRA weights may be float32, bfloat16 or float16.
  *
  * Decode multiplies a handful of token rows by large weight matrices: the cost is reading the weights
  * once from memory. Both kernels stream each weight row once and dot it with every input row while the
@@ -7,8 +8,11 @@
  * ck_linear: y[m, n] (+)= sum_k x[m, k] * w[n, k] (+ bias[n]) for m < M, n < N: a row-major float32
  *   weight [N, K] with row stride ldw, inputs/outputs with row strides ldx/ldy, unit column stride.
  * ck_lora: BGMV over segments: for segment s (token rows rows[seg[s]..seg[s+1]]), with that adapter's
- *   table entry e = tables[s] + 5 * entry = {A_s ptr, lda, B_s ptr, ldb, r_s} (A_s [r_s, K], B_s [N, r_s]
- *   already scaled; A ptr 0: the adapter lacks this module): y[t, :] += B_s @ (A_s @ x[t, :]).
+ *   table entry e = tables[s] + LORA_ENTRY * entry = {A_s ptr, lda, B_s ptr, ldb, r_s, wtype, scale (the
+ *   bits of a double), 0} (A_s [r_s, K], B_s [N, r_s], both of element type wtype: WT_F32, WT_BF16 or
+ *   WT_F16; A ptr 0: the adapter lacks this module): y[t, :] += B_s @ (scale * (A_s @ x[t, :])).
+ *   16-bit weights are widened to float32 in registers (bf16: a 16-bit left shift, exact; fp16: F16C),
+ *   so they cost half the memory traffic and compute exactly like their float32 upcast.
  *   Segments own disjoint rows: the shrinks run in parallel by segment, then the expands by
  *   (segment, slice of output rows).
  * Summation order differs from BLAS only by float rounding. No allocation except ck_lora's scratch.
@@ -20,6 +24,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #ifndef RW
@@ -32,6 +37,54 @@
 #define PF_ROWS 8 /* software prefetch distance, in weight rows */
 #endif
 
+/* weight element types (LoRA tables; ck_linear is float32 only) */
+enum { WT_F32 = 0, WT_BF16 = 1, WT_F16 = 2 };
+#define LORA_ENTRY 8 /* int64 fields per (layer, module) table entry */
+
+static inline int wsize(int wt) { return wt == WT_F32 ? 4 : 2; }
+
+static inline float half_to_float(uint16_t h) { /* IEEE binary16 -> binary32, exact */
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);          /* inf / nan */
+    else if (exp) u = sign | ((exp + 112) << 23) | (man << 13);     /* normal */
+    else if (!man) u = sign;                                        /* zero */
+    else {                                                          /* subnormal: normalise */
+        exp = 113;
+        while (!(man & 0x400u)) { man <<= 1; exp--; }
+        u = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* 8 consecutive weights at p, widened to float32 (wt is a constant after inlining) */
+static inline __attribute__((always_inline)) __m256 wload8(const char *p, int wt) {
+    if (wt == WT_F32) return _mm256_loadu_ps((const float *)p);
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (wt == WT_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#ifdef __F16C__
+    return _mm256_cvtph_ps(h);
+#else
+    float f[8];
+    uint16_t u[8];
+    memcpy(u, p, 16);
+    for (int i = 0; i < 8; i++) f[i] = half_to_float(u[i]);
+    return _mm256_loadu_ps(f);
+#endif
+}
+
+static inline __attribute__((always_inline)) float wload1(const char *p, int wt) {
+    float f;
+    if (wt == WT_F32) { memcpy(&f, p, 4); return f; }
+    uint16_t h;
+    memcpy(&h, p, 2);
+    if (wt == WT_F16) return half_to_float(h);
+    uint32_t u = (uint32_t)h << 16;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -39,11 +92,13 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* out[i][j] = dot(w[i], x[j]) over K, for i < rw, j < mx (compile-time constants after inlining). */
-static inline __attribute__((always_inline)) void tile(const float *const *w, const float *const *x,
+/* out[i][j] = dot(w[i], x[j]) over K, for i < rw, j < mx (compile-time constants after inlining);
+ * w rows hold elements of type wt; poff: the prefetch offset into the rows, in bytes. */
+static inline __attribute__((always_inline)) void tile(const char *const *w, const float *const *x,
                                                        int64_t K, float out[RW][MX], int rw, int mx,
-                                                       const float *pf, int64_t ldw, int64_t *poff,
-                                                       int *cnt, int every) {
+                                                       const char *pf, int64_t ldw, int64_t *poff,
+                                                       int *cnt, int every, int wt) {
+    const int es = wsize(wt);
     __m256 acc[RW][MX];
     for (int i = 0; i < rw; i++)
         for (int j = 0; j < mx; j++) acc[i][j] = _mm256_setzero_ps();
@@ -53,19 +108,19 @@ static inline __attribute__((always_inline)) void tile(const float *const *w, co
         for (int j = 0; j < mx; j++) xv[j] = _mm256_loadu_ps(x[j] + k);
         if (pf && --*cnt == 0) {
             *cnt = every;
-            if (*poff < K)
-                for (int i = 0; i < RW; i++) _mm_prefetch((const char *)(pf + i * ldw + *poff), _MM_HINT_T0);
-            *poff += 16;
+            if (*poff < K * es)
+                for (int i = 0; i < RW; i++) _mm_prefetch(pf + i * ldw * es + *poff, _MM_HINT_T0);
+            *poff += 64;
         }
         for (int i = 0; i < rw; i++) {
-            __m256 wv = _mm256_loadu_ps(w[i] + k);
+            __m256 wv = wload8(w[i] + k * es, wt);
             for (int j = 0; j < mx; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
         }
     }
     for (int i = 0; i < rw; i++)
         for (int j = 0; j < mx; j++) {
             float s = hsum(acc[i][j]);
-            for (int64_t kk = k; kk < K; kk++) s += w[i][kk] * x[j][kk];
+            for (int64_t kk = k; kk < K; kk++) s += wload1(w[i] + kk * es, wt) * x[j][kk];
             out[i][j] = s;
         }
 }
@@ -74,41 +129,46 @@ static inline __attribute__((always_inline)) void tile(const float *const *w, co
     switch (mx) {                                                      \
     TILE_CASE4(ww, oo, rwv, pfv)                                       \
     TILE_CASE3(ww, oo, rwv, pfv)                                       \
-    case 2: tile(ww, x, K, oo, rwv, 2, pfv, ldw, &poff, &cnt, every); break;               \
-    default: tile(ww, x, K, oo, rwv, 1, pfv, ldw, &poff, &cnt, every); break;              \
+    case 2: tile(ww, x, K, oo, rwv, 2, pfv, ldw, &poff, &cnt, every, wt); break;           \
+    default: tile(ww, x, K, oo, rwv, 1, pfv, ldw, &poff, &cnt, every, wt); break;          \
     }
 #if MX >= 4
-#define TILE_CASE4(ww, oo, rwv, pfv) case 4: tile(ww, x, K, oo, rwv, 4, pfv, ldw, &poff, &cnt, every); break;
+#define TILE_CASE4(ww, oo, rwv, pfv) case 4: tile(ww, x, K, oo, rwv, 4, pfv, ldw, &poff, &cnt, every, wt); break;
 #else
 #define TILE_CASE4(ww, oo, rwv, pfv)
 #endif
 #if MX >= 3
-#define TILE_CASE3(ww, oo, rwv, pfv) case 3: tile(ww, x, K, oo, rwv, 3, pfv, ldw, &poff, &cnt, every); break;
+#define TILE_CASE3(ww, oo, rwv, pfv) case 3: tile(ww, x, K, oo, rwv, 3, pfv, ldw, &poff, &cnt, every, wt); break;
 #else
 #define TILE_CASE3(ww, oo, rwv, pfv)
 #endif
 
-/* Weight rows [n0, n1) against all M input rows (xr: row pointers); y rows yr; column n of y. */
-static void rows_block(const float *w, int64_t ldw, int64_t n0, int64_t n1, const float *const *xr,
-                       float *const *yr, int M, int64_t K, const float *bias, int accumulate) {
+/* Weight rows [n0, n1) (elements of type wt, row stride ldw elements) against all M input rows
+ * (xr: row pointers); y rows yr; column n of y. */
+static inline __attribute__((always_inline)) void rows_block_t(const char *w, int64_t ldw, int64_t n0,
+                                                               int64_t n1, const float *const *xr,
+                                                               float *const *yr, int M, int64_t K,
+                                                               const float *bias, int accumulate, int wt) {
+    const int es = wsize(wt);
     float out[RW][MX];
     for (int64_t n = n0; n < n1; n += RW) {
         int rw = (int)(n1 - n < RW ? n1 - n : RW);
-        const float *wr[RW];
-        for (int i = 0; i < RW; i++) wr[i] = w + (n + (i < rw ? i : 0)) * ldw;
-        int every = 2 * ((M + MX - 1) / MX), cnt = every;
+        const char *wr[RW];
+        for (int i = 0; i < RW; i++) wr[i] = w + (n + (i < rw ? i : 0)) * ldw * es;
+        /* one 64-byte line per row every `every` k-steps of 8 elements covers the rows over all passes */
+        int every = (8 / es) * ((M + MX - 1) / MX), cnt = every;
         int64_t poff = 0;
         for (int m = 0; m < M; m += MX) {
             int mx = M - m < MX ? M - m : MX;
             const float *const *x = xr + m;
 /* prefetch the rows PF_ROWS ahead (one core's hardware prefetchers keep too few DRAM reads in
              * flight), one line per row every `every` iterations, spread over all the passes */
-            const float *pf = n + PF_ROWS + RW <= n1 ? w + (n + PF_ROWS) * ldw : NULL;
+            const char *pf = n + PF_ROWS + RW <= n1 ? w + (n + PF_ROWS) * ldw * es : NULL;
             if (rw == RW) {
                 TILES(wr, out, RW, pf)
             } else { /* leftover rows: one at a time */
                 for (int i = 0; i < rw; i++) {
-                    const float *w1[RW];
+                    const char *w1[RW];
                     for (int q = 0; q < RW; q++) w1[q] = wr[i];
                     float o1[RW][MX];
                     TILES(w1, o1, 1, NULL)
@@ -125,9 +185,34 @@ static void rows_block(const float *w, int64_t ldw, int64_t n0, int64_t n1, cons
     }
 }
 
+static void rows_block(const float *w, int64_t ldw, int64_t n0, int64_t n1, const float *const *xr,
+                       float *const *yr, int M, int64_t K, const float *bias, int accumulate) {
+    rows_block_t((const char *)w, ldw, n0, n1, xr, yr, M, K, bias, accumulate, WT_F32);
+}
+
+static void rows_block_bf16(const char *w, int64_t ldw, int64_t n0, int64_t n1, const float *const *xr,
+                            float *const *yr, int M, int64_t K, int accumulate) {
+    rows_block_t(w, ldw, n0, n1, xr, yr, M, K, NULL, accumulate, WT_BF16);
+}
+
+static void rows_block_f16(const char *w, int64_t ldw, int64_t n0, int64_t n1, const float *const *xr,
+                           float *const *yr, int M, int64_t K, int accumulate) {
+    rows_block_t(w, ldw, n0, n1, xr, yr, M, K, NULL, accumulate, WT_F16);
+}
+
+/* rows_block for a LoRA weight of element type wt (no bias) */
+static void rows_block_w(const void *w, int wt, int64_t ldw, int64_t n0, int64_t n1, const float *const *xr,
+                         float *const *yr, int M, int64_t K, int accumulate) {
+    if (wt == WT_BF16) rows_block_bf16((const char *)w, ldw, n0, n1, xr, yr, M, K, accumulate);
+    else if (wt == WT_F16) rows_block_f16((const char *)w, ldw, n0, n1, xr, yr, M, K, accumulate);
+    else rows_block((const float *)w, ldw, n0, n1, xr, yr, M, K, NULL, accumulate);
+}
+
 #define MAX_M 256
 
 int ck_max_m(void) { return MAX_M; }
+
+int ck_lora_entry(void) { return LORA_ENTRY; }
 
 /* ---- thread pool --------------------------------------------------------------------------------
  * Not OpenMP: an OpenMP region ends in a barrier that waits for every thread of the team, so on a busy
@@ -281,21 +366,31 @@ static void lora_rows(const lora_ctx *L, int s, const float **xr, float **yr, fl
     }
 }
 
-static void shrink_chunk(const void *p, int64_t s) { /* xa = x A^T, one segment */
+static double entry_scale(const int64_t *e) {
+    double scale;
+    memcpy(&scale, &e[6], sizeof scale);
+    return scale;
+}
+
+static void shrink_chunk(const void *p, int64_t s) { /* xa = scale * x A^T, one segment */
     const lora_ctx *L = (const lora_ctx *)p;
-    const int64_t *e = L->tables[s] + 5 * L->entry;
+    const int64_t *e = L->tables[s] + LORA_ENTRY * L->entry;
     int M = L->seg[s + 1] - L->seg[s];
     if (!e[0] || M == 0) return;
     const float *xr[MAX_M];
     float *yr[MAX_M], *xa[MAX_M];
     lora_rows(L, (int)s, xr, yr, xa);
-    rows_block((const float *)e[0], e[1], 0, e[4], xr, xa, M, L->K, NULL, 0);
+    rows_block_w((const void *)e[0], (int)e[5], e[1], 0, e[4], xr, xa, M, L->K, 0);
+    float scale = (float)entry_scale(e);
+    if (scale != 1.0f)
+        for (int m = 0; m < M; m++)
+            for (int64_t j = 0; j < e[4]; j++) xa[m][j] *= scale;
 }
 
 static void expand_chunk(const void *p, int64_t c) { /* y += xa B^T, one segment's slice of rows */
     const lora_ctx *L = (const lora_ctx *)p;
     int s = (int)(c / L->nchunk_n);
-    const int64_t *e = L->tables[s] + 5 * L->entry;
+    const int64_t *e = L->tables[s] + LORA_ENTRY * L->entry;
     int M = L->seg[s + 1] - L->seg[s];
     if (!e[0] || M == 0) return;
     const float *xr[MAX_M];
@@ -303,7 +398,7 @@ static void expand_chunk(const void *p, int64_t c) { /* y += xa B^T, one segment
     lora_rows(L, s, xr, yr, xa);
     int64_t per = (L->N + L->nchunk_n - 1) / L->nchunk_n, a = (c % L->nchunk_n) * per;
     int64_t b = a + per < L->N ? a + per : L->N;
-    if (a < b) rows_block((const float *)e[2], e[3], a, b, (const float *const *)xa, yr, M, e[4], NULL, 1);
+    if (a < b) rows_block_w((const void *)e[2], (int)e[5], e[3], a, b, (const float *const *)xa, yr, M, e[4], 1);
 }
 
 int ck_lora(const float *x, int64_t ldx, float *y, int64_t ldy, int nseg, const int32_t *seg,
@@ -311,8 +406,9 @@ int ck_lora(const float *x, int64_t ldx, float *y, int64_t ldy, int nseg, const 
             int nthreads) {
     int T = seg[nseg], rmax = 0;
     for (int s = 0; s < nseg; s++) {
-        const int64_t *e = tables[s] + 5 * entry;
+        const int64_t *e = tables[s] + LORA_ENTRY * entry;
         if (seg[s + 1] - seg[s] > MAX_M) return -1;
+        if (e[0] && (e[5] < WT_F32 || e[5] > WT_F16)) return -3;
         if (e[0] && e[4] > rmax) rmax = (int)e[4];
     }
     if (T == 0 || rmax == 0) return 0;

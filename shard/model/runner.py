@@ -76,10 +76,12 @@ class ModelRunner:
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
     vocab_size, pool (PagePool or None), num_pages (0 until allocate_pool).
     `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
+    `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.memory.adapter_storage_dtype).
     """
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype, device: str | torch.device,
-                 dist: DistContext, num_pages: int | None = None, block_size: int = 16) -> None:
+                 dist: DistContext, num_pages: int | None = None, block_size: int = 16,
+                 adapter_dtype: str = "auto") -> None:
         self.config = ModelConfig.from_model_dir(model_dir)
         self.shape: ModelShape = self.config.shape
         self.dtype, self.device, self.dist, self.block_size = dtype, torch.device(device), dist, block_size
@@ -91,7 +93,8 @@ class ModelRunner:
         self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)
         self.vocab_size = self.shape.vocab_size
         self.pool: PagePool | None = None
-        self.adapters = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool)
+        self.adapters = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool,
+                                     adapter_dtype)
         self.lora_path: str | None = None
         self._concat = ConcatCache()
         if num_pages is not None:

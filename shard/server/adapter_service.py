@@ -13,7 +13,8 @@ from shard.server.servicer import ShardCore
 def adapter_info_pb(info: object, resident: bool = True) -> chameleon_pb2.AdapterInfo:
     return chameleon_pb2.AdapterInfo(
         adapter_id=info.adapter_id, rank=info.rank, bytes=info.nbytes, pages=len(info.pages),
-        resident=resident, target_modules=list(info.target_modules), alpha=info.alpha)
+        resident=resident, target_modules=list(info.target_modules), alpha=info.alpha,
+        dtype=getattr(info, "dtype", ""))
 
 
 class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):

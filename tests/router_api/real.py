@@ -64,7 +64,8 @@ def start_system(tiny_assets: Path, aloop: asyncio.AbstractEventLoop) -> Iterato
         cfg = EngineConfig(master_shard_uds_path=ref.uds, model_dir=model, max_batch_prefill_tokens=PREFILL)
         facts = aloop.run_until_complete(start_shards(client, cfg))
         registry = AdapterRegistry(
-            ModelShape.from_model_dir(model), facts.dtype_bytes, facts.info.block_size, 1, adir
+            ModelShape.from_model_dir(model), facts.dtype_bytes, facts.info.block_size, 1, adir,
+            model_dtype=facts.info.dtype, adapter_policy=facts.adapter_dtype,
         )
         router.wait_healthy()
         yield RealSystem(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -27,18 +28,19 @@ class AdapterDef:
     alpha: float
     targets: tuple[str, ...]
     rslora: bool = False
+    dtype: torch.dtype = torch.float32  # of the saved safetensors (16-bit ones are stored in 16 bits)
 
 
-# every rank 8..128, mixed targets and scalings
+# every rank 8..128, mixed targets and scalings (one not a power of two), float32/bfloat16/float16 files
 ADAPTERS = (
     AdapterDef("a8", 8, 16, tuple(ALL)),
-    AdapterDef("a16", 16, 8, tuple(ATTN)),
+    AdapterDef("a16", 16, 8, tuple(ATTN), dtype=torch.bfloat16),
     AdapterDef("a32", 32, 64, tuple(MLP)),
-    AdapterDef("a64", 64, 32, ("q_proj", "v_proj", "down_proj"), rslora=True),
+    AdapterDef("a64", 64, 32, ("q_proj", "v_proj", "down_proj"), rslora=True, dtype=torch.bfloat16),
     AdapterDef("a128", 128, 128, tuple(ALL)),
-    AdapterDef("b8", 8, 8, ("o_proj", "up_proj")),
+    AdapterDef("b8", 8, 12, ("o_proj", "up_proj"), dtype=torch.bfloat16),
     AdapterDef("b16", 16, 32, tuple(ALL), rslora=True),
-    AdapterDef("b128", 128, 64, ("k_proj", "gate_proj", "o_proj")),
+    AdapterDef("b128", 128, 64, ("k_proj", "gate_proj", "o_proj"), dtype=torch.float16),
 )
 
 
@@ -66,6 +68,10 @@ def build(root: Path, kind: str = "llama", seed: int = 0) -> Path:
                          init_lora_weights=False, use_rslora=spec.rslora, lora_dropout=0.0)
         peft_model = get_peft_model(copy.deepcopy(model), cfg)
         peft_model.save_pretrained(root / "adapters" / spec.name)
+        if spec.dtype != torch.float32:
+            path = root / "adapters" / spec.name / "adapter_model.safetensors"
+            save_file({k: v.to(spec.dtype).contiguous() for k, v in load_file(path).items()}, path,
+                      metadata={"format": "pt"})
     return root
 
 

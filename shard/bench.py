@@ -60,6 +60,9 @@ def build_parser() -> EnvArgumentParser:
                    "with the bandwidth floor")
     p.add_argument("--memory-budget", type=int, default=6 * 1024**3, help="shard memory budget (bytes, CPU)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype")
+    p.add_argument("--adapter-dtype", choices=("auto", "model"), default="auto", help="adapter storage in "
+                   "the pool, as `chameleon shard --adapter-dtype`: 'auto' keeps 16-bit adapter files in 16 "
+                   "bits under a float32 model (lossless), 'model' converts them to the model dtype")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--skip-peft", action="store_true", help="do not run the transformers + PEFT baseline")
     p.add_argument("--skip-torch-path", action="store_true",
@@ -183,7 +186,7 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     core = build_core(SimpleNamespace(
         model_dir=args.model_dir, uds_path="bench", lora_adapters="", adapter_dir=args.adapter_dir,
         memory_budget=args.memory_budget, adapter_pages=None, memory_fraction=0.9, dtype=args.dtype,
-        device=args.device, block_size=16, threads=args.threads))
+        device=args.device, block_size=16, threads=args.threads, adapter_dtype=args.adapter_dtype))
     runner = core.runner
     adapter_pages = sum(runner.adapters.pages_needed(args.adapter_dir / n) for n in names)
     kv_pages = len(names) * -(-(args.prompt_tokens + args.new_tokens) // runner.block_size) + 2
@@ -259,12 +262,13 @@ def run_all(args: SimpleNamespace) -> dict:
     weight_bytes = core.runner.weight_bytes
     # every adapter of the batch is read once per decode step (this rank's slice)
     adapter_bytes = sum(core.runner.adapters.info(n).nbytes for n in set(names))
+    adapter_dtypes = sorted({core.runner.adapters.info(n).dtype for n in set(names)})
     del service, core
     gc.collect()
     peft = None if args.skip_peft else run_peft(args, names)
     ranks = sorted({_rank(args.adapter_dir / n) for n in names})
     out = {"model": str(args.model_dir), "requests": args.requests, "prompt_tokens": args.prompt_tokens,
-           "new_tokens": args.new_tokens, "adapter_ranks": ranks,
+           "new_tokens": args.new_tokens, "adapter_ranks": ranks, "adapter_dtypes": adapter_dtypes,
            "weight_bytes": weight_bytes, "floor_step_ms": floor_ms, "floor_batch": asdict(at_floor),
            "floor_ratio": at_floor.decode_step_ms / floor_ms, "base": asdict(base), "multi": asdict(multi),
            "multi_vs_base_decode": multi.decode_tokens_per_s / base.decode_tokens_per_s,
@@ -309,7 +313,9 @@ def format_report(r: dict) -> str:
                  f"weights); our batch-{at['requests']} step {at['decode_step_ms']:.1f} ms = "
                  f"{r['floor_ratio']:.2f}x floor (target <= 1.5x)")
     if "adapter_bytes_per_step" in r:
-        lines.append(f"adapters read per multi-adapter step: {r['adapter_bytes_per_step'] / 1e6:.0f} MB; "
+        stored = f" ({', '.join(r['adapter_dtypes'])})" if r.get("adapter_dtypes") else ""
+        lines.append(f"adapters read per multi-adapter step: {r['adapter_bytes_per_step'] / 1e6:.0f} MB"
+                     f"{stored}; "
                      f"bandwidth-bound ceiling of multi/base = weights / (weights + adapters) = "
                      f"{r['multi_vs_base_ceiling']:.2f}x; ours {r['multi_vs_base_decode']:.2f}x = "
                      f"{r['multi_vs_base_of_ceiling']:.2f} of the ceiling")

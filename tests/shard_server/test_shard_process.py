@@ -11,7 +11,8 @@ from chameleon_pb import chameleon_pb2, generate_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from transformers import AutoTokenizer
 
-from chameleon.memory import ModelShape, adapter_pages
+from chameleon.memory import DTYPE_BYTES, ModelShape, adapter_pages, adapter_storage_dtype
+from router.engine.adapters import safetensors_dtypes
 from shard.cli import eos_token_ids
 from tests.shard_server.procs import Router, request, start_shards
 from tests.shard_server.reference import PeftReference
@@ -168,7 +169,11 @@ def test_liveness_info_discovery_headroom_reflection(router, shard):
 def test_router_assigned_adapter_pages(router, shard, tiny, adapters):
     warm, name = shard[0].warm, adapters[-1]
     cfg = json.loads((tiny / "adapters" / name / "adapter_config.json").read_text())
-    need = adapter_pages(ModelShape.from_model_dir(tiny / "model"), cfg["r"], cfg["target_modules"], 4, 16)
+    dtypes = safetensors_dtypes(tiny / "adapters" / name / "adapter_model.safetensors").values()
+    stored = DTYPE_BYTES[adapter_storage_dtype("float32", dtypes)]  # the demo's bf16 files: 16-bit storage
+    assert stored == 2
+    need = adapter_pages(ModelShape.from_model_dir(tiny / "model"), cfg["r"], cfg["target_modules"], 4, 16,
+                         adapter_dtype_bytes=stored)
     shard[0].adapters.OffloadAdapter(chameleon_pb2.OffloadAdapterRequest(adapter_id=name))
     with pytest.raises(grpc.RpcError) as err:  # too few pages
         shard[0].adapters.LoadAdapter(chameleon_pb2.LoadAdapterRequest(adapter_id=name, pages=[5]))
@@ -176,6 +181,7 @@ def test_router_assigned_adapter_pages(router, shard, tiny, adapters):
     pages = list(range(router.kv_pages - need, router.kv_pages))
     loaded = shard[0].adapters.LoadAdapter(chameleon_pb2.LoadAdapterRequest(adapter_id=name, pages=pages))
     assert loaded.adapter.pages == need and loaded.headroom.adapter_pages_used >= need
+    assert loaded.adapter.dtype == "bfloat16"
     assert loaded.headroom.pool_pages_total == warm.pool.num_pages
 
 

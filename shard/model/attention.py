@@ -1,9 +1,11 @@
-"""Paged attention in pure torch: prefill and decode sequences in one batch, GQA, any block tables.
+"""Paged attention: prefill and decode sequences in one batch, GQA, any block tables.
 
 Caches are per layer [pages, block_size, kv_heads, head_dim] views of the pool. Per layer: the new K/V
-of every token are written into its slot (page, offset), then
-- decode rows (query_len == 1) attend together: one gather of their padded block tables
-  [S_dec, max_blocks] (whole contiguous blocks) and one scaled_dot_product_attention with a length mask;
+of every token are written into its slot (page, offset) (here, or before by cpu_step.rope_store), then
+- decode rows (query_len == 1) attend together: on CPU float32 through the C kernel
+  (shard.model.cpu_step), which reads K/V straight from the pages of each block table; else one gather
+  of their padded block tables [S_dec, max_blocks] (whole contiguous blocks) and one
+  scaled_dot_product_attention with a length mask;
 - prefill rows attend one sequence at a time: causal over their own new K/V when the sequence has
   no earlier context, else over its gathered blocks with an offset causal mask.
 `AttentionMeta` holds every index tensor, built once per forward and shared by all layers.
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from shard.model import cpu_step
+
 
 @dataclass(frozen=True, slots=True)
 class PrefillSeq:
@@ -30,11 +34,13 @@ class PrefillSeq:
 
 @dataclass(frozen=True, slots=True)
 class AttentionMeta:
+    slots: torch.Tensor               # [T] KV slot of each new token (page * block_size + offset)
     slot_pages: torch.Tensor          # [T] page of each new token's slot
     slot_offsets: torch.Tensor        # [T] offset in the page
     decode_rows: torch.Tensor         # [S_dec] token rows of the decode sequences
     decode_blocks: torch.Tensor       # [S_dec, max_blocks] block tables (padded with own first block)
     decode_mask: torch.Tensor         # [S_dec, 1, 1, max_blocks * block_size] additive (0 / -inf)
+    decode_lens: torch.Tensor         # [S_dec] int64 context length of each decode sequence
     prefills: tuple[PrefillSeq, ...]
 
     @classmethod
@@ -64,10 +70,12 @@ class AttentionMeta:
         lens = torch.tensor(dec_lens, dtype=torch.int64)
         mask = torch.arange(width * block_size)[None, :] < lens[:, None]
         tables = torch.tensor(padded, dtype=torch.int64, device=device).view(len(padded), width)
-        return cls(slot_pages=(slots // block_size).to(device), slot_offsets=(slots % block_size).to(device),
+        slots = slots.to(device)
+        return cls(slots=slots, slot_pages=slots // block_size, slot_offsets=slots % block_size,
                    decode_rows=torch.tensor(dec_rows, dtype=torch.int64, device=device),
                    decode_blocks=tables,
-                   decode_mask=_additive(mask.to(device), dtype)[:, None, None, :], prefills=tuple(prefills))
+                   decode_mask=_additive(mask.to(device), dtype)[:, None, None, :],
+                   decode_lens=lens.to(device), prefills=tuple(prefills))
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -84,17 +92,24 @@ def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, meta: AttentionMeta) -> torch.Tensor:
-    """q [T, Hq, D], k/v [T, Hk, D] (new tokens) -> [T, Hq * D]. Writes k/v into their slots first."""
-    k_cache[meta.slot_pages, meta.slot_offsets] = k
-    v_cache[meta.slot_pages, meta.slot_offsets] = v
+                    v_cache: torch.Tensor, meta: AttentionMeta, stored: bool = False) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hk, D] (new tokens) -> [T, Hq * D]. Writes k/v into their slots first (unless
+    `stored`: already written)."""
+    if not stored:
+        k_cache[meta.slot_pages, meta.slot_offsets] = k
+        v_cache[meta.slot_pages, meta.slot_offsets] = v
     if not meta.prefills:  # decode only: every row is a decode row, in order
+        o = cpu_step.decode_attention(q, k_cache, v_cache, meta.decode_blocks, meta.decode_lens, None, None)
+        if o is not None:
+            return o
         o = F.scaled_dot_product_attention(q[:, :, None, :], _gather(k_cache, meta.decode_blocks),
                                            _gather(v_cache, meta.decode_blocks), attn_mask=meta.decode_mask,
                                            enable_gqa=True)  # [S, Hq, 1, D]
         return o.reshape(q.shape[0], -1)
-    out = torch.empty_like(q)
-    if meta.decode_rows.numel():
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if meta.decode_rows.numel() and cpu_step.decode_attention(q, k_cache, v_cache, meta.decode_blocks,
+                                                              meta.decode_lens, meta.decode_rows,
+                                                              out.view(q.shape[0], -1)) is None:
         o = F.scaled_dot_product_attention(q[meta.decode_rows][:, :, None, :],
                                            _gather(k_cache, meta.decode_blocks),
                                            _gather(v_cache, meta.decode_blocks), attn_mask=meta.decode_mask,

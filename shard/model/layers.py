@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon.memory import split_range
+from shard.model import cpu_step
 from shard.model.cpu_kernels import small_linear
 from shard.model.dist import DistContext
 
@@ -131,7 +132,7 @@ class ParallelLMHead(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """Computed in float32, as transformers' LlamaRMSNorm."""
+    """Computed in float32, as transformers' LlamaRMSNorm (on CPU float32 by the C kernel)."""
 
     def __init__(self, hidden: int, eps: float, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
@@ -139,6 +140,18 @@ class RMSNorm(nn.Module):
         self.weight = _param((hidden,), dtype, device, lambda p, t, _s: p.data.copy_(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = cpu_step.rms_norm(x, self.weight, self.eps)
+        return y if y is not None else self._torch(x)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual); the sum may be written into `residual` in place."""
+        y = cpu_step.rms_norm(x, self.weight, self.eps, residual)
+        if y is not None:
+            return y, residual
+        residual = x + residual
+        return self._torch(residual), residual
+
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)

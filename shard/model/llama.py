@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon.memory import shard_ranges
+from shard.model import cpu_step
 from shard.model.attention import AttentionMeta, paged_attention
 from shard.model.config import ModelConfig
 from shard.model.dist import DistContext
@@ -53,9 +54,11 @@ class Attention(nn.Module):
         if lora is not None:
             for module, y in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
                 lora.column(self.layer, module, x, y)
-        q = apply_rotary(q.unflatten(-1, (-1, self.head_dim)), cos, sin)  # [T, Hq, D]
-        k = apply_rotary(k.unflatten(-1, (-1, self.head_dim)), cos, sin)  # [T, Hk, D]
-        o = paged_attention(q, k, v.unflatten(-1, (-1, self.head_dim)), kv[0], kv[1], meta)  # [T, Hq D]
+        q, k, v = (t.unflatten(-1, (-1, self.head_dim)) for t in (q, k, v))  # [T, Hq|Hk, D]
+        stored = cpu_step.rope_store(q, k, v, cos, sin, meta.slots, kv[0], kv[1])  # rotates q, k in place
+        if not stored:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        o = paged_attention(q, k, v, kv[0], kv[1], meta, stored)  # [T, Hq D]
         return self.o_proj(o, lora.row(self.layer, "o_proj") if lora is not None else None)
 
 
@@ -77,7 +80,9 @@ class MLP(nn.Module):
         if lora is not None:
             lora.column(self.layer, "gate_proj", x, gate)
             lora.column(self.layer, "up_proj", x, up)
-        act = F.silu(gate) * up  # [T, I_loc]
+        act = cpu_step.silu_mul(gate, up)  # [T, I_loc]
+        if act is None:
+            act = F.silu(gate) * up
         return self.down_proj(act, lora.row(self.layer, "down_proj") if lora is not None else None)
 
 
@@ -91,10 +96,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(h, eps, dtype, device)
         self.mlp = MLP(cfg, layer, dist, dtype, device)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv: KV, meta: AttentionMeta, lora: LoraBatch | None) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, kv, meta, lora)
-        return h + self.mlp(self.post_attention_layernorm(h), lora)
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                kv: KV, meta: AttentionMeta, lora: LoraBatch | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, residual) -> (this layer's MLP output, the residual stream before it); the stream is h +
+        residual (residual None: h alone). The norms add into the stream in place where they can."""
+        if residual is None:
+            residual, x = h, self.input_layernorm(h)
+        else:
+            x, residual = self.input_layernorm.add_forward(h, residual)
+        x, residual = self.post_attention_layernorm.add_forward(
+            self.self_attn(x, cos, sin, kv, meta, lora), residual)
+        return self.mlp(x, lora), residual
 
 
 class LlamaModel(nn.Module):
@@ -123,7 +135,10 @@ class LlamaForCausalLM(nn.Module):
                 rows: torch.Tensor | None) -> torch.Tensor:
         h = self.model.embed_tokens(input_ids)  # [T, H]
         cos, sin = self.rotary.cos_sin(positions, h.dtype)  # [T, 1, D]
+        residual = None
         for layer, cache in zip(self.model.layers, kv, strict=True):
-            h = layer(h, cos, sin, cache, meta, lora)
-        h = self.model.norm(h if rows is None else h[rows])  # only the rows whose logits are wanted
+            h, residual = layer(h, residual, cos, sin, cache, meta, lora)
+        if rows is not None:  # only the rows whose logits are wanted
+            h, residual = h[rows], residual[rows] if residual is not None else None
+        h = self.model.norm(h) if residual is None else self.model.norm.add_forward(h, residual)[0]
         return self.lm_head(h).float()  # [rows, vocab]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shard.model import cpu_step
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -161,8 +163,12 @@ def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], histories: l
             s = samplers[i]
             row = s.penalize(logits[i], histories[i])
             logits[i] = s.warp(row) if s.params.do_sample else row
-    lse = torch.logsumexp(logits, dim=-1)  # [S]; logprob = logit - lse, without a [S, V] log_softmax
-    next_ids = torch.argmax(logits, dim=-1).tolist()
+    fused = cpu_step.lse_argmax(logits)  # one pass per row on CPU float32
+    if fused is not None:
+        lse, next_ids = fused
+    else:
+        lse = torch.logsumexp(logits, dim=-1)  # [S]; logprob = logit - lse, without a [S, V] log_softmax
+        next_ids = torch.argmax(logits, dim=-1).tolist()
     for i in rows:
         next_ids[i] = samplers[i].choose(logits[i])
     picked = logits.gather(1, torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)).squeeze(1)

@@ -73,7 +73,8 @@ def generate_step(env: StepEnv, batch: Batch) -> StepResult:
     reqs = [batch.requests[i] for i in ready]
     histories = [torch.tensor(r.ids, dtype=torch.long) if not r.sampler.params.plain_greedy else
                  torch.empty(0, dtype=torch.long) for r in reqs]
-    choice = choose_tokens(out.last_logits[ready], [r.sampler for r in reqs], histories,
+    logits = out.last_logits if len(ready) == len(batch.requests) else out.last_logits[ready]  # no copy
+    choice = choose_tokens(logits, [r.sampler for r in reqs], histories,
                            [r.top_n for r in reqs])
     generations: list[generate_pb2.Generation] = []
     finished: set[int] = set()

@@ -40,9 +40,10 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight and KV dtype")
     p.add_argument("--adapter-dtype", choices=ADAPTER_DTYPE_POLICIES, default="auto", help="dtype LoRA "
                    "adapters are stored in, in the page pool: 'auto' keeps an adapter saved in bfloat16 or "
-                   "float16 in that 16-bit dtype when the model runs in float32 (lossless: the kernels widen "
-                   "it to float32 exactly; half the memory and half the bytes a decode step reads), else "
-                   "the model dtype; 'model' converts every adapter to the model dtype")
+                   "float16 in that 16-bit dtype when the model runs in float32 on CPU with one rank "
+                   "(lossless: the C kernel widens it to float32 exactly; half the pages and half the bytes "
+                   "a decode step reads), else the model dtype; 'model' converts every adapter to the model "
+                   "dtype")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if CUDA is "
                    "available, else cpu)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (pool page)")

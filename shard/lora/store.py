@@ -9,9 +9,12 @@ with rsLoRA) travels in `LoraWeights.scale` and the kernels apply it to the rank
 Storage dtype (`chameleon.memory.adapter_storage_dtype`, the rule the router applies too): policy
 "auto" keeps a float32 model's 16-bit (bfloat16/float16) adapters in 16 bits, which is lossless
 (their float32 upcast is exact) and halves the bytes a decode step reads; "model" converts every
-adapter to the model dtype. The pool's pages are raw bytes of the KV pool: a 16-bit adapter is packed
-into a 16-bit view of them (a page holds twice as many of its elements). The kernels compute in the
-activation dtype (the C kernel widens 16-bit weights in registers, the torch paths upcast per use).
+adapter to the model dtype. "auto" applies on CPU float32 with one rank (`effective_policy`), where the
+C kernel reads 16-bit weights natively; elsewhere the shard runs (and reports in Info) "model". The
+pool's pages are raw bytes of the KV pool: a 16-bit adapter is packed into a 16-bit view of them (a
+page holds twice as many of its elements). The kernels compute in the activation dtype (the C kernel
+widens 16-bit weights in registers; the torch paths, which serve prefill-length segments and
+CHAMELEON_CPU_KERNELS=0, upcast per use).
 
 The tensors are packed layer by layer, module by module (A then B) into the assigned pages, in
 ascending page order, and used in place as views of the pool. A tensor that would straddle two
@@ -76,7 +79,7 @@ class AdapterStore:
         self.shape, self.dtype, self.device, self.dist = shape, dtype, device, dist
         self.block_size = block_size
         adapter_storage_dtype(_name(dtype), (), adapter_dtype)  # validates the policy early
-        self.adapter_dtype = adapter_dtype  # storage policy: "auto" | "model"
+        self.adapter_dtype = effective_policy(adapter_dtype, self.device, dtype, dist.world_size)
         self._pool = pool
         self._infos: dict[str, AdapterInfo] = {}
         self._weights: dict[str, LoraWeights] = {}
@@ -219,6 +222,18 @@ class AdapterStore:
         r_sizes = tuple(split_range(spec.rank, world, k)[1] - split_range(spec.rank, world, k)[0]
                         for k in range(world))
         return LoraWeights(adapter_id, spec.rank, r_sizes, layers, out_ranges, spec.scaling)
+
+
+def effective_policy(policy: str, device: torch.device, dtype: torch.dtype, world: int) -> str:
+    """The storage policy this shard applies (and reports in Info, so the router sizes adapters alike).
+
+    "auto" stays "auto" where 16-bit storage is read natively: CPU, float32, one rank (the C BGMV kernel
+    widens it in registers). Elsewhere (tensor parallelism and CUDA run the torch LoRA paths, which
+    would upcast every adapter tensor on every use) it becomes "model". A 16-bit model stores adapters
+    in its own dtype under either policy."""
+    if policy == "auto" and not (device.type == "cpu" and dtype == torch.float32 and world == 1):
+        return "model"
+    return policy
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -43,7 +43,7 @@ class ShardOptions:
     adapter_pages: int | None = None  # None: see ShardCore.self_region_pages
     memory_fraction: float = 0.9
     dtype_name: str = "float32"
-    adapter_dtype: str = "auto"  # adapter storage policy, reported in Info (chameleon.memory)
+    adapter_dtype: str = "auto"  # --adapter-dtype; Info reports the store's effective policy
 
 
 class ShardCore:
@@ -158,7 +158,7 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
                 rank=self.core.rank, world_size=self.core.world, model_type=cfg.model_type,
                 hidden_size=cfg.shape.hidden_size, num_layers=cfg.shape.num_layers,
                 max_position_embeddings=cfg.max_position_embeddings, weight_bytes=r.weight_bytes,
-                target_modules=list(LORA_TARGETS), adapter_dtype=self.core.options.adapter_dtype))
+                target_modules=list(LORA_TARGETS), adapter_dtype=r.adapters.adapter_dtype))
 
     def Health(self, request, context):
         if self.core.runner.device.type == "cuda":

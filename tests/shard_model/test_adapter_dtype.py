@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from chameleon.memory import adapter_bytes, adapter_pages, adapter_storage_dtype, page_bytes
 from router.engine.adapters import AdapterRegistry
 from shard.lora.cpu_bgmv import CpuBgmv, TableCache
-from shard.lora.store import LoraWeights
+from shard.lora.store import LoraWeights, effective_policy
 from shard.model import cpu_kernels
 from shard.model.dist import DistContext
 from shard.model.runner import ModelRunner
@@ -41,6 +41,15 @@ def test_storage_rule() -> None:
     assert adapter_storage_dtype("float16", ["BF16"]) == "float16"
     with pytest.raises(ValueError, match="policy"):
         adapter_storage_dtype("float32", ["BF16"], "float64")
+
+
+def test_auto_applies_where_the_kernel_reads_16_bits() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert effective_policy("auto", cpu, torch.float32, 1) == "auto"
+    assert effective_policy("auto", cpu, torch.float32, 2) == "model"  # TP: torch paths
+    assert effective_policy("auto", cuda, torch.float32, 1) == "model"
+    assert effective_policy("auto", cpu, torch.bfloat16, 1) == "model"
+    assert effective_policy("model", cpu, torch.float32, 1) == "model"
 
 
 def test_16bit_adapters_are_stored_in_16_bits(tiny_root: Path) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chameleon.cliargs import EnvArgumentParser
+from chameleon.memory import ADAPTER_DTYPE_POLICIES
 
 SCHEDULERS = ("chameleon", "fifo", "sjf")
 ADAPTER_CACHES = ("chameleon", "lru", "fairshare", "none")
@@ -39,6 +40,9 @@ FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--lora-adapters", "shard", help="adapters to preload on every rank: name=path,..."),
     Forwarded("--memory-budget", "shard", int, help="bytes of device memory a rank may use"),
     Forwarded("--dtype", "shard", choices=("float32", "bfloat16", "float16"), help="weight and KV dtype"),
+    Forwarded("--adapter-dtype", "shard", choices=ADAPTER_DTYPE_POLICIES,
+              help="LoRA adapters in the pool: 'auto' keeps bf16/fp16 files in 16 bits on a float32 CPU "
+              "shard with one rank (lossless), 'model' converts them to the model dtype"),
     Forwarded("--hostname", "router", help="address the router's HTTP and gRPC servers bind"),
     Forwarded("--max-concurrent-requests", "router", int, help="requests in flight before 'overloaded'"),
     Forwarded("--max-input-tokens", "router", int, help="longest prompt accepted"),

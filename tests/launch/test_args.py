@@ -92,7 +92,7 @@ def test_bad_environment_value_names_the_variable(monkeypatch, capsys):
 def test_plan_wires_ranks_sockets_and_router(model):
     args = parse_args(["--model-id", str(model), "--num-shard", "2", "--shard-uds-path", "/tmp/x",
                        "--port", "3100", "--grpc-port", "8100", "--scheduler", "sjf",
-                       "--memory-budget", "1000", "--master-port", "29999"])
+                       "--memory-budget", "1000", "--adapter-dtype", "model", "--master-port", "29999"])
     plan = build_plan(args, model, model.parent / "ad")
     shards = plan.shard_group()
     assert [s.unix_socket for s in shards] == ["/tmp/x-0", "/tmp/x-1"]
@@ -100,7 +100,8 @@ def test_plan_wires_ranks_sockets_and_router(model):
     assert {(s.env["WORLD_SIZE"], s.env["MASTER_PORT"], s.env["MASTER_ADDR"]) for s in shards} == {
         ("2", "29999", "127.0.0.1")}
     assert shards[1].argv == (sys.executable, "-m", "chameleon", "shard", str(model), "--uds-path", "/tmp/x",
-                              "--adapter-dir", str(model.parent / "ad"), "--memory-budget", "1000")
+                              "--adapter-dir", str(model.parent / "ad"), "--memory-budget", "1000",
+                              "--adapter-dtype", "model")
     router = plan.router
     assert router.argv == (sys.executable, "-m", "chameleon", "router", "--master-shard-uds-path", "/tmp/x-0",
                            "--tokenizer", str(model), "--port", "3100", "--grpc-port", "8100",

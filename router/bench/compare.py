@@ -12,7 +12,7 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,6 +37,7 @@ DEFAULT_CONFIGS = "fifo/none,sjf/none,chameleon/chameleon,chameleon/none,fifo/ch
 PROBE_FRACTIONS = (0.3, 0.65, 1.0, 1.35, 1.8)
 RAMP_START_RPS, RAMP_GROWTH = 0.3, 1.35     # the probe's ramp: 0.3 rps for 12 s, then x1.35 every 8 s
 RAMP_FIRST_STEP_S, RAMP_STEP_S = 12.0, 8.0
+EXTEND_GROWTH = 1.3  # rates past the sweep for a configuration that never missed the SLO (--extend)
 DEFAULT_LAUNCH = "--memory-budget 4294967296 --max-batch-prefill-tokens 1024 --max-concurrent-requests 4096"
 
 
@@ -58,6 +59,11 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--full-sweep", action="store_true",
                    help="run every rate for every configuration (default: a configuration stops at its "
                    "first SLO miss at or above the high load; higher rates would miss too)")
+    p.add_argument("--extend", type=int, default=2,
+                   help="with the automatic sweep (no --rates), a configuration that still meets the SLO "
+                   f"at the sweep's top rate runs up to this many more rates (x{EXTEND_GROWTH} each, "
+                   "stopping at its first miss), so that its throughput at the SLO is bracketed instead "
+                   "of a lower bound (0 = never)")
     p.add_argument("--drain-timeout", type=float, default=45.0,
                    help="after the last arrival of a rate, wait this long, then cancel what is left")
     p.add_argument("--launch-args", default=DEFAULT_LAUNCH, help="further `chameleon launch` flags")
@@ -181,7 +187,8 @@ async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[
         await run_bench(sysm.target, records, args.adapters, warm, metrics_url=None, slo_s=None,
                         drain_timeout_s=args.drain_timeout)
         rows = []
-        for i, rate in enumerate(rates):
+        extend = 0 if args.rates else args.extend  # rates given: exactly those
+        for i, rate in enumerate(_with_extension(rates, rows, ctx, extend)):
             run = await run_bench(sysm.target, records, args.adapters, options(args, rate, args.duration),
                                   metrics_url=sysm.metrics_url, slo_s=None,
                                   drain_timeout_s=args.drain_timeout)
@@ -196,18 +203,37 @@ async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[
                   f"the {ctx.slo_s:.2f} s SLO), errors {s['errors']}, load average "
                   f"{_load(s.get('loadavg_1m_before'))} -> {_load(s.get('loadavg_1m_after'))}", flush=True)
             high = ctx.high_load if ctx.high_load is not None else (rate if first else max(rates))
+            if i >= len(rates) and miss:
+                break  # an extension rate missed: the crossing is bracketed
             if sweep_stops(rate, s["ttft_p99_s"], ctx.slo_s, high) and not args.full_sweep \
                     and i + 1 < len(rates):
                 ctx.skipped[config] = rates[i + 1:]
                 print(f"[{config}] missed the SLO at {rate:.2f} rps (>= the high load): higher rates "
                       f"{rates[i + 1:]} skipped (--full-sweep runs them)", flush=True)
                 break
-        if first:
+        if first:  # rates the baseline's extension added are run by every configuration
+            ctx.rates = sorted({*rates, *(r["rate"] for r in rows)})
             ctx.high_load = next((r["rate"] for r in rows if misses_slo(r["ttft_p99_s"], ctx.slo_s)),
-                                 max(rates))
+                                 max(ctx.rates))
     finally:
         await asyncio.to_thread(sysm.stop)
     return rows
+
+
+def _with_extension(rates: Sequence[float], rows: list[dict], ctx: Context, extend: int) -> Iterator[float]:
+    """The sweep's rates, then, while the configuration has met the SLO at every rate run so far (`rows`
+    is filled by the caller as it goes), up to `extend` more, each EXTEND_GROWTH x the last. The caller
+    stops at the first miss."""
+    yield from rates
+    last = rates[-1]
+    for _ in range(extend):
+        if ctx.slo_s is None or len(rows) < len(rates) or any(misses_slo(r["ttft_p99_s"], ctx.slo_s)
+                                                               for r in rows):
+            return
+        last = round(last * EXTEND_GROWTH, 2)
+        print(f"[{rows[-1]['config']}] met the SLO at every rate so far: extending the sweep to "
+              f"{last:.2f} rps", flush=True)
+        yield last
 
 
 def _launch_value(launch: Sequence[str], flag: str, default: int) -> int:

@@ -78,3 +78,22 @@ def test_tables_print_missing_values_as_dashes() -> None:
     pred = {"config": "fifo/none", "rate": 1.0, "measured_ttft_p50_s": 0.5, "predicted_ttft_p50_s": 0.4,
             "measured_ttft_p99_s": 1.0, "predicted_ttft_p99_s": None, "p50_rel_error": -0.2}
     assert "-20%" in format_predictions([pred])
+
+
+def test_sweep_extends_only_while_every_rate_met_the_slo() -> None:
+    from router.bench.compare import Context, _with_extension
+
+    ctx = Context([1.0, 2.0], slo_s=3.0)
+    rows: list[dict] = []
+    seen = []
+    for rate in _with_extension([1.0, 2.0], rows, ctx, 2):
+        seen.append(rate)
+        rows.append({"config": "c", "rate": rate, "ttft_p99_s": 1.0 if rate < 3 else 5.0})
+    assert seen == [1.0, 2.0, 2.6, 3.38]  # 2.6 met the SLO, so one more; the caller stops at 3.38's miss
+    rows2: list[dict] = []
+    seen2 = []
+    for rate in _with_extension([1.0, 2.0], rows2, ctx, 2):
+        seen2.append(rate)
+        rows2.append({"config": "c", "rate": rate, "ttft_p99_s": 1.0 if rate < 2 else 4.0})
+    assert seen2 == [1.0, 2.0]  # missed within the sweep: no extension
+    assert list(_with_extension([1.0], [], ctx, 0)) == [1.0]

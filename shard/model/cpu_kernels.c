@@ -423,3 +423,174 @@ int ck_lora(const float *x, int64_t ldx, float *y, int64_t ldy, int nseg, const 
     free(scratch);
     return 0;
 }
+
+/* ---- packed weights -----------------------------------------------------------------------------
+ * ck_linear_packed: y[m, n] (+)= sum_k x[m, k] * W[n, k] (+ bias[n]) with W [N, K] re-laid as panels
+ * wp [P = ceil(N / 8)][K][8] (wp[p][k][j] = W[8p + j, k], rows past N zero). One k step of a panel is
+ * one 32-byte vector holding 8 output columns, multiplied by x[m, k] broadcast for every input row m:
+ * the weights stream sequentially (one stream per thread, which the hardware prefetchers follow at
+ * full speed, helped by a software prefetch PF_FLOATS ahead), no horizontal sums, and the accumulators
+ * are the outputs. Up to 8 rows: one panel x all rows (8 accumulators). More rows (prefill): pairs of
+ * panels x 6 rows (12 accumulators, compute-bound), over blocks of M_BLOCK rows so a chunk of
+ * panels is re-read from cache, not memory, for every block. Any M >= 1. */
+#define PANEL 8
+#ifndef PF_FLOATS
+#define PF_FLOATS 2048
+#endif
+#define M_BLOCK 96
+
+static inline __attribute__((always_inline)) void put8(__m256 v, float *dst, const float *bias, int valid,
+                                                      int accumulate) {
+    if (valid == PANEL) {
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(dst), v);
+        _mm256_storeu_ps(dst, v);
+        return;
+    }
+    float t[PANEL];
+    _mm256_storeu_ps(t, v);
+    for (int i = 0; i < valid; i++) {
+        float s = t[i] + (bias ? bias[i] : 0.0f);
+        dst[i] = accumulate ? dst[i] + s : s;
+    }
+}
+
+/* rows x[0..mx) against one panel p; outputs columns n..n+valid of y rows */
+static inline __attribute__((always_inline)) void pan1(const float *p, int64_t K, const float *const *x, int mx,
+                                                      float *const *y, int64_t n, int valid, const float *bias,
+                                                      int accumulate, int pf) {
+    __m256 a[8];
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < mx; j++) a[j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        if (pf && !(k & 1)) _mm_prefetch((const char *)(p + PANEL * k + PF_FLOATS), _MM_HINT_T0);
+        __m256 w = _mm256_loadu_ps(p + PANEL * k);
+        _Pragma("GCC unroll 8")
+        for (int j = 0; j < mx; j++) a[j] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(x[j] + k), a[j]);
+    }
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < mx; j++) put8(a[j], y[j] + n, bias ? bias + n : NULL, valid, accumulate);
+}
+
+/* rows x[0..mx) against two full panels p, p + 8K (columns n..n+16) */
+static inline __attribute__((always_inline)) void pan2(const float *p, int64_t K, const float *const *x, int mx,
+                                                      float *const *y, int64_t n, const float *bias,
+                                                      int accumulate, int pf) {
+    const float *q = p + PANEL * K;
+    __m256 a[6], b[6];
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < mx; j++) a[j] = b[j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        if (pf && !(k & 1)) {
+            _mm_prefetch((const char *)(p + PANEL * k + PF_FLOATS), _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + PANEL * k + PF_FLOATS), _MM_HINT_T0);
+        }
+        __m256 w = _mm256_loadu_ps(p + PANEL * k), v = _mm256_loadu_ps(q + PANEL * k);
+        _Pragma("GCC unroll 8")
+        for (int j = 0; j < mx; j++) {
+            __m256 xb = _mm256_broadcast_ss(x[j] + k);
+            a[j] = _mm256_fmadd_ps(w, xb, a[j]);
+            b[j] = _mm256_fmadd_ps(v, xb, b[j]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < mx; j++) {
+        put8(a[j], y[j] + n, bias ? bias + n : NULL, PANEL, accumulate);
+        put8(b[j], y[j] + n + PANEL, bias ? bias + n + PANEL : NULL, PANEL, accumulate);
+    }
+}
+
+#define PAN1(mxc) pan1(p, K, x, mxc, y, n, valid, bias, acc, pf)
+#define PAN2(mxc) pan2(p, K, x, mxc, y, n, bias, acc, pf)
+
+static void pan1_any(const float *p, int64_t K, const float *const *x, int mx, float *const *y, int64_t n,
+                     int valid, const float *bias, int acc, int pf) {
+    switch (mx) {
+    case 8: PAN1(8); break;
+    case 7: PAN1(7); break;
+    case 6: PAN1(6); break;
+    case 5: PAN1(5); break;
+    case 4: PAN1(4); break;
+    case 3: PAN1(3); break;
+    case 2: PAN1(2); break;
+    default: PAN1(1); break;
+    }
+}
+
+static void pan2_any(const float *p, int64_t K, const float *const *x, int mx, float *const *y, int64_t n,
+                     const float *bias, int acc, int pf) {
+    switch (mx) {
+    case 6: PAN2(6); break;
+    case 5: PAN2(5); break;
+    case 4: PAN2(4); break;
+    case 3: PAN2(3); break;
+    case 2: PAN2(2); break;
+    default: PAN2(1); break;
+    }
+}
+
+typedef struct {
+    const float *wp, *bias;
+    int64_t P, N, K, chunk; /* panels, rows, columns, panels per chunk */
+    const float *const *xr;
+    float *const *yr;
+    int M, accumulate;
+} packed_ctx;
+
+static void packed_chunk(const void *ctx, int64_t c) {
+    const packed_ctx *L = (const packed_ctx *)ctx;
+    int64_t p0 = c * L->chunk, p1 = p0 + L->chunk < L->P ? p0 + L->chunk : L->P, K = L->K;
+    const float *bias = L->bias;
+    int acc = L->accumulate;
+    if (L->M <= PANEL) { /* decode: each panel streams from memory once, against every row */
+        for (int64_t p = p0; p < p1; p++) {
+            int64_t n = p * PANEL;
+            int valid = L->N - n < PANEL ? (int)(L->N - n) : PANEL;
+            pan1_any(L->wp + p * PANEL * K, K, L->xr, L->M, L->yr, n, valid, bias, acc, 1);
+        }
+        return;
+    }
+    for (int mb = 0; mb < L->M; mb += M_BLOCK) {
+        int me = mb + M_BLOCK < L->M ? mb + M_BLOCK : L->M;
+        for (int64_t p = p0; p < p1;) {
+            int64_t n = p * PANEL;
+            const float *w = L->wp + p * PANEL * K;
+            if (p + 1 < p1 && L->N - n >= 2 * PANEL) {
+                for (int m = mb; m < me; m += 6)
+                    pan2_any(w, K, L->xr + m, me - m < 6 ? me - m : 6, L->yr + m, n, bias, acc, m == mb);
+                p += 2;
+            } else {
+                int valid = L->N - n < PANEL ? (int)(L->N - n) : PANEL;
+                for (int m = mb; m < me; m += PANEL)
+                    pan1_any(w, K, L->xr + m, me - m < PANEL ? me - m : PANEL, L->yr + m, n, valid, bias, acc,
+                             m == mb);
+                p += 1;
+            }
+        }
+    }
+}
+
+int ck_panel(void) { return PANEL; }
+
+int ck_linear_packed(const float *x, int64_t ldx, const float *wp, const float *bias, float *y, int64_t ldy,
+                     int M, int64_t N, int64_t K, int accumulate, int nthreads) {
+    if (M < 1 || N < 1 || K < 1) return -1;
+    const float **xr = (const float **)malloc(sizeof(float *) * (size_t)M);
+    float **yr = (float **)malloc(sizeof(float *) * (size_t)M);
+    if (!xr || !yr) {
+        free(xr);
+        free(yr);
+        return -2;
+    }
+    for (int m = 0; m < M; m++) { xr[m] = x + m * ldx; yr[m] = y + m * ldy; }
+    int64_t P = (N + PANEL - 1) / PANEL;
+    if (N * K < 65536) nthreads = 1; /* too small to pay for waking threads */
+    /* ~8 chunks per thread (a preempted thread holds up little), an even number of panels */
+    int64_t chunk = (P / (8 * (nthreads > 0 ? nthreads : 1)) + 1) / 2 * 2;
+    if (chunk < 8) chunk = 8;
+    packed_ctx L = {wp, bias, P, N, K, chunk, (const float *const *)xr, (float *const *)yr, M, accumulate};
+    run(packed_chunk, &L, (P + chunk - 1) / chunk, nthreads);
+    free(xr);
+    free(yr);
+    return 0;
+}

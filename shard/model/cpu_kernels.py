@@ -5,11 +5,17 @@ far below the machine's read bandwidth. The C kernels stream each weight row onc
 
 Contract:
 - `ck_lora` (called by shard.lora.cpu_bgmv) adds every token's own adapter's B A x into y.
+- `pack(w)` re-lays a float32 weight [N, K] as panels [ceil(N / PANEL), K, PANEL] (zero rows past N);
+  `packed_linear(x, wp, n, bias)` is F.linear on it for any number of rows (decode and prefill): the
+  weights stream sequentially, which reads them near the machine's bandwidth; `unpack` and `packed_rows`
+  give the torch paths the plain rows back. The model packs its linears at load when the kernels are
+  available (shard.model.layers); a later CHAMELEON_CPU_KERNELS=0 still computes right, by unpacking.
 - `linear(x, w, bias)` is F.linear for CPU float32 with M = x rows in 1..KERNEL_M (max_m); it returns
   None when the kernel does not apply (other device/dtype, strides, sizes, kernels unavailable) and the caller
   falls back to torch.
-- The library is built into ~/.cache/chameleon/kernels (or $CHAMELEON_KERNEL_CACHE) under a name keyed
-  by the source, flags, compiler version and CPU flags; written atomically, so concurrent processes
+- The library (cpu_kernels.c, cpu_step.c and cpu_decode.c compiled as one unit) is built into
+  ~/.cache/chameleon/kernels (or $CHAMELEON_KERNEL_CACHE) under a name keyed by the sources, flags,
+  compiler version and CPU flags; written atomically, so concurrent processes
   (tensor-parallel ranks) can race safely.
 - CHAMELEON_CPU_KERNELS=0 disables them (read at every call: benches flip it in one process). A missing
   gcc, a CPU without AVX2/FMA or a failed compile logs one warning and leaves torch in charge.
@@ -35,6 +41,9 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
+# one library: the matmul kernels and their thread pool, the step kernels (shard.model.cpu_step) and the
+# fused decoder stack (shard.model.cpu_decode), which calls both
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("cpu_kernels.c", "cpu_step.c", "cpu_decode.c"))
 FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c11")
 SMALL_M = 32  # up to this many rows small_linear computes (w @ x.T).T on CPU instead of x @ w.T
 KERNEL_M = 32  # up to this many rows the C kernel runs (30 layers + LM head of SmolLM2, cold weights, 2
@@ -64,9 +73,11 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "chameleon" / "kernels"
 
 
-def build(cc: str = "gcc", source: Path = SOURCE) -> Path:
-    """Compile (or find in the cache) the library of `source` (this module's by default), named after it;
-    raises RuntimeError/OSError on failure."""
+def build(cc: str = "gcc", sources: tuple[Path, ...] = ()) -> Path:
+    """Compile (or find in the cache) one library from `sources` (SOURCES by default) as a single unit, so
+    later files call the static functions of earlier ones; named after the first; raises
+    RuntimeError/OSError on failure."""
+    sources = sources or SOURCES
     gcc = shutil.which(cc)
     if gcc is None:
         raise RuntimeError(f"{cc} not found")
@@ -74,21 +85,25 @@ def build(cc: str = "gcc", source: Path = SOURCE) -> Path:
     if "avx2" not in flags or "fma" not in flags:
         raise RuntimeError("CPU lacks AVX2/FMA")
     version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), *FLAGS, version, " ".join(flags)]).encode())
-    out = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    unit = "".join(f'#line 1 "{p.name}"\n{p.read_text()}\n' for p in sources)
+    key = hashlib.sha256("\0".join([unit, *FLAGS, version, " ".join(flags)]).encode())
+    out = cache_dir() / f"{sources[0].stem}-{key.hexdigest()[:16]}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
+    src = Path(tmp).with_suffix(".c")
     try:
-        res = subprocess.run([gcc, *FLAGS, "-o", tmp, str(source)], capture_output=True, text=True)
+        src.write_text(unit)
+        res = subprocess.run([gcc, *FLAGS, "-o", tmp, str(src)], capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"compile failed: {res.stderr.strip()[:2000]}")
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, str(src)):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     return out
 
 
@@ -106,6 +121,8 @@ def library() -> ctypes.CDLL | None:
             lib.ck_linear.restype = i32
             lib.ck_lora.argtypes = [fp, i64, fp, i64, i32, fp, fp, fp, i64, i64, i64, i32]
             lib.ck_lora.restype = i32
+            lib.ck_linear_packed.argtypes = [fp, i64, fp, fp, fp, i64, i32, i64, i64, i32, i32]
+            lib.ck_linear_packed.restype = i32
             _lib = lib
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             log.warning("CPU kernels unavailable, using torch matmuls: %s", e)
@@ -136,6 +153,51 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                        bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m, n, k, 0,
                        torch.get_num_threads())
     return y if rc == 0 else None
+
+
+PANEL = 8  # output rows per panel of a packed weight (cpu_kernels.c)
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> panels [ceil(N / PANEL), K, PANEL] (contiguous; rows past N are zero)."""
+    n, k = w.shape
+    p = -(-n // PANEL)
+    padded = torch.zeros(p * PANEL, k, dtype=w.dtype, device=w.device)
+    padded[:n] = w
+    return padded.view(p, PANEL, k).transpose(1, 2).contiguous()
+
+
+def unpack(wp: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of pack: the [n, K] rows (a copy)."""
+    return wp.transpose(1, 2).reshape(-1, wp.shape[1])[:n]
+
+
+def packed_rows(wp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` ([T] int64) of a packed weight: [T, K] (embedding lookup)."""
+    return wp[ids // PANEL, :, ids % PANEL]
+
+
+def packed_linear(x: torch.Tensor, wp: torch.Tensor, n: int,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ W.T (+ bias) for W packed in wp (its first n rows): through the C kernel when it applies,
+    else torch on the unpacked rows (slow: a copy per call; for CHAMELEON_CPU_KERNELS=0 after packing)."""
+    lib = library()
+    if (lib is not None and x.dim() == 2 and x.shape[0] >= 1 and usable(x) and x.shape[1] == wp.shape[1]
+            and wp.is_contiguous() and not x.requires_grad
+            and (bias is None or (usable(bias[None]) and bias.is_contiguous()))):
+        m, k = x.shape
+        y = torch.empty(m, n, dtype=torch.float32)
+        rc = lib.ck_linear_packed(x.data_ptr(), x.stride(0), wp.data_ptr(),
+                                  bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m, n, k, 0,
+                                  torch.get_num_threads())
+        if rc == 0:
+            return y
+    return torch.nn.functional.linear(x, unpack(wp, n), bias)
+
+
+def can_pack(w: torch.Tensor) -> bool:
+    """Whether packing `w` pays: a CPU float32 matrix, with the kernels loaded."""
+    return w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and library() is not None
 
 
 def small_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

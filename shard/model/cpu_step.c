@@ -29,7 +29,7 @@
 #define MAX_G 16     /* query heads per KV head */
 #define MAX_D 256    /* head dim */
 
-static inline float hsum(__m256 v) {
+static inline float step_hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -81,7 +81,7 @@ int cs_rmsnorm(float *x, int64_t ldx, float *res, int64_t ldr, const float *w, f
                 if (i & 8) a1 = _mm256_fmadd_ps(v, v, a1); else a0 = _mm256_fmadd_ps(v, v, a0);
             }
         }
-        float ss = hsum(_mm256_add_ps(a0, a1));
+        float ss = step_hsum(_mm256_add_ps(a0, a1));
         for (int64_t j = i; j < H; j++) ss += s[j] * s[j];
         float inv = 1.0f / sqrtf(ss / (float)H + eps);
         __m256 iv = _mm256_set1_ps(inv);
@@ -183,7 +183,7 @@ static inline __attribute__((always_inline)) void scores(const float *q, int G, 
             const float *qi = q + (int64_t)i * nv * 8;
             __m256 a = _mm256_setzero_ps();
             for (int d = 0; d < nv; d++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * d), _mm256_loadu_ps(k[j] + 8 * d), a);
-            sc[i][j] = hsum(a) * scale;
+            sc[i][j] = step_hsum(a) * scale;
         }
 }
 
@@ -200,7 +200,7 @@ static inline float softmax_chunk(float *sc, int c, float *mx, float *l) {
     for (; j + 8 <= c; j += 8) {
         __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
         _mm256_storeu_ps(sc + j, p);
-        sum += hsum(p);
+        sum += step_hsum(p);
     }
     for (; j < c; j++) {
         sc[j] = exp1(sc[j] - m);
@@ -312,7 +312,7 @@ int cs_lse_argmax(const float *x, int64_t ldx, int64_t M, int64_t V, float *lse,
             s0 = _mm256_add_ps(s0, exp8(_mm256_sub_ps(_mm256_loadu_ps(r + i), bv)));
             s1 = _mm256_add_ps(s1, exp8(_mm256_sub_ps(_mm256_loadu_ps(r + i + 8), bv)));
         }
-        float sum = hsum(_mm256_add_ps(s0, s1));
+        float sum = step_hsum(_mm256_add_ps(s0, s1));
         for (; i < V; i++) sum += exp1(r[i] - best);
         lse[m] = best + logf(sum);
     }

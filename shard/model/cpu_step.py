@@ -6,9 +6,9 @@ arithmetic, and the OpenMP-parallel ones (index_select of the KV blocks, SDPA) s
 when the machine is busy. The kernels run single-threaded in the caller.
 
 Contract: every function returns None (or False) when its kernel does not apply (not CPU float32,
-unsupported strides or head sizes, kernels unavailable) and the caller keeps its torch path. Built and
-cached like shard.model.cpu_kernels (same compiler, flags and cache), disabled by the same
-CHAMELEON_CPU_KERNELS=0 (read at every call). A page index outside the pool raises IndexError before any
+unsupported strides or head sizes, kernels unavailable) and the caller keeps its torch path. Compiled into
+shard.model.cpu_kernels' library (one unit), disabled by the same CHAMELEON_CPU_KERNELS=0 (read at every
+call). A page index outside the pool raises IndexError before any
 KV slot is written or read.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import subprocess
 from pathlib import Path
 
 import torch
@@ -34,28 +33,25 @@ _tried = False
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (disabled, or unavailable: warned once)."""
+    """The loaded kernels (part of shard.model.cpu_kernels' library), or None (disabled, or unavailable:
+    warned once)."""
     global _lib, _tried
-    if not cpu_kernels.enabled():
+    lib = cpu_kernels.library()
+    if lib is None:
         return None
     if not _tried:
         _tried = True
-        try:
-            lib = ctypes.CDLL(str(cpu_kernels.build(source=SOURCE)))
-            i64, i32, fp, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
-            lib.cs_rmsnorm.argtypes = [fp, i64, fp, i64, fp, fp, i64, i64, i64, f32]
-            lib.cs_silu_mul.argtypes = [fp, fp, i64, i64, i64, fp, i64]
-            lib.cs_rope_store.argtypes = [fp, i64, i64, i32, i32, i32, fp, fp, i64, fp, fp, fp, i64, i64, i64,
-                                          i64]
-            lib.cs_decode_attn.argtypes = [fp, i64, i64, fp, i32, i32, i32, fp, fp, i64, i64, i64, i64, fp,
-                                           i64, fp, fp, i64, f32]
-            lib.cs_lse_argmax.argtypes = [fp, i64, i64, i64, fp, fp]
-            for f in (lib.cs_rmsnorm, lib.cs_silu_mul, lib.cs_rope_store, lib.cs_decode_attn,
-                      lib.cs_lse_argmax):
-                f.restype = i32
-            _lib = lib
-        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            log.warning("CPU attention kernels unavailable, using torch: %s", e)
+        i64, i32, fp, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+        lib.cs_rmsnorm.argtypes = [fp, i64, fp, i64, fp, fp, i64, i64, i64, f32]
+        lib.cs_silu_mul.argtypes = [fp, fp, i64, i64, i64, fp, i64]
+        lib.cs_rope_store.argtypes = [fp, i64, i64, i32, i32, i32, fp, fp, i64, fp, fp, fp, i64, i64, i64,
+                                      i64]
+        lib.cs_decode_attn.argtypes = [fp, i64, i64, fp, i32, i32, i32, fp, fp, i64, i64, i64, i64, fp,
+                                       i64, fp, fp, i64, f32]
+        lib.cs_lse_argmax.argtypes = [fp, i64, i64, i64, fp, fp]
+        for f in (lib.cs_rmsnorm, lib.cs_silu_mul, lib.cs_rope_store, lib.cs_decode_attn, lib.cs_lse_argmax):
+            f.restype = i32
+        _lib = lib
     return _lib
 
 

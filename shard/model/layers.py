@@ -3,7 +3,10 @@ so the model file stays declarative and the loader only maps checkpoint names to
 
 Collectives live here only: the all-reduce in RowParallelLinear and VocabParallelEmbedding, the
 all-gather in ParallelLMHead. With world_size == 1 every layer is a plain dense layer. Matmuls go through
-shard.model.cpu_kernels.small_linear (F.linear, with a C kernel for small CPU float32 batches).
+shard.model.cpu_kernels.small_linear (F.linear, with a C kernel for small CPU float32 batches), or, once
+`pack_linears` has re-laid the weights in the C kernel's panels (CPU float32 with the kernels loaded),
+through cpu_kernels.packed_linear for every batch size. A packed layer keeps its weight Parameter (now
+[panels, K, PANEL]) and records its row count in `packed_rows` (None: not packed).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon.memory import split_range
-from shard.model import cpu_step
+from shard.model import cpu_kernels, cpu_step
 from shard.model.cpu_kernels import small_linear
 from shard.model.dist import DistContext
 
@@ -29,7 +32,44 @@ def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
     return p
 
 
-class ColumnParallelLinear(nn.Module):
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            packed_rows: int | None) -> torch.Tensor:
+    if packed_rows is None:
+        return small_linear(x, weight, bias)
+    return cpu_kernels.packed_linear(x, weight, packed_rows, bias)
+
+
+def _pack(param: nn.Parameter) -> int:
+    """Re-lays param in panels (cpu_kernels.pack); returns its row count."""
+    rows = param.shape[0]
+    param.data = cpu_kernels.pack(param.data)
+    return rows
+
+
+class PackableLinear(nn.Module):
+    """A linear layer whose weight [N, K] may be packed for the C kernel (see the module docstring)."""
+
+    weight: nn.Parameter
+    packed_rows: int | None = None
+
+    def pack(self) -> None:
+        if self.packed_rows is None:
+            self.packed_rows = _pack(self.weight)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return _linear(x, self.weight, bias, self.packed_rows)
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Packs every linear weight of `model` when that pays (cpu_kernels.can_pack: CPU float32, kernels
+    loaded); call once, after the weights are loaded. Returns the number of layers packed."""
+    layers = [m for m in model.modules() if isinstance(m, PackableLinear) and cpu_kernels.can_pack(m.weight)]
+    for m in layers:
+        m.pack()
+    return len(layers)
+
+
+class ColumnParallelLinear(PackableLinear):
     """y_local = x @ W_local.T (+ b_local): output features sharded, no communication.
 
     `parts` packs several checkpoint modules into one matmul (q/k/v, gate/up): each is
@@ -58,10 +98,10 @@ class ColumnParallelLinear(nn.Module):
         return y[:, offset:offset + end - start]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return small_linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(PackableLinear):
     """y = all_reduce(x_local @ W[:, in_local].T + lora) + b: input features sharded."""
 
     def __init__(self, in_range: tuple[int, int], out_features: int, bias: bool, dist: DistContext,
@@ -79,7 +119,7 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(loaded)
 
     def forward(self, x: torch.Tensor, lora: LoraHook | None = None) -> torch.Tensor:
-        y = small_linear(x, self.weight)
+        y = self.matmul(x)
         if lora is not None:
             lora(x, y)  # row-parallel LoRA adds its output columns per rank, before the reduce
         y = self.dist.all_reduce(y)
@@ -87,7 +127,10 @@ class RowParallelLinear(nn.Module):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Each rank holds a contiguous vocab range; out-of-range ids give zeros; all-reduce sums."""
+    """Each rank holds a contiguous vocab range; out-of-range ids give zeros; all-reduce sums. When a tied
+    LM head packs the shared weight, `packed_rows` is set here too and lookups read the panels."""
+
+    packed_rows: int | None = None
 
     def __init__(self, vocab: int, hidden: int, dist: DistContext, dtype: torch.dtype,
                  device: torch.device) -> None:
@@ -99,16 +142,21 @@ class VocabParallelEmbedding(nn.Module):
     def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
         param.data.copy_(loaded[self.start:self.end])
 
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.packed_rows is None:
+            return F.embedding(ids, self.weight)
+        return cpu_kernels.packed_rows(self.weight, ids)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.dist.is_single:
-            return F.embedding(ids, self.weight)
+            return self._rows(ids)
         inside = (ids >= self.start) & (ids < self.end)
-        h = F.embedding(torch.where(inside, ids - self.start, 0), self.weight)
+        h = self._rows(torch.where(inside, ids - self.start, 0))
         h = h * inside[:, None].to(h.dtype)
         return self.dist.all_reduce(h)
 
 
-class ParallelLMHead(nn.Module):
+class ParallelLMHead(PackableLinear):
     """logits = all_gather(h @ W_local.T) over the vocab split; shares the embedding when tied."""
 
     def __init__(self, embedding: VocabParallelEmbedding, vocab: int, tied: bool, dist: DistContext,
@@ -118,6 +166,7 @@ class ParallelLMHead(nn.Module):
         self.sizes = [split_range(vocab, dist.world_size, r)[1] - split_range(vocab, dist.world_size, r)[0]
                       for r in range(dist.world_size)]
         self.tied = tied
+        self._tied_to = [embedding] if tied else []  # a list: not registered as a submodule
         if tied:
             self.weight = embedding.weight
         else:
@@ -127,8 +176,13 @@ class ParallelLMHead(nn.Module):
     def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
         param.data.copy_(loaded[self.start:self.end])
 
+    def pack(self) -> None:
+        super().pack()
+        for embedding in self._tied_to:  # the same Parameter: its lookups must read the panels now
+            embedding.packed_rows = self.packed_rows
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.dist.all_gather(small_linear(h, self.weight), self.sizes)
+        return self.dist.all_gather(self.matmul(h), self.sizes)
 
 
 class RMSNorm(nn.Module):

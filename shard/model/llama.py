@@ -6,7 +6,7 @@ Hq/Hk = this rank's query/KV heads, D = head dim, I_loc = this rank's intermedia
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from chameleon.memory import shard_ranges
 from shard.model import cpu_step
 from shard.model.attention import AttentionMeta, paged_attention
 from shard.model.config import ModelConfig
+from shard.model.cpu_decode import DecodeStack
 from shard.model.dist import DistContext
 from shard.model.layers import (
     ColumnParallelLinear,
@@ -129,6 +130,7 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = ParallelLMHead(self.model.embed_tokens, cfg.shape.vocab_size, cfg.tie_word_embeddings,
                                       dist, dtype, device)
         self.rotary = Rotary(cfg.rope, cfg.shape.head_dim, device)
+        self._stack: DecodeStack | Literal[False] | None = None  # built at the first forward (after packing)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMeta, lora: LoraBatch | None,
@@ -136,8 +138,14 @@ class LlamaForCausalLM(nn.Module):
         h = self.model.embed_tokens(input_ids)  # [T, H]
         cos, sin = self.rotary.cos_sin(positions, h.dtype)  # [T, 1, D]
         residual = None
-        for layer, cache in zip(self.model.layers, kv, strict=True):
-            h, residual = layer(h, residual, cos, sin, cache, meta, lora)
+        if self._stack is None:
+            self._stack = DecodeStack.for_model(self) or False
+        fused = self._stack.run(h, cos, sin, kv, meta, lora) if self._stack else None
+        if fused is not None:  # a decode-only batch on CPU float32: all layers in one C call
+            h, residual = fused
+        else:
+            for layer, cache in zip(self.model.layers, kv, strict=True):
+                h, residual = layer(h, residual, cos, sin, cache, meta, lora)
         if rows is not None:  # only the rows whose logits are wanted
             h, residual = h[rows], residual[rows] if residual is not None else None
         h = self.model.norm(h) if residual is None else self.model.norm.add_forward(h, residual)[0]

@@ -19,6 +19,7 @@ from shard.lora.store import AdapterStore
 from shard.model.attention import AttentionMeta
 from shard.model.config import ModelConfig
 from shard.model.dist import DistContext
+from shard.model.layers import pack_linears
 from shard.model.llama import LlamaForCausalLM
 from shard.model.loader import load_weights
 from shard.model.pool import PagePool
@@ -74,7 +75,8 @@ class ModelRunner:
 
     Attributes: config (ModelConfig), shape (chameleon.memory.ModelShape), dtype, device, dist,
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
-    vocab_size, pool (PagePool or None), num_pages (0 until allocate_pool).
+    vocab_size, pool (PagePool or None), num_pages (0 until allocate_pool), packed_layers (linears re-laid
+    for the C kernel at load, shard.model.layers.pack_linears; 0 off CPU float32 or without the kernels).
     `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
     `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.memory.adapter_storage_dtype).
     """
@@ -88,6 +90,7 @@ class ModelRunner:
         self.model = LlamaForCausalLM(self.config, dist, dtype, self.device)
         load_weights(self.model, model_dir)
         self.model.eval()
+        self.packed_layers = pack_linears(self.model)  # CPU float32 with the C kernels: panel layout
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
         self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)

@@ -119,3 +119,31 @@ def test_lora_kernel_not_built_when_disabled(monkeypatch: pytest.MonkeyPatch) ->
     assert CpuBgmv.build([w], [slice(0, 65)], 65, TableCache(), 0, torch.device("cpu"), torch.float32) is None
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
     assert CpuBgmv.build(*args, torch.float32) is None
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 9, 13, 32, 100, 200])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (13, 7), (37, 33), (96, 90), (576, 576), (24, 1536)])
+def test_packed_linear_equals_torch(m: int, n: int, k: int) -> None:
+    """Decode (one panel against every row) and prefill (panel pairs x 6 rows, blocks of rows) shapes, rows
+    that do not fill the last panel, with and without bias."""
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    wp = cpu_kernels.pack(w)
+    assert wp.shape == (-(-n // cpu_kernels.PANEL), k, cpu_kernels.PANEL)
+    assert torch.equal(cpu_kernels.unpack(wp, n), w)
+    close(cpu_kernels.packed_linear(x, wp, n, b), F.linear(x, w, b))
+    close(cpu_kernels.packed_linear(x, wp, n), F.linear(x, w))
+
+
+def test_packed_rows_and_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embedding lookups read the panels; with the kernels disabled after packing, torch computes the same
+    product from the unpacked rows; row-strided inputs are handled."""
+    w = torch.randn(21, 16)
+    wp = cpu_kernels.pack(w)
+    ids = torch.tensor([0, 20, 7, 8, 7])
+    assert torch.equal(cpu_kernels.packed_rows(wp, ids), w[ids])
+    x = torch.randn(6, 40)[:, 3:19]
+    close(cpu_kernels.packed_linear(x, wp, 21), F.linear(x, w))
+    monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
+    assert not cpu_kernels.can_pack(w)
+    close(cpu_kernels.packed_linear(x, wp, 21), F.linear(x, w))

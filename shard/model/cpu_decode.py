@@ -1,0 +1,152 @@
+"""The decoder stack of a decode-only batch in one C call (cpu_decode.c), for CPU float32 on one rank.
+
+Why: at decode sizes the Python around ~12 kernel calls per layer (argument checks, allocations, and the
+pool's worker falling asleep during single-threaded work) costs as much as a third of the step. The C
+function chains the same kernels in the same order as shard.model.llama's layers (see cpu_decode.c).
+
+Contract: `DecodeStack.for_model(model)` is None unless every linear is packed (shard.model.layers.
+pack_linears), the model is float32 on CPU on one rank and its heads fit the attention kernel.
+`run(...)` returns (h, residual) as the layer loop would (h, the embeddings passed in, is overwritten), or
+None when this batch does not qualify (a prefill row, LoRA off the C kernel path, kernels disabled now);
+then nothing was written and the caller runs the layer loop.
+A KV slot or block page outside the pool raises IndexError before anything is written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from chameleon.memory import LORA_TARGETS
+from shard.model import cpu_kernels, cpu_step
+
+if TYPE_CHECKING:
+    from shard.lora.kernels import LoraBatch
+    from shard.model.attention import AttentionMeta
+    from shard.model.llama import LlamaForCausalLM
+
+_fp, _i64 = ctypes.c_void_p, ctypes.c_int64
+ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # cd_step.mods
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [(n, _fp) for n in ("ln1", "ln2", "wqkv", "bqkv", "wo", "bo", "wgu", "bgu", "wdown", "bdown",
+                                   "kc", "vc")]
+
+
+class Step(ctypes.Structure):
+    _fields_ = [*((n, _i64) for n in ("T", "H", "Hq", "Hk", "D", "I")),
+                ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+                *((n, _fp) for n in ("h", "res", "x", "qkv", "attn", "gu", "act", "cosv", "sinv")),
+                ("ldc", _i64), *((n, _fp) for n in ("slots", "tables", "lens")),
+                *((n, _i64) for n in ("ldt", "page_stride", "slot_stride", "block_size", "num_pages")),
+                ("nseg", _i64), *((n, _fp) for n in ("seg", "rows", "ltables")), ("nmod", _i64),
+                ("mods", _i64 * 7), ("nthreads", _i64)]
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return t.data_ptr() if t is not None else None
+
+
+class DecodeStack:
+    """One model's decoder layers as the C function sees them (weights fixed; KV views per pool)."""
+
+    def __init__(self, model: LlamaForCausalLM) -> None:
+        self.model = model
+        s = model.config.shape
+        attn = model.model.layers[0].self_attn
+        self.H, self.D = s.hidden_size, s.head_dim
+        self.Hq = attn.qkv_proj.offsets["q"][2] - attn.qkv_proj.offsets["q"][1]
+        self.Hk = attn.qkv_proj.offsets["k"][2] - attn.qkv_proj.offsets["k"][1]
+        self.Hq, self.Hk = self.Hq // self.D, self.Hk // self.D
+        self.I = model.model.layers[0].mlp.gate_up_proj.out_local // 2
+        self.eps = model.model.layers[0].input_layernorm.eps
+        self._layers: ctypes.Array | None = None
+        self._kv_key: tuple[int, ...] = ()
+
+    @classmethod
+    def for_model(cls, model: LlamaForCausalLM) -> DecodeStack | None:
+        s = model.config.shape
+        layers = model.model.layers
+        lin = [m for layer in layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                                 layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+        if not (len(layers) and model.model.embed_tokens.dist.is_single and all(m.packed_rows for m in lin)
+                and all(m.weight.dtype == torch.float32 and m.weight.is_cpu for m in lin)):
+            return None
+        d = s.head_dim
+        qkv = layers[0].self_attn.qkv_proj.offsets
+        hq, hk = (qkv["q"][2] - qkv["q"][1]) // d, (qkv["k"][2] - qkv["k"][1]) // d
+        gate_up = layers[0].mlp.gate_up_proj.offsets
+        if not (hk and hq % hk == 0 and hq // hk <= cpu_step.MAX_GROUP and d % 8 == 0
+                and d <= cpu_step.MAX_HEAD_DIM and [o[0] for o in qkv.values()] == [0, hq * d, (hq + hk) * d]
+                and gate_up["up"][0] == gate_up["gate"][2] - gate_up["gate"][1]):
+            return None
+        return cls(model)
+
+    def _layer_table(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> ctypes.Array:
+        key = tuple(c.data_ptr() for pair in kv for c in pair)
+        if self._layers is None or key != self._kv_key:
+            table = (Layer * len(kv))()
+            for entry, layer, (kc, vc) in zip(table, self.model.model.layers, kv, strict=True):
+                a, m = layer.self_attn, layer.mlp
+                entry.ln1 = _ptr(layer.input_layernorm.weight)
+                entry.ln2 = _ptr(layer.post_attention_layernorm.weight)
+                entry.wqkv, entry.bqkv = _ptr(a.qkv_proj.weight), _ptr(a.qkv_proj.bias)
+                entry.wo, entry.bo = _ptr(a.o_proj.weight), _ptr(a.o_proj.bias)
+                entry.wgu, entry.bgu = _ptr(m.gate_up_proj.weight), _ptr(m.gate_up_proj.bias)
+                entry.wdown, entry.bdown = _ptr(m.down_proj.weight), _ptr(m.down_proj.bias)
+                entry.kc, entry.vc = _ptr(kc), _ptr(vc)
+            self._layers, self._kv_key = table, key
+        return self._layers
+
+    def run(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            kv: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMeta,
+            lora: LoraBatch | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(h, residual) after every layer, for h [T, H] embeddings of T decode rows; None: not this batch."""
+        t = h.shape[0]
+        if meta.prefills or meta.decode_rows.numel() != t or (lora is not None and lora.cpu is None):
+            return None
+        lib = cpu_kernels.library()
+        if lib is None or cpu_step.library() is None or not hasattr(lib, "cd_decode_layers"):
+            return None
+        kc = kv[0][0]
+        if not (h.is_contiguous() and h.dtype == torch.float32 and kc.dim() == 4 and kc.stride(2) == self.D
+                and kc.stride(3) == 1 and kv[0][1].stride() == kc.stride() and cos.stride(-1) == 1
+                and sin.stride(0) == cos.stride(0) and meta.decode_blocks.is_contiguous()
+                and meta.decode_lens.is_contiguous() and meta.slots.is_contiguous()
+                and meta.slots.dtype == meta.decode_blocks.dtype == meta.decode_lens.dtype == torch.int64):
+            return None
+        if lib.cd_decode_layers.restype is not ctypes.c_int or not lib.cd_decode_layers.argtypes:
+            lib.cd_decode_layers.argtypes = [ctypes.POINTER(Step), ctypes.POINTER(Layer), ctypes.c_int]
+            lib.cd_decode_layers.restype = ctypes.c_int
+        nq, nk = self.Hq * self.D, self.Hk * self.D
+        res = torch.empty_like(h)
+        x = torch.empty_like(h)
+        qkv = torch.empty(t, nq + 2 * nk)
+        attn = torch.empty(t, nq)
+        gu = torch.empty(t, 2 * self.I)
+        act = torch.empty(t, self.I)
+        st = Step(T=t, H=self.H, Hq=self.Hq, Hk=self.Hk, D=self.D, I=self.I, eps=self.eps,
+                  scale=1.0 / math.sqrt(self.D), h=h.data_ptr(), res=res.data_ptr(), x=x.data_ptr(),
+                  qkv=qkv.data_ptr(), attn=attn.data_ptr(), gu=gu.data_ptr(), act=act.data_ptr(),
+                  cosv=cos.data_ptr(), sinv=sin.data_ptr(), ldc=cos.stride(0), slots=meta.slots.data_ptr(),
+                  tables=meta.decode_blocks.data_ptr(), lens=meta.decode_lens.data_ptr(),
+                  ldt=meta.decode_blocks.shape[1], page_stride=kc.stride(0), slot_stride=kc.stride(1),
+                  block_size=kc.shape[1], num_pages=kc.shape[0], nthreads=torch.get_num_threads())
+        if lora is not None:
+            cpu = lora.cpu
+            st.nseg, st.seg, st.rows, st.ltables = len(cpu.tables), cpu.seg.data_ptr(), cpu.rows.data_ptr(), \
+                cpu.ptrs.data_ptr()
+            st.nmod = len(LORA_TARGETS)
+            for i, module in enumerate(ORDER):
+                st.mods[i] = LORA_TARGETS.index(module) if module in LORA_TARGETS else -1
+        rc = lib.cd_decode_layers(ctypes.byref(st), self._layer_table(kv), len(kv))
+        if rc == -1:
+            raise IndexError(f"a KV slot or block table page is outside the pool of {kc.shape[0]} pages, "
+                             "or a block table is shorter than its context")
+        if rc != 0:  # h is overwritten by now: no fallback; the checks above make this unreachable
+            raise RuntimeError(f"decode kernels refused the batch (code {rc})")
+        return h, res

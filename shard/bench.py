@@ -4,8 +4,9 @@ One run measures, on the same batch shape: base model only; every request on its
 ranks); the same multi-adapter workload through transformers + PEFT (`generate` with `adapter_names`);
 and the memory-bandwidth floor of one decode step (this rank's weight bytes / bandwidth measured now)
 against our decode step at batch `--floor-batch`. On CPU float32 the base and multi-adapter decode runs are
-repeated with the C kernels off (CHAMELEON_CPU_KERNELS=0, the torch path) in the same process, so both
-paths are compared on the same machine state. Bandwidth physics: a decode step must read the base
+repeated with the C kernels off (CHAMELEON_CPU_KERNELS=0, the torch path) on a second shard built in the
+same process with them off (weights in torch's layout), so both paths are compared on the same machine
+state. Bandwidth physics: a decode step must read the base
 weights plus every adapter of the batch once, so if decode is bandwidth-bound the multi-adapter / base
 throughput ratio cannot exceed weights / (weights + adapter bytes); the report prints that ceiling and the
 multi-adapter step against its own floor ((weights + adapter bytes) / bandwidth). Decode figures use the
@@ -223,12 +224,14 @@ def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs
     return at_floor, base, multi
 
 
-def torch_path_runs(service: object, args: SimpleNamespace, names: Sequence[str],
-                    bs: int) -> tuple[RunResult, RunResult, RunResult]:
-    """The same runs with the C kernels off (read at every call), restored afterwards."""
+def torch_path_runs(args: SimpleNamespace, names: Sequence[str]) -> tuple[RunResult, RunResult, RunResult]:
+    """The same runs with the C kernels off (CHAMELEON_CPU_KERNELS=0, read at every call), on a shard built
+    with them off (its weights stay in torch's layout, not packed for the kernels); env restored after."""
     old = os.environ.get("CHAMELEON_CPU_KERNELS")
     os.environ["CHAMELEON_CPU_KERNELS"] = "0"
     try:
+        core, service = build_service(args, names)
+        bs = core.runner.block_size
         run_shard(service, replace_args(args, new_tokens=3), "warm-up", [None, names[0]], bs)
         return run_decodes(service, args, names, bs, " (torch)")
     finally:
@@ -258,12 +261,13 @@ def run_all(args: SimpleNamespace) -> dict:
     floor_ms = 1000 * core.runner.weight_bytes / bandwidth
     kernels = kernels_active(core.runner)
     at_floor, base, multi = run_decodes(service, args, names, bs)
-    torch_runs = torch_path_runs(service, args, names, bs) if kernels and not args.skip_torch_path else None
     weight_bytes = core.runner.weight_bytes
     # every adapter of the batch is read once per decode step (this rank's slice)
     adapter_bytes = sum(core.runner.adapters.info(n).nbytes for n in set(names))
     adapter_dtypes = sorted({core.runner.adapters.info(n).dtype for n in set(names)})
     del service, core
+    gc.collect()
+    torch_runs = torch_path_runs(args, names) if kernels and not args.skip_torch_path else None
     gc.collect()
     peft = None if args.skip_peft else run_peft(args, names)
     ranks = sorted({_rank(args.adapter_dir / n) for n in names})

@@ -143,12 +143,67 @@ static inline __attribute__((always_inline)) void tile(const char *const *w, con
 #define TILE_CASE3(ww, oo, rwv, pfv)
 #endif
 
+/* the 8 horizontal sums of a[0..7] as one vector (lane i = sum of a[i]) */
+static inline __attribute__((always_inline)) __m256 reduce8(const __m256 *a) {
+    __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* One input row (M = 1, the decode rows of LoRA segments): 8 weight rows at a time, 8 independent
+ * accumulators (FMA latency hidden) reduced together, so short rows (a LoRA B of rank 8 is one vector per
+ * row) do not pay a horizontal sum each; the next block's lines are prefetched while this one runs. */
+static inline __attribute__((always_inline)) void gemv_t(const char *w, int64_t ldw, int64_t n0, int64_t n1,
+                                                        const float *x, float *y, int64_t K, const float *bias,
+                                                        int accumulate, int wt) {
+    const int es = wsize(wt);
+    int64_t n = n0;
+    for (; n + 8 <= n1; n += 8) {
+        const char *r0 = w + n * ldw * es, *next = r0 + 8 * ldw * es;
+        __m256 acc[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) {
+            for (int j = 0; j < es; j++) _mm_prefetch(next + k * 8 * es + 64 * j, _MM_HINT_T0);
+            __m256 xv = _mm256_loadu_ps(x + k);
+            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+                acc[i] = _mm256_fmadd_ps(wload8(r0 + (i * ldw + k) * es, wt), xv, acc[i]);
+        }
+        __m256 v = reduce8(acc);
+        if (k < K) {
+            float t[8];
+            _mm256_storeu_ps(t, v);
+            for (int i = 0; i < 8; i++)
+                for (int64_t kk = k; kk < K; kk++) t[i] += wload1(r0 + (i * ldw + kk) * es, wt) * x[kk];
+            v = _mm256_loadu_ps(t);
+        }
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(y + n), v);
+        _mm256_storeu_ps(y + n, v);
+    }
+    for (; n < n1; n++) {
+        const char *r = w + n * ldw * es;
+        __m256 a = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) a = _mm256_fmadd_ps(wload8(r + k * es, wt), _mm256_loadu_ps(x + k), a);
+        float v = hsum(a);
+        for (; k < K; k++) v += wload1(r + k * es, wt) * x[k];
+        v += bias ? bias[n] : 0.0f;
+        y[n] = accumulate ? y[n] + v : v;
+    }
+}
+
 /* Weight rows [n0, n1) (elements of type wt, row stride ldw elements) against all M input rows
  * (xr: row pointers); y rows yr; column n of y. */
 static inline __attribute__((always_inline)) void rows_block_t(const char *w, int64_t ldw, int64_t n0,
                                                                int64_t n1, const float *const *xr,
                                                                float *const *yr, int M, int64_t K,
                                                                const float *bias, int accumulate, int wt) {
+    if (M == 1) {
+        gemv_t(w, ldw, n0, n1, xr[0], yr[0], K, bias, accumulate, wt);
+        return;
+    }
     const int es = wsize(wt);
     float out[RW][MX];
     for (int64_t n = n0; n < n1; n += RW) {

@@ -2,8 +2,10 @@
  * and accumulation are float32; LoRA weights may be float32, bfloat16 or float16.
  *
  * Decode multiplies a handful of token rows by large weight matrices: the cost is reading the weights
- * once from memory. Both kernels stream each weight row once and dot it with every input row while the
- * row is in L1 (tiles of 4 weight rows x 3 input rows in registers); the inputs stay in L1/L2.
+ * once from memory. ck_linear_packed (the model's linears, weights re-laid in panels at load, below)
+ * streams them sequentially; ck_linear and ck_lora stream each row-major weight row once and dot it with
+ * every input row while the row is in L1 (tiles of 3 weight rows x 3 input rows in registers; one input
+ * row: 8 weight rows at a time); the inputs stay in L1/L2.
  *
  * ck_linear: y[m, n] (+)= sum_k x[m, k] * w[n, k] (+ bias[n]) for m < M, n < N: a row-major float32
  *   weight [N, K] with row stride ldw, inputs/outputs with row strides ldx/ldy, unit column stride.

@@ -164,13 +164,13 @@ def test_shard_killed_fails_in_flight_then_serves_again(launched: Launched):
     assert not set(_pids(launched, "shard")) & set(shards_before)
 
 
-def _refused(port: int) -> bool:
+def _refused(launched: Launched) -> bool:
     """A new request is refused (503 while draining, or nothing listens any more)."""
     try:
-        status, _ = _post(port, "/generate", _gen_body(1), timeout=HANG_S)
+        status, body = _post(launched.port, "/generate", _gen_body(1), timeout=HANG_S)
     except (ConnectionError, http.client.HTTPException):  # closed while the router stops
         return True
-    assert status in (200, 503), status
+    assert status in (200, 503), f"{status} {body!r}\n{launched.tail()}"
     return status == 503
 
 
@@ -180,7 +180,7 @@ def test_sigterm_during_stream_lets_it_finish(launched: Launched):
     events = _stream(launched.port, body)
     first = next(events)
     launched.proc.send_signal(signal.SIGTERM)
-    while not _refused(launched.port):  # accepted until the router has the SIGTERM, then refused
+    while not _refused(launched):  # accepted until the router has the SIGTERM, then refused
         time.sleep(0.05)
     rest = [first, *events]
     final = rest[-1]

@@ -54,14 +54,9 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 class DecodeStack:
     """One model's decoder layers as the C function sees them (weights fixed; KV views per pool)."""
 
-    def __init__(self, model: LlamaForCausalLM) -> None:
+    def __init__(self, model: LlamaForCausalLM, hq: int, hk: int) -> None:
         self.model = model
-        s = model.config.shape
-        attn = model.model.layers[0].self_attn
-        self.H, self.D = s.hidden_size, s.head_dim
-        self.Hq = attn.qkv_proj.offsets["q"][2] - attn.qkv_proj.offsets["q"][1]
-        self.Hk = attn.qkv_proj.offsets["k"][2] - attn.qkv_proj.offsets["k"][1]
-        self.Hq, self.Hk = self.Hq // self.D, self.Hk // self.D
+        self.H, self.D, self.Hq, self.Hk = model.config.shape.hidden_size, model.config.shape.head_dim, hq, hk
         self.I = model.model.layers[0].mlp.gate_up_proj.out_local // 2
         self.eps = model.model.layers[0].input_layernorm.eps
         self._layers: ctypes.Array | None = None
@@ -84,7 +79,7 @@ class DecodeStack:
                 and d <= cpu_step.MAX_HEAD_DIM and [o[0] for o in qkv.values()] == [0, hq * d, (hq + hk) * d]
                 and gate_up["up"][0] == gate_up["gate"][2] - gate_up["gate"][1]):
             return None
-        return cls(model)
+        return cls(model, hq, hk)
 
     def _layer_table(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> ctypes.Array:
         key = tuple(c.data_ptr() for pair in kv for c in pair)

@@ -40,7 +40,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # one library: the matmul kernels and their thread pool, the step kernels (shard.model.cpu_step) and the
 # fused decoder stack (shard.model.cpu_decode), which calls both
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("cpu_kernels.c", "cpu_step.c", "cpu_decode.c"))

@@ -15,17 +15,12 @@ KV slot is written or read.
 from __future__ import annotations
 
 import ctypes
-import logging
 import math
-from pathlib import Path
 
 import torch
 
 from shard.model import cpu_kernels
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("cpu_step.c")
 MAX_GROUP, MAX_HEAD_DIM = 16, 256  # query heads per KV head, head dim (as cpu_step.c)
 
 _lib: ctypes.CDLL | None = None

@@ -101,13 +101,14 @@ def measure_bandwidth_bytes_per_s(nbytes: int = 512 * 1024**2, repeats: int = 5)
 
 
 def _requests(n: int, args: SimpleNamespace, adapters: Sequence[str | None], first_page: int,
-              block_size: int) -> list:
+              block_size: int, first_id: int = 0) -> list:
     from chameleon_pb import generate_pb2
 
     per = -(-(args.prompt_tokens + args.new_tokens) // block_size)
     out = []
     for i in range(n):
-        r = generate_pb2.Request(id=i, inputs=prompt_text(i, args.prompt_tokens), truncate=args.prompt_tokens,
+        r = generate_pb2.Request(id=first_id + i, inputs=prompt_text(i, args.prompt_tokens),
+                                 truncate=args.prompt_tokens,
                                  blocks=range(first_page + i * per, first_page + (i + 1) * per))
         r.stopping_parameters.max_new_tokens = args.new_tokens
         r.stopping_parameters.ignore_eos_token = True
@@ -133,6 +134,39 @@ def run_shard(service: object, args: SimpleNamespace, name: str, adapters: Seque
         batch = reply.batch
     n, step = len(adapters), statistics.median(steps)
     return RunResult(name, n, n * args.prompt_tokens / prefill_s, n / step, 1000 * step)
+
+
+def run_pair(service: object, args: SimpleNamespace, runs: Sequence[tuple[str, Sequence[str | None]]],
+             block_size: int) -> list[RunResult]:
+    """Several workloads prefilled one after the other, then decoded step by step in turn (one Decode of
+    each batch per round), so that every workload's median step sees the same machine state: on a
+    shared machine, load that comes and goes no longer lands on one workload only."""
+    from chameleon_pb import generate_pb2
+
+    per = -(-(args.prompt_tokens + args.new_tokens) // block_size)
+    batches, prefill_s, first_page, first_id = [], [], 1, 0
+    for k, (_name, adapters) in enumerate(runs):
+        reqs = _requests(len(adapters), args, adapters, first_page, block_size, first_id)
+        first_page, first_id = first_page + len(adapters) * per, first_id + len(adapters)
+        t0 = time.perf_counter()
+        batch = generate_pb2.Batch(id=k + 1, requests=reqs)
+        reply = service.Prefill(generate_pb2.PrefillRequest(batch=batch), None)
+        prefill_s.append(time.perf_counter() - t0)
+        batches.append(reply.batch if reply.HasField("batch") else None)
+    steps: list[list[float]] = [[] for _ in runs]
+    while any(b is not None for b in batches):
+        for k, batch in enumerate(batches):
+            if batch is None:
+                continue
+            t0 = time.perf_counter()
+            reply = service.Decode(generate_pb2.DecodeRequest(batches=[batch]), None)
+            steps[k].append(time.perf_counter() - t0)
+            batches[k] = reply.batch if reply.HasField("batch") else None
+    out = []
+    for (name, adapters), pre, st in zip(runs, prefill_s, steps, strict=True):
+        n, step = len(adapters), statistics.median(st)
+        out.append(RunResult(name, n, n * args.prompt_tokens / pre, n / step, 1000 * step))
+    return out
 
 
 class StepClock:
@@ -190,7 +224,8 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
         device=args.device, block_size=16, threads=args.threads, adapter_dtype=args.adapter_dtype))
     runner = core.runner
     adapter_pages = sum(runner.adapters.pages_needed(args.adapter_dir / n) for n in names)
-    kv_pages = len(names) * -(-(args.prompt_tokens + args.new_tokens) // runner.block_size) + 2
+    # base-only and multi-adapter batches are decoded side by side (run_pair): KV for both
+    kv_pages = 2 * len(names) * -(-(args.prompt_tokens + args.new_tokens) // runner.block_size) + 2
     prefill = len(names) * args.prompt_tokens
     if runner.device.type == "cpu":
         want = (kv_pages + adapter_pages) * runner.page_bytes + runner.measure_activation_bytes(prefill)
@@ -216,11 +251,12 @@ def kernels_active(runner: object) -> bool:
 
 def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs: int,
                 suffix: str = "") -> tuple[RunResult, RunResult, RunResult]:
-    """(base at --floor-batch, base at --requests, every request on its own adapter)."""
+    """(base at --floor-batch, base at --requests, every request on its own adapter); the last two are
+    decoded side by side (run_pair), so their ratio compares steps taken under the same conditions."""
     at_floor = run_shard(service, args, f"base batch {args.floor_batch}{suffix}", [None] * args.floor_batch,
                          bs)
-    base = run_shard(service, args, f"base only{suffix}", [None] * args.requests, bs)
-    multi = run_shard(service, args, f"{args.requests} adapters{suffix}", names, bs)
+    base, multi = run_pair(service, args, [(f"base only{suffix}", [None] * args.requests),
+                                           (f"{args.requests} adapters{suffix}", names)], bs)
     return at_floor, base, multi
 
 

@@ -10,7 +10,9 @@ state. Bandwidth physics: a decode step must read the base
 weights plus every adapter of the batch once, so if decode is bandwidth-bound the multi-adapter / base
 throughput ratio cannot exceed weights / (weights + adapter bytes); the report prints that ceiling and the
 multi-adapter step against its own floor ((weights + adapter bytes) / bandwidth). Decode figures use the
-median step (robust to other load on the machine); prefill is one timed step. The shard runs in-process
+median step (robust to other load on the machine), and the base-only and multi-adapter batches decode
+side by side, one step of each in turn, so that load which comes and goes hits both alike; prefill is
+one timed step. The shard runs in-process
 through its generate.v3 servicer (batching, sampling and detokenization included; no socket).
 """
 

@@ -122,20 +122,8 @@ def _requests(n: int, args: SimpleNamespace, adapters: Sequence[str | None], fir
 
 def run_shard(service: object, args: SimpleNamespace, name: str, adapters: Sequence[str | None],
               block_size: int) -> RunResult:
-    from chameleon_pb import generate_pb2
-
-    reqs = _requests(len(adapters), args, adapters, 1, block_size)
-    t0 = time.perf_counter()
-    reply = service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(id=1, requests=reqs)), None)
-    prefill_s = time.perf_counter() - t0
-    steps, batch = [], reply.batch
-    while reply.HasField("batch"):
-        t0 = time.perf_counter()
-        reply = service.Decode(generate_pb2.DecodeRequest(batches=[batch]), None)
-        steps.append(time.perf_counter() - t0)
-        batch = reply.batch
-    n, step = len(adapters), statistics.median(steps)
-    return RunResult(name, n, n * args.prompt_tokens / prefill_s, n / step, 1000 * step)
+    """One workload: prefill, then decode to the end (run_pair with a single batch)."""
+    return run_pair(service, args, [(name, adapters)], block_size)[0]
 
 
 def run_pair(service: object, args: SimpleNamespace, runs: Sequence[tuple[str, Sequence[str | None]]],

@@ -47,6 +47,15 @@ class Step(ctypes.Structure):
                 ("mods", _i64 * 7), ("nthreads", _i64)]
 
 
+def _library() -> ctypes.CDLL | None:
+    """shard.model.cpu_kernels' library (None: disabled or unavailable), cd_decode_layers typed."""
+    lib = cpu_kernels.library()
+    if lib is not None and not lib.cd_decode_layers.argtypes:
+        lib.cd_decode_layers.argtypes = [ctypes.POINTER(Step), ctypes.POINTER(Layer), ctypes.c_int]
+        lib.cd_decode_layers.restype = ctypes.c_int
+    return lib
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
@@ -104,8 +113,8 @@ class DecodeStack:
         t = h.shape[0]
         if meta.prefills or meta.decode_rows.numel() != t or (lora is not None and lora.cpu is None):
             return None
-        lib = cpu_kernels.library()
-        if lib is None or cpu_step.library() is None or not hasattr(lib, "cd_decode_layers"):
+        lib = _library()
+        if lib is None:
             return None
         kc = kv[0][0]
         if not (h.is_contiguous() and h.dtype == torch.float32 and kc.dim() == 4 and kc.stride(2) == self.D
@@ -114,9 +123,6 @@ class DecodeStack:
                 and meta.decode_lens.is_contiguous() and meta.slots.is_contiguous()
                 and meta.slots.dtype == meta.decode_blocks.dtype == meta.decode_lens.dtype == torch.int64):
             return None
-        if lib.cd_decode_layers.restype is not ctypes.c_int or not lib.cd_decode_layers.argtypes:
-            lib.cd_decode_layers.argtypes = [ctypes.POINTER(Step), ctypes.POINTER(Layer), ctypes.c_int]
-            lib.cd_decode_layers.restype = ctypes.c_int
         nq, nk = self.Hq * self.D, self.Hk * self.D
         res = torch.empty_like(h)
         x = torch.empty_like(h)

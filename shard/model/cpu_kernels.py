@@ -48,6 +48,8 @@ SMALL_M = 32  # up to this many rows small_linear computes (w @ x.T).T on CPU in
 KERNEL_M = 32  # up to this many rows the C kernel runs (30 layers + LM head of SmolLM2, cold weights, 2
                # cores: kernel vs MKL w @ x.T 40-50 vs 90-110 ms at M=8, 100-120 vs 130-140 ms at M=32)
 
+PANEL = 8  # output rows per panel of a packed weight (cpu_kernels.c; checked against ck_panel at load)
+
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -122,6 +124,8 @@ def library() -> ctypes.CDLL | None:
             lib.ck_lora.restype = i32
             lib.ck_linear_packed.argtypes = [fp, i64, fp, fp, fp, i64, i32, i64, i64, i32, i32]
             lib.ck_linear_packed.restype = i32
+            if lib.ck_panel() != PANEL:
+                raise RuntimeError(f"library panels of {lib.ck_panel()} rows, this module packs {PANEL}")
             _lib = lib
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             log.warning("CPU kernels unavailable, using torch matmuls: %s", e)
@@ -152,9 +156,6 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                        bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m, n, k, 0,
                        torch.get_num_threads())
     return y if rc == 0 else None
-
-
-PANEL = 8  # output rows per panel of a packed weight (cpu_kernels.c)
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:

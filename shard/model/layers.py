@@ -32,20 +32,6 @@ def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
     return p
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            packed_rows: int | None) -> torch.Tensor:
-    if packed_rows is None:
-        return small_linear(x, weight, bias)
-    return cpu_kernels.packed_linear(x, weight, packed_rows, bias)
-
-
-def _pack(param: nn.Parameter) -> int:
-    """Re-lays param in panels (cpu_kernels.pack); returns its row count."""
-    rows = param.shape[0]
-    param.data = cpu_kernels.pack(param.data)
-    return rows
-
-
 class PackableLinear(nn.Module):
     """A linear layer whose weight [N, K] may be packed for the C kernel (see the module docstring)."""
 
@@ -53,11 +39,15 @@ class PackableLinear(nn.Module):
     packed_rows: int | None = None
 
     def pack(self) -> None:
+        """Re-lays the weight in panels (cpu_kernels.pack) and records its row count; once."""
         if self.packed_rows is None:
-            self.packed_rows = _pack(self.weight)
+            self.packed_rows = self.weight.shape[0]
+            self.weight.data = cpu_kernels.pack(self.weight.data)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return _linear(x, self.weight, bias, self.packed_rows)
+        if self.packed_rows is None:
+            return small_linear(x, self.weight, bias)
+        return cpu_kernels.packed_linear(x, self.weight, self.packed_rows, bias)
 
 
 def pack_linears(model: nn.Module) -> int:

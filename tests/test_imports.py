@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -37,3 +38,19 @@ def test_router_cli_and_server_do_not_load_torch():
     assert "torch" not in mods
     assert "transformers" not in mods
     assert not any(m == "shard" or m.startswith("shard.") for m in mods)
+
+
+def _omp_policy(env_value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if env_value is not None:
+        env["OMP_WAIT_POLICY"] = env_value
+    probe = ("import os, sys\nimport shard\nassert 'torch' not in sys.modules, 'shard loaded torch first'\n"
+             "import shard.cli\nprint(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_shard_makes_openmp_wait_passively_before_torch_loads():
+    """Torch's OpenMP workers must not spin on the cores the C kernels' workers need (shard/__init__)."""
+    assert _omp_policy(None) == "PASSIVE"
+    assert _omp_policy("ACTIVE") == "ACTIVE"  # the user's setting wins

@@ -24,7 +24,7 @@ from shard.lora.store import LoraWeights
 from shard.model import cpu_kernels
 
 MODULE_INDEX = {m: i for i, m in enumerate(LORA_TARGETS)}
-MAX_SEGMENT_ROWS = 64  # longer segments (prefill) go to the torch segment path (MKL wins there)
+MAX_SEGMENT_ROWS = 256  # the C kernel's limit (ck_max_m); longer segments go to the torch segment path
 ENTRY = 8  # int64 fields per table entry (LORA_ENTRY in cpu_kernels.c)
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # WT_* in cpu_kernels.c
 

@@ -21,7 +21,7 @@ many or large adapters, and prefill, go by segments.
 - kernel path (CPU float32, world_size 1, segments of at most MAX_SEGMENT_ROWS rows): the C kernel
   of shard.lora.cpu_bgmv does all segments of one (layer, module) in one call, streaming each adapter
   once; taken whenever it applies (unless a path is forced), the torch paths are its fallback
-  (CHAMELEON_CPU_KERNELS=0, no gcc, other dtypes/devices, prefill-length segments).
+  (CHAMELEON_CPU_KERNELS=0, no gcc, other dtypes/devices, segments over MAX_SEGMENT_ROWS rows).
 Under tensor parallelism only the segment path runs: column-parallel A outputs are all-gathered
 (A is split along r), row-parallel A outputs are all-reduced (A split along in) and each rank adds its
 B output columns before the base layer's all-reduce.

@@ -42,17 +42,20 @@ class AttentionMeta:
     decode_mask: torch.Tensor         # [S_dec, 1, 1, max_blocks * block_size] additive (0 / -inf)
     decode_lens: torch.Tensor         # [S_dec] int64 context length of each decode sequence
     prefills: tuple[PrefillSeq, ...]
+    row_blocks: torch.Tensor          # [T, max_blocks] every row's block table (padded like decode_blocks)
+    row_lens: torch.Tensor            # [T] int64 keys each row attends to (its position + 1): causal
 
     @classmethod
     def build(cls, slots: torch.Tensor, query_lens: list[int], context_lens: list[int],
               block_tables: list[list[int]], block_size: int, device: torch.device,
               dtype: torch.dtype) -> AttentionMeta:
-        dec_rows, dec_tables, dec_lens, prefills = [], [], [], []
+        dec_rows, dec_tables, dec_lens, prefills, seq_tables = [], [], [], [], []
         start = 0
         for q, ctx, table in zip(query_lens, context_lens, block_tables, strict=True):
             need = -(-ctx // block_size)
             if len(table) < need:
                 raise ValueError(f"block table of {len(table)} blocks cannot hold {ctx} tokens")
+            seq_tables.append(table[:need])
             if q == 1:
                 dec_rows.append(start)
                 dec_tables.append(table[:need])
@@ -71,11 +74,19 @@ class AttentionMeta:
         mask = torch.arange(width * block_size)[None, :] < lens[:, None]
         tables = torch.tensor(padded, dtype=torch.int64, device=device).view(len(padded), width)
         slots = slots.to(device)
+        row_blocks, row_lens = tables, lens.to(device)
+        if prefills:  # each prefill row is a query over its sequence's blocks up to its own position
+            w = max(len(t) for t in seq_tables)
+            per_seq = torch.tensor([t + t[:1] * (w - len(t)) for t in seq_tables], dtype=torch.int64)
+            row_blocks = per_seq.repeat_interleave(torch.tensor(query_lens), dim=0).to(device)
+            row_lens = torch.cat([torch.arange(c - q + 1, c + 1, dtype=torch.int64)
+                                  for q, c in zip(query_lens, context_lens, strict=True)]).to(device)
         return cls(slots=slots, slot_pages=slots // block_size, slot_offsets=slots % block_size,
                    decode_rows=torch.tensor(dec_rows, dtype=torch.int64, device=device),
                    decode_blocks=tables,
                    decode_mask=_additive(mask.to(device), dtype)[:, None, None, :],
-                   decode_lens=lens.to(device), prefills=tuple(prefills))
+                   decode_lens=lens.to(device), prefills=tuple(prefills), row_blocks=row_blocks,
+                   row_lens=row_lens)
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,16 +1,18 @@
-/* The decoder stack of one decode-only batch in one call (CPU float32, one rank), compiled in one unit
+/* The decoder stack of one batch in one call (CPU float32, one rank), compiled in one unit
  * after cpu_kernels.c and cpu_step.c (shard.model.cpu_kernels builds them together), whose kernels it
  * chains: per layer, exactly the operations of shard.model.llama's layer forward in the same order:
  *   x = rmsnorm(res += h)              (layer 0: res = h, x = rmsnorm(h))
  *   qkv = x Wqkv^T + bqkv; += LoRA q, k, v (per token's adapter)
- *   rotary on q, k; k, v into their KV slots; attn = decode attention over each sequence's blocks
+ *   rotary on q, k; k, v of every row into their KV slots; then each row (decode or prefill) attends to
+ *   the first lens[t] keys of its block table (lens[t] = its position + 1: causal)
  *   h = attn Wo^T; += LoRA o; += bo
  *   x = rmsnorm(res += h)
  *   gu = x Wgu^T + bgu; += LoRA gate, up; act = silu(gate) * up
  *   h = act Wdown^T; += LoRA down; += bdown
  * Why: at decode sizes the per-operation cost of calling ~12 kernels per layer from Python (argument
  * checks, tensor allocation, waking the pool's worker after single-threaded work) is a third of the
- * step; here the worker stays hot and attention runs on the pool too (one sequence per chunk).
+ * step (and of a short prefill); here the worker stays hot and attention runs on the pool too (one row
+ * per chunk).
  * Weights are packed (ck_linear_packed); biases may be NULL. Returns 0; -1: a KV slot or block table
  * page outside the pool (checked before it is written or read); -2: a kernel refused its shapes. */
 
@@ -20,13 +22,13 @@ typedef struct {
 } cd_layer;
 
 typedef struct {
-    int64_t T, H, Hq, Hk, D, I;        /* sequences (one new token each), hidden, heads, head dim, MLP */
+    int64_t T, H, Hq, Hk, D, I;        /* token rows, hidden, heads, head dim, MLP */
     float eps, scale;                  /* RMSNorm epsilon, attention scale 1/sqrt(D) */
     float *h, *res;                    /* [T, H]; in: h = embeddings; out: h = last MLP output, res */
     float *x, *qkv, *attn, *gu, *act;  /* scratch [T, H], [T, (Hq+2Hk) D], [T, Hq D], [T, 2I], [T, I] */
     const float *cosv, *sinv;          /* [T, D] rows, row stride ldc */
     int64_t ldc;
-    const int64_t *slots, *tables, *lens; /* [T], [T, ldt] block tables, [T] context lengths */
+    const int64_t *slots, *tables, *lens; /* [T], [T, ldt] block tables, [T] keys each row attends to */
     int64_t ldt, page_stride, slot_stride, block_size, num_pages;
     int64_t nseg;                      /* LoRA segments (0: no LoRA) as ck_lora takes them */
     const int32_t *seg, *rows;
@@ -42,7 +44,7 @@ typedef struct {
     _Atomic int err;
 } attn_ctx;
 
-static void attn_chunk(const void *p, int64_t t) { /* one sequence */
+static void attn_chunk(const void *p, int64_t t) { /* one row */
     attn_ctx *A = (attn_ctx *)p;
     const cd_step *s = A->s;
     int64_t nqkv = (s->Hq + 2 * s->Hk) * s->D, nq = s->Hq * s->D;

@@ -1,13 +1,17 @@
-"""The decoder stack of a decode-only batch in one C call (cpu_decode.c), for CPU float32 on one rank.
+"""The decoder stack of a batch in one C call (cpu_decode.c), for CPU float32 on one rank.
 
 Why: at decode sizes the Python around ~12 kernel calls per layer (argument checks, allocations, and the
-pool's worker falling asleep during single-threaded work) costs as much as a third of the step. The C
-function chains the same kernels in the same order as shard.model.llama's layers (see cpu_decode.c).
+pool's worker falling asleep during single-threaded work) costs as much as a third of the step, and a
+short prefill pays the same. The C function chains the same kernels in the same order as
+shard.model.llama's layers (see cpu_decode.c). Prefill rows are queries like decode rows: once every new
+K/V of the layer is in its slot, row t attends to the first meta.row_lens[t] (= its position + 1) keys of
+its sequence's blocks, which is causal attention.
 
 Contract: `DecodeStack.for_model(model)` is None unless every linear is packed (shard.model.layers.
 pack_linears), the model is float32 on CPU on one rank and its heads fit the attention kernel.
 `run(...)` returns (h, residual) as the layer loop would (h, the embeddings passed in, is overwritten), or
-None when this batch does not qualify (a prefill row, LoRA off the C kernel path, kernels disabled now);
+None when this batch does not qualify (LoRA off the C kernel path, e.g. a segment of more than
+shard.lora.cpu_bgmv.MAX_SEGMENT_ROWS rows; kernels disabled now);
 then nothing was written and the caller runs the layer loop.
 A KV slot or block page outside the pool raises IndexError before anything is written.
 """
@@ -109,9 +113,10 @@ class DecodeStack:
     def run(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             kv: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMeta,
             lora: LoraBatch | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(h, residual) after every layer, for h [T, H] embeddings of T decode rows; None: not this batch."""
+        """(h, residual) after every layer, for h [T, H] embeddings of the batch's T token rows (decode and
+        prefill alike: row t attends to meta.row_lens[t] keys of its block table); None: not this batch."""
         t = h.shape[0]
-        if meta.prefills or meta.decode_rows.numel() != t or (lora is not None and lora.cpu is None):
+        if lora is not None and lora.cpu is None:
             return None
         lib = _library()
         if lib is None:
@@ -119,9 +124,10 @@ class DecodeStack:
         kc = kv[0][0]
         if not (h.is_contiguous() and h.dtype == torch.float32 and kc.dim() == 4 and kc.stride(2) == self.D
                 and kc.stride(3) == 1 and kv[0][1].stride() == kc.stride() and cos.stride(-1) == 1
-                and sin.stride(0) == cos.stride(0) and meta.decode_blocks.is_contiguous()
-                and meta.decode_lens.is_contiguous() and meta.slots.is_contiguous()
-                and meta.slots.dtype == meta.decode_blocks.dtype == meta.decode_lens.dtype == torch.int64):
+                and sin.stride(0) == cos.stride(0) and meta.row_blocks.is_contiguous()
+                and meta.row_lens.is_contiguous() and meta.slots.is_contiguous()
+                and meta.row_lens.numel() == t
+                and meta.slots.dtype == meta.row_blocks.dtype == meta.row_lens.dtype == torch.int64):
             return None
         nq, nk = self.Hq * self.D, self.Hk * self.D
         res = torch.empty_like(h)
@@ -134,8 +140,8 @@ class DecodeStack:
                   scale=1.0 / math.sqrt(self.D), h=h.data_ptr(), res=res.data_ptr(), x=x.data_ptr(),
                   qkv=qkv.data_ptr(), attn=attn.data_ptr(), gu=gu.data_ptr(), act=act.data_ptr(),
                   cosv=cos.data_ptr(), sinv=sin.data_ptr(), ldc=cos.stride(0), slots=meta.slots.data_ptr(),
-                  tables=meta.decode_blocks.data_ptr(), lens=meta.decode_lens.data_ptr(),
-                  ldt=meta.decode_blocks.shape[1], page_stride=kc.stride(0), slot_stride=kc.stride(1),
+                  tables=meta.row_blocks.data_ptr(), lens=meta.row_lens.data_ptr(),
+                  ldt=meta.row_blocks.shape[1], page_stride=kc.stride(0), slot_stride=kc.stride(1),
                   block_size=kc.shape[1], num_pages=kc.shape[0], nthreads=torch.get_num_threads())
         if lora is not None:
             cpu = lora.cpu

@@ -15,8 +15,8 @@
  *   WT_F16; A ptr 0: the adapter lacks this module): y[t, :] += B_s @ (scale * (A_s @ x[t, :])).
  *   16-bit weights are widened to float32 in registers (bf16: a 16-bit left shift, exact; fp16: F16C),
  *   so they cost half the memory traffic and compute exactly like their float32 upcast.
- *   Segments own disjoint rows: the shrinks run in parallel by segment, then the expands by
- *   (segment, slice of output rows).
+ *   Segments own disjoint rows: the shrinks run in parallel by (segment, block of rows), then the
+ *   expands by (segment, slice of output rows).
  * Summation order differs from BLAS only by float rounding. No allocation except ck_lora's scratch.
  */
 #define _GNU_SOURCE
@@ -413,6 +413,7 @@ typedef struct {
     int64_t entry, N, K, nchunk_n; /* expand: output rows split in nchunk_n chunks per segment */
     float *scratch;
     int rmax;
+    const int32_t *shrink; /* shrink chunk c: segment shrink[2c], its rows from shrink[2c + 1] on */
 } lora_ctx;
 
 static void lora_rows(const lora_ctx *L, int s, const float **xr, float **yr, float **xa) {
@@ -429,18 +430,22 @@ static double entry_scale(const int64_t *e) {
     return scale;
 }
 
-static void shrink_chunk(const void *p, int64_t s) { /* xa = scale * x A^T, one segment */
+#define SHRINK_ROWS 24 /* rows per shrink chunk: a long (prefill) segment shrinks on every thread */
+
+static void shrink_chunk(const void *p, int64_t c) { /* xa = scale * x A^T, rows of one segment */
     const lora_ctx *L = (const lora_ctx *)p;
+    int s = L->shrink[2 * c], m0 = L->shrink[2 * c + 1];
     const int64_t *e = L->tables[s] + LORA_ENTRY * L->entry;
-    int M = L->seg[s + 1] - L->seg[s];
-    if (!e[0] || M == 0) return;
+    int M = L->seg[s + 1] - L->seg[s] - m0;
+    if (M > SHRINK_ROWS) M = SHRINK_ROWS;
+    if (!e[0] || M <= 0) return;
     const float *xr[MAX_M];
     float *yr[MAX_M], *xa[MAX_M];
-    lora_rows(L, (int)s, xr, yr, xa);
-    rows_block_w((const void *)e[0], (int)e[5], e[1], 0, e[4], xr, xa, M, L->K, 0);
+    lora_rows(L, s, xr, yr, xa);
+    rows_block_w((const void *)e[0], (int)e[5], e[1], 0, e[4], xr + m0, xa + m0, M, L->K, 0);
     float scale = (float)entry_scale(e);
     if (scale != 1.0f)
-        for (int m = 0; m < M; m++)
+        for (int m = m0; m < m0 + M; m++)
             for (int64_t j = 0; j < e[4]; j++) xa[m][j] *= scale;
 }
 
@@ -470,14 +475,26 @@ int ck_lora(const float *x, int64_t ldx, float *y, int64_t ldy, int nseg, const 
     }
     if (T == 0 || rmax == 0) return 0;
     float *scratch = (float *)malloc(sizeof(float) * (size_t)T * (size_t)rmax);
-    if (!scratch) return -2;
+    int32_t *shrink = (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)(T / SHRINK_ROWS + nseg));
+    if (!scratch || !shrink) {
+        free(scratch);
+        free(shrink);
+        return -2;
+    }
+    int64_t nshrink = 0;
+    for (int s = 0; s < nseg; s++)
+        for (int m0 = 0; m0 < seg[s + 1] - seg[s]; m0 += SHRINK_ROWS) {
+            shrink[2 * nshrink] = s;
+            shrink[2 * nshrink++ + 1] = m0;
+        }
     /* expand: split each segment's output rows so that there are >= 4 chunks per thread */
     int64_t nchunk_n = (4 * (int64_t)nthreads + nseg - 1) / nseg;
     if (nchunk_n > N / 64) nchunk_n = N / 64 > 0 ? N / 64 : 1;
-    lora_ctx L = {x, ldx, y, ldy, seg, rows, tables, entry, N, K, nchunk_n, scratch, rmax};
-    run(shrink_chunk, &L, nseg, nthreads);
+    lora_ctx L = {x, ldx, y, ldy, seg, rows, tables, entry, N, K, nchunk_n, scratch, rmax, shrink};
+    run(shrink_chunk, &L, nshrink, nthreads);
     run(expand_chunk, &L, nseg * nchunk_n, nthreads);
     free(scratch);
+    free(shrink);
     return 0;
 }
 

@@ -141,7 +141,7 @@ class LlamaForCausalLM(nn.Module):
         if self._stack is None:
             self._stack = DecodeStack.for_model(self) or False
         fused = self._stack.run(h, cos, sin, kv, meta, lora) if self._stack else None
-        if fused is not None:  # a decode-only batch on CPU float32: all layers in one C call
+        if fused is not None:  # CPU float32, one rank: all layers in one C call
             h, residual = fused
         else:
             for layer, cache in zip(self.model.layers, kv, strict=True):

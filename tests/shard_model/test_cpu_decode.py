@@ -1,5 +1,6 @@
-"""The fused decoder stack (shard.model.cpu_decode): decode-only batches on CPU float32 run every layer in
-one C call and give the layer loop's logits; other batches take the loop; bad slots raise before writing."""
+"""The fused decoder stack (shard.model.cpu_decode): batches on CPU float32 (decode, prefill and mixed rows)
+run every layer in one C call and give the layer loop's logits; batches whose LoRA is off the C kernel path
+take the loop; bad slots raise before writing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shard.lora import cpu_bgmv
 from shard.model import cpu_kernels
 from shard.model.cpu_decode import DecodeStack
 from shard.model.dist import DistContext
@@ -40,7 +42,7 @@ def count_fused(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_fused_stack_equals_layer_loop(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scenario (prefill, decode, mixed batches, LoRA of every rank and dtype through the C kernel)
-    with the fused stack gives the layer loop's logits; its decode-only steps went through the stack."""
+    with the fused stack gives the layer loop's logits; its steps went through the stack."""
     fused_runner, loop_runner = runner_for(tiny_root), runner_for(tiny_root)
     assert fused_runner.packed_layers == 2 * 4 + 1  # per layer qkv, o, gate_up, down; the tied LM head
     loop_runner.model._stack = False  # the layer loop only
@@ -48,7 +50,7 @@ def test_fused_stack_equals_layer_loop(tiny_root: Path, monkeypatch: pytest.Monk
     fused, loop = Harness(fused_runner, tiny_root, seed=7), Harness(loop_runner, tiny_root, seed=7)
     fused.scenario()
     loop.scenario()
-    assert served and max(served) >= 5, "no decode-only step took the fused stack"
+    assert served and max(served) >= 5, "no step took the fused stack"
     assert len(fused.records) == len(loop.records)
     for a, b in zip(fused.records, loop.records, strict=True):
         assert a.tokens == b.tokens
@@ -56,22 +58,27 @@ def test_fused_stack_equals_layer_loop(tiny_root: Path, monkeypatch: pytest.Monk
 
 
 def test_fused_stack_skips_what_it_cannot_serve(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A forced torch LoRA path, a prefill row, or kernels disabled: the layer loop serves the batch."""
+    """Prefill and decode rows take the stack; a forced torch LoRA path, a LoRA segment longer than the C
+    kernel takes, or kernels disabled: the layer loop serves the batch."""
     runner = runner_for(tiny_root)
     served = count_fused(monkeypatch)
     h = Harness(runner, tiny_root, seed=3)
     seqs = [h.seq("x", "a8", 3), h.seq("y", None, 2)]
-    h.step(seqs)  # prefill
-    assert served == []
+    h.step(seqs)  # prefill: 3 + 2 rows
+    assert served == [5]
     runner.lora_path = "segment"
     h.step(seqs)
-    assert served == []
+    assert served == [5]
     runner.lora_path = None
     h.step(seqs)
-    assert served == [2]
+    assert served == [5, 2]
+    monkeypatch.setattr(cpu_bgmv, "MAX_SEGMENT_ROWS", 2)
+    h.step([h.seq("z", "a8", 3)])  # a 3-row LoRA segment: torch LoRA path, so the loop
+    assert served == [5, 2]
+    monkeypatch.setattr(cpu_bgmv, "MAX_SEGMENT_ROWS", 256)
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
     h.step(seqs)
-    assert served == [2]
+    assert served == [5, 2]
 
 
 def test_fused_stack_rejects_slots_outside_the_pool(tiny_root: Path) -> None:

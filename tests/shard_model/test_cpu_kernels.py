@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shard.lora import cpu_bgmv
 from shard.lora.cpu_bgmv import CpuBgmv, TableCache
 from shard.lora.store import LoraWeights
 from shard.model import cpu_kernels
@@ -78,7 +79,7 @@ def _adapter(layers: int, ranks_in_out: dict[str, tuple[int, int, int]], g: torc
     return LoraWeights(name, r0, (r0,), tuple(mods), {})
 
 
-@pytest.mark.parametrize("rows_per_seg", [[1] * 9, [1, 3, 2], [5], [2] * 3 + [33]])
+@pytest.mark.parametrize("rows_per_seg", [[1] * 9, [1, 3, 2], [5], [2] * 3 + [33], [100, 1, 256]])
 def test_lora_kernel_equals_torch(rows_per_seg: list[int]) -> None:
     g = torch.Generator().manual_seed(len(rows_per_seg))
     k, n = 37, 29
@@ -116,7 +117,8 @@ def test_lora_kernel_not_built_when_disabled(monkeypatch: pytest.MonkeyPatch) ->
     args = ([w], [slice(0, 2)], 2, TableCache(), 0, torch.device("cpu"))
     assert CpuBgmv.build(*args, torch.float32) is not None
     assert CpuBgmv.build(*args, torch.bfloat16) is None
-    assert CpuBgmv.build([w], [slice(0, 65)], 65, TableCache(), 0, torch.device("cpu"), torch.float32) is None
+    n = cpu_bgmv.MAX_SEGMENT_ROWS + 1
+    assert CpuBgmv.build([w], [slice(0, n)], n, TableCache(), 0, torch.device("cpu"), torch.float32) is None
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
     assert CpuBgmv.build(*args, torch.float32) is None
 

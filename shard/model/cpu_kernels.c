@@ -603,6 +603,65 @@ static void pan2_any(const float *p, int64_t K, const float *const *x, int mx, f
     }
 }
 
+/* Decode (M <= 8): two panels p and q from far-apart parts of the weight at once, so that each thread
+ * keeps two sequential streams in flight: measured 5-15% closer to the read bandwidth than one stream
+ * (a pair of adjacent panels gains nothing). 16 accumulators for 8 rows: the compiler spills a few, which
+ * costs less than a second pass. Columns n.. (vp valid) of p and nq.. (vq valid) of q. */
+static inline __attribute__((always_inline)) void pair(const float *p, const float *q, int64_t K,
+                                                      const float *const *x, int mx, float *const *y, int64_t n,
+                                                      int vp, int64_t nq, int vq, const float *bias, int acc) {
+    __m256 a[8], b[8];
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < mx; j++) a[j] = b[j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        if (!(k & 1)) {
+            _mm_prefetch((const char *)(p + PANEL * k + PF_FLOATS), _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + PANEL * k + PF_FLOATS), _MM_HINT_T0);
+        }
+        __m256 w = _mm256_loadu_ps(p + PANEL * k), v = _mm256_loadu_ps(q + PANEL * k);
+        _Pragma("GCC unroll 8")
+        for (int j = 0; j < mx; j++) {
+            __m256 xb = _mm256_broadcast_ss(x[j] + k);
+            a[j] = _mm256_fmadd_ps(w, xb, a[j]);
+            b[j] = _mm256_fmadd_ps(v, xb, b[j]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < mx; j++) {
+        put8(a[j], y[j] + n, bias ? bias + n : NULL, vp, acc);
+        put8(b[j], y[j] + nq, bias ? bias + nq : NULL, vq, acc);
+    }
+}
+
+#define PAIR(mxc) pair(p, q, K, x, mxc, y, n, vp, nq, vq, bias, acc)
+
+static void pair_any(const float *p, const float *q, int64_t K, const float *const *x, int mx, float *const *y,
+                     int64_t n, int vp, int64_t nq, int vq, const float *bias, int acc) {
+    switch (mx) {
+    case 8: PAIR(8); break;
+    case 7: PAIR(7); break;
+    case 6: PAIR(6); break;
+    case 5: PAIR(5); break;
+    case 4: PAIR(4); break;
+    case 3: PAIR(3); break;
+    case 2: PAIR(2); break;
+    default: PAIR(1); break;
+    }
+}
+
+/* panel i of a decode linear with its pair i + half (when that exists), rows x[0..mx) */
+static void decode_pair(const float *wp, int64_t i, int64_t half, int64_t P, int64_t N, int64_t K,
+                        const float *const *x, int mx, float *const *y, const float *bias, int acc) {
+    int64_t j = i + half, n = i * PANEL, nq = j * PANEL;
+    int vp = N - n < PANEL ? (int)(N - n) : PANEL;
+    if (j >= P) {
+        pan1_any(wp + i * PANEL * K, K, x, mx, y, n, vp, bias, acc, 1);
+        return;
+    }
+    int vq = N - nq < PANEL ? (int)(N - nq) : PANEL;
+    pair_any(wp + i * PANEL * K, wp + j * PANEL * K, K, x, mx, y, n, vp, nq, vq, bias, acc);
+}
+
 typedef struct {
     const float *wp, *bias;
     int64_t P, N, K, chunk; /* panels, rows, columns, panels per chunk */
@@ -616,12 +675,10 @@ static void packed_chunk(const void *ctx, int64_t c) {
     int64_t p0 = c * L->chunk, p1 = p0 + L->chunk < L->P ? p0 + L->chunk : L->P, K = L->K;
     const float *bias = L->bias;
     int acc = L->accumulate;
-    if (L->M <= PANEL) { /* decode: each panel streams from memory once, against every row */
-        for (int64_t p = p0; p < p1; p++) {
-            int64_t n = p * PANEL;
-            int valid = L->N - n < PANEL ? (int)(L->N - n) : PANEL;
-            pan1_any(L->wp + p * PANEL * K, K, L->xr, L->M, L->yr, n, valid, bias, acc, 1);
-        }
+    if (L->M <= PANEL) { /* decode: chunk c holds panels [p0, p1) of the first half, each with its pair */
+        int64_t half = (L->P + 1) / 2;
+        for (int64_t i = p0; i < p1 && i < half; i++)
+            decode_pair(L->wp, i, half, L->P, L->N, K, L->xr, L->M, L->yr, bias, acc);
         return;
     }
     for (int mb = 0; mb < L->M; mb += M_BLOCK) {
@@ -659,11 +716,13 @@ int ck_linear_packed(const float *x, int64_t ldx, const float *wp, const float *
     for (int m = 0; m < M; m++) { xr[m] = x + m * ldx; yr[m] = y + m * ldy; }
     int64_t P = (N + PANEL - 1) / PANEL;
     if (N * K < 65536) nthreads = 1; /* too small to pay for waking threads */
-    /* ~8 chunks per thread (a preempted thread holds up little), an even number of panels */
-    int64_t chunk = (P / (8 * (nthreads > 0 ? nthreads : 1)) + 1) / 2 * 2;
-    if (chunk < 8) chunk = 8;
+    /* ~8 chunks per thread (a preempted thread holds up little); prefill: an even number of panels;
+     * decode: chunks over the first half of the panels (each panel brings its pair from the second) */
+    int64_t span = M <= PANEL ? (P + 1) / 2 : P;
+    int64_t chunk = (span / (8 * (nthreads > 0 ? nthreads : 1)) + 1) / 2 * 2;
+    if (chunk < (M <= PANEL ? 4 : 8)) chunk = M <= PANEL ? 4 : 8;
     packed_ctx L = {wp, bias, P, N, K, chunk, (const float *const *)xr, (float *const *)yr, M, accumulate};
-    run(packed_chunk, &L, (P + chunk - 1) / chunk, nthreads);
+    run(packed_chunk, &L, (span + chunk - 1) / chunk, nthreads);
     free(xr);
     free(yr);
     return 0;

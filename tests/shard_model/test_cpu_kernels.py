@@ -123,7 +123,7 @@ def test_lora_kernel_not_built_when_disabled(monkeypatch: pytest.MonkeyPatch) ->
     assert CpuBgmv.build(*args, torch.float32) is None
 
 
-@pytest.mark.parametrize("m", [1, 2, 5, 8, 9, 13, 32, 100, 200])
+@pytest.mark.parametrize("m", [1, 2, 5, 6, 7, 8, 9, 13, 32, 100, 200])
 @pytest.mark.parametrize(("n", "k"), [(1, 1), (13, 7), (37, 33), (96, 90), (576, 576), (24, 1536)])
 def test_packed_linear_equals_torch(m: int, n: int, k: int) -> None:
     """Decode (one panel against every row) and prefill (panel pairs x 6 rows, blocks of rows) shapes, rows

@@ -2,18 +2,20 @@
 
 One run measures, on the same batch shape: base model only; every request on its own adapter (mixed
 ranks); the same multi-adapter workload through transformers + PEFT (`generate` with `adapter_names`);
-and the memory-bandwidth floor of one decode step (this rank's weight bytes / bandwidth measured now)
-against our decode step at batch `--floor-batch`. On CPU float32 the base and multi-adapter decode runs are
-repeated with the C kernels off (CHAMELEON_CPU_KERNELS=0, the torch path) on a second shard built in the
-same process with them off (weights in torch's layout), so both paths are compared on the same machine
-state. Bandwidth physics: a decode step must read the base
-weights plus every adapter of the batch once, so if decode is bandwidth-bound the multi-adapter / base
-throughput ratio cannot exceed weights / (weights + adapter bytes); the report prints that ceiling and the
-multi-adapter step against its own floor ((weights + adapter bytes) / bandwidth). Decode figures use the
-median step (robust to other load on the machine), and the base-only and multi-adapter batches decode
-side by side, one step of each in turn, so that load which comes and goes hits both alike; prefill is
-one timed step. The shard runs in-process
-through its generate.v3 servicer (batching, sampling and detokenization included; no socket).
+and the memory-bandwidth floor of one decode step (this rank's weight bytes / read bandwidth) against our
+decode step at batch `--floor-batch`: the bandwidth is sampled (a sum over 512 MB) right before every one
+of those steps, and the ratio is the median over steps of step / floor, so that both sides of each ratio
+see the same machine state (the report also gives it against the best of 5 reads taken at the start).
+On CPU float32 the base and multi-adapter decode runs are repeated with the C kernels off
+(CHAMELEON_CPU_KERNELS=0, the torch path) on a second shard built in the same process with them off
+(weights in torch's layout), so both paths are compared on the same machine state. Bandwidth physics: a
+decode step must read the base weights plus every adapter of the batch once, so if decode is
+bandwidth-bound the multi-adapter / base throughput ratio cannot exceed weights / (weights + adapter
+bytes); the report prints that ceiling and the multi-adapter step against its own floor ((weights +
+adapter bytes) / bandwidth). Decode figures use the median step (robust to other load on the machine),
+and the base-only and multi-adapter batches decode side by side, one step of each in turn, so that load
+which comes and goes hits both alike; prefill is one timed step. The shard runs in-process through its
+generate.v3 servicer (batching, sampling and detokenization included; no socket).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class RunResult:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     decode_step_ms: float
+    steps_ms: tuple[float, ...] = ()           # every decode step (round order)
+    bandwidth_bytes_per_s: tuple[float, ...] = ()  # a read-bandwidth sample taken right before each step
 
 
 def build_parser() -> EnvArgumentParser:
@@ -89,17 +93,22 @@ def pick_adapters(adapter_dir: Path, n: int) -> list[str]:
     return out
 
 
-def measure_bandwidth_bytes_per_s(nbytes: int = 512 * 1024**2, repeats: int = 5) -> float:
-    """Read bandwidth: best time of summing a buffer far larger than the caches."""
-    import torch
+class BandwidthProbe:
+    """Read bandwidth: the time of summing a buffer far larger than the caches (one call = one sample)."""
 
-    buf = torch.ones(nbytes // 4, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(repeats):
+    def __init__(self, nbytes: int = 512 * 1024**2) -> None:
+        import torch
+
+        self.nbytes = nbytes
+        self.buf = torch.ones(nbytes // 4, dtype=torch.float32)
+
+    def __call__(self) -> float:
         t0 = time.perf_counter()
-        float(buf.sum())
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / best
+        float(self.buf.sum())
+        return self.nbytes / (time.perf_counter() - t0)
+
+    def best(self, repeats: int = 5) -> float:
+        return max(self() for _ in range(repeats))
 
 
 def _requests(n: int, args: SimpleNamespace, adapters: Sequence[str | None], first_page: int,
@@ -121,16 +130,17 @@ def _requests(n: int, args: SimpleNamespace, adapters: Sequence[str | None], fir
 
 
 def run_shard(service: object, args: SimpleNamespace, name: str, adapters: Sequence[str | None],
-              block_size: int) -> RunResult:
+              block_size: int, probe: BandwidthProbe | None = None) -> RunResult:
     """One workload: prefill, then decode to the end (run_pair with a single batch)."""
-    return run_pair(service, args, [(name, adapters)], block_size)[0]
+    return run_pair(service, args, [(name, adapters)], block_size, probe)[0]
 
 
 def run_pair(service: object, args: SimpleNamespace, runs: Sequence[tuple[str, Sequence[str | None]]],
-             block_size: int) -> list[RunResult]:
+             block_size: int, probe: BandwidthProbe | None = None) -> list[RunResult]:
     """Several workloads prefilled one after the other, then decoded step by step in turn (one Decode of
     each batch per round), so that every workload's median step sees the same machine state: on a
-    shared machine, load that comes and goes no longer lands on one workload only."""
+    shared machine, load that comes and goes no longer lands on one workload only. With a probe, a
+    bandwidth sample is taken right before every step (RunResult.bandwidth_bytes_per_s)."""
     from chameleon_pb import generate_pb2
 
     per = -(-(args.prompt_tokens + args.new_tokens) // block_size)
@@ -144,18 +154,22 @@ def run_pair(service: object, args: SimpleNamespace, runs: Sequence[tuple[str, S
         prefill_s.append(time.perf_counter() - t0)
         batches.append(reply.batch if reply.HasField("batch") else None)
     steps: list[list[float]] = [[] for _ in runs]
+    bandwidth: list[list[float]] = [[] for _ in runs]
     while any(b is not None for b in batches):
         for k, batch in enumerate(batches):
             if batch is None:
                 continue
+            if probe is not None:
+                bandwidth[k].append(probe())
             t0 = time.perf_counter()
             reply = service.Decode(generate_pb2.DecodeRequest(batches=[batch]), None)
             steps[k].append(time.perf_counter() - t0)
             batches[k] = reply.batch if reply.HasField("batch") else None
     out = []
-    for (name, adapters), pre, st in zip(runs, prefill_s, steps, strict=True):
+    for (name, adapters), pre, st, bw in zip(runs, prefill_s, steps, bandwidth, strict=True):
         n, step = len(adapters), statistics.median(st)
-        out.append(RunResult(name, n, n * args.prompt_tokens / pre, n / step, 1000 * step))
+        out.append(RunResult(name, n, n * args.prompt_tokens / pre, n / step, 1000 * step,
+                             tuple(1000 * t for t in st), tuple(bw)))
     return out
 
 
@@ -239,18 +253,20 @@ def kernels_active(runner: object) -> bool:
             and cpu_kernels.library() is not None)
 
 
-def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs: int,
+def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs: int, probe: BandwidthProbe,
                 suffix: str = "") -> tuple[RunResult, RunResult, RunResult]:
-    """(base at --floor-batch, base at --requests, every request on its own adapter); the last two are
-    decoded side by side (run_pair), so their ratio compares steps taken under the same conditions."""
+    """(base at --floor-batch, with a bandwidth sample before each step; base at --requests; every request
+    on its own adapter); the last two are decoded side by side (run_pair), so their ratio compares steps
+    taken under the same conditions."""
     at_floor = run_shard(service, args, f"base batch {args.floor_batch}{suffix}", [None] * args.floor_batch,
-                         bs)
+                         bs, probe)
     base, multi = run_pair(service, args, [(f"base only{suffix}", [None] * args.requests),
                                            (f"{args.requests} adapters{suffix}", names)], bs)
     return at_floor, base, multi
 
 
-def torch_path_runs(args: SimpleNamespace, names: Sequence[str]) -> tuple[RunResult, RunResult, RunResult]:
+def torch_path_runs(args: SimpleNamespace, names: Sequence[str],
+                    probe: BandwidthProbe) -> tuple[RunResult, RunResult, RunResult]:
     """The same runs with the C kernels off (CHAMELEON_CPU_KERNELS=0, read at every call), on a shard built
     with them off (its weights stay in torch's layout, not packed for the kernels); env restored after."""
     old = os.environ.get("CHAMELEON_CPU_KERNELS")
@@ -259,12 +275,18 @@ def torch_path_runs(args: SimpleNamespace, names: Sequence[str]) -> tuple[RunRes
         core, service = build_service(args, names)
         bs = core.runner.block_size
         run_shard(service, replace_args(args, new_tokens=3), "warm-up", [None, names[0]], bs)
-        return run_decodes(service, args, names, bs, " (torch)")
+        return run_decodes(service, args, names, bs, probe, " (torch)")
     finally:
         if old is None:
             del os.environ["CHAMELEON_CPU_KERNELS"]
         else:
             os.environ["CHAMELEON_CPU_KERNELS"] = old
+
+
+def floor_ratio(weight_bytes: int, run: RunResult) -> float:
+    """Median over steps of step / floor, each floor from the bandwidth sample taken right before it."""
+    return statistics.median(ms / (1000 * weight_bytes / bw)
+                             for ms, bw in zip(run.steps_ms, run.bandwidth_bytes_per_s, strict=True))
 
 
 def physics(weight_bytes: int, adapter_bytes: int, bandwidth: float, base: RunResult,
@@ -283,31 +305,35 @@ def run_all(args: SimpleNamespace) -> dict:
     core, service = build_service(args, names)
     bs = core.runner.block_size
     run_shard(service, replace_args(args, new_tokens=3), "warm-up", [None, names[0]], bs)
-    bandwidth = measure_bandwidth_bytes_per_s()
-    floor_ms = 1000 * core.runner.weight_bytes / bandwidth
+    probe = BandwidthProbe()
+    best_bandwidth = probe.best()
     kernels = kernels_active(core.runner)
-    at_floor, base, multi = run_decodes(service, args, names, bs)
+    at_floor, base, multi = run_decodes(service, args, names, bs, probe)
     weight_bytes = core.runner.weight_bytes
+    bandwidth = statistics.median(at_floor.bandwidth_bytes_per_s)
+    floor_ms = 1000 * weight_bytes / bandwidth
     # every adapter of the batch is read once per decode step (this rank's slice)
     adapter_bytes = sum(core.runner.adapters.info(n).nbytes for n in set(names))
     adapter_dtypes = sorted({core.runner.adapters.info(n).dtype for n in set(names)})
     del service, core
     gc.collect()
-    torch_runs = torch_path_runs(args, names) if kernels and not args.skip_torch_path else None
+    torch_runs = torch_path_runs(args, names, probe) if kernels and not args.skip_torch_path else None
     gc.collect()
     peft = None if args.skip_peft else run_peft(args, names)
     ranks = sorted({_rank(args.adapter_dir / n) for n in names})
     out = {"model": str(args.model_dir), "requests": args.requests, "prompt_tokens": args.prompt_tokens,
            "new_tokens": args.new_tokens, "adapter_ranks": ranks, "adapter_dtypes": adapter_dtypes,
            "weight_bytes": weight_bytes, "floor_step_ms": floor_ms, "floor_batch": asdict(at_floor),
-           "floor_ratio": at_floor.decode_step_ms / floor_ms, "base": asdict(base), "multi": asdict(multi),
+           "floor_ratio": floor_ratio(weight_bytes, at_floor), "base": asdict(base), "multi": asdict(multi),
            "multi_vs_base_decode": multi.decode_tokens_per_s / base.decode_tokens_per_s,
-           "bandwidth_bytes_per_s": bandwidth, "cpu_kernels": kernels,
+           "bandwidth_bytes_per_s": bandwidth, "best_bandwidth_bytes_per_s": best_bandwidth,
+           "floor_ratio_best_bandwidth": at_floor.decode_step_ms / (1000 * weight_bytes / best_bandwidth),
+           "cpu_kernels": kernels,
            **physics(weight_bytes, adapter_bytes, bandwidth, base, multi)}
     if torch_runs is not None:
         t_floor, t_base, t_multi = torch_runs
         out["torch_path"] = {"floor_batch": asdict(t_floor), "base": asdict(t_base), "multi": asdict(t_multi),
-                             "floor_ratio": t_floor.decode_step_ms / floor_ms,
+                             "floor_ratio": floor_ratio(weight_bytes, t_floor),
                              "multi_vs_base_decode": t_multi.decode_tokens_per_s / t_base.decode_tokens_per_s,
                              **physics(weight_bytes, adapter_bytes, bandwidth, t_base, t_multi)}
     if peft is not None:
@@ -340,8 +366,12 @@ def format_report(r: dict) -> str:
                      f"(target >= 3x), prefill {r['multi_vs_peft_prefill']:.2f}x")
     at = r["floor_batch"]
     lines.append(f"bandwidth floor {r['floor_step_ms']:.1f} ms/step ({r['weight_bytes'] / 1e6:.0f} MB of "
-                 f"weights); our batch-{at['requests']} step {at['decode_step_ms']:.1f} ms = "
-                 f"{r['floor_ratio']:.2f}x floor (target <= 1.5x)")
+                 f"weights at {r['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, the median of a read before each "
+                 f"step); our batch-{at['requests']} step {at['decode_step_ms']:.1f} ms; median step / floor "
+                 f"{r['floor_ratio']:.2f}x (target <= 1.5x)")
+    best = r["best_bandwidth_bytes_per_s"] / 1e9
+    lines.append(f"  against the best of 5 reads at the start ({best:.1f} GB/s): "
+                 f"{r['floor_ratio_best_bandwidth']:.2f}x")
     if "adapter_bytes_per_step" in r:
         stored = f" ({', '.join(r['adapter_dtypes'])})" if r.get("adapter_dtypes") else ""
         lines.append(f"adapters read per multi-adapter step: {r['adapter_bytes_per_step'] / 1e6:.0f} MB"

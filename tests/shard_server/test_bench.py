@@ -19,6 +19,10 @@ def test_bench_shard_json(tiny_assets, capsys):
     assert out["floor_step_ms"] > 0 and out["multi_vs_peft_decode"] > 0 and out["multi_vs_base_decode"] > 0
     assert out["adapter_bytes_per_step"] > 0 and 0 < out["multi_vs_base_ceiling"] < 1
     assert out["multi_floor_step_ms"] > out["floor_step_ms"] and out["multi_floor_ratio"] > 0
+    at = out["floor_batch"]  # a bandwidth sample before every step of the floor batch
+    assert len(at["bandwidth_bytes_per_s"]) == len(at["steps_ms"]) == 2
+    assert min(at["bandwidth_bytes_per_s"]) > 0 and out["best_bandwidth_bytes_per_s"] > 0
+    assert out["floor_ratio"] > 0 and out["floor_ratio_best_bandwidth"] > 0
     assert ("torch_path" in out) == out["cpu_kernels"]  # kernels on: the torch path is measured too
     if out["cpu_kernels"]:
         assert out["torch_path"]["multi"]["decode_tokens_per_s"] > 0 and out["torch_path"]["floor_ratio"] > 0

@@ -502,11 +502,12 @@ int ck_lora(const float *x, int64_t ldx, float *y, int64_t ldy, int nseg, const 
  * ck_linear_packed: y[m, n] (+)= sum_k x[m, k] * W[n, k] (+ bias[n]) with W [N, K] re-laid as panels
  * wp [P = ceil(N / 8)][K][8] (wp[p][k][j] = W[8p + j, k], rows past N zero). One k step of a panel is
  * one 32-byte vector holding 8 output columns, multiplied by x[m, k] broadcast for every input row m:
- * the weights stream sequentially (one stream per thread, which the hardware prefetchers follow at
- * full speed, helped by a software prefetch PF_FLOATS ahead), no horizontal sums, and the accumulators
- * are the outputs. Up to 8 rows: one panel x all rows (8 accumulators). More rows (prefill): pairs of
- * panels x 6 rows (12 accumulators, compute-bound), over blocks of M_BLOCK rows so a chunk of
- * panels is re-read from cache, not memory, for every block. Any M >= 1. */
+ * the weights stream sequentially (helped by a software prefetch PF_FLOATS ahead), no horizontal sums,
+ * and the accumulators are the outputs. Up to 8 rows (decode): panel i of the first half together with
+ * panel i + ceil(P/2), each against all rows (two far-apart streams per thread, 16 accumulators; see
+ * pair()). More rows (prefill): pairs of adjacent panels x 6 rows (12 accumulators, compute-bound), over
+ * blocks of M_BLOCK rows so a chunk of panels is re-read from cache, not memory, for every block.
+ * Any M >= 1. */
 #define PANEL 8
 #ifndef PF_FLOATS
 #define PF_FLOATS 2048

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shard.lora import cpu_bgmv
-from shard.model import cpu_kernels
+from shard.model import cpu_decode, cpu_kernels
 from shard.model.cpu_decode import DecodeStack
 from shard.model.dist import DistContext
 from shard.model.runner import ForwardBatch, ModelRunner
@@ -59,7 +59,7 @@ def test_fused_stack_equals_layer_loop(tiny_root: Path, monkeypatch: pytest.Monk
 
 def test_fused_stack_skips_what_it_cannot_serve(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prefill and decode rows take the stack; a forced torch LoRA path, a LoRA segment longer than the C
-    kernel takes, or kernels disabled: the layer loop serves the batch."""
+    kernel takes, a prefill past MAX_PREFILL_ROWS, or kernels disabled: the layer loop serves the batch."""
     runner = runner_for(tiny_root)
     served = count_fused(monkeypatch)
     h = Harness(runner, tiny_root, seed=3)
@@ -76,6 +76,10 @@ def test_fused_stack_skips_what_it_cannot_serve(tiny_root: Path, monkeypatch: py
     h.step([h.seq("z", "a8", 3)])  # a 3-row LoRA segment: torch LoRA path, so the loop
     assert served == [5, 2]
     monkeypatch.setattr(cpu_bgmv, "MAX_SEGMENT_ROWS", 256)
+    monkeypatch.setattr(cpu_decode, "MAX_PREFILL_ROWS", 2)
+    h.step([h.seq("w", None, 3)])  # a 3-token prefill past the limit: the loop
+    assert served == [5, 2]
+    monkeypatch.setattr(cpu_decode, "MAX_PREFILL_ROWS", 1024)
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
     h.step(seqs)
     assert served == [5, 2]

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 _fp, _i64 = ctypes.c_void_p, ctypes.c_int64
 # A longer prefill sequence takes the layer loop: the stack's attention is the per-row kernel (reads the
 # keys once per query row), which at 2048-token prompts ran ~10% slower end to end than the loop's SDPA;
-# at 256-1024 tokens the stack was 5-25% faster.
+# at 256-1024 tokens the stack was 4-27% faster.
 MAX_PREFILL_ROWS = 1024
 ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # cd_step.mods
 

@@ -58,6 +58,10 @@ def _add_limit_flags(p: EnvArgumentParser) -> None:
     p.add_argument("--max-top-n-tokens", type=int, default=5)
     p.add_argument("--max-new-tokens-default", type=_positive, default=100,
                    help="max_new_tokens when a request gives none (capped by max-total-tokens)")
+    p.add_argument("--max-client-batch-size", type=_positive, default=128,
+                   help="most requests in one batched fmaas Generate or Tokenize call (TGI's name for its "
+                   "HTTP batch limit); a batch is admitted all-or-nothing, so one larger than the free "
+                   "concurrency slots gets RESOURCE_EXHAUSTED")
     p.add_argument("--max-request-bytes", type=_positive, default=2 << 20,
                    help="largest request body (HTTP) or message (gRPC), checked before tokenization")
     p.add_argument("--unknown-adapter", choices=("error", "base"), default="error",
@@ -110,6 +114,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         adapter_dir=args.adapter_dir, max_request_bytes=args.max_request_bytes,
         max_stop_sequences=args.max_stop_sequences, max_top_n_tokens=args.max_top_n_tokens,
         max_new_tokens_default=args.max_new_tokens_default, unknown_adapter=args.unknown_adapter,
+        max_client_batch_size=args.max_client_batch_size,
         drain_timeout_s=args.drain_timeout)
 
 

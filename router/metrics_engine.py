@@ -41,6 +41,8 @@ SCALARS: tuple[tuple[str, str, str, str, str], ...] = (
     ("loop", "est_step_seconds", "chameleon_engine_est_step_seconds", "gauge", "Estimated decode step time"),
     ("loop", "schedule_seconds_last", "chameleon_engine_schedule_seconds", "gauge", "Last scheduling time"),
     ("loop", "healthy", "chameleon_engine_healthy", "gauge", "1 when the shards answered the last check"),
+    ("loop", "shard_faults", "chameleon_shard_faults", "counter",
+     "Shard faults that failed the running requests and started a recovery (never a refused request)"),
 )
 
 # (section, key, metric name, label, help): a list (label = index) or a dict (label = its keys)

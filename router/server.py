@@ -52,6 +52,7 @@ class ServerConfig:
     max_stop_sequences: int = 4
     max_top_n_tokens: int = 5
     max_new_tokens_default: int = 100
+    max_client_batch_size: int = 128
     unknown_adapter: UnknownAdapter = "error"
     health_interval_s: float = 5.0
     drain_timeout_s: float = 30.0
@@ -71,6 +72,7 @@ def build_service(engine: EngineLike, tokenizer: RouterTokenizer, cfg: ServerCon
         max_stop_sequences=cfg.max_stop_sequences,
         max_top_n_tokens=cfg.max_top_n_tokens,
         max_new_tokens_default=cfg.max_new_tokens_default,
+        max_client_batch_size=cfg.max_client_batch_size,
         unknown_adapter=cfg.unknown_adapter,
         base_names=tuple(
             dict.fromkeys((name, info.model_id, tokenizer.model_dir.name, *CLIENT_PLACEHOLDERS))

@@ -7,6 +7,7 @@ the allowed range and the value given. Messages follow TGI's wording where TGI h
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class Limits:
     max_new_tokens_default: int = 100
     unknown_adapter: UnknownAdapter = "error"
     base_names: tuple[str, ...] = ()
+    max_stop_sequence_chars: int = 1024
+    max_client_batch_size: int = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,14 +169,14 @@ class Validator:
 
     @staticmethod
     def _temperature(value: float | None) -> float:
-        if value is not None and value <= 0:
+        if value is not None and not (_finite("temperature", value) > 0):
             raise ValidationError(f"`temperature` must be strictly positive. Given: {value}")
         return 1.0 if value is None else value
 
     @staticmethod
     def _top_k(value: int | None) -> int:
-        if value is not None and value <= 0:
-            raise ValidationError(f"`top_k` must be strictly positive. Given: {value}")
+        if value is not None and not 0 < value <= U32_MAX:
+            raise ValidationError(f"`top_k` must be strictly positive and at most {U32_MAX}. Given: {value}")
         return 0 if value is None else value
 
     @staticmethod
@@ -184,7 +187,7 @@ class Validator:
 
     @staticmethod
     def _repetition_penalty(value: float | None) -> float:
-        if value is not None and value <= 0:
+        if value is not None and not (_finite("repetition_penalty", value) > 0):
             raise ValidationError(f"`repetition_penalty` must be strictly positive. Given: {value}")
         return 1.0 if value is None else value
 
@@ -201,6 +204,10 @@ class Validator:
             )
         if any(s == "" for s in stop):
             raise ValidationError("`stop` sequences cannot be empty strings")
+        longest = max((len(s) for s in stop), default=0)
+        if longest > self.limits.max_stop_sequence_chars:
+            raise ValidationError(f"`stop` sequences must be at most {self.limits.max_stop_sequence_chars} "
+                                  f"characters long. Given: one of {longest}")
         return stop
 
     def _top_n(self, value: int | None) -> int:
@@ -209,6 +216,16 @@ class Validator:
                 f"`top_n_tokens` must be >= 0 and <= {self.limits.max_top_n_tokens}. Given: {value}"
             )
         return 0 if value is None else value
+
+
+U32_MAX = 2**32 - 1
+
+
+def _finite(name: str, value: float) -> float:
+    """`value`, or a ValidationError when it is NaN or infinite (which compare false with any bound)."""
+    if not math.isfinite(value):
+        raise ValidationError(f"`{name}` must be a finite number. Given: {value}")
+    return value
 
 
 def _open_unit(name: str, value: float | None) -> float:

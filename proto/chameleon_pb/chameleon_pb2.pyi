@@ -6,6 +6,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RequestRejection(_message.Message):
+    __slots__ = ("request_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    reason: str
+    def __init__(self, request_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class Headroom(_message.Message):
     __slots__ = ("rank", "free_device_bytes", "total_device_bytes", "pool_pages_total", "pool_pages_used", "kv_pages_used", "adapter_pages_used", "page_bytes", "resident_adapters")
     RANK_FIELD_NUMBER: _ClassVar[int]

@@ -16,9 +16,9 @@ from chameleon_pb import generation_pb2_grpc as pb_grpc
 
 from router.api.fmaas_params import STOP_REASON, ResponseShape, from_fmaas, stop_sequence_of, token_info
 from router.api.fmaas_stream import StreamMessages
-from router.api.service import ApiService, Outcome
+from router.api.service import ApiService, EventStream, Outcome, close_all, collect
 from router.engine.types import FinalEvent
-from router.errors import ApiError
+from router.errors import ApiError, ValidationError
 from router.validation import Validated
 
 GRPC_CODE: dict[str, grpc.StatusCode] = {
@@ -58,18 +58,27 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
     async def Generate(
         self, request: pb.BatchedGenerationRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchedGenerationResponse:
+        """A batched call is all-or-nothing for resources: its size is checked first, then every
+        sub-request is validated, then all are submitted or none; when the call fails, is cancelled or
+        its client goes away, every sub-request it submitted is cancelled (slots, KV blocks and adapter
+        references are freed at the engine's next step)."""
         cid = correlation_id(context)
         try:
+            self._check_batch_size(len(request.requests))
             params, shape = from_fmaas(request.params, _adapter(request))
             validated = [
                 self.s.validate(r.text, params, correlation_id=cid, api="grpc") for r in request.requests
             ]
-            tasks = [asyncio.ensure_future(self._collect(v, shape)) for v in validated]
+            streams = await self.s.submit_all(validated)
+            tasks = [asyncio.ensure_future(self._collect(st, v, shape))
+                     for st, v in zip(streams, validated, strict=True)]
             try:
                 outs = await asyncio.gather(*tasks)
             finally:
                 for t in tasks:
                     t.cancel()
+                await close_all(streams)  # also the ones whose task never started
+                await asyncio.gather(*tasks, return_exceptions=True)
             responses = [
                 self._response(r.text, v.request.params.stop_sequences, o, reason, shape)
                 for r, v, (o, reason) in zip(request.requests, validated, outs, strict=True)
@@ -79,12 +88,19 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
             await abort(context, exc)
             raise  # abort() raises; this keeps the type checker honest
 
-    async def _collect(self, v: Validated, shape: ResponseShape) -> tuple[Outcome, int | None]:
+    def _check_batch_size(self, n: int) -> None:
+        limit = self.s.validator.limits.max_client_batch_size
+        if n > limit:
+            raise ValidationError(f"a batched call may carry at most {limit} requests "
+                                  f"(--max-client-batch-size). Given: {n}; split it into smaller calls")
+
+    async def _collect(self, stream: EventStream, v: Validated, shape: ResponseShape,
+                       ) -> tuple[Outcome, int | None]:
         """Run one request to the end, or to the time limit (then stop_reason TIME_LIMIT)."""
         if shape.time_limit_s is None:
-            return await self.s.run(v), None
+            return await collect(stream), None
         try:
-            return await asyncio.wait_for(self.s.run(v), shape.time_limit_s), None
+            return await asyncio.wait_for(collect(stream), shape.time_limit_s), None
         except asyncio.TimeoutError:
             final = FinalEvent(
                 "", 0, "length", v.request.params.seed, len(v.request.input_ids), 0.0, shape.time_limit_s
@@ -144,6 +160,10 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
     async def Tokenize(
         self, request: pb.BatchedTokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchedTokenizeResponse:
+        try:
+            self._check_batch_size(len(request.requests))
+        except ApiError as exc:
+            await abort(context, exc)
         out = []
         for r in request.requests:
             enc = self.s.tokenizer.encode(r.text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from router.errors import ApiError, ValidationError
 log = logging.getLogger("chameleon.router.http")
 
 MAX_BODY: web.AppKey[int] = web.AppKey("max_request_bytes", int)
+MAX_JSON_DEPTH = 32  # nesting of arrays/objects; the deepest legitimate body (chat content parts) is ~5
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -32,8 +34,13 @@ async def read_json(request: web.Request) -> dict[str, Any]:
             f"request body too large: the limit is {limit} bytes (--max-request-bytes)",
             status=413,
         ) from exc
+    too_deep = ValidationError(f"request body nests arrays/objects more than {MAX_JSON_DEPTH} levels deep")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise too_deep
     try:
         body = json.loads(raw or b"null")
+    except RecursionError as exc:
+        raise too_deep from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -45,6 +52,25 @@ async def read_json(request: web.Request) -> dict[str, Any]:
             f"request body holds an unpaired UTF-16 surrogate ({exc.object[exc.start:exc.end]!a}); "
             "send valid Unicode text") from exc
     return body
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of `[`/`{` in a JSON text, ignoring brackets inside strings. Linear time
+    and no recursion, so it runs before the parser (whose recursion a deep body could exhaust).
+    On malformed input it may over- or under-count; the parser then refuses the body anyway."""
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def correlation_id(request: web.Request) -> str | None:

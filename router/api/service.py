@@ -119,58 +119,108 @@ class ApiService:
         self.metrics.request_started()
         self.metrics.request_failed(exc.kind)
 
-    def events(self, v: Validated) -> AsyncIterator[Event]:
+    def events(self, v: Validated) -> EventStream:
         """Submit a validated request and return its event stream (EngineError becomes ApiError).
 
         Submission happens here, not at the first iteration, so an overloaded engine is refused before a
-        stream's first byte goes out (HTTP 429 / RESOURCE_EXHAUSTED, not an error inside a stream)."""
+        stream's first byte goes out (HTTP 429 / RESOURCE_EXHAUSTED, not an error inside a stream).
+        The caller must `aclose()` the stream (also when it never iterated it): that cancels the request
+        in the engine, which frees its slot, KV blocks and adapter reference at the next step."""
         req = v.request
         cid = {"correlation_id": req.correlation_id}
         try:
-            stream = self.engine.generate(req)
+            source = self.engine.generate(req)
         except EngineError as exc:
             self.metrics.request_failed(exc.kind)
             log.info("request refused", extra={**cid, "error_type": exc.kind, "reason": exc.message})
             raise from_engine(exc) from exc
         log.info("request started", extra={**cid, "adapter_id": req.adapter_id, "max_new_tokens":
                                            req.params.max_new_tokens, "input_tokens": len(req.input_ids)})
-        return self._follow(stream, cid)
+        return EventStream(source, self.metrics, cid)
 
-    async def _follow(self, source: AsyncIterator[Event], cid: dict[str, str | None]) -> AsyncIterator[Event]:
-        start, outcome = time.perf_counter(), "cancelled"
+    async def submit_all(self, validated: Sequence[Validated]) -> list[EventStream]:
+        """Submit every request or none: when one is refused (e.g. overloaded), the ones already
+        submitted are cancelled before the engine's loop could admit any of them (no await runs
+        between the submissions), and the refusal is raised."""
+        streams: list[EventStream] = []
         try:
-            async with aclosing(source) as stream:
-                async for event in stream:
-                    if isinstance(event, FinalEvent):
-                        outcome = "done"
-                        self.metrics.request_succeeded(event, time.perf_counter() - start)
-                        log.info("request finished", extra={**cid, "finish_reason": event.finish_reason,
-                                                            "generated_tokens": event.generated_tokens})
-                    yield event
-            outcome = "done" if outcome == "done" else "incomplete"
-        except EngineError as exc:
-            outcome = "failed"
-            self.metrics.request_failed(exc.kind)
-            log.warning("request failed", extra={**cid, "error_type": exc.kind, "reason": exc.message})
-            raise from_engine(exc) from exc
-        finally:
-            if outcome == "cancelled":
-                self.metrics.request_cancelled()
-                log.info("request cancelled", extra=cid)
-        if outcome == "incomplete":
-            self.metrics.request_failed("incomplete_generation")
-            raise ApiError("incomplete_generation", "the generation ended without a final event")
+            for v in validated:
+                streams.append(self.events(v))
+        except ApiError:
+            await close_all(streams)
+            raise
+        return streams
 
     async def run(self, v: Validated) -> Outcome:
         """Generate to the end and collect the events."""
-        tokens: list[TokenEvent] = []
-        prefill: PrefillEvent | None = None
-        async with aclosing(self.events(v)) as stream:
-            async for event in stream:
-                if isinstance(event, TokenEvent):
-                    tokens.append(event)
-                elif isinstance(event, PrefillEvent):
-                    prefill = event
-                else:
-                    return Outcome(event, tokens, prefill)
-        raise ApiError("incomplete_generation", "the generation ended without a final event")
+        return await collect(self.events(v))
+
+
+class EventStream:
+    """One request's events, with metrics and error mapping. Ends after its FinalEvent; raises ApiError
+    when the engine fails the request. `aclose()` cancels the request in the engine whether or not the
+    stream was ever iterated (an async generator that never started could not do that)."""
+
+    __slots__ = ("_cid", "_metrics", "_outcome", "_source", "_start")
+
+    def __init__(self, source: AsyncIterator[Event], metrics: RouterMetrics,
+                 cid: dict[str, str | None]) -> None:
+        self._source, self._metrics, self._cid = source, metrics, cid
+        self._start = time.perf_counter()
+        self._outcome: str | None = None  # None while running; then done / failed / cancelled
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._outcome is not None:
+            raise StopAsyncIteration
+        try:
+            event = await anext(self._source)
+        except StopAsyncIteration:
+            self._end("failed", "incomplete_generation")
+            raise ApiError("incomplete_generation", "the generation ended without a final event") from None
+        except EngineError as exc:
+            self._end("failed", exc.kind)
+            log.warning("request failed", extra={**self._cid, "error_type": exc.kind, "reason": exc.message})
+            raise from_engine(exc) from exc
+        if isinstance(event, FinalEvent):
+            self._end("done")
+            self._metrics.request_succeeded(event, time.perf_counter() - self._start)
+            log.info("request finished", extra={**self._cid, "finish_reason": event.finish_reason,
+                                                "generated_tokens": event.generated_tokens})
+        return event
+
+    def _end(self, outcome: str, error_kind: str | None = None) -> None:
+        self._outcome = outcome
+        if error_kind is not None:
+            self._metrics.request_failed(error_kind)
+
+    async def aclose(self) -> None:
+        if self._outcome is None:
+            self._end("cancelled")
+            self._metrics.request_cancelled()
+            log.info("request cancelled", extra=self._cid)
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def close_all(streams: Sequence[EventStream]) -> None:
+    for stream in streams:
+        await stream.aclose()
+
+
+async def collect(stream: EventStream) -> Outcome:
+    """Read `stream` to its FinalEvent and close it (also when cancelled or failed)."""
+    tokens: list[TokenEvent] = []
+    prefill: PrefillEvent | None = None
+    async with aclosing(stream):
+        async for event in stream:
+            if isinstance(event, TokenEvent):
+                tokens.append(event)
+            elif isinstance(event, PrefillEvent):
+                prefill = event
+            elif isinstance(event, FinalEvent):
+                return Outcome(event, tokens, prefill)
+    raise ApiError("incomplete_generation", "the generation ended without a final event")

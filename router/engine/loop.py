@@ -66,6 +66,7 @@ class ServingLoop:
         self.host_samples: deque[float] = deque(maxlen=4096)  # iteration time outside shard RPCs, s
         self.steps = 0
         self.replay_divergences = 0  # squashed re-runs whose swallowed tokens differed (see live.py)
+        self.shard_faults = 0  # failures that failed the running requests and started a recovery
         self._batch_ids = itertools.count(1)
         self._cancelled: set[int] = set()
         self._commands: deque[tuple[Command, asyncio.Future[Any]]] = deque()
@@ -238,6 +239,8 @@ class ServingLoop:
     async def fail_running(self, error: EngineError, reason: str) -> None:
         """A shard failed: fail every running request, clear the shards' batches, mark unhealthy."""
         now = time.monotonic()
+        self.shard_faults += 1
+        log.warning("shard fault: the running requests fail and recovery starts", extra={"reason": reason})
         for lv in [lv for lv in self.lives.values() if lv.batch_id is not None]:
             self.scheduler.cancel(lv.rid, now)
             self.memory.release(lv.rid, now)
@@ -263,14 +266,45 @@ class ServingLoop:
 
     # --- adapters, prefill, decode ---------------------------------------------------------------
     async def _prefill(self, lives: Sequence[Live], plan: Plan, now: float) -> None:
+        """Prefill the admitted requests as one new batch. A request the shards refuse (listed in the
+        reply, or an INVALID_ARGUMENT-class error of the whole call) fails alone with the shards'
+        reason; its batch mates run. Only a shard fault (connection, dead rank, diverged ranks)
+        propagates and puts the loop into recovery."""
+        pages = {lv.rid: plan.admissions[lv.rid].kv_pages for lv in lives}
+        try:
+            await self._prefill_batch(lives, pages, now)
+        except (ShardError, _Unsendable) as exc:
+            if _request_error(exc) is None:
+                raise
+            if len(lives) == 1:
+                self._refuse(lives[0], _request_error(exc) or "", now)
+                return
+            for lv in lives:  # find the refused request(s): the others still run, one batch each
+                try:
+                    await self._prefill_batch([lv], pages, now)
+                except (ShardError, _Unsendable) as one:
+                    reason = _request_error(one)
+                    if reason is None:
+                        raise
+                    self._refuse(lv, reason, now)
+
+    async def _prefill_batch(self, lives: Sequence[Live], pages: dict[int, list[int]], now: float) -> None:
         bid = next(self._batch_ids)
-        pages = [plan.admissions[lv.rid].kv_pages for lv in lives]
+        try:
+            batch = prefill_batch(bid, lives, [pages[lv.rid] for lv in lives], self.block_size)
+        except (ValueError, TypeError) as exc:  # a value out of the wire format's range
+            raise _Unsendable(f"a parameter cannot be sent to the shards: {exc}") from exc
         for lv in lives:
             lv.batch_id = bid
             if lv.first_admitted is None:
                 lv.first_admitted = now
         t0 = time.perf_counter()
-        res = await self.client.prefill(prefill_batch(bid, lives, pages, self.block_size))
+        try:
+            res = await self.client.prefill(batch)
+        except ShardError:
+            for lv in lives:
+                lv.batch_id = None
+            raise
         tokens = sum(lv.core.input_tokens for lv in lives)
         if tokens:
             per_token = (time.perf_counter() - t0) / tokens
@@ -278,8 +312,20 @@ class ServingLoop:
                 else 0.8 * self.est_prefill_s_per_token + 0.2 * per_token
         if res.batch is not None and res.batch.request_ids:
             self.batches.append(res.batch)
+        for rid, reason in res.rejected.items():
+            lv = self.lives.get(rid)
+            if lv is not None and lv.batch_id == bid:
+                self._refuse(lv, reason, now)
         self._observe("prefill", time.perf_counter() - t0, res)
         self._on_step(res)
+
+    def _refuse(self, lv: Live, reason: str, now: float) -> None:
+        """The shards refused this request before running it: it fails alone, with their reason."""
+        lv.batch_id = None
+        self.scheduler.cancel(lv.rid, now)
+        self.memory.release(lv.rid, now)
+        self.drop(lv, EngineError("validation", f"the shard refused the request: {reason}"))
+        log.info("request refused by the shards", extra={"request_id": lv.rid, "reason": reason})
 
     async def _decode(self) -> None:
         t0 = time.perf_counter()
@@ -318,3 +364,16 @@ class ServingLoop:
             pool_pages_used=h.pool_pages_used, page_bytes=h.page_bytes, kv_pages_used=h.kv_pages_used,
             adapter_pages_used=h.adapter_pages_used) for h in rooms], now)
 
+
+class _Unsendable(ValueError):
+    """A request the router cannot encode for the shards (a value outside the wire format's range)."""
+
+
+def _request_error(exc: Exception) -> str | None:
+    """The reason to give the client when `exc` refuses the request(s) of a Prefill, not the shards;
+    None when `exc` is a shard fault."""
+    if isinstance(exc, _Unsendable):
+        return str(exc)
+    if isinstance(exc, ShardError) and exc.is_request_error:
+        return exc.detail
+    return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +26,30 @@ _OPTIONS = (("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_mess
 class ShardError(RuntimeError):
     """A shard RPC failed on one rank (the message names the RPC, the rank and the shard's reason)."""
 
-    def __init__(self, rpc: str, rank: int, detail: str, code: str = "UNKNOWN") -> None:
+    def __init__(self, rpc: str, rank: int, detail: str, code: str = "UNKNOWN", every_rank: bool = True,
+                 ) -> None:
         super().__init__(f"shard rank {rank} failed {rpc}: {detail}")
         self.rpc, self.rank, self.detail, self.code = rpc, rank, detail, code
+        self.every_rank = every_rank  # False: other ranks answered otherwise (their states diverged)
 
     @property
     def is_request_error(self) -> bool:
-        """The shard refused the input (bad adapter, bad argument), not a broken shard."""
-        return self.code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION")
+        """Every rank refused the input (bad adapter, bad argument) the same way: the call changed no
+        shard state and the shards are fine. A refusal on some ranks only is a fault."""
+        return self.every_rank and self.code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION")
 
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """A merged Prefill/Decode reply. `batch` None = every request of the step finished."""
+    """A merged Prefill/Decode reply. `batch` None = every request of the step finished (or was
+    refused). `rejected`: {request id: reason} of the requests the shards refused before the step."""
 
     generations: list[generate_pb2.Generation]
     batch: generate_pb2.CachedBatch | None
     headroom: list[chameleon_pb2.Headroom]
     forward_ns: int
     total_ns: int
+    rejected: dict[int, str] = field(default_factory=dict)
 
 
 def uds_url(path: str) -> str:
@@ -111,9 +116,11 @@ class ShardClient:
         t0 = time.perf_counter()
         results = await asyncio.gather(*(call(r) for r in self._ranks), return_exceptions=True)
         self.rpc_s += time.perf_counter() - t0
+        codes = {res.code() for res in results if isinstance(res, grpc.aio.AioRpcError)}
+        every = len(codes) == 1 and all(isinstance(res, grpc.aio.AioRpcError) for res in results)
         for r, res in zip(self._ranks, results, strict=True):
             if isinstance(res, grpc.aio.AioRpcError):
-                raise ShardError(rpc, r.rank, f"{res.code().name}: {res.details()}", res.code().name)
+                raise ShardError(rpc, r.rank, f"{res.code().name}: {res.details()}", res.code().name, every)
             if isinstance(res, BaseException):
                 raise ShardError(rpc, r.rank, f"{type(res).__name__}: {res}")
         return results
@@ -138,11 +145,11 @@ class ShardClient:
     async def prefill(self, batch: generate_pb2.Batch, timeout_s: float | None = None) -> StepResult:
         req = generate_pb2.PrefillRequest(batch=batch)
         t = timeout_s if timeout_s is not None else self._timeout
-        return _merge(await self._fan("Prefill", lambda r: r.gen.Prefill(req, timeout=t)))
+        return _merge("Prefill", await self._fan("Prefill", lambda r: r.gen.Prefill(req, timeout=t)))
 
     async def decode(self, batches: Sequence[generate_pb2.CachedBatch]) -> StepResult:
         req = generate_pb2.DecodeRequest(batches=batches)
-        return _merge(await self._fan("Decode", lambda r: r.gen.Decode(req, timeout=self._timeout)))
+        return _merge("Decode", await self._fan("Decode", lambda r: r.gen.Decode(req, timeout=self._timeout)))
 
     async def filter_batch(self, batch_id: int, request_ids: Sequence[int],
                            ) -> tuple[generate_pb2.CachedBatch | None, list[chameleon_pb2.Headroom]]:
@@ -177,15 +184,21 @@ class ShardClient:
         return await self._fan("GetHeadroom", lambda r: r.ad.GetHeadroom(req, timeout=self._timeout))
 
 
-def _merge(replies: list[Any]) -> StepResult:
+def _merge(rpc: str, replies: list[Any]) -> StepResult:
     first = replies[0]
     gens: list[generate_pb2.Generation] = []
     for x in replies:
         gens.extend(x.generations)
+    rejected = [{r.request_id: r.reason for r in getattr(x, "rejected", ())} for x in replies]
+    for rank, theirs in enumerate(rejected):
+        if theirs.keys() != rejected[0].keys():
+            raise ShardError(rpc, rank, f"refused requests {sorted(theirs)[:8]} where rank 0 refused "
+                                        f"{sorted(rejected[0])[:8]}: the ranks' batches diverged")
     return StepResult(
         generations=gens,
         batch=first.batch if first.HasField("batch") else None,
         headroom=[x.headroom for x in replies if x.HasField("headroom")],
         forward_ns=max(x.forward_ns for x in replies),
         total_ns=max(x.total_ns for x in replies),
+        rejected=rejected[0],
     )

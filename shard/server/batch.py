@@ -135,6 +135,28 @@ class Batch:
             raise ValueError(f"batch {pb.id} has no requests")
         return cls(pb.id, [request_from_pb(r, ctx) for r in pb.requests])
 
+    @classmethod
+    def admit_pb(cls, pb: object, ctx: BatchContext) -> tuple[Batch | None, dict[int, str]]:
+        """Like `from_pb`, but a request that fails validation is refused alone: returns the batch of
+        the valid requests (None if there is none) and {request id: reason} for the refused ones.
+        Validation is deterministic, so every tensor-parallel rank refuses the same requests."""
+        if not pb.requests:
+            raise ValueError(f"batch {pb.id} has no requests")
+        kept: list[RequestState] = []
+        refused: dict[int, str] = {}
+        for r in pb.requests:
+            try:
+                kept.append(request_from_pb(r, ctx))
+            except ValueError as exc:
+                refused[r.id] = str(exc)
+        return (cls(pb.id, kept) if kept else None), refused
+
+    def without(self, request_ids: Iterable[int]) -> Batch | None:
+        """This batch minus `request_ids` (None when nothing is left)."""
+        gone = set(request_ids)
+        left = [r for r in self.requests if r.id not in gone]
+        return Batch(self.id, left) if left else None
+
     def __len__(self) -> int:
         return len(self.requests)
 

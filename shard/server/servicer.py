@@ -74,12 +74,19 @@ class ShardCore:
         pages = {p for b in batches for p in b.blocks_in_use()}
         return pages, {a for b in batches for a in b.adapters_in_use()}
 
-    def prepare(self, batch: Batch) -> None:
-        """Plain-TGI mode: make every adapter the batch names resident (loaded by the shard itself)."""
-        wanted = batch.adapters_in_use()
-        if wanted:
+    def prepare(self, batch: Batch) -> dict[int, str]:
+        """Plain-TGI mode: make every adapter the batch names resident (loaded by the shard itself).
+        Returns {request id: reason} for the requests whose adapter cannot be loaded; the others'
+        adapters are resident."""
+        refused: dict[int, str] = {}
+        for aid in sorted(batch.adapters_in_use()):
             pages, names = self.busy(batch)
-            self.adapters.ensure_resident(sorted(wanted), pages, names)
+            try:
+                self.adapters.ensure_resident([aid], pages, names)
+            except ValueError as exc:  # AdapterError: missing, corrupt or too large for the region
+                refused.update({r.id: f"adapter {aid!r} cannot be loaded: {exc}"
+                                for r in batch.requests if r.adapter_id == aid})
+        return refused
 
     def pop(self, batch_id: int) -> Batch:
         batch = self.cache.pop(batch_id, None)
@@ -190,17 +197,34 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         return self.core.locked(lambda: self._prefill(request))
 
     def _prefill(self, request: generate_pb2.PrefillRequest) -> generate_pb2.PrefillResponse:
+        """A request that fails validation or whose adapter cannot be loaded is refused alone (listed
+        in `rejected`); its batch mates run. Only a broken batch (no requests, a reused id, an unknown
+        cached batch) fails the whole call."""
         t0 = time.perf_counter_ns()
-        batch = Batch.from_pb(request.batch, self.core.context())
         if request.HasField("cached_batch") and request.batch.id == request.cached_batch.id:
             raise ValueError(f"the new batch reuses the id {request.batch.id} of the cached batch")
-        self.core.prepare(batch)
+        batch, refused = Batch.admit_pb(request.batch, self.core.context())
+        if batch is not None:
+            unloadable = self.core.prepare(batch)
+            refused.update(unloadable)
+            batch = batch.without(unloadable)
         concat_ns = None
         if request.HasField("cached_batch"):
+            cached = self.core.pop(request.cached_batch.id)
             c0 = time.perf_counter_ns()
-            batch = Batch.concatenate([self.core.pop(request.cached_batch.id), batch])
+            batch = Batch.concatenate([cached, batch]) if batch is not None else cached
             concat_ns = time.perf_counter_ns() - c0
-        return self.core.step_reply(generate_pb2.PrefillResponse, self.core.run_step(batch), t0, concat_ns)
+        if batch is None:
+            reply = generate_pb2.PrefillResponse(total_ns=time.perf_counter_ns() - t0,
+                                                 headroom=self.core.headroom())
+        else:
+            reply = self.core.step_reply(generate_pb2.PrefillResponse, self.core.run_step(batch), t0,
+                                         concat_ns)
+        reply.rejected.extend(chameleon_pb2.RequestRejection(request_id=rid, reason=why)
+                              for rid, why in refused.items())
+        if refused:
+            log.warning("requests refused", extra={"refused": {str(k): v for k, v in refused.items()}})
+        return reply
 
     def Decode(self, request, context):
         return self.core.locked(lambda: self._decode(request))

@@ -7,6 +7,7 @@ concatenate/filter change the tokens.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -209,15 +210,32 @@ def test_prefill_logprobs_and_top_tokens(service, byte_tokenizer):
     (lambda r: setattr(r, "adapter_id", "nope"), "unknown adapter"),
     (lambda r: setattr(r, "adapter_id", "../etc"), "plain name"),
 ])
-def test_bad_request_is_refused_and_next_works(service, byte_tokenizer, mutate, match):
+def test_bad_request_is_refused_alone_and_its_batch_mate_runs(service, byte_tokenizer, mutate, match):
     pg = Pager()
     bad = pg.request(1, "hello", 3)
     mutate(bad)
-    with pytest.raises(ValueError, match=match):
-        service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(id=1, requests=[bad])), None)
+    batch = generate_pb2.Batch(id=1, requests=[bad, pg.request(2, "hello", 1)])
+    reply = service.Prefill(generate_pb2.PrefillRequest(batch=batch), None)
+    assert [r.request_id for r in reply.rejected] == [1]
+    assert re.search(match, reply.rejected[0].reason)
+    assert [g.request_id for g in reply.generations] == [2]
+    assert list(reply.generations[0].tokens.ids) == reference(byte_tokenizer, "hello", None, 1)
+    alone = service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(id=3, requests=[bad])), None)
+    assert [r.request_id for r in alone.rejected] == [1] and not alone.generations
+    assert not alone.HasField("batch")
     good = service.Prefill(generate_pb2.PrefillRequest(batch=generate_pb2.Batch(
-        id=2, requests=[pg.request(2, "hello", 1)])), None)
+        id=2, requests=[pg.request(4, "hello", 1)])), None)
     assert list(good.generations[0].tokens.ids) == reference(byte_tokenizer, "hello", None, 1)
+
+
+def test_nan_sampling_parameters_are_refused_per_request(service, byte_tokenizer):
+    pg = Pager()
+    bad = pg.request(1, "hello", 3)
+    bad.parameters.do_sample, bad.parameters.temperature = True, float("nan")
+    batch = generate_pb2.Batch(id=8, requests=[pg.request(2, "hello", 2), bad])
+    reply = service.Prefill(generate_pb2.PrefillRequest(batch=batch), None)
+    assert [r.request_id for r in reply.rejected] == [1] and "temperature" in reply.rejected[0].reason
+    assert list(reply.batch.request_ids) == [2]
 
 
 def test_decode_of_unknown_batch_is_an_error(service):

@@ -187,6 +187,7 @@ class MemoryManager:
             self._queued = queued_adapters
         aid = req.adapter_id
         kv_n, load_n = self.kv_pages_for(req), self._load_pages(aid)
+        load = not self.resident(aid)  # also an adapter of 0 pages (one the shards hold themselves)
         victims = self._victims(kv_n + load_n, now, aid)
         if victims is None:
             self._n.refused += 1
@@ -195,17 +196,17 @@ class MemoryManager:
             self._evict(v)
         kv_pages = self.pool.alloc_kv(req.id, kv_n)
         new_pages: list[int] = []
-        if load_n:
+        if load:
             new_pages = self.pool.alloc_adapter(aid, load_n) or []  # type: ignore[arg-type]
             self.cache.insert(self.adapters(aid), new_pages, now)  # type: ignore[arg-type]
         if kv_pages is None or len(new_pages) != load_n:
             raise RuntimeError("page pool disagrees with the free-page accounting")  # internal bug
-        hit = aid is not None and not load_n
+        hit = aid is not None and not load
         if aid is not None:
             self.cache.pin(aid, now)
             self._n.hits += hit
             self._n.misses += not hit
-        adm = Admission(req.id, aid, kv_pages, new_pages, bool(load_n), victims, hit)
+        adm = Admission(req.id, aid, kv_pages, new_pages, load, victims, hit)
         self._held[req.id] = adm
         return adm
 

@@ -15,6 +15,7 @@ from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
 from chameleon.memory import ADAPTER_DTYPE_POLICIES
 from shard.server.adapters import parse_lora_adapters
+from shard.server.plain_v3 import PROTOCOLS
 
 log = logging.getLogger("shard")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -48,6 +49,11 @@ def build_parser() -> EnvArgumentParser:
                    "available, else cpu)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (pool page)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="chameleon.v1", help="'generate.v3': serve only "
+                   "TGI generate.v3, as an unmodified TGI text-generation-server does (no "
+                   "chameleon.v1.AdapterService, no headroom or other Chameleon fields in replies; adapters "
+                   "named in requests are loaded by the shard itself); for testing and for routers that "
+                   "speak only v3")
     p.add_argument("--json-output", action="store_true", help="log one JSON object per line")
     return p
 
@@ -126,7 +132,7 @@ def main(argv: Sequence[str]) -> int:
 
     core = build_core(args)
     try:
-        serve(core)
+        serve(core, protocol=args.protocol)
     finally:
         core.runner.dist.shutdown()
     return 0

@@ -183,4 +183,6 @@ def info_json(s: ApiService) -> dict[str, Any]:
         "docker_label": None,
         "block_size": info.block_size,
         "num_shard": info.world_size,
+        "shard_protocol": info.shard_protocol,
+        "warnings": list(info.warnings),
     }

@@ -1,7 +1,7 @@
 """`Engine`: the facade router/api talks to (see router/engine/types.py for the seam).
 
     engine = Engine(EngineConfig(master_shard_uds_path=..., model_dir=Path(...), ...))
-    await engine.start()          # connect, ClearCache, Info, Warmup, adapter scan, start the loop
+    await engine.start()          # connect, probe the protocol, ClearCache, Info, Warmup, adapter scan, loop
     async for ev in engine.generate(req): ...
     await engine.stop(drain=True)
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,11 +30,15 @@ from router.engine.config import EngineConfig
 from router.engine.health import HealthState
 from router.engine.live import Live
 from router.engine.loop import ServingLoop
+from router.engine.protocol import GENERATE_V3, protocol_warnings
 from router.engine.recovery import recover
+from router.engine.residency_v3 import make_residency
 from router.engine.shard_client import ShardClient, ShardError
 from router.engine.startup import StartupError, start_shards
 from router.engine.stats import engine_stats
 from router.engine.types import EngineError, EngineInfo, Event, GenerateRequest
+
+log = logging.getLogger("router.engine")
 
 
 class Engine:
@@ -57,10 +62,12 @@ class Engine:
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect to every rank, ClearCache, Info, Warmup; size the pool; start the loop."""
+        """Connect to every rank, probe its protocol, ClearCache, Info, Warmup; size the pool; start the
+        loop. Shards without chameleon.v1 are served in v3-only mode (router/engine/protocol.py)."""
         cfg = self.config
         try:
             self.client = await ShardClient.connect(cfg.master_shard_uds_path, wait_s=cfg.connect_timeout_s)
+            protocol = await self.client.probe_protocol()
             facts = await start_shards(self.client, cfg)
         except (ShardError, StartupError) as exc:
             if self.client is not None:
@@ -69,7 +76,9 @@ class Engine:
         info = facts.info
         if not info.model_id:
             info = _with_model_id(info, cfg.model_dir.name)
-        self.info = info
+        self.info = info = replace(info, shard_protocol=protocol, warnings=protocol_warnings(protocol))
+        for warning in info.warnings:
+            log.warning("%s", warning, extra={"event": "shard_protocol", "shard_protocol": protocol})
         shape = ModelShape.from_model_dir(cfg.model_dir)
         self.registry = AdapterRegistry(shape, facts.dtype_bytes, info.block_size, info.world_size,
                                         cfg.adapter_dir, model_dtype=facts.info.dtype.removeprefix("torch."),
@@ -84,14 +93,16 @@ class Engine:
         self._policies = (scheduler_name, cache_name)
         self.loop = ServingLoop(self.client, self._make_scheduler(), self._make_memory(self.info.num_pages),
                                 HealthState(self.client), self.info.block_size, recover=self._recover,
-                                recovery_timeout_s=self.config.recovery_timeout_s)
+                                recovery_timeout_s=self.config.recovery_timeout_s,
+                                residency=make_residency(self.info.shard_protocol, self.client))
         self.loop.forget_adapter = self._forget_adapter
         self.loop.step_observers = self.step_observers
         self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
 
     def _make_memory(self, num_pages: int) -> MemoryManager:
         assert self.info is not None  # internal: called after start-up
-        return MemoryManager(PagePool(num_pages, reserved=(0,)), make_cache(self._policies[1]),
+        cache = "none" if self._v3_only else self._policies[1]  # v3-only: no router-side adapter cache
+        return MemoryManager(PagePool(num_pages, reserved=(0,)), make_cache(cache),
                              self.info.block_size, self._spec)
 
     def _make_scheduler(self) -> Scheduler:
@@ -131,9 +142,15 @@ class Engine:
         self._start_loop(scheduler, adapter_cache)
         self._accepting = True
 
+    @property
+    def _v3_only(self) -> bool:
+        return self.info is not None and self.info.shard_protocol == GENERATE_V3
+
     async def _adopt_shard_adapters(self, client: ShardClient | None = None) -> None:
         """Register the adapters the shard holds (its --lora-adapters); offload them, so the router owns
-        the pool and assigns their pages itself."""
+        the pool and assigns their pages itself. v3-only shards keep theirs (and cannot list them)."""
+        if self._v3_only:
+            return
         client = client or self.client
         assert client is not None and self.registry is not None  # internal invariant after connect
         listed = await client.list_adapters()
@@ -214,7 +231,8 @@ class Engine:
         if spec is None:
             assert self.registry is not None  # set by start()
             m = self.registry.get(adapter_id)
-            spec = self._specs[adapter_id] = AdapterSpec(adapter_id, m.rank, m.nbytes, m.pages)
+            pages = 0 if self._v3_only else m.pages  # v3-only: the shards hold adapters in their own memory
+            spec = self._specs[adapter_id] = AdapterSpec(adapter_id, m.rank, m.nbytes, pages)
         return spec
 
     def known(self, adapter_id: str) -> bool:

@@ -35,7 +35,7 @@ from router.engine.adapter_sync import load_for_admissions, prefetch
 from router.engine.batches import prefill_batch
 from router.engine.health import HealthState
 from router.engine.live import Live
-from router.engine.residency import ShardAdapters
+from router.engine.residency import Residency, ShardAdapters
 from router.engine.shard_client import ShardClient, ShardError, StepResult
 from router.engine.types import EngineError
 
@@ -49,12 +49,12 @@ class ServingLoop:
     def __init__(self, client: ShardClient, scheduler: Scheduler, memory: MemoryManager,
                  health: HealthState, block_size: int, prefetch_depth: int = 32,
                  recover: Callable[[], Awaitable[bool]] | None = None, recovery_timeout_s: float = 60.0,
-                 ) -> None:
+                 residency: Residency | None = None) -> None:
         self.client, self.scheduler, self.memory, self.health = client, scheduler, memory, health
         self._recover, self.recovery_timeout_s = recover, recovery_timeout_s
         self._unhealthy_since = 0.0
         self._next_recovery = 0.0
-        self.residency = ShardAdapters(client)
+        self.residency: Residency = residency if residency is not None else ShardAdapters(client)
         self.block_size, self.prefetch_depth = block_size, prefetch_depth
         self.lives: dict[int, Live] = {}
         self.batches: list[generate_pb2.CachedBatch] = []

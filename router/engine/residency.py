@@ -10,8 +10,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from router.engine.shard_client import ShardClient, ShardError
+
+
+class Residency(Protocol):
+    """What the loop, the admin ops and the stats need from the adapter mirror. `ShardAdapters` talks
+    chameleon.v1 (LoadAdapter/OffloadAdapter); `SelfLoadingShards` (residency_v3.py) serves
+    generate.v3-only shards, which load the adapters their requests name by themselves."""
+
+    loads: int
+    offloads: int
+    bytes_loaded: int
+    load_s: float
+
+    def holds(self, adapter_id: str, pages: Sequence[int]) -> bool: ...
+    def resident(self) -> dict[str, tuple[int, ...]]: ...
+    def rebind(self, client: ShardClient) -> None: ...
+    def forget_all(self) -> None: ...
+    async def offload(self, adapter_ids: Iterable[str]) -> None: ...
+    async def ensure(self, adapter_id: str, pages: Sequence[int], nbytes: int) -> None: ...
 
 
 class ShardAdapters:

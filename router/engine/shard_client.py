@@ -6,6 +6,7 @@ replies are merged: generations concatenated (each rank answers for `request_id 
 the CachedBatch taken from rank 0, and the headroom (field 100) collected per rank.
 
 Any failed rank fails the whole call with `ShardError` carrying the rank and the gRPC message.
+A shard that speaks only generate.v3 (`probe_protocol`) gets no chameleon.v1 call and sends no headroom.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import grpc
 from chameleon_pb import chameleon_pb2, chameleon_pb2_grpc, generate_pb2, generate_pb2_grpc
+
+from router.engine.protocol import CHAMELEON_V1, ShardProtocol, protocol_for_probe
 
 _OPTIONS = (("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20))
 
@@ -178,6 +181,18 @@ class ShardClient:
         except grpc.aio.AioRpcError as exc:
             raise ShardError("ListAdapters", 0, f"{exc.code().name}: {exc.details()}",
                              exc.code().name) from exc
+
+    async def probe_protocol(self) -> ShardProtocol:
+        """Does rank 0 serve chameleon.v1.AdapterService (ListAdapters answers) or only generate.v3
+        (UNIMPLEMENTED)? Any other failure raises ShardError."""
+        try:
+            await self.list_adapters()
+        except ShardError as exc:
+            protocol = protocol_for_probe(exc.code)
+            if protocol is None:
+                raise
+            return protocol
+        return CHAMELEON_V1
 
     async def headroom(self) -> list[chameleon_pb2.Headroom]:
         req = chameleon_pb2.HeadroomRequest()

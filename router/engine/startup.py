@@ -89,8 +89,8 @@ def _facts(cfg: EngineConfig, first: generate_pb2.InfoResponse,
     num_pages = min(w.pool.num_pages for w in warm) if all(w.HasField("pool") for w in warm) else 0
     supported = min((w.max_supported_total_tokens for w in warm
                      if w.HasField("max_supported_total_tokens")), default=0)
-    if num_pages == 0:
-        num_pages = supported // block + 1 if supported else 0
+    if num_pages == 0:  # a plain generate.v3 shard: blocks [0, supported / block), as TGI counts them
+        num_pages = supported // block
     if num_pages < 2:
         raise StartupError(f"the shards' page pool has {num_pages} pages after Warmup; give the shard "
                            "more memory (--memory-budget) or lower --max-batch-prefill-tokens")

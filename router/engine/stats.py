@@ -9,10 +9,13 @@ Keys:
   pool       num_pages, page_bytes, by_tenant {kv, adapter}, free
   adapters   resident {adapter_id: pages on every rank}, loads, offloads, bytes_loaded, load_seconds
   headroom   {rank: {free_device_bytes, total_device_bytes, pool_pages_total, pool_pages_used,
-             kv_pages_used, adapter_pages_used, page_bytes, resident_adapters}}
+             kv_pages_used, adapter_pages_used, page_bytes, resident_adapters}}; {} from shards that
+             speak only generate.v3
   loop       steps, schedule_seconds_last, schedule_seconds_max, est_step_seconds, healthy,
              replay_divergences (squashed re-runs that produced other tokens than already streamed),
-             shard_faults (failures that put the loop into recovery)
+             shard_faults (failures that put the loop into recovery),
+             shard_protocol ("chameleon.v1", or "generate.v3": the shards load adapters themselves and
+             `adapters.loads` counts the first-use probes, see router/engine/residency_v3.py)
 """
 
 from __future__ import annotations
@@ -45,5 +48,5 @@ def engine_stats(engine: Engine) -> dict[str, Any]:
         "loop": {"steps": loop.steps, "schedule_seconds_last": loop.schedule_s,
                  "schedule_seconds_max": loop.schedule_max_s, "est_step_seconds": loop.est_step_s,
                  "healthy": loop.health.healthy, "replay_divergences": loop.replay_divergences,
-                 "shard_faults": loop.shard_faults},
+                 "shard_faults": loop.shard_faults, "shard_protocol": engine.info.shard_protocol},
     }

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from router.engine.protocol import CHAMELEON_V1, ShardProtocol
+
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 ErrorKind = Literal["overloaded", "validation", "generation", "unavailable"]
 
@@ -119,7 +121,9 @@ class EngineError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class EngineInfo:
-    """What the shards told the engine at start-up (Info + Warmup), for /info and validation."""
+    """What the shards told the engine at start-up (Info + Warmup), for /info and validation.
+    `shard_protocol`: what the shards speak (router/engine/protocol.py); `warnings`: what /info and the
+    start-up log say about it (empty when the shards speak chameleon.v1)."""
 
     model_id: str
     model_type: str
@@ -134,6 +138,8 @@ class EngineInfo:
     max_concurrent_requests: int
     max_supported_total_tokens: int
     page_bytes: int
+    shard_protocol: ShardProtocol = CHAMELEON_V1
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ class Proc:
 class ShardProc(Proc):
     """A world-size-1 shard; `uds` is what the router gets (`<prefix>-0`)."""
 
-    def __init__(self, model_dir: Path, adapter_dir: Path, workdir: Path) -> None:
+    def __init__(self, model_dir: Path, adapter_dir: Path, workdir: Path, *flags: str) -> None:
         self.uds = f"{workdir}/s-0"
         super().__init__(
             [
@@ -77,6 +77,7 @@ class ShardProc(Proc):
                 str(BUDGET),
                 "--threads",
                 "1",
+                *flags,
             ],
             workdir / "shard.log",
         )

@@ -17,7 +17,7 @@ from chameleon_pb import generation_pb2_grpc as pb_grpc
 from router.api.fmaas_params import STOP_REASON, ResponseShape, from_fmaas, stop_sequence_of, token_info
 from router.api.fmaas_stream import StreamMessages
 from router.api.service import ApiService, Outcome
-from router.engine.types import FinalEvent
+from router.engine.types import FinalEvent, PrefillEvent, TokenEvent
 from router.errors import ApiError
 from router.validation import Validated
 
@@ -80,16 +80,28 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
             raise  # abort() raises; this keeps the type checker honest
 
     async def _collect(self, v: Validated, shape: ResponseShape) -> tuple[Outcome, int | None]:
-        """Run one request to the end, or to the time limit (then stop_reason TIME_LIMIT)."""
+        """Run one request to the end, or to the time limit: then (as TGIS) the tokens generated so far
+        with stop_reason TIME_LIMIT, and the engine drops the request."""
         if shape.time_limit_s is None:
             return await self.s.run(v), None
+        deadline = time.monotonic() + shape.time_limit_s
+        tokens: list[TokenEvent] = []
+        prefill: PrefillEvent | None = None
+        events = self.s.events(v)
         try:
-            return await asyncio.wait_for(self.s.run(v), shape.time_limit_s), None
-        except asyncio.TimeoutError:
-            final = FinalEvent(
-                "", 0, "length", v.request.params.seed, len(v.request.input_ids), 0.0, shape.time_limit_s
-            )
-            return Outcome(final), pb.TIME_LIMIT
+            while (ev := await _next(events, deadline)) is not None:
+                if isinstance(ev, TokenEvent):
+                    tokens.append(ev)
+                elif isinstance(ev, PrefillEvent):
+                    prefill = ev
+                else:
+                    return Outcome(ev, tokens, prefill), None
+        finally:
+            await events.aclose()
+        text = "".join(t.text for t in tokens if not t.special)
+        final = FinalEvent(text, len(tokens), "length", v.request.params.seed, len(v.request.input_ids),
+                           0.0, shape.time_limit_s)
+        return Outcome(final, tokens, prefill), pb.TIME_LIMIT
 
     @staticmethod
     def _response(

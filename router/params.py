@@ -37,6 +37,9 @@ class ClientParams:
     grammar: Any = None
     adapter_id: str | None = None
     ignore_eos_token: bool = False
+    # TGIS (fmaas) only: EOS and stop sequences held off until min_new_tokens; EOS length penalty
+    min_new_tokens: int | None = None
+    length_penalty: tuple[int, float] | None = None  # (start_index, decay_factor)
 
 
 def number(body: Mapping[str, Any], key: str, *, where: str = "") -> float | None:

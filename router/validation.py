@@ -99,6 +99,7 @@ class Validator:
                 "(shorten the prompt or set `truncate`)"
             )
         max_new = self._max_new_tokens(p.max_new_tokens, n_in)
+        min_new = self._min_new_tokens(p.min_new_tokens, max_new, n_in, p.max_new_tokens is not None)
         params = GenerateParams(
             temperature=self._temperature(p.temperature),
             top_k=self._top_k(p.top_k),
@@ -114,6 +115,8 @@ class Validator:
             top_n_tokens=self._top_n(p.top_n_tokens),
             prefill_logprobs=p.decoder_input_details,
             truncate=truncate,
+            min_new_tokens=min_new,
+            length_penalty=self._length_penalty(p.length_penalty),
         )
         req = GenerateRequest(
             text=text,
@@ -166,6 +169,41 @@ class Validator:
                 f"Given: {n_in} `inputs` tokens and {given} `max_new_tokens`"
             )
         return given
+
+    def _min_new_tokens(self, given: int | None, max_new: int, n_in: int, max_given: bool) -> int:
+        """TGIS: input + min_new_tokens fit max_total_tokens, and min_new_tokens <= max_new_tokens."""
+        if not given:
+            return 0
+        if given < 0:
+            raise ValidationError(f"`min_new_tokens` must be >= 0. Given: {given}")
+        if n_in + given > self.limits.max_total_tokens:
+            raise ValidationError(
+                f"`inputs` tokens + `min_new_tokens` must be <= {self.limits.max_total_tokens}. "
+                f"Given: {n_in} `inputs` tokens and {given} `min_new_tokens`"
+            )
+        if given > max_new:
+            which = "" if max_given else " (the server default, as `max_new_tokens` is unset)"
+            raise ValidationError(
+                f"`min_new_tokens` must be <= `max_new_tokens`. Given: {given} `min_new_tokens` and "
+                f"{max_new} `max_new_tokens`{which}"
+            )
+        return given
+
+    def _length_penalty(self, value: tuple[int, float] | None) -> tuple[int, float] | None:
+        """TGIS's exponential decay length penalty: decay_factor in [1.0, 10.0]; 1.0 is off."""
+        if value is None:
+            return None
+        start, decay = value
+        if not (math.isfinite(decay) and 1.0 <= decay <= 10.0):
+            raise ValidationError(
+                f"`length_penalty.decay_factor` must be >= 1.0 and <= 10.0 (1.0 = off). Given: {decay}"
+            )
+        if not 0 <= start < self.limits.max_total_tokens:
+            raise ValidationError(
+                f"`length_penalty.start_index` must be >= 0 and < {self.limits.max_total_tokens}. "
+                f"Given: {start}"
+            )
+        return None if decay == 1.0 else (start, decay)
 
     @staticmethod
     def _temperature(value: float | None) -> float:

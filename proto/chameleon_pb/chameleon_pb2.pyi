@@ -139,3 +139,17 @@ class ListAdaptersResponse(_message.Message):
 class HeadroomRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ChooserExtras(_message.Message):
+    __slots__ = ("length_penalty_start", "length_penalty_decay")
+    LENGTH_PENALTY_START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_PENALTY_DECAY_FIELD_NUMBER: _ClassVar[int]
+    length_penalty_start: int
+    length_penalty_decay: float
+    def __init__(self, length_penalty_start: _Optional[int] = ..., length_penalty_decay: _Optional[float] = ...) -> None: ...
+
+class StoppingExtras(_message.Message):
+    __slots__ = ("min_new_tokens",)
+    MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    min_new_tokens: int
+    def __init__(self, min_new_tokens: _Optional[int] = ...) -> None: ...

@@ -1,11 +1,13 @@
 """fmaas (TGIS) parameters -> ClientParams, and engine events -> fmaas messages.
 
 TGIS conventions: 0 means "unset" for most numbers; GREEDY ignores the sampling block; temperature 0
-means greedy; top_p/typical_p 1.0 mean off.
+means greedy; top_p/typical_p 1.0 mean off. Every float must be finite (NaN and infinities are
+refused). Guided decoding is refused: TGIS (IBM text-generation-inference) has no guided decoding.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from chameleon_pb import generation_pb2 as pb
@@ -31,14 +33,20 @@ class ResponseShape:
     time_limit_s: float | None = None
 
 
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValidationError(f"`{name}` must be a finite number. Given: {value}")
+    return value
+
+
 def _unit(name: str, value: float) -> float | None:
-    if not 0.0 <= value <= 1.0:
+    if not 0.0 <= _finite(name, value) <= 1.0:
         raise ValidationError(f"`{name}` must be >= 0 and <= 1 (0 or 1 = off). Given: {value}")
     return None if value in (0.0, 1.0) else value
 
 
 def _sampling(s: pb.SamplingParameters) -> dict[str, object]:
-    temperature = s.temperature if s.HasField("temperature") else 1.0
+    temperature = _finite("temperature", s.temperature) if s.HasField("temperature") else 1.0
     if temperature < 0:
         raise ValidationError(f"`temperature` must be >= 0 (0 = greedy). Given: {temperature}")
     if temperature == 0:
@@ -53,24 +61,31 @@ def _sampling(s: pb.SamplingParameters) -> dict[str, object]:
     }
 
 
+def _length_penalty(dec: pb.DecodingParameters) -> tuple[int, float] | None:
+    if not dec.HasField("length_penalty"):
+        return None
+    lp = dec.length_penalty
+    return lp.start_index, _finite("length_penalty.decay_factor", lp.decay_factor)
+
+
 def from_fmaas(params: pb.Parameters, adapter_id: str | None) -> tuple[ClientParams, ResponseShape]:
     dec, stop, resp = params.decoding, params.stopping, params.response
-    if dec.HasField("length_penalty"):
-        raise ValidationError("`decoding.length_penalty` is not supported by this server; leave it unset")
     if dec.WhichOneof("guided") is not None:
         raise ValidationError(
             "guided decoding (`decoding.format/json_schema/regex/choice/grammar`) is not "
-            "supported by this server; leave it unset"
+            "supported by this server (nor by TGIS); leave it unset"
         )
-    if stop.min_new_tokens > 0:
-        raise ValidationError("`stopping.min_new_tokens` is not supported by this server; leave it 0")
-    if dec.repetition_penalty < 0:
+    for name in ("temperature", "top_p", "typical_p"):  # checked even where GREEDY ignores them
+        _finite(name, getattr(params.sampling, name))
+    if _finite("repetition_penalty", dec.repetition_penalty) < 0:
         raise ValidationError(f"`repetition_penalty` must be >= 0 (0 = off). Given: {dec.repetition_penalty}")
     sampling = _sampling(params.sampling) if params.method == pb.SAMPLE else {}
     client = ClientParams(
         **sampling,  # type: ignore[arg-type]
         repetition_penalty=dec.repetition_penalty or None,
         max_new_tokens=stop.max_new_tokens or None,
+        min_new_tokens=stop.min_new_tokens or None,
+        length_penalty=_length_penalty(dec),
         stop=tuple(stop.stop_sequences),
         truncate=params.truncate_input_tokens or None,
         # ranks are read off the top tokens, so ask for some when only ranks are wanted

@@ -17,7 +17,7 @@ from chameleon_pb import generation_pb2_grpc as pb_grpc
 from router.api.fmaas_params import STOP_REASON, ResponseShape, from_fmaas, stop_sequence_of, token_info
 from router.api.fmaas_stream import StreamMessages
 from router.api.service import ApiService, EventStream, Outcome, close_all, collect
-from router.engine.types import FinalEvent
+from router.engine.types import FinalEvent, PrefillEvent, TokenEvent
 from router.errors import ApiError, ValidationError
 from router.validation import Validated
 
@@ -96,16 +96,25 @@ class FmaasServicer(pb_grpc.GenerationServiceServicer):
 
     async def _collect(self, stream: EventStream, v: Validated, shape: ResponseShape,
                        ) -> tuple[Outcome, int | None]:
-        """Run one request to the end, or to the time limit (then stop_reason TIME_LIMIT)."""
+        """Run one request to the end, or to the time limit: then (as TGIS) the tokens generated so far
+        with stop_reason TIME_LIMIT, and the engine drops the request (the caller closes `stream`)."""
         if shape.time_limit_s is None:
             return await collect(stream), None
-        try:
-            return await asyncio.wait_for(collect(stream), shape.time_limit_s), None
-        except asyncio.TimeoutError:
-            final = FinalEvent(
-                "", 0, "length", v.request.params.seed, len(v.request.input_ids), 0.0, shape.time_limit_s
-            )
-            return Outcome(final), pb.TIME_LIMIT
+        deadline = time.monotonic() + shape.time_limit_s
+        tokens: list[TokenEvent] = []
+        prefill: PrefillEvent | None = None
+        while (ev := await _next(stream, deadline)) is not None:
+            if isinstance(ev, TokenEvent):
+                tokens.append(ev)
+            elif isinstance(ev, PrefillEvent):
+                prefill = ev
+            else:
+                return Outcome(ev, tokens, prefill), None
+        await stream.aclose()
+        text = "".join(t.text for t in tokens if not t.special)
+        final = FinalEvent(text, len(tokens), "length", v.request.params.seed, len(v.request.input_ids),
+                           0.0, shape.time_limit_s)
+        return Outcome(final, tokens, prefill), pb.TIME_LIMIT
 
     @staticmethod
     def _response(

@@ -42,6 +42,11 @@ def request_pb(rid: int, req: GenerateRequest, seed: int, pages: Sequence[int],
         blocks=pages, slots=slots_for(pages, block_size))
     if req.adapter_id is not None:
         r.adapter_id = req.adapter_id
+    if p.min_new_tokens:
+        r.stopping_parameters.chameleon.min_new_tokens = p.min_new_tokens
+    if p.length_penalty is not None:
+        extras = r.parameters.chameleon
+        extras.length_penalty_start, extras.length_penalty_decay = p.length_penalty
     return r
 
 

@@ -28,7 +28,8 @@ class GenerateParams:
     """Sampling and stopping parameters, already validated and shard-ready.
 
     `seed` None lets the shard pick one (reported back in `FinalEvent.seed`). `truncate` is the
-    client's request; `GenerateRequest.input_ids` is already truncated.
+    client's request; `GenerateRequest.input_ids` is already truncated. `min_new_tokens` and
+    `length_penalty` (start_index, decay_factor; None = off) are TGIS's (see shard.server.sampling).
     """
 
     temperature: float = 1.0
@@ -45,6 +46,8 @@ class GenerateParams:
     top_n_tokens: int = 0
     prefill_logprobs: bool = False
     truncate: int | None = None
+    min_new_tokens: int = 0
+    length_penalty: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from chameleon_pb import generate_pb2
 
 from shard.model.runner import ForwardBatch
 from shard.server.detok import DetokState
-from shard.server.sampling import RowSampler, SamplingParams
+from shard.server.sampling import EosShaping, RowSampler, SamplingParams
 from shard.server.stopping import StoppingCriteria
 
 BASE_ADAPTER_IDS = frozenset({"", "__base__"})
@@ -87,6 +87,21 @@ def _validate_request(req: object, ctx: BatchContext) -> None:
         raise ValueError(f"request {req.id}: blocks {bad[:4]} are outside the pool (0..{ctx.num_pages - 1})")
 
 
+def _sampler(req: object, ctx: BatchContext) -> RowSampler:
+    """The request's sampler, with TGIS's EOS shaping (min_new_tokens, length penalty) unless EOS is
+    ignored (then EOS never stops the request, so neither applies)."""
+    params = SamplingParams.from_pb(req.parameters)
+    stop, extras = req.stopping_parameters, req.parameters.chameleon
+    if stop.ignore_eos_token:
+        return RowSampler(params)
+    if stop.chameleon.min_new_tokens > stop.max_new_tokens:
+        raise ValueError(f"request {req.id}: min_new_tokens ({stop.chameleon.min_new_tokens}) must be <= "
+                         f"max_new_tokens ({stop.max_new_tokens})")
+    eos = EosShaping.build(tuple(ctx.eos_token_ids), int(stop.chameleon.min_new_tokens),
+                           int(extras.length_penalty_start), float(extras.length_penalty_decay))
+    return RowSampler(params, eos)
+
+
 def _slots(req: object, block_size: int) -> list[int]:
     if req.slots:
         return list(req.slots)
@@ -114,7 +129,7 @@ def request_from_pb(req: object, ctx: BatchContext) -> RequestState:
     return RequestState(
         id=req.id, ids=ids, prompt_len=len(ids), blocks=list(req.blocks),
         slots=slots[:ctx.max_positions], adapter_id=adapter,
-        sampler=RowSampler(SamplingParams.from_pb(req.parameters)),
+        sampler=_sampler(req, ctx),
         stopping=StoppingCriteria.from_pb(req.stopping_parameters, ctx.eos_token_ids),
         detok=DetokState.for_prompt(len(ids)), prefill_logprobs=req.prefill_logprobs,
         top_n=int(req.top_n_tokens), chunk_len=req.chunk_len if req.HasField("chunk_len") else None)

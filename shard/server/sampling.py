@@ -6,6 +6,10 @@ Semantics follow TGI's NextTokenChooser: penalties apply in greedy and sampling 
 Proto3 zero values mean "unset" (temperature 0 -> 1.0, top_p 0 -> 1.0, repetition_penalty 0 -> 1.0).
 Each sampling request owns a `torch.Generator` seeded from its `seed`, so a request reproduces its
 tokens whatever batch it shares (generator state travels with the request through filter/concat).
+
+TGIS's EOS shaping (`EosShaping`) comes first, before penalties and warpers, as in TGIS: EOS is masked
+out while fewer than `min_new_tokens` tokens are generated, then the exponential decay length penalty
+raises the EOS score. A row with active shaping never takes the plain-greedy fast path.
 """
 
 from __future__ import annotations
@@ -67,17 +71,70 @@ class SamplingParams:
         return not self.do_sample and not self.has_penalties
 
 
+EOS_LOGIT_BOUND = 1e30  # a boosted EOS score stays finite (softmax and logsumexp stay defined)
+
+
+@dataclass(frozen=True, slots=True)
+class EosShaping:
+    """TGIS's min_new_tokens EOS mask and exponential decay length penalty for one request.
+
+    With `generated` tokens produced so far (the step chooses token number generated + 1): while
+    generated < min_new_tokens every EOS logit is -inf; after that, when decay > 1 and generated >
+    start, each finite EOS score s becomes s + |s| * (decay ** (generated - start) - 1)
+    (transformers' ExponentialDecayLengthPenalty as TGIS applies it), bounded by +-EOS_LOGIT_BOUND.
+    """
+
+    eos_ids: tuple[int, ...]
+    min_new_tokens: int = 0
+    start: int = 0
+    decay: float = 1.0
+
+    @classmethod
+    def build(cls, eos_ids: tuple[int, ...], min_new_tokens: int, start: int,
+              decay: float) -> EosShaping | None:
+        """None when nothing applies (no EOS id, or no minimum and no penalty)."""
+        if not math.isfinite(decay) or decay < 0:
+            raise ValueError(f"length penalty decay must be finite and >= 0 (<= 1: off), got {decay}")
+        shaping = cls(tuple(sorted(eos_ids)), max(min_new_tokens, 0), max(start, 0), decay)
+        return shaping if eos_ids and (min_new_tokens > 0 or decay > 1.0) else None
+
+    def active(self, generated: int) -> bool:
+        return generated < self.min_new_tokens or (self.decay > 1.0 and generated > self.start)
+
+    def apply(self, row: torch.Tensor, generated: int) -> torch.Tensor:
+        """Shape the EOS logits of one row [V] in place (on the row's device); returns it."""
+        ids = torch.tensor(self.eos_ids, dtype=torch.long, device=row.device)
+        ids = ids[ids < row.numel()]
+        if generated < self.min_new_tokens:
+            row[ids] = -math.inf
+        elif self.decay > 1.0 and generated > self.start:
+            try:
+                grow = self.decay ** (generated - self.start) - 1.0
+            except OverflowError:
+                grow = math.inf
+            score = row[ids]
+            boosted = score + score.abs() * min(grow, EOS_LOGIT_BOUND)
+            boosted = boosted.clamp(-EOS_LOGIT_BOUND, EOS_LOGIT_BOUND)
+            row[ids] = torch.where(torch.isfinite(score), boosted, score)
+        return row
+
+
 class RowSampler:
-    """Per-request sampler state: parameters plus the request's own random generator."""
+    """Per-request sampler state: parameters, EOS shaping and the request's own random generator."""
 
-    __slots__ = ("generator", "params")
+    __slots__ = ("eos", "generator", "params")
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, eos: EosShaping | None = None) -> None:
         self.params = params
+        self.eos = eos
         self.generator: torch.Generator | None = None
         if params.do_sample:
             self.generator = torch.Generator(device="cpu")
             self.generator.manual_seed(params.seed)
+
+    def plain_at(self, generated: int) -> bool:
+        """True when this step's choice is the argmax of the raw logits (the fast path may skip it)."""
+        return self.params.plain_greedy and (self.eos is None or not self.eos.active(generated))
 
     def penalize(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Repetition penalty (CTRL style) and frequency penalty (TGI: normalized counts) over
@@ -150,17 +207,22 @@ class StepChoice:
 
 
 def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], histories: list[torch.Tensor],
-                  top_n: list[int]) -> StepChoice:
-    """Pick the next token of every row. logits: [S, V] float; histories[i]: int64 token ids of row i.
+                  top_n: list[int], generated: list[int] | None = None) -> StepChoice:
+    """Pick the next token of every row. logits: [S, V] float; histories[i]: int64 token ids of row i;
+    generated[i]: tokens row i has generated so far (None: all 0), for its EOS shaping.
 
-    Logprobs are taken after penalties and warpers (what the token was chosen from), as in TGI.
+    Logprobs are taken after EOS shaping, penalties and warpers (what the token was chosen from), as in
+    TGI/TGIS.
     """
     logits = logits.float()
-    rows = [i for i, s in enumerate(samplers) if not s.params.plain_greedy]
+    done = generated if generated is not None else [0] * len(samplers)
+    rows = [i for i, s in enumerate(samplers) if not s.plain_at(done[i])]
     if rows:
         logits = logits.clone()
         for i in rows:
             s = samplers[i]
+            if s.eos is not None:
+                s.eos.apply(logits[i], done[i])
             row = s.penalize(logits[i], histories[i])
             logits[i] = s.warp(row) if s.params.do_sample else row
     fused = cpu_step.lse_argmax(logits)  # one pass per row on CPU float32
@@ -171,7 +233,8 @@ def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], histories: l
         next_ids = torch.argmax(logits, dim=-1).tolist()
     for i in rows:
         next_ids[i] = samplers[i].choose(logits[i])
-    picked = logits.gather(1, torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)).squeeze(1)
+    picked_ids = torch.tensor(next_ids, dtype=torch.long, device=logits.device)
+    picked = logits.gather(1, picked_ids.unsqueeze(1)).squeeze(1)
     chosen = (picked - lse).tolist()
     top_ids: list[list[int]] = [[] for _ in samplers]
     top_lps: list[list[float]] = [[] for _ in samplers]

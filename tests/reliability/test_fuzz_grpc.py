@@ -61,6 +61,9 @@ def params(draw: st.DrawFn) -> pb.Parameters:
     r.top_n_tokens = draw(u32)
     if draw(st.booleans()):
         p.decoding.repetition_penalty = draw(f32)
+    if draw(st.booleans()):
+        lp = p.decoding.length_penalty
+        lp.start_index, lp.decay_factor = draw(u32), draw(st.one_of(st.sampled_from([1.0, 1.5, 10.0]), f32))
     return p
 
 

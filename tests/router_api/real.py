@@ -85,8 +85,10 @@ def stub(router: RouterProc) -> pb_grpc.GenerationServiceStub:
     return pb_grpc.GenerationServiceStub(grpc.insecure_channel(router.grpc))
 
 
-def params(max_new: int, **extra: Any) -> pb.Parameters:
-    return json_format.ParseDict({"stopping": {"max_new_tokens": max_new}, **extra}, pb.Parameters())
+def params(max_new: int, min_new: int = 0, **extra: Any) -> pb.Parameters:
+    """fmaas Parameters; `min_new` sets stopping.min_new_tokens as caikit-style TGIS clients do."""
+    stopping = {"max_new_tokens": max_new, "min_new_tokens": min_new}
+    return json_format.ParseDict({"stopping": stopping, **extra}, pb.Parameters())
 
 
 def metric(router: RouterProc, sample: str) -> float:

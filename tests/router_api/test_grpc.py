@@ -108,7 +108,28 @@ def test_time_limit_stops_with_time_limit(router: ServedRouter):
     assert msgs[-1].generated_token_count < 60
     _wait(lambda: len(router.engine.cancelled) == 1)
     out = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="x")], params=params))
-    assert out.responses[0].stop_reason == pb.TIME_LIMIT
+    resp = out.responses[0]
+    assert resp.stop_reason == pb.TIME_LIMIT
+    # as TGIS: what was generated before the limit comes back (the fake's tokens are " t0", " t1", ...)
+    assert 0 < resp.generated_token_count < 60
+    assert resp.text == "".join(f" t{i}" for i in range(resp.generated_token_count))
+    _wait(lambda: len(router.engine.cancelled) == 2)
+
+
+def test_tgis_min_new_tokens_and_length_penalty_reach_the_engine(router: ServedRouter):
+    stub = pb_grpc.GenerationServiceStub(_channel(router))
+    params = _params(5)
+    params.stopping.min_new_tokens = 4
+    params.decoding.length_penalty.start_index = 2
+    params.decoding.length_penalty.decay_factor = 1.25
+    out = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="x")], params=params))
+    assert out.responses[0].generated_token_count == 5
+    p = router.engine.requests[0].params
+    assert (p.min_new_tokens, p.length_penalty, p.max_new_tokens) == (4, (2, 1.25), 5)
+    params.decoding.length_penalty.decay_factor = 1.0  # 1.0 = off, as TGIS
+    one = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="x"), params=params)
+    list(stub.GenerateStream(one))
+    assert router.engine.requests[1].params.length_penalty is None
 
 
 def test_stream_cancellation_reaches_the_engine(router: ServedRouter):

@@ -182,8 +182,20 @@ def test_http_body_size_capped_before_tokenization(router: ServedRouter):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"stopping": {"min_new_tokens": 2}}, "`stopping.min_new_tokens` is not supported"),
-        ({"decoding": {"length_penalty": {"start_index": 1, "decay_factor": 1.5}}}, "length_penalty"),
+        ({"stopping": {"max_new_tokens": 3, "min_new_tokens": 5}},
+         "`min_new_tokens` must be <= `max_new_tokens`. Given: 5 `min_new_tokens` and 3 `max_new_tokens`"),
+        ({"stopping": {"min_new_tokens": 200}}, "`inputs` tokens + `min_new_tokens` must be <= 96"),
+        ({"decoding": {"length_penalty": {"start_index": 1, "decay_factor": 0.5}}},
+         "`length_penalty.decay_factor` must be >= 1.0 and <= 10.0"),
+        ({"decoding": {"length_penalty": {"start_index": 1, "decay_factor": 11}}},
+         "`length_penalty.decay_factor` must be >= 1.0 and <= 10.0"),
+        ({"decoding": {"length_penalty": {"start_index": 1, "decay_factor": "NaN"}}},
+         "`length_penalty.decay_factor` must be a finite number"),
+        ({"decoding": {"length_penalty": {"start_index": 5000, "decay_factor": 1.5}}},
+         "`length_penalty.start_index` must be >= 0 and < 96"),
+        ({"method": "SAMPLE", "sampling": {"temperature": "NaN"}}, "`temperature` must be a finite number"),
+        ({"sampling": {"top_p": "Infinity"}}, "`top_p` must be a finite number"),
+        ({"decoding": {"repetition_penalty": "-Infinity"}}, "`repetition_penalty` must be a finite number"),
         ({"decoding": {"regex": "a+"}}, "guided decoding"),
     ],
 )

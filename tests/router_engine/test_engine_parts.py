@@ -70,6 +70,17 @@ def test_prefill_batch_reserves_every_slot_of_its_blocks() -> None:
     r = batch.requests[0]
     assert list(r.blocks) == [4, 9] and list(r.slots) == [16, 17, 18, 19, 36, 37, 38, 39]
     assert r.truncate == 3 and r.parameters.seed == 42 and not r.HasField("adapter_id")
+    assert not r.parameters.HasField("chameleon") and not r.stopping_parameters.HasField("chameleon")
+
+
+def test_prefill_batch_carries_tgis_extras_past_plain_v3() -> None:
+    live = _live(max_new_tokens=5, min_new_tokens=3, length_penalty=(2, 1.5))
+    r = prefill_batch(3, [live], [[4]], block_size=4).requests[0]
+    assert r.stopping_parameters.chameleon.min_new_tokens == 3
+    extras = r.parameters.chameleon
+    assert (extras.length_penalty_start, extras.length_penalty_decay) == (2, 1.5)
+    assert r.parameters.DESCRIPTOR.fields_by_name["chameleon"].number >= 100
+    assert r.stopping_parameters.DESCRIPTOR.fields_by_name["chameleon"].number >= 100
 
 
 def _adapter(folder: Path, r: int, targets: list[str] | str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from chameleon_pb import generate_pb2
+
 from shard.server.detok import DetokState, next_piece
 from shard.server.stopping import EOS, LENGTH, STOP_SEQUENCE, StoppingCriteria
 
@@ -36,8 +38,9 @@ def test_ascii_streams_one_piece_per_token(byte_tokenizer):
     assert all(pieces)
 
 
-def _params(max_new: int, stops=(), ignore_eos=False):
-    return SimpleNamespace(max_new_tokens=max_new, stop_sequences=list(stops), ignore_eos_token=ignore_eos)
+def _params(max_new: int, stops=(), ignore_eos=False, min_new=0):
+    return SimpleNamespace(max_new_tokens=max_new, stop_sequences=list(stops), ignore_eos_token=ignore_eos,
+                           chameleon=SimpleNamespace(min_new_tokens=min_new))
 
 
 def test_max_new_tokens_gives_length():
@@ -54,3 +57,25 @@ def test_stop_sequence_split_over_tokens():
     s = StoppingCriteria.from_pb(_params(50, ["STOP"]), [2])
     assert [s.check(10 + i, p) for i, p in enumerate(["ab", "ST", "O"])] == [None, None, None]
     assert s.check(9, "P!") == STOP_SEQUENCE
+
+
+def test_min_new_tokens_holds_off_eos_and_stop_sequences():
+    s = StoppingCriteria.from_pb(_params(10, ["X"], min_new=3), [2])
+    assert [s.check(2, ""), s.check(5, "X")] == [None, None]  # tokens 1 and 2: below the minimum
+    assert s.check(2, "") == EOS  # token 3 reaches it
+    s = StoppingCriteria.from_pb(_params(10, ["X"], min_new=3), [2])
+    assert [s.check(5, "X"), s.check(6, "a")] == [None, None]
+    assert s.check(7, "b") is None  # the early "X" does not match late: it does not end in the new piece
+    assert s.check(8, "X") == STOP_SEQUENCE
+
+
+def test_stop_sequence_split_over_tokens_after_the_minimum():
+    s = StoppingCriteria.from_pb(_params(10, ["STOP"], min_new=2), [2])
+    assert [s.check(5, "ST"), s.check(6, "OP")] == [None, STOP_SEQUENCE]
+
+
+def test_min_new_tokens_from_the_real_proto():
+    p = generate_pb2.StoppingCriteriaParameters(max_new_tokens=4, stop_sequences=["z"])
+    p.chameleon.min_new_tokens = 2
+    s = StoppingCriteria.from_pb(p, [2])
+    assert (s.min_new_tokens, s.check(2, "z"), s.check(2, "z")) == (2, None, EOS)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from shard.server.sampling import (
+    EosShaping,
     RowSampler,
     SamplingParams,
     choose_tokens,
@@ -74,3 +75,75 @@ def test_penalty_changes_greedy_choice():
 def test_bad_parameters_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value}).validate()
+
+
+EOS = 3
+NO_HISTORY = [torch.empty(0, dtype=torch.long)]
+
+
+def _eos_first(v: int = 8) -> torch.Tensor:
+    logits = torch.zeros(1, v)
+    logits[0, EOS], logits[0, 5] = 4.0, 1.0
+    return logits
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(do_sample=True, seed=3, top_k=2)])
+def test_min_new_tokens_masks_eos_even_on_the_greedy_fast_path(params):
+    eos = EosShaping.build((EOS,), min_new_tokens=2, start=0, decay=1.0)
+    s = RowSampler(params, eos)
+    assert not s.plain_at(0) and not s.plain_at(1) and s.plain_at(2) == params.plain_greedy
+    for generated in (0, 1):
+        c = choose_tokens(_eos_first(), [s], NO_HISTORY, [2], [generated])
+        assert c.next_ids[0] != EOS and EOS not in c.top_ids[0]
+        masked = _eos_first()[0]
+        masked[EOS] = -math.inf
+        if not params.do_sample:  # the logprob is taken from the masked logits
+            assert c.logprobs[0] == pytest.approx(float(torch.log_softmax(masked, -1)[5]))
+    if not params.do_sample:
+        assert choose_tokens(_eos_first(), [s], NO_HISTORY, [0], [2]).next_ids[0] == EOS
+
+
+def test_eos_mask_leaves_other_rows_alone():
+    shaped = RowSampler(SamplingParams(), EosShaping.build((EOS,), 5, 0, 1.0))
+    plain = RowSampler(SamplingParams())
+    logits = torch.cat([_eos_first(), _eos_first()])
+    c = choose_tokens(logits, [shaped, plain], NO_HISTORY * 2, [0, 0], [0, 0])
+    assert c.next_ids == [5, EOS]
+
+
+@pytest.mark.parametrize("score", [-2.0, 1.5])
+def test_length_penalty_raises_the_eos_score_as_specified(score):
+    shaping = EosShaping.build((EOS,), min_new_tokens=0, start=4, decay=1.5)
+    row = torch.full((8,), 0.25)
+    row[EOS] = score
+    assert not shaping.active(4) and shaping.active(7)
+    out = shaping.apply(row.clone(), 7)
+    assert float(out[EOS]) == pytest.approx(score + abs(score) * (1.5 ** 3 - 1))
+    assert torch.equal(out[:EOS], row[:EOS]) and torch.equal(out[EOS + 1:], row[EOS + 1:])
+    assert float(out[EOS]) > score
+
+
+def test_length_penalty_makes_greedy_stop_earlier():
+    logits = torch.zeros(1, 8)
+    logits[0, EOS], logits[0, 5] = -1.0, 2.5  # EOS is far behind
+    s = RowSampler(SamplingParams(), EosShaping.build((EOS,), 0, 2, 2.0))
+    picks = [choose_tokens(logits, [s], NO_HISTORY, [0], [g]).next_ids[0] for g in range(6)]
+    # EOS score -1 + (2^k - 1), k = generated - 2, beats 2.5 from k = 3, i.e. once 5 tokens are generated
+    assert picks == [5, 5, 5, 5, 5, EOS]
+
+
+def test_length_penalty_overflow_stays_finite():
+    shaping = EosShaping.build((EOS,), 0, 0, 10.0)
+    out = shaping.apply(_eos_first()[0], 10_000)
+    assert torch.isfinite(out).all() and int(out.argmax()) == EOS
+    c = choose_tokens(_eos_first(), [RowSampler(SamplingParams(do_sample=True, temperature=0.5), shaping)],
+                      NO_HISTORY, [1], [10_000])
+    assert c.next_ids == [EOS] and math.isfinite(c.logprobs[0])
+
+
+def test_shaping_is_off_without_minimum_or_penalty_and_bad_decay_is_refused():
+    assert EosShaping.build((EOS,), 0, 5, 1.0) is None
+    assert EosShaping.build((), 4, 0, 2.0) is None
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="decay"):
+            EosShaping.build((EOS,), 0, 0, bad)

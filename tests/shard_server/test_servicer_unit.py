@@ -209,6 +209,8 @@ def test_prefill_logprobs_and_top_tokens(service, byte_tokenizer):
     (lambda r: setattr(r, "inputs", "x" * 200), "too long"),
     (lambda r: setattr(r, "adapter_id", "nope"), "unknown adapter"),
     (lambda r: setattr(r, "adapter_id", "../etc"), "plain name"),
+    (lambda r: setattr(r.stopping_parameters.chameleon, "min_new_tokens", 4), r"min_new_tokens \(4\)"),
+    (lambda r: setattr(r.parameters.chameleon, "length_penalty_decay", float("nan")), "decay"),
 ])
 def test_bad_request_is_refused_alone_and_its_batch_mate_runs(service, byte_tokenizer, mutate, match):
     pg = Pager()

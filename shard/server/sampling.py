@@ -152,7 +152,9 @@ class RowSampler:
     def warp(self, logits: torch.Tensor) -> torch.Tensor:
         p = self.params
         if p.temperature != 1.0:
-            logits = logits / p.temperature
+            # shifted so the largest logit is 0: a tiny temperature (1e-45 is a valid float) then sends
+            # the others to -inf instead of the best to +inf, and softmax stays finite (same probabilities)
+            logits = (logits - logits.max()) / p.temperature
         if p.top_k > 0:
             logits = top_k_filter(logits, p.top_k)
         if p.top_p < 1.0:

@@ -147,3 +147,15 @@ def test_shaping_is_off_without_minimum_or_penalty_and_bad_decay_is_refused():
     for bad in (math.nan, math.inf, -1.0):
         with pytest.raises(ValueError, match="decay"):
             EosShaping.build((EOS,), 0, 0, bad)
+
+
+@pytest.mark.parametrize("temperature", [1.4e-45, 1e-38, 1e-30, 1e30, 3.4e38])
+def test_extreme_temperatures_sample_without_nan(temperature: float) -> None:
+    """Any finite temperature > 0 passes validation; the step must not fail on it (a failed step
+    would fail the whole batch). A tiny one picks the argmax; a huge one samples near-uniformly."""
+    logits = torch.randn(2, 300, generator=torch.Generator().manual_seed(3)) * 8
+    samplers = [RowSampler(SamplingParams(do_sample=True, temperature=temperature, seed=i)) for i in range(2)]
+    choice = choose_tokens(logits, samplers, [torch.empty(0, dtype=torch.long)] * 2, [3, 3])
+    assert all(math.isfinite(x) for x in choice.logprobs)
+    if temperature < 1e-20:
+        assert choice.next_ids == logits.argmax(-1).tolist()

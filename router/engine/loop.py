@@ -318,14 +318,23 @@ class ServingLoop:
                 self._refuse(lv, reason, now)
         self._observe("prefill", time.perf_counter() - t0, res)
         self._on_step(res)
+        kept = set(res.batch.request_ids) if res.batch is not None else set()
+        for lv in lives:  # neither finished, nor refused, nor in the returned batch: never hang on it
+            if self.lives.get(lv.rid) is lv and lv.batch_id == bid and lv.rid not in kept:
+                self._end(lv, EngineError("generation", "the shards returned no result for the request"),
+                          now)
 
     def _refuse(self, lv: Live, reason: str, now: float) -> None:
         """The shards refused this request before running it: it fails alone, with their reason."""
+        log.info("request refused by the shards", extra={"request_id": lv.rid, "reason": reason})
+        self._end(lv, EngineError("validation", f"the shard refused the request: {reason}"), now)
+
+    def _end(self, lv: Live, error: EngineError, now: float) -> None:
+        """Fail one admitted request that is in no shard batch, releasing its memory and quota."""
         lv.batch_id = None
         self.scheduler.cancel(lv.rid, now)
         self.memory.release(lv.rid, now)
-        self.drop(lv, EngineError("validation", f"the shard refused the request: {reason}"))
-        log.info("request refused by the shards", extra={"request_id": lv.rid, "reason": reason})
+        self.drop(lv, error)
 
     async def _decode(self) -> None:
         t0 = time.perf_counter()

@@ -40,7 +40,8 @@ def build_server(core: ShardCore, workers: int = 4,
     interceptors = [ErrorInterceptor(), *([StripExtensions()] if v3_only else [])]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          interceptors=interceptors, options=options)
-    generate_pb2_grpc.add_TextGenerationServiceServicer_to_server(TextGenerationService(core), server)
+    generate_pb2_grpc.add_TextGenerationServiceServicer_to_server(
+        TextGenerationService(core, refuse_per_request=not v3_only), server)
     names = [generate_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_name,
              reflection.SERVICE_NAME]
     if not v3_only:

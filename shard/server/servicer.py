@@ -152,8 +152,12 @@ def _pages_or_zero(store: object, path: Path) -> int:
 
 
 class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
-    def __init__(self, core: ShardCore) -> None:
+    """`refuse_per_request` False: a bad request fails the whole Prefill (INVALID_ARGUMENT) before
+    anything runs, as TGI's server does; a plain generate.v3 peer has no `rejected` field to read."""
+
+    def __init__(self, core: ShardCore, refuse_per_request: bool = True) -> None:
         self.core = core
+        self.refuse_per_request = refuse_per_request
 
     def Info(self, request, context):
         r, cfg = self.core.runner, self.core.runner.config
@@ -208,6 +212,9 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
             unloadable = self.core.prepare(batch)
             refused.update(unloadable)
             batch = batch.without(unloadable)
+        if refused and not self.refuse_per_request:
+            rid, why = next(iter(refused.items()))
+            raise ValueError(why if str(rid) in why else f"request {rid}: {why}")
         concat_ns = None
         if request.HasField("cached_batch"):
             cached = self.core.pop(request.cached_batch.id)

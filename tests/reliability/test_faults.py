@@ -146,6 +146,11 @@ def test_adapter_corrupted_after_listing_fails_alone_and_caches_nothing(
             else:
                 assert r.status_code == 200, r.text
         assert "c0" not in _resident(router)
+        # A request for c0 that arrives after the refusal (on a busy machine one of the concurrent
+        # ones above can): the router forgot c0's size facts and re-reads the corrupt folder itself.
+        # Still "cannot be loaded", never "unknown adapter": the folder is there.
+        late = adapter_request(router, "c0")
+        assert late.status_code == 422 and "'c0' cannot be loaded" in late.json()["error"], late.text
         _idle(router)
     finally:
         weights.write_bytes(good)

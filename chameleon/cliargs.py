@@ -82,3 +82,17 @@ class EnvArgumentParser(argparse.ArgumentParser):
         if not action.option_strings:
             action.nargs = "?"
         action.required = False
+
+
+def prepare_outputs(files: Sequence[str | os.PathLike[str] | None] = (),
+                    folders: Sequence[str | os.PathLike[str] | None] = ()) -> None:
+    """Create the folders output files will be written in (`files`: their parents) and output folders
+    themselves, before a run that may take long; None entries (an option left unset) are skipped.
+    ValueError with the path when one cannot be made (e.g. a plain file is in the way)."""
+    wanted = [os.path.dirname(os.path.abspath(f)) for f in files if f is not None and str(f)]
+    wanted += [os.path.abspath(d) for d in folders if d is not None and str(d)]
+    for folder in wanted:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chameleon.cliargs import EnvArgumentParser
+from chameleon.limits import Limits, derive_limits, read_max_position_embeddings
 from chameleon.logs import setup_logging
 from router.api.auth import Secret, TlsFiles
 from router.engine.config import ADAPTER_CACHES, SCHEDULERS, EngineConfig
@@ -50,9 +51,13 @@ def _add_connection_flags(p: EnvArgumentParser) -> None:
 def _add_limit_flags(p: EnvArgumentParser) -> None:
     p.add_argument("--max-concurrent-requests", type=_positive, default=128,
                    help="requests in flight before new ones get 429 / RESOURCE_EXHAUSTED")
-    p.add_argument("--max-input-tokens", type=_positive, default=None, help="default: from model and pool")
-    p.add_argument("--max-total-tokens", type=_positive, default=None, help="default: from model and pool")
-    p.add_argument("--max-batch-prefill-tokens", type=_positive, default=4096)
+    p.add_argument("--max-input-tokens", type=_positive, default=None,
+                   help="longest prompt; default: max-total-tokens - 1 (at most --max-batch-prefill-tokens)")
+    p.add_argument("--max-total-tokens", type=_positive, default=None,
+                   help="longest prompt + generation; default: config.json's max_position_embeddings, at "
+                   "most 4096 (TGI's rule); both are capped by the shards' page pool")
+    p.add_argument("--max-batch-prefill-tokens", type=_positive, default=None,
+                   help="prompt tokens in one prefill batch; default: max-input-tokens + 50")
     p.add_argument("--max-batch-size", type=_positive, default=None)
     p.add_argument("--max-stop-sequences", type=int, default=4)
     p.add_argument("--max-top-n-tokens", type=int, default=5)
@@ -97,12 +102,26 @@ def build_parser() -> EnvArgumentParser:
     return p
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
+def model_limits(args: argparse.Namespace) -> Limits:
+    """The flags' limits, the unset ones derived from MODEL_DIR/config.json (chameleon.limits; no
+    config.json = TGI's default of 4096 positions). ValueError when a flag contradicts the model."""
+    try:
+        max_pos = read_max_position_embeddings(args.tokenizer)
+    except FileNotFoundError:
+        max_pos = None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {args.tokenizer / 'config.json'}: {exc}") from exc
+    return derive_limits(max_pos, args.max_input_tokens, args.max_total_tokens, args.max_batch_prefill_tokens)
+
+
+def engine_config(args: argparse.Namespace, limits: Limits | None = None) -> EngineConfig:
+    """The engine's settings; `limits` None = derive them now (model_limits)."""
+    limits = limits or model_limits(args)
     return EngineConfig(
         master_shard_uds_path=args.master_shard_uds_path, model_dir=args.tokenizer, model_id=args.model_id,
         adapter_dir=args.adapter_dir, scheduler=args.scheduler, adapter_cache=args.adapter_cache,
-        max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
-        max_total_tokens=args.max_total_tokens, max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=limits.max_input_tokens,
+        max_total_tokens=limits.max_total_tokens, max_batch_prefill_tokens=limits.max_batch_prefill_tokens,
         max_batch_size=args.max_batch_size, connect_timeout_s=args.connect_timeout, seed=args.seed)
 
 
@@ -127,10 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = server_config(args)
         tokenizer = RouterTokenizer(args.tokenizer)
-        engine = Engine(engine_config(args))
+        limits = model_limits(args)
+        engine = Engine(engine_config(args, limits))
     except (OSError, ValueError) as exc:
         print(f"chameleon router: {exc}", file=sys.stderr)
         return 2
+    source = "derived from config.json" if limits.derived else "from flags"
+    log.info("limits %s: %s", source, limits.describe(),
+             extra={"event": "limits", "derived": list(limits.derived)})
     try:
         asyncio.run(serve(engine, tokenizer, server))
     except StartupError as exc:

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from chameleon.launch.args import LaunchArgs, parse_args
+from chameleon.launch.limits import router_limits
 from chameleon.launch.plan import build_plan, connect_host, resolve_model
 from chameleon.launch.procs import StartupError
 from chameleon.launch.supervisor import ProgressFactory, Supervisor, Timeouts, no_progress
@@ -42,6 +43,14 @@ def main(argv: Sequence[str]) -> int:
     except StartupError as exc:
         log.error("%s", exc)
         return 1
+    if not args.shards_only:
+        try:
+            limits = router_limits(args.router_flags, model_dir)
+        except ValueError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        log.info("limits %s: %s", "derived from config.json" if limits.derived else "from flags",
+                 limits.describe(), extra={"event": "limits", "derived": list(limits.derived)})
     plan = build_plan(args, model_dir, adapter_dir)
     progress: ProgressFactory = no_progress if args.json_output else _bars
     # The router drains for --drain-timeout itself; the launcher allows it a little more to close.

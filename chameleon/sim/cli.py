@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from chameleon.cliargs import EnvArgumentParser
+from chameleon.cliargs import EnvArgumentParser, prepare_outputs
 from chameleon.sim.config import SimConfig
 from chameleon.sim.profile import SHIPPED, Profile, load_profile
 from chameleon.sim.report import SloBasis, document, format_runs, format_summary
@@ -152,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.show_profile:
             print(json.dumps(load_profile(args.profile).to_dict(), indent=2))
             return 0
+        prepare_outputs(files=(args.json, args.plot))
         out = simulate(args)
     except (ValueError, TraceError) as exc:
         print(f"chameleon simulate: {exc}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Trace readers: request arrival times and token lengths from production traces.
 
-Formats (chosen by suffix; the columns are matched case-insensitively, see `_ALIASES`):
+Formats (chosen by suffix; the columns are matched case-insensitively, see `_ALIASES`, e.g.
+timestamp/arrival_time, input_length/prompt_tokens/input_tokens/ContextTokens,
+output_length/output_tokens/completion_tokens/GeneratedTokens):
 - Azure LLM inference trace 2023 CSV: `TIMESTAMP,ContextTokens,GeneratedTokens`, timestamps like
   `2023-11-16 18:15:46.6805900` (7 fractional digits).
 - Any CSV with timestamp/input/output columns; timestamps are seconds (number) or ISO-8601.
@@ -18,10 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "timestamp": ("timestamp", "time", "arrival", "arrival_time", "ts"),
-    "input": ("input", "input_tokens", "contexttokens", "context_tokens", "prompt_tokens", "input_len"),
-    "output": ("output", "output_tokens", "generatedtokens", "generated_tokens", "completion_tokens",
-               "output_len"),
+    "timestamp": ("timestamp", "time", "arrival", "arrival_time", "arrival_timestamp", "ts", "created",
+                  "created_at", "request_time"),
+    "input": ("input", "input_tokens", "input_length", "input_len", "contexttokens", "context_tokens",
+              "prompt_tokens", "prompt_length", "prompt_len", "num_prompt_tokens", "request_tokens"),
+    "output": ("output", "output_tokens", "output_length", "output_len", "generatedtokens",
+               "generated_tokens", "completion_tokens", "completion_length", "num_output_tokens",
+               "response_tokens", "response_length"),
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from chameleon.cliargs import EnvArgumentParser
+from chameleon.cliargs import EnvArgumentParser, prepare_outputs
 from chameleon.sim.report import json_safe
 from chameleon.workload import TraceError, TraceRecord, read_trace
 from router.bench import machine, scrape
@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("Poisson arrivals need --rate (requests/s), or use --arrivals trace")
         opts = options(args, args.rate, args.duration)
         records = read_trace(args.trace)
+        prepare_outputs(files=(args.json,))
         run = asyncio.run(run_bench(args.target, records, args.adapters, opts,
                                     metrics_url=args.metrics_url or default_metrics_url(args.target),
                                     slo_s=args.slo_s, drain_timeout_s=args.drain_timeout))

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from chameleon.cliargs import EnvArgumentParser
+from chameleon.cliargs import EnvArgumentParser, prepare_outputs
 from chameleon.launch.args import ADAPTER_CACHES, SCHEDULERS
 from chameleon.sim.profile import Profile
 from chameleon.sim.report import json_safe
@@ -292,6 +292,7 @@ async def compare(args) -> dict:
     if not args.trace:
         raise ValueError("--trace is required (e.g. ../shared/data/traces/azure_llm_2023_conv.csv)")
     records = read_trace(args.trace)
+    prepare_outputs(files=(args.json, args.plot, args.profile_out), folders=(args.log_dir,))
     launch = tuple(shlex.split(args.launch_args))
     spec = system.SystemSpec(args.model_id, args.adapter_dir, launch)
     ctx = Context(parse_rates(args.rates), slo_s=args.slo_s)

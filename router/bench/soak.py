@@ -3,7 +3,8 @@ shard group once midway (the launcher restarts it, the router reconnects), and r
 succeeded / failed by reason, each process's memory at start, settled and end, and the allocator's
 integrity once the load is over. Exit 0 when the soak passes:
   - no admitted request (one that got its first stream message) is lost, except those in flight when
-    the shard died (sent before the router reported unhealthy);
+    the shard died (sent before the router reported unhealthy); overload (requests refused, or
+    cancelled by the soak at its drain limit) is reported apart and is not loss;
   - the shards came back (the router was healthy again before the end);
   - every process ends within --memory-tolerance (10%) of its settled memory;
   - the allocator is intact: no KV page or refcount held, adapter pages = resident adapters (router
@@ -26,13 +27,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chameleon.cliargs import EnvArgumentParser
+from chameleon.cliargs import EnvArgumentParser, prepare_outputs
 from chameleon.workload import TraceError, read_trace
-from router.bench.loadgen import replay, server_info
+from router.bench.loadgen import CANCELLED, replay, server_info
 from router.bench.soak_watch import MemoryWatch, integrity, read_metrics
 from router.bench.stats import RequestRecord
 from router.bench.system import System, SystemSpec, start
 from router.bench.workload import BenchOptions, plan, population
+
+DRAIN_S = 120.0  # requests still running this long after the last arrival are cancelled (overload)
 
 
 def build_parser() -> EnvArgumentParser:
@@ -103,16 +106,23 @@ async def _watch(system: System, mem: MemoryWatch, tl: Timeline, origin: float, 
 
 
 def outcomes(records: Sequence[RequestRecord], tl: Timeline) -> dict[str, object]:
-    """Sent / succeeded / failed by reason; admitted requests lost, and whether each was in flight at
-    the kill (sent before the router reported unhealthy)."""
+    """Sent / succeeded / failed by reason, in three kinds that never overlap:
+    - overload: `refused` (failed before any stream message: 429/RESOURCE_EXHAUSTED, or refused while
+      the shards were down) and `cancelled_at_drain` (the soak itself cancelled them, still running at
+      its drain limit: the load was above what the system serves in time). Not data loss.
+    - loss: admitted (got a stream message), not cancelled by the soak, and not completed; split by
+      whether it was in flight at the kill (sent before the router reported unhealthy)."""
     failed = Counter(r.error or "no token" for r in records if not r.ok)
-    lost = [r for r in records if r.prompt_tokens > 0 and not r.ok]
+    cancelled = [r for r in records if r.error == CANCELLED]
+    lost = [r for r in records if r.prompt_tokens > 0 and not r.ok and r.error != CANCELLED]
+    refused = [r for r in records if r.prompt_tokens == 0 and not r.ok and r.error != CANCELLED]
     cutoff = tl.unhealthy_s if tl.unhealthy_s is not None else tl.kill_s
     at_kill = [r for r in lost if tl.kill_s is not None and cutoff is not None and r.sent_s <= cutoff + 0.5]
     return {"sent": len(records), "succeeded": sum(r.ok for r in records), "failed": dict(failed),
             "admitted_lost": len(lost), "lost_in_flight_at_kill": len(at_kill),
-            "lost_otherwise": len(lost) - len(at_kill),
-            "refused": sum(1 for r in records if r.prompt_tokens == 0 and not r.ok)}
+            "lost_otherwise": len(lost) - len(at_kill), "refused": len(refused),
+            "cancelled_at_drain": len(cancelled),
+            "cancelled_at_drain_admitted": sum(1 for r in cancelled if r.prompt_tokens > 0)}
 
 
 def _probe(port: int) -> bool:
@@ -155,7 +165,7 @@ async def run_soak(system: System, args, records) -> dict[str, object]:
     origin = time.perf_counter() + 0.2  # replay()'s own origin
     watcher = asyncio.ensure_future(_watch(system, mem, tl, origin, args.kill_at * duration,
                                            args.sample_every, stop))
-    recs = await replay(system.target, items, seed=args.seed, drain_timeout_s=120.0)
+    recs = await replay(system.target, items, seed=args.seed, drain_timeout_s=DRAIN_S)
     recovery_deadline = time.monotonic() + 180.0  # the soak ends on a serving system
     while tl.healthy_again_s is None and not watcher.done() and time.monotonic() < recovery_deadline:
         await asyncio.sleep(0.5)
@@ -176,13 +186,17 @@ async def run_soak(system: System, args, records) -> dict[str, object]:
 
 
 def verdict(report: dict) -> dict[str, bool]:
+    """The pass/fail checks, `pass`, and `overloaded` (informational, not part of `pass`): requests
+    were refused or cancelled at the drain limit, i.e. the rate was above what the system serves. An
+    overloaded run is not a lossy one: only admitted requests that failed count as lost."""
     req, tl = report["requests"], report["timeline"]
     checks = {"no_admitted_request_lost_outside_the_kill": req["lost_otherwise"] == 0,
               "shards_killed_and_recovered": bool(tl["killed_pids"]) and tl["healthy_again_s"] is not None
               and report["served_at_end"],
               "memory_within_tolerance": all(p["ok"] for p in report["memory"]),
               "allocator_intact": bool(report["integrity"]["ok"])}
-    return {**checks, "pass": all(checks.values())}
+    overloaded = req["refused"] + req["cancelled_at_drain"] > 0
+    return {**checks, "pass": all(checks.values()), "overloaded": overloaded}
 
 
 def format_report(r: dict) -> str:
@@ -193,7 +207,10 @@ def format_report(r: dict) -> str:
              f"killed at {tl['kill_s'] or nan:.0f} s (pids {tl['killed_pids']}), router unhealthy at "
              f"{tl['unhealthy_s'] or nan:.1f} s, healthy again at {tl['healthy_again_s'] or nan:.1f} s",
              f"requests: sent {req['sent']}  succeeded {req['succeeded']}  failed {dict(req['failed'])}",
-             f"  refused at submission {req['refused']}; admitted but lost {req['admitted_lost']} "
+             f"  overload (not loss): refused at submission {req['refused']}, cancelled at the "
+             f"{DRAIN_S:.0f} s drain limit {req['cancelled_at_drain']} "
+             f"({req['cancelled_at_drain_admitted']} of them admitted)",
+             f"  loss: admitted but lost {req['admitted_lost']} "
              f"(in flight at the kill {req['lost_in_flight_at_kill']}, otherwise {req['lost_otherwise']})",
              "memory (RSS MiB)      pid     start  settled      end  growth  window"]
     for p in r["memory"]:
@@ -203,8 +220,10 @@ def format_report(r: dict) -> str:
                      f"{p['from_s']:.0f}-{p['to_s']:.0f} s")
     integ = r["integrity"]
     lines.append(f"allocator integrity: {'OK' if integ['ok'] else 'FAILED'} {integ['checks']}")
-    lines.append(f"verdict: {'PASS' if r['verdict']['pass'] else 'FAIL'} "
-                 f"{ {k: v for k, v in r['verdict'].items() if k != 'pass'} }")
+    checks = {k: v for k, v in r["verdict"].items() if k not in ("pass", "overloaded")}
+    overload = (f"; OVERLOADED: {req['refused']} refused, {req['cancelled_at_drain']} cancelled at the drain "
+                "limit (the rate is above capacity; lower --rate)") if r["verdict"]["overloaded"] else ""
+    lines.append(f"verdict: {'PASS' if r['verdict']['pass'] else 'FAIL'} {checks}{overload}")
     return "\n".join(lines)
 
 
@@ -216,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.minutes > 0 or not 0 < args.kill_at < 1:
             raise ValueError("--minutes must be > 0 and --kill-at between 0 and 1")
         records = read_trace(args.trace)
+        prepare_outputs(files=(args.json, args.log))
         extra = tuple(shlex.split(args.launch_args))
     except (ValueError, TraceError) as exc:
         print(f"chameleon soak: {exc}", file=sys.stderr)

@@ -71,7 +71,13 @@ def safetensors_dtypes(path: Path) -> dict[str, str]:
         (n,) = struct.unpack("<Q", head)
         if n > 100 << 20:
             raise ValueError(f"{path}: safetensors header of {n} bytes is implausible")
-        header = json.loads(f.read(n))
+        raw = f.read(n)
+    if len(raw) != n:
+        raise ValueError(f"{path}: not a safetensors file (header of {n} bytes announced, {len(raw)} there)")
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {exc})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: safetensors header is not a JSON object")
     return {k: str(v.get("dtype", "")) if isinstance(v, dict) else "" for k, v in header.items()
@@ -176,10 +182,16 @@ class AdapterRegistry:
         raise AdapterNotFound(f"unknown adapter {adapter_id!r}: no such adapter{where} or on the shard")
 
     def known(self, adapter_id: str) -> bool:
+        """True when the adapter exists: registered, or a folder under --adapter-dir with an
+        adapter_config.json, even one whose files cannot be read (corrupt, half-written). Such an
+        adapter is not *unknown*: using it fails with the reason (get() raises ValueError), the same
+        as when the shard refuses its files, whichever of the two happens to read them first."""
         try:
             self.get(adapter_id)
-        except (AdapterNotFound, ValueError):
+        except AdapterNotFound:
             return False
+        except ValueError:
+            return True
         return True
 
     def forget(self, adapter_id: str) -> None:

@@ -224,7 +224,7 @@ class Engine:
         except AdapterNotFound as exc:
             raise EngineError("validation", str(exc)) from exc
         except ValueError as exc:
-            raise EngineError("validation", f"adapter {adapter_id!r} is unusable: {exc}") from exc
+            raise EngineError("validation", f"adapter {adapter_id!r} cannot be loaded: {exc}") from exc
 
     def _spec(self, adapter_id: str) -> AdapterSpec:
         spec = self._specs.get(adapter_id)

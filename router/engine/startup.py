@@ -1,6 +1,7 @@
 """Start-up as TGI's router does it: ClearCache, Info, Warmup on every rank; Warmup sizes the pool.
 
-The Warmup batch is TGI v3's: requests of "_test " text filling `max_batch_prefill_tokens`, no blocks
+The Warmup batch is TGI v3's: requests of "_test " text filling `max_batch_prefill_tokens`, each of at
+most `max_input_tokens` (or the model's max_position_embeddings - 1 when no input limit is set), no blocks
 (the shard carves its page pool at Warmup, after measuring peak activation memory). The pool the
 router allocates from has the fewest pages any rank reported, page 0 reserved for the liveness check.
 """
@@ -39,9 +40,11 @@ def dtype_bytes(name: str) -> int:
 
 
 def warmup_request(max_input: int | None, max_prefill: int, max_total: int | None,
-                   max_batch_size: int | None) -> generate_pb2.WarmupRequest:
-    """TGI v3's synthetic warmup batch (`max_input`/`max_total` None = let the shard choose)."""
-    per_req = max_input or max_prefill
+                   max_batch_size: int | None, max_positions: int = 0) -> generate_pb2.WarmupRequest:
+    """TGI v3's synthetic warmup batch (`max_input`/`max_total` None = let the shard choose): requests
+    of at most `max_input` tokens (None: at most `max_positions` - 1, the longest prompt the model
+    takes; 0 = unknown) until `max_prefill` tokens are reached."""
+    per_req = max_input or (min(max_prefill, max_positions - 1) if max_positions > 1 else max_prefill)
     requests, n_tokens = [], 0
     while n_tokens < max_prefill:
         truncate = min(per_req, max_prefill - n_tokens)
@@ -74,13 +77,27 @@ async def start_shards(client: ShardClient, cfg: EngineConfig) -> ShardFacts:
     first = infos[0]
     if first.block_size == 0:
         raise StartupError("shard reports block_size 0; a paged KV cache is required")
+    max_pos = first.chameleon.max_position_embeddings or 0
+    check_limits(cfg, max_pos)
+    warm = await client.warmup(warmup_request(cfg.max_input_tokens, cfg.max_batch_prefill_tokens,
+                                              cfg.max_total_tokens, cfg.max_batch_size, max_pos))
+    return _facts(cfg, first, warm)
+
+
+def check_limits(cfg: EngineConfig, max_positions: int) -> None:
+    """StartupError when the configured limits contradict each other or the model the shards serve
+    (`max_positions` = its max_position_embeddings as the shards report it; 0 = unknown)."""
+    model = f"the model's max_position_embeddings is {max_positions}"
+    if max_positions and cfg.max_total_tokens is not None and cfg.max_total_tokens > max_positions:
+        raise StartupError(f"--max-total-tokens ({cfg.max_total_tokens}) is above what the model supports: "
+                           f"{model}")
+    if max_positions and cfg.max_input_tokens is not None and cfg.max_input_tokens >= max_positions:
+        raise StartupError(f"--max-input-tokens ({cfg.max_input_tokens}) must be below {max_positions}: "
+                           f"{model}")
     if cfg.max_input_tokens is not None and cfg.max_total_tokens is not None \
             and cfg.max_input_tokens >= cfg.max_total_tokens:
         raise StartupError(f"--max-input-tokens ({cfg.max_input_tokens}) must be smaller than "
                            f"--max-total-tokens ({cfg.max_total_tokens})")
-    warm = await client.warmup(warmup_request(cfg.max_input_tokens, cfg.max_batch_prefill_tokens,
-                                              cfg.max_total_tokens, cfg.max_batch_size))
-    return _facts(cfg, first, warm)
 
 
 def _facts(cfg: EngineConfig, first: generate_pb2.InfoResponse,

@@ -288,7 +288,9 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         for r in pb.requests:
             n = len(self.core.tokenizer(prompt_text(r), add_special_tokens=r.add_special_tokens)["input_ids"])
             counts.append(min(n, r.truncate) if r.truncate else n)
-        sized = warmup_batch_with_blocks(pb, counts, self.core.runner.block_size, kv_pages)
+        runner = self.core.runner
+        sized = warmup_batch_with_blocks(pb, counts, runner.block_size, kv_pages,
+                                         runner.config.max_position_embeddings)
         if sized is not None:
             batch = Batch.from_pb(sized, self.core.context())
             self.core.prepare(batch)

@@ -76,12 +76,16 @@ def plan_pool(free_bytes: int, activation_bytes: int, page_bytes: int, adapter_p
 
 
 def warmup_batch_with_blocks(pb: generate_pb2.Batch, token_counts: list[int], block_size: int,
-                             kv_pages: int) -> generate_pb2.Batch | None:
+                             kv_pages: int, max_positions: int = 0) -> generate_pb2.Batch | None:
     """Copy of the router's warmup batch with shard-assigned blocks (one prefill + one token each);
-    requests that do not fit in the KV pages are left out. None when nothing fits."""
+    requests that do not fit in the KV pages are left out. None when nothing fits. A request longer
+    than the model takes (`max_positions` - 1 tokens; 0 = no limit) is cut to that length, so that a
+    router asking for a longer warmup prompt than the model supports still warms the shard up."""
     out = generate_pb2.Batch(id=pb.id, max_tokens=pb.max_tokens)
     next_page = 1
     for req, n in zip(pb.requests, token_counts, strict=True):
+        if max_positions > 1 and n > max_positions - 1:
+            n = max_positions - 1
         need = -(-(n + 1) // block_size)
         if next_page + need > kv_pages:
             break
@@ -91,6 +95,7 @@ def warmup_batch_with_blocks(pb: generate_pb2.Batch, token_counts: list[int], bl
         del r.blocks[:], r.slots[:]
         r.blocks.extend(range(next_page, next_page + need))
         r.stopping_parameters.max_new_tokens = 1
+        r.truncate = n  # n = min(prompt tokens, the router's truncate, max_positions - 1)
         next_page += need
     out.size = len(out.requests)
     return out if out.requests else None

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from chameleon.launch.plan import free_port
 pytestmark = pytest.mark.slow
 RECOVERY_S = 60.0  # the issue's bound for serving again after a shard dies
 HANG_S = 60.0  # a read that blocks this long counts as a hang
+STARTUP_S = 300  # loading two ranks on a busy 2-core machine can take minutes: generous, not a bound
 
 
 @dataclass
@@ -103,31 +105,37 @@ def _wait_healthy(launched: Launched, within: float) -> None:
         time.sleep(0.25)
 
 
-@pytest.fixture
-def launched(tiny_assets: Path, sock_dir: Path, tmp_path: Path) -> Iterator[Launched]:
+@contextmanager
+def _launch(tiny_assets: Path, sock_dir: Path, tmp_path: Path, *flags: str) -> Iterator[Launched]:
+    """`chameleon launch` of the tiny model with 2 ranks and `flags`; healthy on entry, stopped on exit."""
     port, log = free_port(), tmp_path / "launch.log"
     env = {k: v for k, v in os.environ.items() if k not in ("NUM_SHARD", "PORT", "MODEL_ID", "HOSTNAME")}
     argv = [sys.executable, "-m", "chameleon", "launch", "--model-id", str(tiny_assets / "model"),
             "--adapter-dir", str(tiny_assets / "adapters"), "--num-shard", "2", "--port", str(port),
             "--grpc-port", str(free_port()), "--shard-uds-path", f"{sock_dir}/shard",
-            "--shard-args", "--threads 1", "--memory-budget", str(128 << 20), "--max-batch-prefill-tokens",
-            "256", "--startup-timeout", "120",
-            "--drain-timeout", "60"]
+            "--shard-args", "--threads 1", "--startup-timeout", str(STARTUP_S), *flags]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     handle = Launched(proc, port, log)
     try:
-        _wait_healthy(handle, 150)
+        _wait_healthy(handle, STARTUP_S + 60)
         yield handle
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.send_signal(signal.SIGINT)  # no drain
             try:
-                proc.wait(30)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def launched(tiny_assets: Path, sock_dir: Path, tmp_path: Path) -> Iterator[Launched]:
+    with _launch(tiny_assets, sock_dir, tmp_path, "--memory-budget", str(128 << 20),
+                 "--max-batch-prefill-tokens", "256", "--drain-timeout", "60") as handle:
+        yield handle
 
 
 def _gen_body(tokens: int) -> dict[str, Any]:
@@ -188,7 +196,7 @@ def test_sigterm_during_stream_lets_it_finish(launched: Launched):
     assert final["generated_text"] is not None, final
     assert final["details"]["finish_reason"] in ("length", "eos_token"), final
     assert 1 <= final["details"]["generated_tokens"] <= len(rest)
-    assert launched.proc.wait(90) == 0, launched.tail()
+    assert launched.proc.wait(180) == 0, launched.tail()
     assert len(kids) == 3 and all(_gone(pid) for pid in kids), launched.tail()
 
 
@@ -198,3 +206,23 @@ def _gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def test_no_limit_flags_derives_limits_from_the_model(tiny_assets: Path, sock_dir: Path, tmp_path: Path):
+    """The tiny model has 2,048 positions (below TGI's 4,096 default): with no limit flags the launch
+    derives max_total 2048, max_input 2047, prefill 2097 from config.json, warms up and serves."""
+    max_pos = json.loads((tiny_assets / "model" / "config.json").read_text())["max_position_embeddings"]
+    assert max_pos < 4096
+    with _launch(tiny_assets, sock_dir, tmp_path, "--memory-budget", str(256 << 20)) as launched:
+        status, body = _post(launched.port, "/generate", _gen_body(4))
+        assert status == 200, body
+        assert json.loads(body)["details"]["generated_tokens"] >= 1
+        conn = http.client.HTTPConnection("127.0.0.1", launched.port, timeout=HANG_S)
+        try:
+            conn.request("GET", "/info")
+            info = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        assert (info["max_total_tokens"], info["max_input_tokens"], info["max_batch_prefill_tokens"]) == \
+            (max_pos, max_pos - 1, max_pos - 1 + 50), info
+        assert "limits derived from config.json" in launched.log.read_text(errors="replace"), launched.tail()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from chameleon.launch.procs import ProcSpec, endpoint_ready
 from chameleon.launch.supervisor import Supervisor, Timeouts
 
 STANDIN = str(Path(__file__).with_name("standin.py"))
+# Stand-ins start in well under a second on an idle machine; on a busy one Python start-up alone can
+# take many seconds. These are bounds against hanging, never timings under test.
+STARTUP_S = 120.0
+WAIT_S = 300.0
 
 
 def _plan(sock_dir: Path, ranks: int = 2, shard_extra: tuple[str, ...] = (),
@@ -34,6 +39,35 @@ def _plan(sock_dir: Path, ranks: int = 2, shard_extra: tuple[str, ...] = (),
     return LaunchPlan(shards=shards, router=router, master_port=None)
 
 
+class _WhenServing:
+    """Runs `action` in a thread once the supervisor reports serving. If it never does within WAIT_S,
+    the test process gets SIGTERM (the supervisor stops, the test fails on `errors`) instead of the
+    supervisor serving forever; once `finish()` is called the thread does nothing any more."""
+
+    def __init__(self, sup: Supervisor, action: Callable[[], None]) -> None:
+        self.serving, self.finished = threading.Event(), threading.Event()
+        self.errors: list[BaseException] = []
+        sup.on_serving = self.serving.set
+        self.thread = threading.Thread(target=self._run, args=(action,), daemon=True)
+        self.thread.start()
+
+    def _run(self, action: Callable[[], None]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not self.serving.wait(0.1):
+            if self.finished.is_set():
+                return
+            if time.monotonic() > deadline:
+                self.errors.append(AssertionError(f"the supervisor did not report serving in {WAIT_S:.0f} s"))
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+        action()
+
+    def finish(self) -> list[BaseException]:
+        self.finished.set()
+        self.thread.join(WAIT_S)
+        return self.errors
+
+
 def _run_with(sup: Supervisor, script: Callable[[], None]) -> int:
     """Run the supervisor in this (main) thread while `script` drives it from another thread."""
     errors: list[BaseException] = []
@@ -46,30 +80,27 @@ def _run_with(sup: Supervisor, script: Callable[[], None]) -> int:
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    serving = threading.Event()
-    sup.on_serving = serving.set
-    worker = threading.Thread(target=lambda: serving.wait(30) and drive(), daemon=True)
-    worker.start()
+    driver = _WhenServing(sup, drive)
     code = sup.run()
-    worker.join(10)
+    errors += driver.finish()
     if errors:
         raise errors[0]
     return code
 
 
 def _wait_for(cond: Callable[[], bool], what: str) -> None:
-    event = threading.Event()
-    for _ in range(600):
-        if cond():
-            return
-        event.wait(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
+    """Poll `cond` until it holds; the deadline is generous (a busy machine), only against hanging."""
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {WAIT_S:.0f} s")
+        time.sleep(0.05)
 
 
 def test_sigkilled_shard_restarts_group_and_sigterm_drains_router_first(sock_dir):
     drained = sock_dir / "drained"
     plan = _plan(sock_dir, router_extra=("--on-term", str(drained), f"{sock_dir}/s-0"))
-    sup = Supervisor(plan, Timeouts(startup=30, drain=10, stop=5, poll=0.05), max_restarts=3)
+    sup = Supervisor(plan, Timeouts(startup=STARTUP_S, drain=60, stop=30, poll=0.05), max_restarts=3)
     seen: dict[str, object] = {}
 
     def script() -> None:
@@ -106,19 +137,19 @@ def test_stale_socket_is_removed_before_start(sock_dir):
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(f"{sock_dir}/s-0")
     stale.close()  # the file stays behind, nothing listens
-    sup = Supervisor(_plan(sock_dir, ranks=1), Timeouts(startup=30, poll=0.05))
+    sup = Supervisor(_plan(sock_dir, ranks=1), Timeouts(startup=STARTUP_S, poll=0.05))
     assert _run_with(sup, lambda: None) == 0
 
 
 def test_shard_exit_at_startup_is_an_error_naming_it(sock_dir, caplog):
-    sup = Supervisor(_plan(sock_dir, shard_extra=("--exit-now", "3")), Timeouts(startup=30, poll=0.05))
+    sup = Supervisor(_plan(sock_dir, shard_extra=("--exit-now", "3")), Timeouts(startup=STARTUP_S, poll=0.05))
     assert sup.run() == 1
     assert "shard-0 exited with code 3 before it was ready" in caplog.text
     assert sup.router is None
 
 
 def test_router_death_stops_everything(sock_dir, caplog):
-    sup = Supervisor(_plan(sock_dir), Timeouts(startup=30, poll=0.05))
+    sup = Supervisor(_plan(sock_dir), Timeouts(startup=STARTUP_S, poll=0.05))
     errors: list[str] = []
 
     def kill_router() -> None:
@@ -127,27 +158,23 @@ def test_router_death_stops_everything(sock_dir, caplog):
             return
         os.kill(sup.router.pid, signal.SIGKILL)
 
-    serving = threading.Event()
-    sup.on_serving = serving.set
-    worker = threading.Thread(target=lambda: serving.wait(30) and kill_router(), daemon=True)
-    worker.start()
+    driver = _WhenServing(sup, kill_router)
     assert sup.run() == 1
-    worker.join(5)
+    assert not driver.finish()
     assert not errors
     assert "router killed by SIGKILL; stopping" in caplog.text
     assert all(c.exited() for c in sup.shards)
 
 
 def test_gives_up_after_max_restarts(sock_dir, caplog):
-    sup = Supervisor(_plan(sock_dir, ranks=1), Timeouts(startup=30, poll=0.05), max_restarts=0)
+    sup = Supervisor(_plan(sock_dir, ranks=1), Timeouts(startup=STARTUP_S, poll=0.05), max_restarts=0)
 
     def kill_shard() -> None:
         os.kill(sup.shards[0].pid, signal.SIGKILL)
 
-    serving = threading.Event()
-    sup.on_serving = serving.set
-    threading.Thread(target=lambda: serving.wait(30) and kill_shard(), daemon=True).start()
+    driver = _WhenServing(sup, kill_shard)
     assert sup.run() == 1
+    assert not driver.finish()
     assert "giving up" in caplog.text
     assert sup.router is not None and sup.router.exited()
 
@@ -166,7 +193,7 @@ sys.path.insert(0, {tests!r})
 from launch.test_supervisor import _plan
 from chameleon.launch.supervisor import Supervisor, Timeouts
 from pathlib import Path
-sup = Supervisor(_plan(Path({sock!r}), ranks=2), Timeouts(startup=30, poll=0.05))
+sup = Supervisor(_plan(Path({sock!r}), ranks=2), Timeouts(startup={startup}, poll=0.05))
 def serving():
     Path({pids!r}).write_text(" ".join(str(c.pid) for c in [*sup.shards, sup.router]))
 sup.on_serving = serving
@@ -176,7 +203,8 @@ sup.run()
 
 def test_children_die_with_a_sigkilled_launcher(sock_dir):
     pids_file = sock_dir / "pids"
-    code = DRIVER.format(tests=str(Path(__file__).parents[1]), sock=str(sock_dir), pids=str(pids_file))
+    code = DRIVER.format(tests=str(Path(__file__).parents[1]), sock=str(sock_dir), pids=str(pids_file),
+                         startup=STARTUP_S)
     launcher = subprocess.Popen([sys.executable, "-c", code])
     try:
         _wait_for(lambda: pids_file.exists() or launcher.poll() is not None, "the stand-in launch")

@@ -24,7 +24,10 @@ from tests.router_api.procs import RouterProc, ShardProc, make_adapter_dir, work
 
 GOLDEN_TEXT = "the quick brown fox"
 GOLDEN_NEW = 8
-COPIED = ("c0", "c1", "c2")  # adapters copied as real folders (the tests corrupt and delete them)
+COPIED = ("c0", "c1", "c2")
+# Deadline of every wait on a condition in this package (start-up, requests drained): generous, since a
+# busy 2-core machine can be many times slower than an idle one; a bound against hanging, not a timing.
+BUSY_S = 300.0  # adapters copied as real folders (the tests corrupt and delete them)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def shard_system(tiny_assets: Path) -> Iterator[Shard]:
     (wd / "shard").mkdir()
     proc = ShardProc(tiny_assets / "model", adir, wd / "shard")
     try:
-        proc.wait_ready()
+        proc.wait_ready(BUSY_S)
         yield Shard(proc, tiny_assets / "model", adir, source, wd)
     finally:
         proc.stop()
@@ -72,7 +75,7 @@ def router_on(shard: Shard, name: str, *flags: str, env: dict[str, str] | None =
             else:
                 os.environ[k] = v
     try:
-        router.wait_healthy()
+        router.wait_healthy(BUSY_S)
         yield router
     finally:
         router.stop()

@@ -18,7 +18,7 @@ from chameleon_pb import generation_pb2 as pb
 from chameleon_pb import generation_pb2_grpc as pb_grpc
 
 from router.bench.soak_watch import integrity, read_metrics
-from tests.reliability.system import Shard, adapter_request, golden_ids, metric, router_on, rss_bytes
+from tests.reliability.system import BUSY_S, Shard, adapter_request, golden_ids, metric, router_on, rss_bytes
 from tests.router_api.procs import RouterProc
 from tests.router_api.real import params, wait_for
 
@@ -36,7 +36,7 @@ def faults(shard: Shard) -> Iterator[tuple[RouterProc, list[int]]]:
 
 
 def _idle(router: RouterProc) -> None:
-    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "no request in flight")
+    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "no request in flight", BUSY_S)
     assert metric(router, 'chameleon_pool_pages{tenant="kv"}') == 0
 
 
@@ -100,7 +100,8 @@ def test_clients_that_stop_reading_hold_no_engine_resources(faults: tuple[Router
             socks.append(sock)
         stalled = pb_grpc.GenerationServiceStub(channel).GenerateStream(pb.SingleGenerationRequest(
             request=pb.GenerationRequest(text="never read"), params=params(600)))
-        wait_for(lambda: metric(router, "tgi_request_count") >= count + 3, "the unread requests arrived")
+        wait_for(lambda: metric(router, "tgi_request_count") >= count + 3, "the unread requests arrived",
+                 BUSY_S)
         # the engine finishes them and frees their KV although nobody reads: the text waits in a
         # per-request buffer bounded by max_new_tokens (and socket buffers), not in the batch
         _idle(router)
@@ -146,6 +147,11 @@ def test_adapter_corrupted_after_listing_fails_alone_and_caches_nothing(
             else:
                 assert r.status_code == 200, r.text
         assert "c0" not in _resident(router)
+        # A request for c0 that arrives after the refusal (on a busy machine one of the concurrent
+        # ones above can): the router forgot c0's size facts and re-reads the corrupt folder itself.
+        # Still "cannot be loaded", never "unknown adapter": the folder is there.
+        late = adapter_request(router, "c0")
+        assert late.status_code == 422 and "'c0' cannot be loaded" in late.json()["error"], late.text
         _idle(router)
     finally:
         weights.write_bytes(good)

@@ -14,7 +14,7 @@ from chameleon_pb import generation_pb2 as pb
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.system import Shard, golden_grpc_text, golden_request, metric, router_on
+from tests.reliability.system import BUSY_S, Shard, golden_grpc_text, golden_request, metric, router_on
 from tests.router_api.procs import RouterProc
 from tests.router_api.real import wait_for
 
@@ -152,5 +152,5 @@ def test_grpc_fuzz_keeps_serving_the_same_text(fuzz_grpc: tuple[RouterProc, grpc
 
 def test_after_the_fuzz_nothing_leaks(fuzz_grpc: tuple[RouterProc, grpc.Channel, str]) -> None:
     router = fuzz_grpc[0]
-    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "every request released")
+    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "every request released", BUSY_S)
     assert metric(router, 'chameleon_pool_pages{tenant="kv"}') == 0

@@ -13,7 +13,7 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.system import Shard, golden_ids, is_error_body, metric, router_on
+from tests.reliability.system import BUSY_S, Shard, golden_ids, is_error_body, metric, router_on
 from tests.router_api.procs import RouterProc
 from tests.router_api.real import wait_for
 
@@ -138,6 +138,7 @@ def test_http_fuzz_keeps_serving_the_same_tokens(fuzz_router: tuple[RouterProc, 
 
 def test_after_the_fuzz_nothing_leaks(fuzz_router: tuple[RouterProc, list[int]]) -> None:
     router, _ = fuzz_router
-    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "hung-up streams released")
+    wait_for(lambda: metric(router, "chameleon_requests_in_flight") == 0, "hung-up streams released",
+             BUSY_S)
     assert metric(router, 'chameleon_pool_pages{tenant="kv"}') == 0
     assert metric(router, "tgi_batch_current_size") == 0

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from router.bench.soak import Timeline, main, outcomes
+from router.bench.loadgen import CANCELLED
+from router.bench.soak import Timeline, format_report, main, outcomes, verdict
 from router.bench.soak_watch import ProcMemory, integrity
 from router.bench.stats import RequestRecord
 
@@ -34,6 +35,31 @@ def test_losses_are_split_into_in_flight_at_the_kill_and_otherwise():
     assert out["sent"] == 5 and out["succeeded"] == 1 and out["refused"] == 2
     assert out["failed"] == {"INTERNAL": 2, "UNAVAILABLE": 1, "RESOURCE_EXHAUSTED": 1}
     assert out["admitted_lost"] == 2 and out["lost_in_flight_at_kill"] == 1 and out["lost_otherwise"] == 1
+
+
+def test_overload_is_reported_apart_from_loss():
+    """Requests the soak cancelled itself at its drain limit, and refused ones, are overload, not loss:
+    an overloaded run with no real loss passes, and says it was overloaded."""
+    tl = Timeline(kill_s=10.0, killed_pids=[1], unhealthy_s=10.4, healthy_again_s=20.0)
+    recs = [_rec(0, 1.0, admitted=True, error=None),
+            _rec(1, 40.0, admitted=True, error=CANCELLED),         # running at the drain limit
+            _rec(2, 41.0, admitted=False, error=CANCELLED),        # still queued at the drain limit
+            _rec(3, 42.0, admitted=False, error="RESOURCE_EXHAUSTED")]
+    out = outcomes(recs, tl)
+    assert out["admitted_lost"] == 0 and out["lost_otherwise"] == 0
+    assert out["refused"] == 1 and out["cancelled_at_drain"] == 2 and out["cancelled_at_drain_admitted"] == 1
+    report = {"minutes": 1.0, "rate": 9.0, "adapters": 2, "timeline": {"kill_s": 10.0, "killed_pids": [1],
+              "unhealthy_s": 10.4, "healthy_again_s": 20.0}, "requests": out, "memory": [],
+              "integrity": {"ok": True, "checks": {}}, "served_at_end": True}
+    report["verdict"] = verdict(report)
+    assert report["verdict"]["pass"] and report["verdict"]["overloaded"]
+    text = format_report(report)
+    assert "overload (not loss): refused at submission 1, cancelled at the" in text
+    assert "loss: admitted but lost 0" in text and "OVERLOADED" in text
+    lossy = {**out, "admitted_lost": 1, "lost_otherwise": 1}
+    assert not verdict({**report, "requests": lossy})["pass"]
+    calm = {**out, "refused": 0, "cancelled_at_drain": 0}
+    assert not verdict({**report, "requests": calm})["overloaded"]
 
 
 def test_memory_verdict_compares_the_end_with_the_settled_sample():

@@ -109,6 +109,21 @@ def test_registry_sizes_adapters_and_discovers_late_folders(tmp_path: Path) -> N
         assert not reg.known(bad)
     with pytest.raises(AdapterNotFound):
         reg.get("missing")
+
+
+def test_registry_knows_a_folder_whose_files_are_corrupt(tmp_path: Path) -> None:
+    """A corrupt adapter folder is known but unusable (ValueError from get), never 'unknown': the
+    router's validation then fails it with 'cannot be loaded', as when the shard refuses the files."""
+    _adapter(tmp_path / "c0", 8, ".*proj")
+    reg = AdapterRegistry(SHAPE, 4, 16, 2, tmp_path)
+    assert reg.scan() == ["c0"]
+    weights = tmp_path / "c0" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:8] + b"\x00garbage" * 64)
+    assert reg.forget_folder("c0")  # as after the shard refused it: re-read on next use
+    assert reg.known("c0")
+    with pytest.raises(ValueError):
+        reg.get("c0")
+    assert not reg.known("gone")
     assert not valid_adapter_name("a/b") and valid_adapter_name("r8-00")
 
 

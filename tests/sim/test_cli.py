@@ -65,3 +65,16 @@ def test_plot(trace: Path, tmp_path: Path) -> None:
     png = tmp_path / "p.png"
     _simulate(trace, tmp_path / "d.json", "--workers", "1", "--plot", str(png))
     assert png.stat().st_size > 10_000
+
+
+def test_jsonl_trace_with_common_names_and_outputs_in_new_folders(tmp_path: Path) -> None:
+    from tests.sim.conftest import synthetic_records
+
+    p = tmp_path / "trace.jsonl"
+    recs = synthetic_records(150, seed=2)
+    p.write_text("".join(json.dumps({"arrival_time": r.timestamp, "prompt_tokens": r.input_tokens * 6,
+                                     "completion_tokens": r.output_tokens * 6}) + "\n" for r in recs))
+    out = tmp_path / "new" / "folder" / "sim.json"
+    assert main(["--trace", str(p), "--rates", "4", "--policies", "fifo", "--adapters", "20", "--json",
+                 str(out), "--no-progress", "--workers", "1"]) == 0
+    assert len(json.loads(out.read_text())["runs"]) == 1

@@ -65,3 +65,31 @@ def test_shared_azure_trace_reads() -> None:
     assert len(recs) == 19366
     assert 3400 < recs[-1].timestamp < 3600
     assert all(r.input_tokens >= 1 and r.output_tokens >= 1 for r in recs)
+
+
+@pytest.mark.parametrize(("suffix", "ts", "n_in", "n_out"), [
+    ("jsonl", "timestamp", "input_length", "output_length"),
+    ("jsonl", "arrival_time", "prompt_tokens", "completion_tokens"),
+    ("csv", "timestamp", "input_tokens", "output_tokens"),
+    ("csv", "TIMESTAMP", "ContextTokens", "GeneratedTokens"),
+    ("csv", "Arrival_Time", "Input_Length", "Output_Length"),
+])
+def test_common_trace_column_names(tmp_path: Path, suffix: str, ts: str, n_in: str, n_out: str) -> None:
+    rows = [(10.0, 5, 7), (11.5, 6, 8)]
+    p = tmp_path / f"t.{suffix}"
+    if suffix == "csv":
+        p.write_text(f"{ts},{n_in},{n_out}\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    else:
+        p.write_text("".join(json.dumps({ts: a, n_in: b, n_out: c}) + "\n" for a, b, c in rows))
+    got = [(r.timestamp, r.input_tokens, r.output_tokens) for r in read_trace(p)]
+    assert got == [(0.0, 5, 7), (1.5, 6, 8)]
+
+
+def test_unrecognised_columns_list_the_accepted_names(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    p.write_text(json.dumps({"timestamp": 1, "tokens_in": 2, "output_length": 3}) + "\n")
+    with pytest.raises(TraceError) as err:
+        read_trace(p)
+    msg = str(err.value)
+    assert "no input column" in msg and "input_length" in msg and "prompt_tokens" in msg
+    assert "contexttokens" in msg and "tokens_in" in msg  # what the file has

@@ -98,7 +98,9 @@ def test_short_soak_with_a_shard_kill(tiny_assets: Path, tmp_path: Path, capsys:
     assert tl["killed_pids"] and tl["healthy_again_s"] is not None
     assert req["sent"] == report["requests_planned"] and req["succeeded"] > 0
     assert req["lost_otherwise"] == 0, req
-    assert set(req["failed"]) <= {"INTERNAL", "UNAVAILABLE"}, req  # only the kill's victims
+    # only the kill's victims, and on a busy machine requests the soak cancelled at its drain limit
+    # (overload, reported apart from loss)
+    assert set(req["failed"]) <= {"INTERNAL", "UNAVAILABLE", CANCELLED}, req
     assert report["integrity"]["ok"], report["integrity"]
     assert {p["role"] for p in report["memory"]} >= {"launcher", "router", "shard-0"}
     assert code == 0

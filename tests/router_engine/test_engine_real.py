@@ -228,6 +228,41 @@ def test_adapter_admin_and_discovery(setup: dict, aloop: asyncio.AbstractEventLo
     assert_clean(engine)
 
 
+def test_a_request_the_shard_refuses_fails_alone_without_recovery(setup: dict,
+                                                                  aloop: asyncio.AbstractEventLoop) -> None:
+    """Requests that slip past the router's validation (sent straight to the engine here) are refused
+    by the shard one by one: each fails with the shard's reason, the batch mates admitted in the same
+    Prefill get exactly their solo tokens, and the loop never enters recovery."""
+    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
+    assert engine.loop is not None
+    faults = engine.loop.shard_faults
+    good = [request(tok, PROMPTS[i], names[i] if i % 2 else None, new=6, ignore_eos_token=True)
+            for i in range(3)]
+    bad = [request(tok, PROMPTS[0], None, do_sample=True, temperature=float("nan")),
+           request(tok, PROMPTS[1], names[5], top_p=float("inf"), do_sample=True),
+           request(tok, PROMPTS[2], None, repetition_penalty=float("-inf"))]
+
+    async def tokens(req: GenerateRequest) -> list[int] | str:
+        try:
+            return [e.id for e in await collect(engine, req) if isinstance(e, TokenEvent)]
+        except EngineError as exc:
+            return f"{exc.kind}: {exc.message}"
+
+    async def run() -> tuple[list, list]:
+        solo = [await tokens(r) for r in good]
+        together = await asyncio.gather(*(tokens(r) for pair in zip(good, bad, strict=True) for r in pair))
+        return solo, together
+
+    solo, together = aloop.run_until_complete(run())
+    assert together[0::2] == solo
+    for refused, word in zip(together[1::2], ("temperature", "top_p", "repetition_penalty"), strict=True):
+        assert isinstance(refused, str) and refused.startswith("validation: the shard refused")
+        assert word in refused
+    assert engine.loop.shard_faults == faults and engine.loop.health.healthy
+    aloop.run_until_complete(idle(engine))
+    assert_clean(engine)
+
+
 @pytest.mark.parametrize("scheduler", ["chameleon", "fifo", "sjf"])
 @pytest.mark.parametrize("cache", ["chameleon", "lru", "fairshare", "none"])
 def test_every_policy_combination_serves(setup: dict, aloop: asyncio.AbstractEventLoop,
@@ -362,37 +397,3 @@ def test_stop_drains_in_flight_requests(setup: dict, aloop: asyncio.AbstractEven
     for events in aloop.run_until_complete(run()):
         assert isinstance(events[-1], FinalEvent)
 
-
-def test_a_request_the_shard_refuses_fails_alone_without_recovery(setup: dict,
-                                                                  aloop: asyncio.AbstractEventLoop) -> None:
-    """Requests that slip past the router's validation (sent straight to the engine here) are refused
-    by the shard one by one: each fails with the shard's reason, the batch mates admitted in the same
-    Prefill get exactly their solo tokens, and the loop never enters recovery."""
-    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
-    assert engine.loop is not None
-    faults = engine.loop.shard_faults
-    good = [request(tok, PROMPTS[i], names[i] if i % 2 else None, new=6, ignore_eos_token=True)
-            for i in range(3)]
-    bad = [request(tok, PROMPTS[0], None, do_sample=True, temperature=float("nan")),
-           request(tok, PROMPTS[1], names[5], top_p=float("inf"), do_sample=True),
-           request(tok, PROMPTS[2], None, repetition_penalty=float("-inf"))]
-
-    async def tokens(req: GenerateRequest) -> list[int] | str:
-        try:
-            return [e.id for e in await collect(engine, req) if isinstance(e, TokenEvent)]
-        except EngineError as exc:
-            return f"{exc.kind}: {exc.message}"
-
-    async def run() -> tuple[list, list]:
-        solo = [await tokens(r) for r in good]
-        together = await asyncio.gather(*(tokens(r) for pair in zip(good, bad, strict=True) for r in pair))
-        return solo, together
-
-    solo, together = aloop.run_until_complete(run())
-    assert together[0::2] == solo
-    for refused, word in zip(together[1::2], ("temperature", "top_p", "repetition_penalty"), strict=True):
-        assert isinstance(refused, str) and refused.startswith("validation: the shard refused")
-        assert word in refused
-    assert engine.loop.shard_faults == faults and engine.loop.health.healthy
-    aloop.run_until_complete(idle(engine))
-    assert_clean(engine)

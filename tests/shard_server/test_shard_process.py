@@ -128,7 +128,8 @@ def test_stop_sequence_and_max_new_tokens(router, tokenizer):
 
 
 @pytest.mark.parametrize("case", ["unknown adapter", "too long", "no KV blocks", "path adapter"])
-def test_bad_request_gets_status_and_next_works(router, tokenizer, case):
+def test_bad_request_is_refused_alone_on_every_rank(router, tokenizer, case):
+    """Every rank lists the bad request in `rejected` with a readable reason; its batch mate runs."""
     r = _req(router, tokenizer, 1, PROMPTS[2], 4)
     if case == "unknown adapter":
         r.adapter_id = "no-such-adapter"
@@ -138,12 +139,13 @@ def test_bad_request_gets_status_and_next_works(router, tokenizer, case):
         r.inputs = PROMPTS[2] * 200
     else:
         r.ClearField("blocks")
-    with pytest.raises(grpc.RpcError) as err:
-        router.step("Prefill", generate_pb2.PrefillRequest(batch=generate_pb2.Batch(id=9, requests=[r])))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details()
     good = _req(router, tokenizer, 2, PROMPTS[2], 1)
-    router.step("Prefill", generate_pb2.PrefillRequest(batch=generate_pb2.Batch(id=10, requests=[good])))
-    assert len(router.tokens(2)) == 1
+    batch = generate_pb2.Batch(id=9, requests=[r, good])
+    replies = router.call("Prefill", generate_pb2.PrefillRequest(batch=batch))
+    for reply in replies:
+        assert [x.request_id for x in reply.rejected] == [1] and reply.rejected[0].reason
+    gens = [g for reply in replies for g in reply.generations]
+    assert [g.request_id for g in gens] == [2] and len(gens[0].tokens.ids) == 1
 
 
 def test_liveness_info_discovery_headroom_reflection(router, shard):

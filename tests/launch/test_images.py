@@ -27,7 +27,7 @@ import yaml
 from chameleon.launch.plan import free_port
 from tests.launch.buildah import Container, start, stop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # an uncached `make images` takes minutes
 ROOT = Path(__file__).resolve().parents[2]
 ROUTER_IMAGE = "localhost/chameleon-router"
 SHARD_IMAGE = "localhost/chameleon-shard-cpu"

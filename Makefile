@@ -50,5 +50,17 @@ demo-assets: install
 demo: install demo-assets
 	$(VENV)/bin/chameleon launch --model-id $(ASSETS)/model --adapter-dir $(ASSETS)/adapters
 
+# Container images without a Docker engine or registry: buildah builds docker/Dockerfile.router and
+# docker/Dockerfile.shard-cpu from a Debian bookworm base made by debootstrap (root; cached under
+# IMAGE_CACHE, keyed by what goes in it), with the torch wheel of TORCH_SPEC. On a Docker host,
+# `docker build` with the Dockerfiles' default bases does the same (README, "Run with Docker").
+IMAGE_CACHE ?= $(HOME)/.cache/chameleon/images
+IMAGE_BASE ?= localhost/chameleon-base:bookworm
+
+.PHONY: images
+images: $(PY)
+	PIP="$(PIP)" TORCH_SPEC="$(TORCH_SPEC)" IMAGE_CACHE="$(IMAGE_CACHE)" IMAGE_BASE="$(IMAGE_BASE)" \
+		bash docker/images.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -73,7 +73,7 @@ class AdapterRegistry:
             if (sub / CONFIG).is_file() and valid_adapter_id(sub.name):
                 try:
                     self._known[sub.name] = self.read_folder(sub.name, sub)
-                except ValueError as exc:  # known, unusable: get() re-reads it and fails with the reason
+                except AdapterFolderError as exc:  # known, unusable: get() re-reads it, fails with the reason
                     log.warning("adapter folder cannot be used: %s", exc, extra={"adapter_id": sub.name})
                 found.append(sub.name)
         return found

@@ -35,7 +35,7 @@ from chameleon.memory import COLUMN_PARALLEL, ModelShape, adapter_storage_dtype,
 from shard.lora.errors import AdapterError
 from shard.lora.peft_loader import load_peft, read_header
 from shard.model.dist import DistContext
-from shard.model.pool import PagePool
+from shard.model.pool import ShardPagePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,8 @@ class AdapterStore:
     the server calls it from its single model thread."""
 
     def __init__(self, shape: ModelShape, dtype: torch.dtype, device: torch.device, dist: DistContext,
-                 block_size: int, pool: Callable[[], PagePool | None], adapter_dtype: str = "auto") -> None:
+                 block_size: int, pool: Callable[[], ShardPagePool | None],
+                 adapter_dtype: str = "auto") -> None:
         self.shape, self.dtype, self.device, self.dist = shape, dtype, device, dist
         self.block_size = block_size
         adapter_storage_dtype(_name(dtype), (), adapter_dtype)  # validates the policy early

@@ -20,7 +20,7 @@ from chameleon_pb import chameleon_pb2, generate_pb2, generate_pb2_grpc
 
 from chameleon.memory import LORA_TARGETS
 from shard.lora.errors import AdapterError
-from shard.server.adapters import AdapterManager
+from shard.server.adapter_manager import AdapterManager
 from shard.server.batch import Batch, BatchContext, prompt_text
 from shard.server.headroom import DeviceMemory, measure_headroom
 from shard.server.step import StepEnv, StepResult, generate_step

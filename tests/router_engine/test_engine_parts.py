@@ -11,7 +11,7 @@ from chameleon_pb import chameleon_pb2, generate_pb2
 from chameleon.adapter_files import valid_adapter_id
 from chameleon.memory import ModelShape, adapter_pages
 from chameleon.request import Request
-from router.engine.adapters import AdapterNotFound, AdapterRegistry
+from router.engine.adapter_registry import AdapterNotFound, AdapterRegistry
 from router.engine.batches import prefill_batch
 from router.engine.config import EngineConfig
 from router.engine.live import Live

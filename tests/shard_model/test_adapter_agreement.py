@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chameleon.memory import LORA_TARGETS, ModelShape
-from router.engine.adapters import AdapterRegistry
+from router.engine.adapter_registry import AdapterRegistry
 from shard.lora.errors import AdapterError
 from shard.lora.store import AdapterStore
 from shard.model.dist import DistContext

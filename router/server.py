@@ -21,6 +21,7 @@ from chameleon_pb import chameleon_pb2, chameleon_pb2_grpc, generation_pb2, gene
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chameleon.adapter_files import base_model_names
 from router.api.admin import AdapterAdmin
 from router.api.auth import ApiKeyInterceptor, Secret, TlsFiles, api_key_middleware
 from router.api.grpc_admin import AdapterAdminServicer
@@ -35,10 +36,6 @@ from router.tokenize import RouterTokenizer
 from router.validation import Limits, UnknownAdapter, Validator
 
 log = logging.getLogger("chameleon.router")
-
-# `model` values clients send when they do not name one: "tgi" (TGI docs, text-generation) and "dummy"
-# (huggingface_hub.InferenceClient(base_url=...)); both mean the base model.
-CLIENT_PLACEHOLDERS = ("tgi", "dummy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +71,7 @@ def build_service(engine: EngineLike, tokenizer: RouterTokenizer, cfg: ServerCon
         max_new_tokens_default=cfg.max_new_tokens_default,
         max_client_batch_size=cfg.max_client_batch_size,
         unknown_adapter=cfg.unknown_adapter,
-        base_names=tuple(
-            dict.fromkeys((name, info.model_id, tokenizer.model_dir.name, *CLIENT_PLACEHOLDERS))
-        ),
+        base_names=base_model_names(name, info.model_id, tokenizer.model_dir.name),
     )
     metrics = RouterMetrics(engine.stats, block_size=lambda: info.block_size)
     observers = getattr(engine, "step_observers", None)  # optional engine hook: per-step timings

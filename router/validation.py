@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from chameleon.adapter_files import AdapterIdError, check_adapter_id
 from router.engine.types import GenerateParams, GenerateRequest
 from router.errors import ApiError, ValidationError
 from router.params import ClientParams
@@ -20,7 +20,6 @@ from router.tokenize import Encoding, RouterTokenizer
 
 log = logging.getLogger("chameleon.router.validation")
 
-ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 UnknownAdapter = Literal["error", "base"]
 
 
@@ -48,12 +47,11 @@ class Validated:
 
 
 def check_adapter_name(adapter_id: str) -> None:
-    """A plain name: letters, digits, `.`, `_`, `-`; no path separators, no `..`."""
-    if not ADAPTER_ID.match(adapter_id) or ".." in adapter_id:
-        raise ValidationError(
-            f"adapter id {adapter_id!r} is not a plain name: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (no '/', no '..')"
-        )
+    """chameleon.adapter_files.check_adapter_id (the shard's rule too), failing with ValidationError."""
+    try:
+        check_adapter_id(adapter_id)
+    except AdapterIdError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 class Validator:

@@ -239,7 +239,7 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     core.options = replace(core.options, adapter_pages=adapter_pages)
     service = TextGenerationService(core)
     service.Warmup(generate_pb2.WarmupRequest(max_prefill_tokens=prefill), None)
-    core.adapters.ensure_resident(list(names), set(), set())
+    core.adapter_manager.ensure_resident(list(names), set(), set())
     return core, service
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
 from chameleon.memory import ADAPTER_DTYPE_POLICIES
-from shard.server.adapters import parse_lora_adapters
+from shard.server.adapter_manager import parse_lora_adapters
 from shard.server.plain_v3 import PROTOCOLS
 
 log = logging.getLogger("shard")
@@ -102,7 +102,7 @@ def build_core(args: object) -> object:
 
     from shard.model.dist import DistContext
     from shard.model.runner import ModelRunner
-    from shard.server.adapters import AdapterManager
+    from shard.server.adapter_manager import AdapterManager
     from shard.server.headroom import DeviceMemory
     from shard.server.servicer import ShardCore, ShardOptions
 

@@ -10,7 +10,7 @@ from typing import Any
 from chameleon.launch.args import LaunchArgs, parse_args
 from chameleon.launch.limits import router_limits
 from chameleon.launch.plan import build_plan, connect_host, resolve_model
-from chameleon.launch.procs import StartupError
+from chameleon.launch.procs import LaunchError
 from chameleon.launch.supervisor import ProgressFactory, Supervisor, Timeouts, no_progress
 from chameleon.logs import setup_logging
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> int:
     setup_logging(json_output=args.json_output, process="launcher")
     try:
         model_dir, adapter_dir = resolve_model(args)
-    except StartupError as exc:
+    except LaunchError as exc:
         log.error("%s", exc)
         return 1
     if not args.shards_only:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chameleon.launch.args import LaunchArgs
-from chameleon.launch.procs import ProcSpec, StartupError
+from chameleon.launch.procs import LaunchError, ProcSpec
 
 log = logging.getLogger("chameleon.launch")
 
@@ -92,7 +92,7 @@ def resolve_model(args: LaunchArgs) -> tuple[Path, Path | None]:
         log.info("no --model-id: building the demo model and adapters in %s (first use only)", demo)
         done = subprocess.run([*chameleon_command("demo-assets"), str(demo)], stdin=subprocess.DEVNULL)
         if done.returncode != 0 or not (demo / "manifest.json").is_file():
-            raise StartupError(f"building the demo assets in {demo} failed (exit {done.returncode}); "
+            raise LaunchError(f"building the demo assets in {demo} failed (exit {done.returncode}); "
                                "run `chameleon demo-assets DIR` to see why, or pass --model-id")
     adapters = args.adapter_dir or (demo / "adapters" if (demo / "adapters").is_dir() else None)
     return demo / "model", adapters

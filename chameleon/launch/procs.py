@@ -39,7 +39,7 @@ class ProcSpec:
     tcp: tuple[str, int] | None = None
 
 
-class StartupError(RuntimeError):
+class LaunchError(RuntimeError):
     """A child exited, or did not listen in time, before its group was ready."""
 
 
@@ -147,7 +147,7 @@ def wait_ready(children: Sequence[Child], timeout: float, *, abort: Callable[[],
                on_ready: Callable[[Child], None] = lambda c: None, poll_s: float = 0.1) -> None:
     """Block until every child's endpoint accepts connections.
 
-    Raises StartupError when a child exits first (its exit status in the message) or when `timeout`
+    Raises LaunchError when a child exits first (its exit status in the message) or when `timeout`
     seconds pass, and Interrupted as soon as `abort()` is true.
     """
     pending = list(children)
@@ -158,13 +158,13 @@ def wait_ready(children: Sequence[Child], timeout: float, *, abort: Callable[[],
         for child in list(pending):
             code = child.poll()
             if code is not None:
-                raise StartupError(f"{child.name} {describe_exit(code)} before it was ready")
+                raise LaunchError(f"{child.name} {describe_exit(code)} before it was ready")
             if endpoint_ready(child.spec):
                 pending.remove(child)
                 on_ready(child)
         if pending and time.monotonic() > deadline:
             names = ", ".join(c.name for c in pending)
-            raise StartupError(f"{names} not listening after {timeout:.0f}s (see --startup-timeout)")
+            raise LaunchError(f"{names} not listening after {timeout:.0f}s (see --startup-timeout)")
         if pending:
             time.sleep(poll_s)
 
@@ -178,6 +178,6 @@ def remove_stale_socket(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise StartupError(f"{path} exists and is not a socket; choose another --shard-uds-path")
+        raise LaunchError(f"{path} exists and is not a socket; choose another --shard-uds-path")
     os.unlink(path)
     log.info("removed stale socket %s", path)

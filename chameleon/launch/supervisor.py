@@ -27,8 +27,8 @@ from chameleon.launch.plan import LaunchPlan
 from chameleon.launch.procs import (
     Child,
     Interrupted,
+    LaunchError,
     ProcSpec,
-    StartupError,
     describe_exit,
     remove_stale_socket,
     stop_all,
@@ -104,7 +104,7 @@ class Supervisor:
             return self.watch()
         except Interrupted:
             return 0
-        except StartupError as exc:
+        except LaunchError as exc:
             log.error("%s", exc)
             return 1
         finally:
@@ -153,7 +153,7 @@ class Supervisor:
                       extra={"event": "shard_died", "child": child.name})
         while self.stops.count == 0:
             if self.restarts >= self.max_restarts:
-                raise StartupError(f"the shard group died {self.restarts + 1} times; giving up "
+                raise LaunchError(f"the shard group died {self.restarts + 1} times; giving up "
                                    "(see --max-restarts)")
             self.restarts += 1
             # The survivors of a broken group hold no state worth saving and may be stuck in a
@@ -161,7 +161,7 @@ class Supervisor:
             stop_all(self.shards, 0.0, signal.SIGKILL)
             try:
                 self.start_shards()
-            except StartupError as exc:
+            except LaunchError as exc:
                 log.error("shard group restart %d failed: %s", self.restarts, exc)
                 time.sleep(min(float(self.restarts), 5.0))
                 continue
@@ -186,6 +186,6 @@ class Supervisor:
             if child.spec.unix_socket:
                 try:
                     remove_stale_socket(child.spec.unix_socket)
-                except StartupError as exc:
+                except LaunchError as exc:
                     log.warning("%s", exc)
         log.info("stopped", extra={"event": "stopped"})

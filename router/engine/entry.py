@@ -25,7 +25,7 @@ from chameleon.memory_manager import MemoryManager
 from chameleon.request import Request
 from chameleon.sched import Scheduler, make_scheduler
 from router.engine.adapter_admin import AdapterAdminOps
-from router.engine.adapters import AdapterNotFound, AdapterRegistry
+from router.engine.adapter_registry import AdapterNotFound, AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.health import HealthState
 from router.engine.live import Live

@@ -23,12 +23,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from chameleon.memory import LORA_TARGETS
 from shard.demo_assets.files import save_tensors, stable_seed, write_json
 
 ADAPTER_DTYPE = torch.bfloat16
-# Every linear layer of a Llama block (PEFT module names): what the tiny test adapters target, so that
-# the tests cover LoRA on the MLP too.
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # The attention projections: what the paper's adapters target (its "rank-32 adapter of Llama-7B =
 # 64 MB" is exactly q, k, v, o in fp16), and so the SmolLM2 demo adapters by default.
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -36,7 +34,7 @@ _LAYER_WEIGHT = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.weig
 
 
 @dataclass(frozen=True, slots=True)
-class AdapterSpec:
+class AdapterPlan:
     """One adapter to build: folder name (= adapter id), rank, PEFT lora_alpha and RNG seed."""
 
     name: str
@@ -55,9 +53,9 @@ class TargetWeight:
     norm: float
 
 
-def plan_adapters(ranks: Sequence[int], per_rank: int, seed: int) -> list[AdapterSpec]:
+def plan_adapters(ranks: Sequence[int], per_rank: int, seed: int) -> list[AdapterPlan]:
     """`r{rank}-{index:02d}` for each rank, `per_rank` adapters each; lora_alpha = 2 * rank."""
-    return [AdapterSpec(f"r{r}-{i:02d}", r, 2 * r, stable_seed("lora", seed, r, i))
+    return [AdapterPlan(f"r{r}-{i:02d}", r, 2 * r, stable_seed("lora", seed, r, i))
             for r in ranks for i in range(per_rank)]
 
 
@@ -78,7 +76,7 @@ def read_targets(model_file: Path, targets: Sequence[str] = LORA_TARGETS) -> lis
     return [t for _, _, t in sorted(found, key=lambda x: (x[0], x[1]))]
 
 
-def adapter_tensors(spec: AdapterSpec, weights: Sequence[TargetWeight],
+def adapter_tensors(spec: AdapterPlan, weights: Sequence[TargetWeight],
                     strength: float) -> dict[str, torch.Tensor]:
     """lora_A [r, in] and lora_B [out, r] for every target weight, drawn from spec.seed."""
     gen = torch.Generator().manual_seed(spec.seed)
@@ -93,7 +91,7 @@ def adapter_tensors(spec: AdapterSpec, weights: Sequence[TargetWeight],
     return out
 
 
-def adapter_config(spec: AdapterSpec, base_name: str, targets: Sequence[str]) -> dict[str, object]:
+def adapter_config(spec: AdapterPlan, base_name: str, targets: Sequence[str]) -> dict[str, object]:
     return {
         "base_model_name_or_path": base_name,
         "bias": "none",
@@ -123,7 +121,7 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def write_adapter(out_dir: Path, spec: AdapterSpec, weights: Sequence[TargetWeight], *,
+def write_adapter(out_dir: Path, spec: AdapterPlan, weights: Sequence[TargetWeight], *,
                   base_name: str, strength: float, targets: Sequence[str] = LORA_TARGETS) -> Path:
     """Write `out_dir/<spec.name>/` (adapter_config.json + adapter_model.safetensors); returns it."""
     folder = out_dir / spec.name

@@ -30,18 +30,12 @@ from pathlib import Path
 
 import torch
 
-from chameleon.memory import (
-    COLUMN_PARALLEL,
-    ModelShape,
-    adapter_pages,
-    adapter_storage_dtype,
-    shard_ranges,
-    split_range,
-)
+from chameleon.adapter_files import AdapterHeader, adapter_footprint
+from chameleon.memory import COLUMN_PARALLEL, ModelShape, adapter_storage_dtype, shard_ranges, split_range
 from shard.lora.errors import AdapterError
-from shard.lora.peft_loader import AdapterSpec, load_peft, read_spec
+from shard.lora.peft_loader import load_peft, read_header
 from shard.model.dist import DistContext
-from shard.model.pool import PagePool
+from shard.model.pool import ShardPagePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +69,8 @@ class AdapterStore:
     the server calls it from its single model thread."""
 
     def __init__(self, shape: ModelShape, dtype: torch.dtype, device: torch.device, dist: DistContext,
-                 block_size: int, pool: Callable[[], PagePool | None], adapter_dtype: str = "auto") -> None:
+                 block_size: int, pool: Callable[[], ShardPagePool | None],
+                 adapter_dtype: str = "auto") -> None:
         self.shape, self.dtype, self.device, self.dist = shape, dtype, device, dist
         self.block_size = block_size
         adapter_storage_dtype(_name(dtype), (), adapter_dtype)  # validates the policy early
@@ -90,21 +85,22 @@ class AdapterStore:
         """Bytes per element of the pool (model/KV dtype): sets the page size."""
         return torch.empty((), dtype=self.dtype).element_size()
 
-    def spec(self, path: str | Path) -> AdapterSpec:
-        return read_spec(path, self.shape)
+    def header(self, path: str | Path) -> AdapterHeader:
+        """The adapter folder's header, validated for this base model (no tensor data is read)."""
+        return read_header(path, self.shape)
 
-    def storage_dtype(self, spec: AdapterSpec) -> torch.dtype:
+    def storage_dtype(self, header: AdapterHeader) -> torch.dtype:
         """The dtype this adapter's A/B are kept in (chameleon.memory.adapter_storage_dtype)."""
-        return getattr(torch, adapter_storage_dtype(_name(self.dtype), spec.file_dtypes, self.adapter_dtype))
+        return getattr(torch, header.storage_dtype(_name(self.dtype), self.adapter_dtype))
 
-    def _pages(self, spec: AdapterSpec) -> int:
-        stored = torch.empty((), dtype=self.storage_dtype(spec)).element_size()
-        return adapter_pages(self.shape, spec.rank, spec.targets, self.dtype_bytes, self.block_size,
-                             self.dist.world_size, adapter_dtype_bytes=stored)
+    def _pages(self, header: AdapterHeader) -> int:
+        """chameleon.adapter_files.adapter_footprint: the one sizing the router applies too."""
+        return adapter_footprint(self.shape, header.rank, header.targets, _name(self.storage_dtype(header)),
+                                 self.dtype_bytes, self.block_size, self.dist.world_size).pages
 
     def pages_needed(self, path: str | Path) -> int:
-        """Pool pages the adapter takes on every rank (chameleon.memory.adapter_pages)."""
-        return self._pages(self.spec(path))
+        """Pool pages the adapter takes on every rank (chameleon.adapter_files.adapter_footprint)."""
+        return self._pages(self.header(path))
 
     def has(self, adapter_id: str) -> bool:
         return adapter_id in self._infos
@@ -129,16 +125,16 @@ class AdapterStore:
         """Idempotent per id. pages=None keeps the adapter outside the pool. Raises AdapterError."""
         if adapter_id in self._infos:
             return self._infos[adapter_id]
-        spec = self.spec(path)
+        header = self.header(path)
         if pages is not None:
-            pages = self._check_pages(spec, pages)
-        stored = self.storage_dtype(spec)
+            pages = self._check_pages(header, pages)
+        stored = self.storage_dtype(header)
         peft = load_peft(path, self.shape, stored)
-        tensors = self._convert(peft.spec, peft.weights)
+        tensors = self._convert(peft.header, peft.weights)
         placed, extra = self._place(tensors, pages, stored) if pages is not None else (tensors, None)
-        weights = self._assemble(adapter_id, spec, placed)
+        weights = self._assemble(adapter_id, header, placed)
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
-        self._infos[adapter_id] = AdapterInfo(adapter_id, spec.rank, spec.alpha, spec.targets, nbytes,
+        self._infos[adapter_id] = AdapterInfo(adapter_id, header.rank, header.alpha, header.targets, nbytes,
                                               tuple(pages or ()), nbytes if extra is None else extra,
                                               _name(stored))
         self._weights[adapter_id] = weights
@@ -152,14 +148,15 @@ class AdapterStore:
         self.version += 1
         return info.pages
 
-    def _check_pages(self, spec: AdapterSpec, pages: list[int]) -> list[int]:
+    def _check_pages(self, header: AdapterHeader, pages: list[int]) -> list[int]:
         pool = self._pool()
         if pool is None:
             raise AdapterError("no page pool is allocated yet (Warmup first), cannot load into pages")
-        need = self._pages(spec)
+        need = self._pages(header)
         if len(pages) != need:
-            raise AdapterError(f"adapter {spec.path} (rank {spec.rank}, {len(spec.targets)} modules, stored "
-                               f"in {_name(self.storage_dtype(spec))}) needs {need} pages, got {len(pages)}")
+            raise AdapterError(f"adapter {header.path} (rank {header.rank}, {len(header.targets)} modules, "
+                               f"stored in {_name(self.storage_dtype(header))}) needs {need} pages, got "
+                               f"{len(pages)}")
         taken = self.used_pages()
         bad = [p for p in pages if not 0 < p < pool.num_pages or p in taken]
         if bad or len(set(pages)) != len(pages):
@@ -167,7 +164,7 @@ class AdapterStore:
                                f"(pool has pages 1..{pool.num_pages - 1})")
         return sorted(pages)
 
-    def _convert(self, spec: AdapterSpec, full: dict) -> list[torch.Tensor]:
+    def _convert(self, spec: AdapterHeader, full: dict) -> list[torch.Tensor]:
         """This rank's (A, B) per layer and target, flattened in packing order."""
         world, rank = self.dist.world_size, self.dist.rank
         out: list[torch.Tensor] = []
@@ -213,7 +210,7 @@ class AdapterStore:
             off += n
         return placed, extra
 
-    def _assemble(self, adapter_id: str, spec: AdapterSpec, placed: list[torch.Tensor]) -> LoraWeights:
+    def _assemble(self, adapter_id: str, spec: AdapterHeader, placed: list[torch.Tensor]) -> LoraWeights:
         it = iter(placed)
         layers = tuple({m: (next(it), next(it)) for m in spec.targets} for _ in range(self.shape.num_layers))
         world, rank = self.dist.world_size, self.dist.rank

@@ -1,4 +1,4 @@
-"""PagePool: this rank's one flat buffer of fixed-size pages, shared by KV blocks and adapters.
+"""ShardPagePool: this rank's one flat buffer of fixed-size pages, shared by KV blocks and adapters.
 
 Page p is elements [p * page_elems, (p + 1) * page_elems) of the buffer. As a KV block it holds
 `block_size` token slots laid out [layers, 2 (K, V), block_size, kv_heads_local, head_dim], so one
@@ -15,7 +15,7 @@ import torch
 from chameleon.memory import ModelShape, kv_heads_on_rank
 
 
-class PagePool:
+class ShardPagePool:
     def __init__(self, shape: ModelShape, num_pages: int, block_size: int, dtype: torch.dtype,
                  device: torch.device, world: int = 1, rank: int = 0) -> None:
         if num_pages < 2:

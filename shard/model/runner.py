@@ -22,7 +22,7 @@ from shard.model.dist import DistContext
 from shard.model.layers import pack_linears
 from shard.model.llama import LlamaForCausalLM
 from shard.model.loader import load_weights
-from shard.model.pool import PagePool
+from shard.model.pool import ShardPagePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class ModelRunner:
 
     Attributes: config (ModelConfig), shape (chameleon.memory.ModelShape), dtype, device, dist,
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
-    vocab_size, pool (PagePool or None), num_pages (0 until allocate_pool), packed_layers (linears re-laid
+    vocab_size, pool (ShardPagePool | None), num_pages (0 until allocate_pool), packed_layers (linears re-laid
     for the C kernel at load, shard.model.layers.pack_linears; 0 off CPU float32 or without the kernels).
     `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
     `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.memory.adapter_storage_dtype).
@@ -95,7 +95,7 @@ class ModelRunner:
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
         self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)
         self.vocab_size = self.shape.vocab_size
-        self.pool: PagePool | None = None
+        self.pool: ShardPagePool | None = None
         self.adapters = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool,
                                      adapter_dtype)
         self.lora_path: str | None = None
@@ -113,7 +113,7 @@ class ModelRunner:
         if any(info.pages for info in self.adapters.resident()):
             raise RuntimeError("adapters still occupy pool pages; offload them before re-allocating the pool")
         self.pool = None
-        self.pool = PagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
+        self.pool = ShardPagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
 
     @torch.inference_mode()
@@ -165,7 +165,7 @@ class ModelRunner:
     def _measure_cuda(self, tokens: int) -> int:
         blocks = -(-tokens // self.block_size)
         saved = self.pool
-        self.pool = PagePool(self.shape, blocks + 1, self.block_size, self.dtype, self.device,
+        self.pool = ShardPagePool(self.shape, blocks + 1, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
         try:
             torch.cuda.synchronize(self.device)

@@ -28,7 +28,7 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
         t0 = time.perf_counter_ns()
         if not self.core.runner.num_pages:
             raise ValueError("the shard has no pool yet: call Warmup before loading adapters")
-        manager = self.core.adapters
+        manager = self.core.adapter_manager
         busy_pages, busy_adapters = self.core.busy()
         if request.pages:
             info = manager.load_assigned(request.adapter_id, list(request.pages), busy_pages, busy_adapters)
@@ -43,7 +43,7 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
         return self.core.locked(lambda: self._offload(request))
 
     def _offload(self, request: chameleon_pb2.OffloadAdapterRequest) -> chameleon_pb2.OffloadAdapterResponse:
-        manager = self.core.adapters
+        manager = self.core.adapter_manager
         was = manager.store.has(request.adapter_id)
         if was:
             _, busy = self.core.busy()
@@ -55,11 +55,11 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
 
     def ListAdapters(self, request, context):
         def run() -> chameleon_pb2.ListAdaptersResponse:
-            store = self.core.adapters.store
+            store = self.core.adapter_manager.store
             resident = {a.adapter_id: a for a in store.resident()}
             out = [adapter_info_pb(a) for a in resident.values()]
             out += [chameleon_pb2.AdapterInfo(adapter_id=a, resident=False)
-                    for a in self.core.adapters.available() if a not in resident]
+                    for a in self.core.adapter_manager.available() if a not in resident]
             return chameleon_pb2.ListAdaptersResponse(adapters=out)
         return self.core.locked(run)
 

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from chameleon_pb import generate_pb2
 
+from chameleon.adapter_files import BASE_ADAPTER_IDS
 from shard.model.runner import ForwardBatch
 from shard.server.detok import DetokState
 from shard.server.sampling import EosShaping, RowSampler, SamplingParams
 from shard.server.stopping import StoppingCriteria
-
-BASE_ADAPTER_IDS = frozenset({"", "__base__"})
 
 
 @dataclass(frozen=True, slots=True)

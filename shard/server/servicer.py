@@ -20,7 +20,7 @@ from chameleon_pb import chameleon_pb2, generate_pb2, generate_pb2_grpc
 
 from chameleon.memory import LORA_TARGETS
 from shard.lora.errors import AdapterError
-from shard.server.adapters import AdapterManager
+from shard.server.adapter_manager import AdapterManager
 from shard.server.batch import Batch, BatchContext, prompt_text
 from shard.server.headroom import DeviceMemory, measure_headroom
 from shard.server.step import StepEnv, StepResult, generate_step
@@ -47,12 +47,12 @@ class ShardOptions:
 
 
 class ShardCore:
-    """Model-side state shared by both services: runner, tokenizer, batch cache, adapters."""
+    """Model-side state shared by both services: runner, tokenizer, batch cache, adapter manager."""
 
     def __init__(self, runner: object, tokenizer: object, eos_ids: frozenset[int],
-                 adapters: AdapterManager, options: ShardOptions) -> None:
+                 adapter_manager: AdapterManager, options: ShardOptions) -> None:
         self.runner, self.tokenizer, self.eos_ids = runner, tokenizer, eos_ids
-        self.adapters, self.options = adapters, options
+        self.adapter_manager, self.options = adapter_manager, options
         self.rank, self.world = runner.dist.rank, runner.dist.world_size
         self.cache: dict[int, Batch] = {}
         self.lock = threading.Lock()
@@ -82,7 +82,7 @@ class ShardCore:
         for aid in sorted(batch.adapters_in_use()):
             pages, names = self.busy(batch)
             try:
-                self.adapters.ensure_resident([aid], pages, names)
+                self.adapter_manager.ensure_resident([aid], pages, names)
             except ValueError as exc:  # AdapterError: missing, corrupt or too large for the region
                 refused.update({r.id: f"adapter {aid!r} cannot be loaded: {exc}"
                                 for r in batch.requests if r.adapter_id == aid})
@@ -96,7 +96,7 @@ class ShardCore:
 
     def headroom(self) -> chameleon_pb2.Headroom:
         pages, _ = self.busy()
-        resident = self.adapters.store.resident()
+        resident = self.adapter_manager.store.resident()
         return measure_headroom(self.options.memory, self.rank, self.runner.num_pages or 0,
                                 self.runner.page_bytes, pages, resident, self.serving_bytes(resident))
 
@@ -127,7 +127,7 @@ class ShardCore:
         pool, at most half of it)."""
         if self.options.adapter_pages is not None:
             return self.options.adapter_pages
-        store, manager = self.adapters.store, self.adapters
+        store, manager = self.adapter_manager.store, self.adapter_manager
         named = sum(store.pages_needed(p) for p in manager.named.values())
         if manager.adapter_dir is None:
             return named
@@ -259,7 +259,7 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
     def _warmup(self, request: generate_pb2.WarmupRequest) -> generate_pb2.WarmupResponse:
         core, runner = self.core, self.core.runner
         core.cache.clear()
-        release_pool(runner, core.adapters)
+        release_pool(runner, core.adapter_manager)
         prefill = max(request.max_prefill_tokens, 1)
         activation = runner.measure_activation_bytes(prefill)
         free = core.agree_min(free_bytes_for_pool(core.options.memory, core.options.memory_fraction,
@@ -267,8 +267,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         adapter_pages = core.self_region_pages(max(free - activation, 0) // runner.page_bytes)
         plan = plan_pool(free, activation, runner.page_bytes, adapter_pages)
         runner.allocate_pool(plan.num_pages)
-        core.adapters.set_pool(plan.num_pages, plan.kv_pages)
-        core.adapters.ensure_resident(sorted(core.adapters.named), set(), set())
+        core.adapter_manager.set_pool(plan.num_pages, plan.kv_pages)
+        core.adapter_manager.ensure_resident(sorted(core.adapter_manager.named), set(), set())
         self._exercise(request.batch, plan.kv_pages)
         log.info("warmup done", extra={"num_pages": plan.num_pages, "kv_pages": plan.kv_pages,
                                        "page_bytes": plan.page_bytes, "activation_bytes": activation})

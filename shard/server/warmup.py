@@ -31,15 +31,15 @@ class PoolPlan:
     free_bytes: int
 
 
-def release_pool(runner: Any, adapters: Any) -> None:
+def release_pool(runner: Any, adapter_manager: Any) -> None:
     """Drop the previous pool (and the adapters in it) before free memory is measured for a new one.
 
     A second Warmup (a router restarted against running shards) must not count the old pool as used,
     or the new plan would find no room for a KV cache. Large tensors are returned to the OS when freed
     (CPU: glibc unmaps them; CUDA: empty_cache)."""
-    for info in adapters.store.resident():
-        adapters.offload(info.adapter_id)
-    adapters.set_pool(0, 0)
+    for info in adapter_manager.store.resident():
+        adapter_manager.offload(info.adapter_id)
+    adapter_manager.set_pool(0, 0)
     runner.pool = None
     gc.collect()
     if runner.device.type == "cuda":

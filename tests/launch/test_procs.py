@@ -13,8 +13,8 @@ import pytest
 from chameleon.launch.procs import (
     Child,
     Interrupted,
+    LaunchError,
     ProcSpec,
-    StartupError,
     describe_exit,
     endpoint_ready,
     remove_stale_socket,
@@ -47,7 +47,7 @@ def test_wait_ready_returns_once_every_socket_accepts(sock_dir):
 def test_child_that_exits_first_is_a_startup_error(sock_dir):
     child = _child(sock_dir, "--exit-now", "7")
     child.start()
-    with pytest.raises(StartupError, match="shard-0 exited with code 7 before it was ready"):
+    with pytest.raises(LaunchError, match="shard-0 exited with code 7 before it was ready"):
         wait_ready([child], 30, poll_s=0.02)
 
 
@@ -56,7 +56,7 @@ def test_silent_child_times_out(sock_dir):
                            unix_socket=f"{sock_dir}/never"))
     child.start()
     try:
-        with pytest.raises(StartupError, match="shard-0 not listening after 0s"):
+        with pytest.raises(LaunchError, match="shard-0 not listening after 0s"):
             wait_ready([child], 0.0, poll_s=0.02)
         with pytest.raises(Interrupted):
             wait_ready([child], 30, abort=lambda: True)
@@ -78,7 +78,7 @@ def test_socket_file_without_listener_is_not_ready(sock_dir):
 def test_remove_stale_socket_refuses_regular_files(sock_dir):
     path = sock_dir / "file"
     path.write_text("data")
-    with pytest.raises(StartupError, match="not a socket"):
+    with pytest.raises(LaunchError, match="not a socket"):
         remove_stale_socket(str(path))
     assert path.exists()
 

@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from tokenizers import Tokenizer
 
 from chameleon.memory import ModelShape
-from router.engine.adapters import AdapterRegistry
+from router.engine.adapter_registry import AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.shard_client import ShardClient
 from router.engine.startup import ShardFacts, start_shards

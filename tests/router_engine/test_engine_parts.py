@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import struct
 from pathlib import Path
 
 import pytest
 from chameleon_pb import chameleon_pb2, generate_pb2
 
+from chameleon.adapter_files import valid_adapter_id
 from chameleon.memory import ModelShape, adapter_pages
 from chameleon.request import Request
-from router.engine.adapters import AdapterNotFound, AdapterRegistry, valid_adapter_name
+from router.engine.adapter_registry import AdapterNotFound, AdapterRegistry
 from router.engine.batches import prefill_batch
 from router.engine.config import EngineConfig
 from router.engine.live import Live
 from router.engine.startup import StartupError, _facts, warmup_request
 from router.engine.types import FinalEvent, GenerateParams, GenerateRequest, PrefillEvent, TokenEvent
+from tests.adapter_folders import lora_tensors, write_peft
 
 SHAPE = ModelShape(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
                    head_dim=16, vocab_size=100)
@@ -83,27 +83,23 @@ def test_prefill_batch_carries_tgis_extras_past_plain_v3() -> None:
     assert r.stopping_parameters.DESCRIPTOR.fields_by_name["chameleon"].number >= 100
 
 
-def _adapter(folder: Path, r: int, targets: list[str] | str) -> None:
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 2 * r,
-                                                            "target_modules": targets}))
-    header = json.dumps({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
-                         {"dtype": "F32", "shape": [r, 64], "data_offsets": [0, 0]},
-                         "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight":
-                         {"dtype": "F32", "shape": [64, r], "data_offsets": [0, 0]}}).encode()
-    (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+def _adapter(folder: Path, r: int, config_targets: list[str] | str, file_targets: list[str]) -> None:
+    write_peft(folder, r, lora_tensors(SHAPE, r, file_targets), {"target_modules": config_targets})
 
 
 def test_registry_sizes_adapters_and_discovers_late_folders(tmp_path: Path) -> None:
-    _adapter(tmp_path / "listed", 8, ["q_proj", "v_proj"])
-    _adapter(tmp_path / "pattern", 16, ".*proj")  # targets from the safetensors header
+    _adapter(tmp_path / "listed", 8, ["q_proj", "v_proj"], ["q_proj", "v_proj"])
+    _adapter(tmp_path / "pattern", 16, ".*proj", ["q_proj", "down_proj"])
+    # the config names more modules than the file holds: the tensors decide, as on the shard
+    _adapter(tmp_path / "over", 8, ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "v_proj"])
     reg = AdapterRegistry(SHAPE, 4, 16, 2, tmp_path)
-    assert reg.scan() == ["listed", "pattern"]
+    assert reg.scan() == ["listed", "over", "pattern"]
     listed = reg.get("listed")
     assert listed.target_modules == ("q_proj", "v_proj") and listed.alpha == 16.0
     assert listed.pages == adapter_pages(SHAPE, 8, ("q_proj", "v_proj"), 4, 16, 2)
     assert reg.get("pattern").target_modules == ("q_proj", "down_proj")
-    _adapter(tmp_path / "late", 4, ["o_proj"])
+    assert reg.get("over").target_modules == ("q_proj", "v_proj") and reg.get("over").pages == listed.pages
+    _adapter(tmp_path / "late", 4, ["o_proj"], ["o_proj"])
     assert reg.known("late") and reg.get("late").rank == 4
     for bad in ("../etc", "missing", ".hidden"):
         assert not reg.known(bad)
@@ -114,17 +110,30 @@ def test_registry_sizes_adapters_and_discovers_late_folders(tmp_path: Path) -> N
 def test_registry_knows_a_folder_whose_files_are_corrupt(tmp_path: Path) -> None:
     """A corrupt adapter folder is known but unusable (ValueError from get), never 'unknown': the
     router's validation then fails it with 'cannot be loaded', as when the shard refuses the files."""
-    _adapter(tmp_path / "c0", 8, ".*proj")
+    _adapter(tmp_path / "c0", 8, ".*proj", ["q_proj", "down_proj"])
     reg = AdapterRegistry(SHAPE, 4, 16, 2, tmp_path)
     assert reg.scan() == ["c0"]
     weights = tmp_path / "c0" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:8] + b"\x00garbage" * 64)
     assert reg.forget_folder("c0")  # as after the shard refused it: re-read on next use
     assert reg.known("c0")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="corrupt"):
         reg.get("c0")
     assert not reg.known("gone")
-    assert not valid_adapter_name("a/b") and valid_adapter_name("r8-00")
+    assert not valid_adapter_id("a/b") and valid_adapter_id("r8-00")
+
+
+def test_registry_scan_skips_a_folder_it_cannot_use(tmp_path: Path) -> None:
+    """At start-up a folder the shard would refuse does not stop the router: it is known, and using it
+    fails with the reason."""
+    _adapter(tmp_path / "good", 8, ["q_proj"], ["q_proj"])
+    _adapter(tmp_path / "half", 8, ["q_proj"], [])  # no LoRA weights at all
+    reg = AdapterRegistry(SHAPE, 4, 16, 1, tmp_path)
+    assert reg.scan() == ["good", "half"]
+    assert [m.adapter_id for m in reg.all()] == ["good"]
+    assert reg.known("half")
+    with pytest.raises(ValueError, match="no LoRA weights"):
+        reg.get("half")
 
 
 def test_warmup_batch_and_sizing() -> None:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from chameleon.memory import adapter_bytes, adapter_pages, adapter_storage_dtype, page_bytes
-from router.engine.adapters import AdapterRegistry
+from router.engine.adapter_registry import AdapterRegistry
 from shard.lora.cpu_bgmv import CpuBgmv, TableCache
 from shard.lora.store import LoraWeights, effective_policy
 from shard.model import cpu_kernels
@@ -59,7 +59,7 @@ def test_16bit_adapters_are_stored_in_16_bits(tiny_root: Path) -> None:
     first = 1
     for spec in ADAPTERS:
         path = tiny_root / "adapters" / spec.name
-        targets = store.spec(path).targets
+        targets = store.header(path).targets
         want_bytes = 2 if spec.dtype != torch.float32 else 4
         need = store.pages_needed(path)
         assert need == adapter_pages(runner.shape, spec.rank, targets, 4, BLOCK,
@@ -79,7 +79,7 @@ def test_16bit_adapters_are_stored_in_16_bits(tiny_root: Path) -> None:
                 key = next(k for k in on_disk if f"layers.{layer}." in k and f"{module}.lora_A" in k)
                 assert torch.equal(a, on_disk[key].to(spec.dtype))  # bit-exact: no conversion, no scaling
                 assert torch.equal(b, on_disk[key.replace("lora_A", "lora_B")].to(spec.dtype))
-        assert weights.scale == pytest.approx(store.spec(path).scaling)
+        assert weights.scale == pytest.approx(store.header(path).scaling)
     assert sum(len(a.pages) for a in store.resident()) == first - 1  # what the headroom reports
     for spec in ADAPTERS:
         pages = store.info(spec.name).pages
@@ -90,7 +90,7 @@ def test_16bit_adapters_are_stored_in_16_bits(tiny_root: Path) -> None:
 def test_16bit_storage_halves_the_pages(tiny_root: Path) -> None:
     auto, model = _runner(tiny_root).adapters, _runner(tiny_root, "model").adapters
     path = tiny_root / "adapters" / "a64"  # bfloat16 file, rank 64
-    spec = auto.spec(path)
+    spec = auto.header(path)
     assert auto.storage_dtype(spec) == torch.bfloat16 and model.storage_dtype(spec) == torch.float32
     full = adapter_bytes(auto.shape, 64, spec.targets, 4)
     assert model.load("x", path, list(range(1, 1 + model.pages_needed(path)))).nbytes == full
@@ -111,9 +111,9 @@ def test_router_pages_equal_the_shards(tiny_root: Path, policy: str, world: int)
         meta = registry.get(spec.name)
         path = tiny_root / "adapters" / spec.name
         assert meta.pages == store.pages_needed(path), spec.name
-        assert meta.dtype == NAMES[store.storage_dtype(store.spec(path))]
+        assert meta.dtype == NAMES[store.storage_dtype(store.header(path))]
         if world == 1:
-            assert meta.nbytes == adapter_bytes(store.shape, spec.rank, store.spec(path).targets,
+            assert meta.nbytes == adapter_bytes(store.shape, spec.rank, store.header(path).targets,
                                                 2 if meta.dtype != "float32" else 4)
 
 
@@ -121,7 +121,7 @@ def test_router_sizes_shard_reported_adapters_in_their_dtype(tiny_root: Path) ->
     store = _runner(tiny_root).adapters
     registry = AdapterRegistry(store.shape, 4, BLOCK, 1, None, model_dtype="float32", adapter_policy="auto")
     path = tiny_root / "adapters" / "a16"
-    spec = store.spec(path)
+    spec = store.header(path)
     registry.add_from_shard("a16", spec.rank, spec.alpha, spec.targets, "bfloat16")
     registry.add_from_shard("old", spec.rank, spec.alpha, spec.targets)  # an older shard: model dtype
     assert registry.get("a16").pages == store.pages_needed(path)

@@ -81,7 +81,7 @@ def test_pages_accounting_and_offload(runner: ModelRunner, tiny_root: Path) -> N
     store, pool = runner.adapters, runner.pool
     assert pool is not None
     path = tiny_root / "adapters" / "a128"
-    spec = store.spec(path)
+    spec = store.header(path)
     need = store.pages_needed(path)
     assert need == adapter_pages(runner.shape, 128, spec.targets, 4, BLOCK)
     with pytest.raises(AdapterError, match="needs"):

@@ -18,7 +18,7 @@ from chameleon_pb import generate_pb2
 from shard.lora.errors import AdapterError
 from shard.model.dist import DistContext
 from shard.model.runner import ForwardOutput
-from shard.server.adapters import AdapterManager
+from shard.server.adapter_manager import AdapterManager
 from shard.server.headroom import DeviceMemory
 from shard.server.servicer import ShardCore, ShardOptions, TextGenerationService
 

@@ -11,8 +11,8 @@ from chameleon_pb import chameleon_pb2, generate_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from transformers import AutoTokenizer
 
+from chameleon.adapter_files import read_safetensors_header
 from chameleon.memory import DTYPE_BYTES, ModelShape, adapter_pages, adapter_storage_dtype
-from router.engine.adapters import safetensors_dtypes
 from shard.cli import eos_token_ids
 from tests.shard_server.procs import Router, request, start_shards
 from tests.shard_server.reference import PeftReference
@@ -171,7 +171,8 @@ def test_liveness_info_discovery_headroom_reflection(router, shard):
 def test_router_assigned_adapter_pages(router, shard, tiny, adapters):
     warm, name = shard[0].warm, adapters[-1]
     cfg = json.loads((tiny / "adapters" / name / "adapter_config.json").read_text())
-    dtypes = safetensors_dtypes(tiny / "adapters" / name / "adapter_model.safetensors").values()
+    header = read_safetensors_header(tiny / "adapters" / name / "adapter_model.safetensors")
+    dtypes = [t["dtype"] for t in header.values()]
     stored = DTYPE_BYTES[adapter_storage_dtype("float32", dtypes)]  # the demo's bf16 files: 16-bit storage
     assert stored == 2
     need = adapter_pages(ModelShape.from_model_dir(tiny / "model"), cfg["r"], cfg["target_modules"], 4, 16,

@@ -7,19 +7,18 @@ the adapter itself into free pages of its own region `[self_lo, num_pages)`, whi
 live batch uses.
 
 Adapter ids resolve to `--lora-adapters` names first, then to `<adapter-dir>/<id>/`; ids must be
-plain names (no '/', '..', absolute paths).
+plain names (chameleon.adapter_files.check_adapter_id, the router's rule too).
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from chameleon import adapter_files
+from chameleon.adapter_files import CONFIG, AdapterIdError
 from shard.lora.errors import AdapterError
-
-_PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
 
 
 def parse_lora_adapters(spec: str) -> dict[str, Path]:
@@ -42,10 +41,11 @@ def parse_lora_adapters(spec: str) -> dict[str, Path]:
 
 
 def check_adapter_id(adapter_id: str) -> str:
-    if not _PLAIN_ID.match(adapter_id) or ".." in adapter_id:
-        raise AdapterError(f"adapter id {adapter_id!r} is not a plain name (letters, digits, '._@+-'; "
-                           "no '/', '..' or absolute paths)")
-    return adapter_id
+    """chameleon.adapter_files.check_adapter_id (the router's rule too), failing with AdapterError."""
+    try:
+        return adapter_files.check_adapter_id(adapter_id)
+    except AdapterIdError as exc:
+        raise AdapterError(str(exc)) from None
 
 
 class AdapterManager:
@@ -72,7 +72,7 @@ class AdapterManager:
         ids = set(self.named)
         if self.adapter_dir is not None and self.adapter_dir.is_dir():
             ids |= {p.name for p in self.adapter_dir.iterdir()
-                    if p.is_dir() and (p / "adapter_config.json").is_file()}
+                    if p.is_dir() and (p / CONFIG).is_file()}
         return sorted(ids)
 
     def set_pool(self, num_pages: int, self_lo: int) -> None:

@@ -1,33 +1,28 @@
 """AdapterRegistry: which adapters exist and how many pool pages each one takes.
 
 Sources: PEFT folders under `--adapter-dir` (by plain folder name; a name not seen at start-up is
-looked up on first use) and the adapters the shard itself knows (its ListAdapters). Sizes come from
-`adapter_config.json` (r, lora_alpha, target_modules) and the safetensors header (plain JSON: the
-tensor names give the target modules when the config names them by pattern, the tensor dtypes the
-storage dtype through `chameleon.memory.adapter_storage_dtype` and the shards' `--adapter-dtype`
-policy), with the page arithmetic of `chameleon.memory` so router and shard agree. No torch, no
-tensor is read.
+looked up on first use) and the adapters the shard itself knows (its ListAdapters). A folder is read
+and sized by chameleon.adapter_files (its header: rank, alpha, targets, LoRA tensor dtypes; its
+footprint under the shards' `--adapter-dtype` policy), the very code the shard sizes it with, so router
+and shard agree on every page count and refuse the same folders. No torch, no tensor is read.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import struct
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from chameleon.memory import (
-    DTYPE_BYTES,
-    LORA_TARGETS,
-    ModelShape,
-    adapter_bytes,
-    adapter_pages,
-    adapter_storage_dtype,
+from chameleon.adapter_files import (
+    CONFIG,
+    AdapterFolderError,
+    adapter_footprint,
+    read_adapter_header,
+    valid_adapter_id,
 )
+from chameleon.memory import DTYPE_BYTES, ModelShape, adapter_bytes, adapter_pages, adapter_storage_dtype
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_WEIGHTS = "adapter_model.safetensors"
+log = logging.getLogger("chameleon.router.adapters")
 
 
 class AdapterNotFound(KeyError):
@@ -50,60 +45,6 @@ class AdapterMeta:
     pages: int
     path: Path | None
     dtype: str = ""  # storage dtype ("float32", "bfloat16", "float16"); "" = the model dtype
-
-
-def valid_adapter_name(name: str) -> bool:
-    """A plain folder name: letters, digits, '.', '_' and '-', not starting with a dot."""
-    return bool(_NAME.match(name)) and ".." not in name
-
-
-def safetensors_names(path: Path) -> list[str]:
-    """Tensor names from a safetensors file's JSON header (8-byte little-endian length + JSON)."""
-    return list(safetensors_dtypes(path))
-
-
-def safetensors_dtypes(path: Path) -> dict[str, str]:
-    """Tensor name -> dtype code ("BF16", "F32", ...) from a safetensors file's JSON header."""
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 << 20:
-            raise ValueError(f"{path}: safetensors header of {n} bytes is implausible")
-        raw = f.read(n)
-    if len(raw) != n:
-        raise ValueError(f"{path}: not a safetensors file (header of {n} bytes announced, {len(raw)} there)")
-    try:
-        header = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: safetensors header is not a JSON object")
-    return {k: str(v.get("dtype", "")) if isinstance(v, dict) else "" for k, v in header.items()
-            if k != "__metadata__"}
-
-
-def _targets(config: dict, folder: Path) -> tuple[str, ...]:
-    raw = config.get("target_modules")
-    if isinstance(raw, list) and raw:
-        return tuple(m for m in LORA_TARGETS if m in {str(x).split(".")[-1] for x in raw})
-    weights = folder / _WEIGHTS
-    if weights.is_file():
-        names = safetensors_names(weights)
-        return tuple(m for m in LORA_TARGETS if any(f".{m}.lora_" in n for n in names))
-    if raw == "all-linear":
-        return LORA_TARGETS
-    raise ValueError(f"{folder}: cannot tell the target modules (no list in adapter_config.json, "
-                     f"no {_WEIGHTS})")
-
-
-def _file_dtypes(folder: Path) -> tuple[str, ...]:
-    """Dtype codes of the LoRA tensors in the folder's safetensors file (none when it is missing)."""
-    weights = folder / _WEIGHTS
-    if not weights.is_file():
-        return ()
-    return tuple(sorted({d for n, d in safetensors_dtypes(weights).items() if ".lora_" in n}))
 
 
 class AdapterRegistry:
@@ -129,8 +70,11 @@ class AdapterRegistry:
             return []
         found = []
         for sub in sorted(self._dir.iterdir()):
-            if (sub / "adapter_config.json").is_file() and valid_adapter_name(sub.name):
-                self._known[sub.name] = self.read_folder(sub.name, sub)
+            if (sub / CONFIG).is_file() and valid_adapter_id(sub.name):
+                try:
+                    self._known[sub.name] = self.read_folder(sub.name, sub)
+                except AdapterFolderError as exc:  # known, unusable: get() re-reads it, fails with the reason
+                    log.warning("adapter folder cannot be used: %s", exc, extra={"adapter_id": sub.name})
                 found.append(sub.name)
         return found
 
@@ -142,30 +86,26 @@ class AdapterRegistry:
             self._known[adapter_id] = self._meta(adapter_id, rank, alpha, targets, None, dtype)
 
     def read_folder(self, adapter_id: str, folder: Path) -> AdapterMeta:
-        cfg_path = folder / "adapter_config.json"
+        """Size the folder's adapter (chameleon.adapter_files). Raises AdapterFolderError (a
+        ValueError) for a folder the shard would refuse too."""
         try:
-            config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"adapter {adapter_id!r}: unreadable {cfg_path}: {exc}") from exc
-        rank = config.get("r")
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"adapter {adapter_id!r}: adapter_config.json has no valid rank 'r'")
-        targets = _targets(config, folder)
-        if not targets:
-            raise ValueError(f"adapter {adapter_id!r}: none of its target modules is supported "
-                             f"({', '.join(LORA_TARGETS)})")
-        alpha = float(config.get("lora_alpha", rank))
+            header = read_adapter_header(folder, self._shape)
+        except AdapterFolderError as exc:
+            raise AdapterFolderError(f"adapter {adapter_id!r}: {exc}") from None
         dtype = ""
         if self._model_dtype is not None:
-            dtype = adapter_storage_dtype(self._model_dtype, _file_dtypes(folder), self._policy)
-        return self._meta(adapter_id, rank, alpha, targets, folder, dtype)
+            dtype = header.storage_dtype(self._model_dtype, self._policy)
+        return self._meta(adapter_id, header.rank, header.alpha, header.targets, folder, dtype)
 
     def _meta(self, adapter_id: str, rank: int, alpha: float, targets: tuple[str, ...],
               path: Path | None, dtype: str = "") -> AdapterMeta:
-        stored = DTYPE_BYTES.get(dtype, self._dtype_bytes)
-        nbytes = adapter_bytes(self._shape, rank, targets, stored)
-        pages = adapter_pages(self._shape, rank, targets, self._dtype_bytes, self._block, self._world,
-                              adapter_dtype_bytes=stored)
+        if dtype in DTYPE_BYTES:
+            size = adapter_footprint(self._shape, rank, targets, dtype, self._dtype_bytes, self._block,
+                                     self._world)
+            nbytes, pages = size.nbytes, size.pages
+        else:  # no storage dtype known (a shard before adapter storage dtypes): the pool's element size
+            nbytes = adapter_bytes(self._shape, rank, targets, self._dtype_bytes)
+            pages = adapter_pages(self._shape, rank, targets, self._dtype_bytes, self._block, self._world)
         return AdapterMeta(adapter_id, rank, alpha, targets, nbytes, pages, path, dtype)
 
     def get(self, adapter_id: str) -> AdapterMeta:
@@ -173,9 +113,9 @@ class AdapterRegistry:
         meta = self._known.get(adapter_id)
         if meta is not None:
             return meta
-        if self._dir is not None and valid_adapter_name(adapter_id):
+        if self._dir is not None and valid_adapter_id(adapter_id):
             folder = self._dir / adapter_id
-            if (folder / "adapter_config.json").is_file():
+            if (folder / CONFIG).is_file():
                 meta = self._known[adapter_id] = self.read_folder(adapter_id, folder)
                 return meta
         where = f" under {self._dir}" if self._dir is not None else ""

@@ -257,15 +257,22 @@ class Validator:
 U32_MAX = 2**32 - 1
 
 
+FLOAT32_TINY, FLOAT32_MAX = 1.1754944e-38, 3.4028235e38
+
+
 def _finite(name: str, value: float) -> float:
-    """`value`, or a ValidationError when it is NaN or infinite (which compare false with any bound)."""
+    """`value`, or a ValidationError when it is NaN or infinite (which compare false with any bound),
+    or when the shards' 32-bit float would turn it into 0 (= unset) or infinity."""
     if not math.isfinite(value):
         raise ValidationError(f"`{name}` must be a finite number. Given: {value}")
+    if value != 0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+        raise ValidationError(f"`{name}` must be 0 or of magnitude between {FLOAT32_TINY:.3g} and "
+                              f"{FLOAT32_MAX:.3g} (a 32-bit float). Given: {value}")
     return value
 
 
 def _open_unit(name: str, value: float | None) -> float:
-    if value is not None and not 0.0 < value < 1.0:
+    if value is not None and not 0.0 < _finite(name, value) < 1.0:
         raise ValidationError(f"`{name}` must be > 0.0 and < 1.0. Given: {value}")
     return 1.0 if value is None else value
 

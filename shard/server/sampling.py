@@ -147,6 +147,9 @@ class RowSampler:
         if p.frequency_penalty != 0.0 and history.numel():
             freq = torch.bincount(history, minlength=logits.numel()).to(logits.dtype) / history.numel()
             logits -= p.frequency_penalty * freq
+        if p.has_penalties:  # an extreme (valid) penalty may overflow: keep every logit finite
+            big = torch.finfo(logits.dtype).max
+            logits.clamp_(-big, big)
         return logits
 
     def warp(self, logits: torch.Tensor) -> torch.Tensor:

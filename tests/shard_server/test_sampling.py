@@ -159,3 +159,11 @@ def test_extreme_temperatures_sample_without_nan(temperature: float) -> None:
     assert all(math.isfinite(x) for x in choice.logprobs)
     if temperature < 1e-20:
         assert choice.next_ids == logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("penalty", [1.2e-38, 1e-30, 1e30, 3.4e38])
+def test_extreme_repetition_penalties_keep_logits_finite(penalty: float) -> None:
+    logits = torch.randn(1, 300, generator=torch.Generator().manual_seed(5)) * 8
+    sampler = RowSampler(SamplingParams(do_sample=True, repetition_penalty=penalty, seed=1))
+    choice = choose_tokens(logits, [sampler], [torch.arange(0, 300, 2)], [2])
+    assert all(math.isfinite(x) for x in choice.logprobs)

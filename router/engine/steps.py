@@ -112,11 +112,13 @@ class BatchSteps:
         lv.stream.close(error)
 
     async def _fail_running(self, error: EngineError, reason: str) -> None:
-        """A shard failed: fail every running request, clear the shards' batches, mark unhealthy."""
+        """A shard failed: fail every admitted request (in a shard batch, or holding memory while its
+        adapter load or Prefill failed), clear the shards' batches, mark unhealthy."""
         now = time.monotonic()
         self._shard_faults += 1
         log.warning("shard fault: the running requests fail and recovery starts", extra={"reason": reason})
-        for lv in [lv for lv in self._lives.values() if lv.batch_id is not None]:
+        mem = self._memory
+        for lv in [lv for lv in self._lives.values() if lv.batch_id is not None or mem.admission(lv.rid)]:
             self._scheduler.cancel(lv.rid, now)
             self._memory.release(lv.rid, now)
             self._drop(lv, error)

@@ -1,92 +1,126 @@
 """Tell the shards what the MemoryManager decided about adapters, in a safe order.
 
-Order matters because page ids are reused: every offload (admission evictions, NoCache drops,
-headroom shrinks — `memory.take_offloads()`) is sent before any load, since a load or a KV block
-may reuse the pages just freed. An adapter the shard refuses (missing, corrupt, mismatched:
-INVALID_ARGUMENT) fails only the requests that wanted it and leaves nothing cached (no cache entry,
-no pages, no size facts); any other shard error propagates and fails the step.
+`AdapterSync` belongs to the serving loop and owns the adapter mirror (`Residency`); the loop hands it
+the memory manager and the plan, and it answers with what the shards refused. Order matters because
+page ids are reused: every offload (admission evictions, NoCache drops, headroom shrinks —
+`memory.take_offloads()`) is sent before any load, since a load or a KV block may reuse the pages just
+freed. An adapter the shard refuses (missing, corrupt, mismatched: INVALID_ARGUMENT) is reported back
+(the loop fails only the requests that wanted it) and leaves no idle cache entry; any other shard
+error propagates and fails the step.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Sequence
+from typing import Any
 
+from chameleon.adapters import AdapterSpec
+from chameleon.memory_manager import MemoryManager
+from chameleon.request import Request
 from chameleon.sched import Plan
-from router.engine.live import Live
-from router.engine.shard_client import ShardError
+from router.engine.residency import Residency
+from router.engine.shard_client import ShardClient, ShardError
 from router.engine.types import EngineError
-
-if TYPE_CHECKING:
-    from router.engine.loop import ServingLoop
 
 log = logging.getLogger("router.engine")
 
 
-async def load_for_admissions(loop: ServingLoop, plan: Plan, now: float) -> list[Live]:
-    """Offload what was dropped, load the admitted requests' adapters; returns the requests that
-    can be prefilled (those whose adapter the shard refused are failed and released here)."""
-    evicted = [a for adm in plan.admissions.values() for a in adm.evicted]
-    await loop.residency.offload([*loop.memory.take_offloads(), *evicted])
-    ok: list[Live] = []
-    bad: dict[str, ShardError] = {}
-    for req in plan.admit:
-        lv, aid = loop.lives[req.id], req.adapter_id
-        if aid is not None and aid not in bad:
-            entry = loop.memory.cache.get(aid)
+def refused_error(adapter_id: str, exc: ShardError) -> EngineError:
+    """What a request for an adapter the shards refused fails with."""
+    return EngineError("validation", f"adapter {adapter_id!r} cannot be loaded: {exc.detail}")
+
+
+class AdapterSync:
+    def __init__(self, residency: Residency) -> None:
+        self._residency = residency
+
+    def rebind(self, client: ShardClient) -> None:
+        """Talk to new shards (after recovery): nothing they hold is known."""
+        self._residency.rebind(client)
+
+    def forget_all(self) -> None:
+        """After a shard failure: every adapter is loaded again before its next use."""
+        self._residency.forget_all()
+
+    async def for_admissions(self, memory: MemoryManager, plan: Plan) -> dict[str, ShardError]:
+        """Offload what was dropped, load the admitted requests' adapters; returns the adapters the
+        shards refused (the loop fails the requests that want them)."""
+        evicted = [a for adm in plan.admissions.values() for a in adm.evicted]
+        await self._residency.offload([*memory.take_offloads(), *evicted])
+        bad: dict[str, ShardError] = {}
+        for req in plan.admit:
+            aid = req.adapter_id
+            if aid is None or aid in bad:
+                continue
+            entry = memory.cache.get(aid)
             if entry is None:
                 raise RuntimeError(f"admitted request {req.id} but adapter {aid!r} is not resident")
             try:
-                await loop.residency.ensure(aid, entry.pages, entry.spec.nbytes)
+                await self._residency.ensure(aid, entry.pages, entry.spec.nbytes)
             except ShardError as exc:
                 if not exc.is_request_error:
                     raise
                 bad[aid] = exc
-        if aid is not None and aid in bad:
-            loop.scheduler.cancel(lv.rid, now)
-            loop.memory.release(lv.rid, now)
-            loop.drop(lv, _refused(aid, bad[aid]))
-        else:
-            ok.append(lv)
-    for aid, exc in bad.items():
-        _forget_refused(loop, aid, exc, now)
-    return ok
+        return bad
 
+    async def prefetch(self, memory: MemoryManager, waiting: Sequence[Request], now: float) -> None:
+        """Flush offloads, then load queued requests' adapters into free pages (never evicting), keeping
+        the head request's KV need free."""
+        await self._residency.offload(memory.take_offloads())
+        if not waiting:
+            return
+        reserve = memory.kv_pages_for(waiting[0])
+        for aid, pages in memory.prefetch([r.adapter_id for r in waiting], now, reserve_pages=reserve):
+            try:
+                await self._residency.ensure(aid, pages, memory.adapters(aid).nbytes)
+            except ShardError as exc:
+                if not exc.is_request_error:
+                    raise
+                log.warning("prefetch of adapter %r refused by the shard: %s", aid, exc.detail)
+                entry = memory.cache.get(aid)
+                if entry is not None and entry.refcount == 0:
+                    memory.evict(aid, now)
 
-def _refused(adapter_id: str, exc: ShardError) -> EngineError:
-    return EngineError("validation", f"adapter {adapter_id!r} cannot be loaded: {exc.detail}")
-
-
-def _forget_refused(loop: ServingLoop, adapter_id: str, exc: ShardError, now: float) -> None:
-    """Nothing about an adapter the shards refused stays cached: its idle cache entry and pages go,
-    the requests still queued for it fail with the same error (their sizes came from the files that
-    changed), and the engine forgets its size facts, so the next request re-reads the folder."""
-    for lv in [lv for lv in loop.lives.values() if lv.batch_id is None and lv.req.adapter_id == adapter_id]:
-        loop.scheduler.cancel(lv.rid, now)
-        loop.drop(lv, _refused(adapter_id, exc))
-    entry = loop.memory.cache.get(adapter_id)
-    if entry is not None and entry.refcount == 0:
-        loop.memory.evict(adapter_id, now)
-    if loop.forget_adapter is not None and not any(
-            lv.req.adapter_id == adapter_id for lv in loop.lives.values()):
-        loop.forget_adapter(adapter_id)
-
-
-async def prefetch(loop: ServingLoop, now: float) -> None:
-    """Flush offloads, then load queued requests' adapters into free pages (never evicting), keeping
-    the head request's KV need free."""
-    await loop.residency.offload(loop.memory.take_offloads())
-    waiting = loop.scheduler.waiting(loop.prefetch_depth)
-    if not waiting:
-        return
-    reserve = loop.memory.kv_pages_for(waiting[0])
-    for aid, pages in loop.memory.prefetch([r.adapter_id for r in waiting], now, reserve_pages=reserve):
+    async def prewarm(self, memory: MemoryManager, spec: AdapterSpec) -> None:
+        """Make the adapter resident on every rank now (into free pages; idle cache is not evicted)."""
+        adapter_id = spec.adapter_id
+        await self._residency.offload(memory.take_offloads())
+        if adapter_id not in memory.cache:
+            loads = memory.prefetch([adapter_id], time.monotonic(), max_loads=1, depth=1)
+            if not loads:
+                raise EngineError("overloaded", f"no free memory to pre-warm adapter {adapter_id!r} "
+                                                f"({spec.pages} pages needed, {memory.available()} free)")
+        entry = memory.cache.get(adapter_id)
+        assert entry is not None  # just inserted by prefetch, or already resident
         try:
-            await loop.residency.ensure(aid, pages, loop.memory.adapters(aid).nbytes)
+            await self._residency.ensure(adapter_id, entry.pages, spec.nbytes)
         except ShardError as exc:
-            if not exc.is_request_error:
-                raise
-            log.warning("prefetch of adapter %r refused by the shard: %s", aid, exc.detail)
-            entry = loop.memory.cache.get(aid)
-            if entry is not None and entry.refcount == 0:
-                loop.memory.evict(aid, now)
+            if entry.refcount == 0:
+                memory.evict(adapter_id, time.monotonic())
+            kind = "validation" if exc.is_request_error else "generation"
+            raise EngineError(kind, f"adapter {adapter_id!r} cannot be loaded: {exc.detail}") from exc
+
+    async def unload(self, memory: MemoryManager, adapter_id: str) -> bool:
+        """Drop the adapter from the cache and the shards; False when it was not resident. Refused
+        (EngineError validation) while running requests use it."""
+        entry = memory.cache.get(adapter_id)
+        if entry is None:
+            return False
+        if entry.refcount > 0:
+            raise EngineError("validation", f"adapter {adapter_id!r} is in use by {entry.refcount} "
+                                            "running requests; retry when they finish")
+        memory.evict(adapter_id, time.monotonic())
+        await self._residency.offload([adapter_id])
+        return True
+
+    async def offload_all(self) -> None:
+        """Offload every adapter the shards hold (before another loop takes over the pool)."""
+        await self._residency.offload(self._residency.resident())
+
+    def stats(self, memory: MemoryManager) -> dict[str, Any]:
+        res = self._residency
+        return {"resident": {e.adapter_id: len(e.pages) for e in memory.cache.entries()},
+                "loads": res.loads, "offloads": res.offloads, "bytes_loaded": res.bytes_loaded,
+                "load_seconds": res.load_s}

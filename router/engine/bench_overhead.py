@@ -70,17 +70,12 @@ async def ttft_pairs(engine: Engine, req: GenerateRequest, repeats: int) -> dict
             if isinstance(ev, TokenEvent):
                 via_engine.append(time.perf_counter() - t0)
 
-        async def shard_alone(i: int = i) -> float:
-            pages = loop.memory.pool.alloc_kv(-1, n_pages)
-            assert pages is not None  # the engine is idle: its pool is free
-            try:
-                res = await direct_generate(engine.client, req, pages, info.block_size,  # type: ignore[arg-type]
-                                            rid=2**62 + i, batch_id=2**62 + i)
-            finally:
-                loop.memory.pool.free_kv(-1)
+        async def shard_alone(pages: list[int], i: int = i) -> float:
+            res = await direct_generate(engine.client, req, pages, info.block_size,  # type: ignore[arg-type]
+                                        rid=2**62 + i, batch_id=2**62 + i)
             return res.ttft_s
 
-        direct.append(await loop.call(shard_alone))
+        direct.append(await loop.with_kv_pages(n_pages, shard_alone))
     diffs = [a - b for a, b in zip(via_engine, direct, strict=True)]
     return {"engine_ttft_ms_p50": 1e3 * statistics.median(via_engine),
             "shard_ttft_ms_p50": 1e3 * statistics.median(direct),
@@ -91,8 +86,7 @@ async def schedule_backlog(engine: Engine, req: GenerateRequest, queued: int) ->
     """Submit `queued` requests at once, let the engine drain them; schedule() times in ms."""
     loop = engine.loop
     assert loop is not None  # started
-    loop.schedule_samples.clear()
-    loop.host_samples.clear()
+    loop.samples(clear=True)
     streams = [engine.generate(req) for _ in range(queued)]
 
     async def drain(s: object) -> None:
@@ -102,17 +96,18 @@ async def schedule_backlog(engine: Engine, req: GenerateRequest, queued: int) ->
     t0 = time.perf_counter()
     await asyncio.gather(*(drain(s) for s in streams))
     drain_s = time.perf_counter() - t0
-    out: dict[str, object] = {"queued": queued, "iterations": len(loop.schedule_samples), "drain_s": drain_s}
-    steps = list(loop.schedule_samples)
+    samples = loop.samples()
+    out: dict[str, object] = {"queued": queued, "iterations": len(samples["schedule"]), "drain_s": drain_s}
+    steps = samples["schedule"]
     if steps:  # where the slowest steps were: the first ones take the burst (and a refresh starts)
         out["schedule_ms_first3"] = [round(1e3 * x, 3) for x in steps[:3]]
         out["schedule_ms_top5"] = [round(1e3 * x, 3) for x in sorted(steps, reverse=True)[:5]]
         out["schedule_max_at_iteration"] = steps.index(max(steps))
-    for name, raw in (("schedule", loop.schedule_samples), ("host", loop.host_samples)):
-        samples = sorted(raw)
-        out[f"{name}_ms_p50"] = 1e3 * statistics.median(samples)
-        out[f"{name}_ms_p99"] = 1e3 * samples[int(0.99 * (len(samples) - 1))]
-        out[f"{name}_ms_max"] = 1e3 * samples[-1]
+    for name, raw in samples.items():
+        ordered = sorted(raw)
+        out[f"{name}_ms_p50"] = 1e3 * statistics.median(ordered)
+        out[f"{name}_ms_p99"] = 1e3 * ordered[int(0.99 * (len(ordered) - 1))]
+        out[f"{name}_ms_max"] = 1e3 * ordered[-1]
     return out
 
 

@@ -18,23 +18,20 @@ from dataclasses import replace
 from typing import Any
 
 from chameleon.adapters import AdapterSpec
-from chameleon.allocator import PagePool
-from chameleon.cache import make_cache
 from chameleon.memory import ModelShape
-from chameleon.memory_manager import MemoryManager
 from chameleon.request import Request
-from chameleon.sched import Scheduler, make_scheduler
+from chameleon.sched import Scheduler
 from router.engine.adapter_admin import AdapterAdminOps
 from router.engine.adapter_registry import AdapterNotFound, AdapterRegistry
 from router.engine.config import EngineConfig
-from router.engine.health import HealthState
 from router.engine.live import Live
 from router.engine.loop import ServingLoop
+from router.engine.policies import Policies
 from router.engine.protocol import GENERATE_V3, protocol_warnings
-from router.engine.recovery import recover
+from router.engine.recovery import RecoveryResult, recover
 from router.engine.residency_v3 import make_residency
 from router.engine.shard_client import ShardClient, ShardError
-from router.engine.startup import StartupError, start_shards
+from router.engine.startup import StartupError, adopt_shard_adapters, start_shards
 from router.engine.stats import engine_stats
 from router.engine.types import EngineError, EngineInfo, Event, GenerateRequest
 
@@ -55,7 +52,6 @@ class Engine:
         self._ids = 0
         self._rng = random.Random(config.seed)
         self._accepting = False
-        self._policies = (config.scheduler, config.adapter_cache)
         self.adapters = AdapterAdminOps(self)
         # Per-step timing hooks (method, inference_s, forward_s); the router's metrics subscribe.
         self.step_observers: list[Callable[[str, float, float], None]] = []
@@ -84,89 +80,59 @@ class Engine:
                                         cfg.adapter_dir, model_dtype=facts.info.dtype.removeprefix("torch."),
                                         adapter_policy=facts.adapter_dtype)
         self.registry.scan()
-        await self._adopt_shard_adapters()
+        if not self._v3_only:
+            await adopt_shard_adapters(self.client, self.registry)
         self._start_loop(cfg.scheduler, cfg.adapter_cache)
         self._accepting = True
 
-    def _start_loop(self, scheduler_name: str, cache_name: str) -> None:
+    def _start_loop(self, scheduler: str, cache: str, make: Callable[[], Scheduler] | None = None) -> None:
         assert self.info is not None and self.client is not None  # internal: called after start-up
-        self._policies = (scheduler_name, cache_name)
-        self.loop = ServingLoop(self.client, self._make_scheduler(), self._make_memory(self.info.num_pages),
-                                HealthState(self.client), self.info.block_size, recover=self._recover,
-                                recovery_timeout_s=self.config.recovery_timeout_s,
-                                residency=make_residency(self.info.shard_protocol, self.client))
-        self.loop.forget_adapter = self._forget_adapter
-        self.loop.step_observers = self.step_observers
+        cfg = self.config
+        policies = Policies(scheduler, "none" if self._v3_only else cache,  # v3-only: no router-side cache
+                            self.info.block_size, self._spec, cfg.max_batch_prefill_tokens,
+                            cfg.max_batch_size, make)
+        self.loop = ServingLoop(self.client, policies, self.info.num_pages,
+                                make_residency(self.info.shard_protocol, self.client), recover=self._recover,
+                                recovery_timeout_s=cfg.recovery_timeout_s,
+                                on_adapter_refused=self._forget_adapter, step_observers=self.step_observers)
         self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
 
-    def _make_memory(self, num_pages: int) -> MemoryManager:
-        assert self.info is not None  # internal: called after start-up
-        cache = "none" if self._v3_only else self._policies[1]  # v3-only: no router-side adapter cache
-        return MemoryManager(PagePool(num_pages, reserved=(0,)), make_cache(cache),
-                             self.info.block_size, self._spec)
+    async def _recover(self) -> RecoveryResult | None:
+        """One recovery attempt for the loop; keeps the restarted shards' facts."""
+        if self.info is None or self.registry is None:
+            return None
+        result = await recover(self.config, self.info, self.registry)
+        if result is not None and result.info is not None:
+            self.info = result.info
+        return result
 
-    def _make_scheduler(self) -> Scheduler:
-        cfg = self.config
-        limits = {"max_prefill_tokens": cfg.max_batch_prefill_tokens}
-        if cfg.max_batch_size is not None:
-            limits["max_batch_size"] = cfg.max_batch_size
-        return make_scheduler(self._policies[0], **limits)
-
-    def _renew_memory(self, num_pages: int) -> None:
-        """After the shards were re-warmed: a fresh pool and cache; queued requests move to a fresh
-        scheduler when the pool size changed (its quotas depend on it)."""
-        loop = self.loop
-        assert loop is not None  # internal: called by recovery with a loop
-        changed = num_pages != loop.memory.pool.num_pages
-        loop.memory = self._make_memory(num_pages)
-        if changed:
-            waiting, loop.scheduler = loop.scheduler.waiting(), self._make_scheduler()
-            for req in waiting:
-                loop.scheduler.add(req, req.arrival)
-
-    async def _recover(self) -> bool:
-        return await recover(self)
-
-    async def switch_policies(self, scheduler: str, adapter_cache: str) -> None:
+    async def switch_policies(self, scheduler: str, adapter_cache: str, *,
+                              make_scheduler: Callable[[], Scheduler] | None = None) -> None:
         """Serve on with other policies (same shards, same pool; no new Warmup). Waits until no request
-        is in flight, offloads every resident adapter, then starts a fresh loop. For experiments."""
+        is in flight, offloads every resident adapter, then starts a fresh loop. For experiments;
+        `make_scheduler` builds a scheduler of the caller's instead of `scheduler` by name."""
         old, task = self.loop, self._task
         if old is None or task is None:
             raise EngineError("unavailable", "the engine is not started")
         self._accepting = False
-        while old.lives:
+        while old.in_flight:
             await asyncio.sleep(0.01)
         old.stop()
         await task
-        await old.residency.offload(old.residency.resident())
-        self._start_loop(scheduler, adapter_cache)
+        await old.release_shards()
+        self._start_loop(scheduler, adapter_cache, make_scheduler)
         self._accepting = True
 
     @property
     def _v3_only(self) -> bool:
         return self.info is not None and self.info.shard_protocol == GENERATE_V3
 
-    async def _adopt_shard_adapters(self, client: ShardClient | None = None) -> None:
-        """Register the adapters the shard holds (its --lora-adapters); offload them, so the router owns
-        the pool and assigns their pages itself. v3-only shards keep theirs (and cannot list them)."""
-        if self._v3_only:
-            return
-        client = client or self.client
-        assert client is not None and self.registry is not None  # internal invariant after connect
-        listed = await client.list_adapters()
-        for a in listed.adapters:
-            if a.rank < 1 or not a.target_modules:
-                continue  # listed but not loaded: its size is unknown here (found under --adapter-dir)
-            self.registry.add_from_shard(a.adapter_id, a.rank, a.alpha, tuple(a.target_modules), a.dtype)
-            if a.resident:
-                await client.offload_adapter(a.adapter_id)
-
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting; with `drain` let every request finish, else fail them (unavailable)."""
         self._accepting = False
         if self.loop is not None:
             if drain:
-                while self.loop.lives and self._task is not None and not self._task.done():
+                while self.loop.in_flight and self._task is not None and not self._task.done():
                     await asyncio.sleep(0.01)
             self.loop.fail_all(EngineError("unavailable", "the router is shutting down"))
             self.loop.stop()
@@ -181,8 +147,8 @@ class Engine:
         """Queue the request and return its event stream. Raises EngineError at once when the engine
         is not serving (unavailable), full (overloaded) or the request cannot ever fit (validation)."""
         loop = self._serving()
-        if len(loop.lives) >= self.config.max_concurrent_requests:
-            raise EngineError("overloaded", f"{len(loop.lives)} requests in flight, the maximum is "
+        if loop.in_flight >= self.config.max_concurrent_requests:
+            raise EngineError("overloaded", f"{loop.in_flight} requests in flight, the maximum is "
                                             f"{self.config.max_concurrent_requests}; retry later")
         self._check_fits(req)
         now = time.monotonic()
@@ -197,9 +163,9 @@ class Engine:
     def _serving(self) -> ServingLoop:
         if not self._accepting or self.loop is None:
             raise EngineError("unavailable", "the engine is not serving (starting or shutting down)")
-        if not self.loop.health.healthy:
+        if not self.loop.healthy:
             raise EngineError("unavailable", f"the shards are recovering from a failure "
-                                             f"({self.loop.health.last_error}); retry shortly")
+                                             f"({self.loop.last_error}); retry shortly")
         return self.loop
 
     def _check_fits(self, req: GenerateRequest) -> None:
@@ -213,12 +179,13 @@ class Engine:
                                             f"total of {info.max_total_tokens} tokens")
         pages = -(-(n_in + n_new) // info.block_size)
         if req.adapter_id is not None:
-            pages += self._spec_or_error(req.adapter_id).pages
+            pages += self.adapter_spec(req.adapter_id).pages
         if pages > info.num_pages - 1:
             raise EngineError("validation", f"the request needs {pages} memory pages with its adapter, the "
                                             f"pool has {info.num_pages - 1}; shorten it")
 
-    def _spec_or_error(self, adapter_id: str) -> AdapterSpec:
+    def adapter_spec(self, adapter_id: str) -> AdapterSpec:
+        """The adapter's size facts; EngineError validation when it is unknown or unreadable."""
         try:
             return self._spec(adapter_id)
         except AdapterNotFound as exc:
@@ -249,13 +216,15 @@ class Engine:
         recovery (reconnect, re-warm if the shards restarted, liveness Prefill) about twice a second;
         until that succeeds this answers False without touching the shards."""
         loop = self.loop
-        if loop is None or self._task is None or self._task.done() or not loop.health.healthy:
+        if loop is None or self._task is None or self._task.done() or not loop.healthy:
             return False
-        return bool(await loop.call(loop.health.check))
+        return bool(await loop.check_health())
 
     def stats(self) -> dict[str, Any]:
         """Scheduler, cache, pool and headroom figures for /metrics (see router/engine/stats.py)."""
-        return engine_stats(self)
+        if self.loop is None or self.info is None:
+            return {}
+        return engine_stats(self.loop.stats(), self.info)
 
 
 class _EventStream:

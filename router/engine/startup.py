@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from chameleon_pb import generate_pb2
 
 from chameleon.memory import DTYPE_BYTES
+from router.engine.adapters import AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.shard_client import ShardClient
 from router.engine.types import EngineInfo
@@ -128,3 +129,16 @@ def _facts(cfg: EngineConfig, first: generate_pb2.InfoResponse,
         max_supported_total_tokens=supported or usable, page_bytes=warm[0].pool.page_bytes)
     return ShardFacts(info=info, dtype_bytes=dtype_bytes(first.dtype), max_position_embeddings=max_pos,
                       adapter_dtype=first.chameleon.adapter_dtype or "model")
+
+
+async def adopt_shard_adapters(client: ShardClient, registry: AdapterRegistry) -> None:
+    """Register the adapters the shard holds (its --lora-adapters); offload them, so the router owns
+    the pool and assigns their pages itself. Not for v3-only shards (they keep theirs and cannot list
+    them)."""
+    listed = await client.list_adapters()
+    for a in listed.adapters:
+        if a.rank < 1 or not a.target_modules:
+            continue  # listed but not loaded: its size is unknown here (found under --adapter-dir)
+        registry.add_from_shard(a.adapter_id, a.rank, a.alpha, tuple(a.target_modules), a.dtype)
+        if a.resident:
+            await client.offload_adapter(a.adapter_id)

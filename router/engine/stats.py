@@ -1,6 +1,7 @@
 """`Engine.stats()`: one plain dict for router/metrics.py to export (no prometheus here).
 
-Keys:
+The serving loop reports its part (`ServingLoop.stats()`); the engine adds what it knows about the
+shards (`engine_stats`). Keys:
   requests   in_flight, queued, running
   scheduler  the scheduler's own stats() (name, waiting, running, admitted, squashes; the chameleon
              scheduler adds queue count, boundaries, quotas and lengths per queue)
@@ -20,33 +21,26 @@ Keys:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from router.engine.entry import Engine
+from chameleon_pb import chameleon_pb2
 
-_HEADROOM = ("free_device_bytes", "total_device_bytes", "pool_pages_total", "pool_pages_used",
-             "kv_pages_used", "adapter_pages_used", "page_bytes", "resident_adapters")
+from router.engine.types import EngineInfo
+
+HEADROOM_FIELDS = ("free_device_bytes", "total_device_bytes", "pool_pages_total", "pool_pages_used",
+                   "kv_pages_used", "adapter_pages_used", "page_bytes", "resident_adapters")
 
 
-def engine_stats(engine: Engine) -> dict[str, Any]:
-    loop = engine.loop
-    if loop is None or engine.info is None:
-        return {}
-    mem, sched, res = loop.memory, loop.scheduler, loop.residency
-    running = sum(1 for lv in loop.lives.values() if lv.batch_id is not None)
-    return {
-        "requests": {"in_flight": len(loop.lives), "queued": sched.num_waiting(), "running": running},
-        "scheduler": sched.stats(),
-        "cache": mem.stats(),
-        "pool": {"num_pages": engine.info.num_pages, "page_bytes": engine.info.page_bytes,
-                 "by_tenant": mem.pool.used_by_tenant(), "free": mem.pool.free_pages()},
-        "adapters": {"resident": {e.adapter_id: len(e.pages) for e in mem.cache.entries()},
-                     "loads": res.loads, "offloads": res.offloads, "bytes_loaded": res.bytes_loaded,
-                     "load_seconds": res.load_s},
-        "headroom": {r: {k: getattr(h, k) for k in _HEADROOM} for r, h in sorted(loop.headroom.items())},
-        "loop": {"steps": loop.steps, "schedule_seconds_last": loop.schedule_s,
-                 "schedule_seconds_max": loop.schedule_max_s, "est_step_seconds": loop.est_step_s,
-                 "healthy": loop.health.healthy, "replay_divergences": loop.replay_divergences,
-                 "shard_faults": loop.shard_faults, "shard_protocol": engine.info.shard_protocol},
-    }
+def headroom_stats(headroom: Mapping[int, chameleon_pb2.Headroom]) -> dict[int, dict[str, int]]:
+    """The shards' last headroom reports, by rank."""
+    return {r: {k: getattr(h, k) for k in HEADROOM_FIELDS} for r, h in sorted(headroom.items())}
+
+
+def engine_stats(loop_stats: dict[str, Any], info: EngineInfo) -> dict[str, Any]:
+    """The loop's stats with the engine's facts about the shards added."""
+    pool = loop_stats["pool"]
+    loop_stats["pool"] = {"num_pages": info.num_pages, "page_bytes": info.page_bytes,
+                          "by_tenant": pool["by_tenant"], "free": pool["free"]}
+    loop_stats["loop"]["shard_protocol"] = info.shard_protocol
+    return loop_stats

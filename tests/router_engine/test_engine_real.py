@@ -78,19 +78,18 @@ async def idle(engine: Engine) -> None:
     """Wait until the engine holds no request (cancellations are applied at the next step)."""
     assert engine.loop is not None
     for _ in range(2000):
-        if not engine.loop.lives and not engine.loop.batches:
+        if engine.loop.idle:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"engine still holds {len(engine.loop.lives)} requests")
+    raise AssertionError(f"engine still holds {engine.loop.in_flight} requests")
 
 
 def assert_clean(engine: Engine) -> None:
     assert engine.loop is not None
-    mem = engine.loop.memory
-    mem.check_integrity()
-    assert mem.pool.used_by_tenant()["kv"] == 0
-    assert all(e.refcount == 0 for e in mem.cache.entries())
-    assert engine.loop.batches == []
+    engine.loop.check_integrity()
+    assert engine.stats()["pool"]["by_tenant"]["kv"] == 0
+    assert all(n == 0 for n in engine.loop.adapter_refcounts().values())
+    assert engine.loop.idle
 
 
 def test_tokens_equal_shard_alone(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
@@ -98,7 +97,7 @@ def test_tokens_equal_shard_alone(setup: dict, aloop: asyncio.AbstractEventLoop)
     block, top = setup["ref_block"], setup["ref_pages"]
 
     async def run() -> None:
-        await ref.load_adapter("a01", list(range(top - engine._spec("a01").pages, top)))
+        await ref.load_adapter("a01", list(range(top - engine.adapter_spec("a01").pages, top)))
         for i, (text, adapter) in enumerate([(PROMPTS[0], None), (PROMPTS[1], "a01"), (PROMPTS[2], None),
                                              (PROMPTS[3], "a01")]):
             req = request(tok, text, adapter, new=12, ignore_eos_token=True)
@@ -228,41 +227,6 @@ def test_adapter_admin_and_discovery(setup: dict, aloop: asyncio.AbstractEventLo
     assert_clean(engine)
 
 
-def test_a_request_the_shard_refuses_fails_alone_without_recovery(setup: dict,
-                                                                  aloop: asyncio.AbstractEventLoop) -> None:
-    """Requests that slip past the router's validation (sent straight to the engine here) are refused
-    by the shard one by one: each fails with the shard's reason, the batch mates admitted in the same
-    Prefill get exactly their solo tokens, and the loop never enters recovery."""
-    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
-    assert engine.loop is not None
-    faults = engine.loop.shard_faults
-    good = [request(tok, PROMPTS[i], names[i] if i % 2 else None, new=6, ignore_eos_token=True)
-            for i in range(3)]
-    bad = [request(tok, PROMPTS[0], None, do_sample=True, temperature=float("nan")),
-           request(tok, PROMPTS[1], names[5], top_p=float("inf"), do_sample=True),
-           request(tok, PROMPTS[2], None, repetition_penalty=float("-inf"))]
-
-    async def tokens(req: GenerateRequest) -> list[int] | str:
-        try:
-            return [e.id for e in await collect(engine, req) if isinstance(e, TokenEvent)]
-        except EngineError as exc:
-            return f"{exc.kind}: {exc.message}"
-
-    async def run() -> tuple[list, list]:
-        solo = [await tokens(r) for r in good]
-        together = await asyncio.gather(*(tokens(r) for pair in zip(good, bad, strict=True) for r in pair))
-        return solo, together
-
-    solo, together = aloop.run_until_complete(run())
-    assert together[0::2] == solo
-    for refused, word in zip(together[1::2], ("temperature", "top_p", "repetition_penalty"), strict=True):
-        assert isinstance(refused, str) and refused.startswith("validation: the shard refused")
-        assert word in refused
-    assert engine.loop.shard_faults == faults and engine.loop.health.healthy
-    aloop.run_until_complete(idle(engine))
-    assert_clean(engine)
-
-
 @pytest.mark.parametrize("scheduler", ["chameleon", "fifo", "sjf"])
 @pytest.mark.parametrize("cache", ["chameleon", "lru", "fairshare", "none"])
 def test_every_policy_combination_serves(setup: dict, aloop: asyncio.AbstractEventLoop,
@@ -317,10 +281,10 @@ def test_squashed_requests_rerun_without_duplicate_tokens(setup: dict,
     async def run() -> tuple[list[list[int]], list[list[int]], int]:
         await engine.switch_policies("fifo", "lru")
         plain = [await tokens(r) for r in reqs]
-        assert engine.loop is not None
-        engine.loop.scheduler = SquashOnce(limits=SchedulerLimits(8, 1024))  # idle: safe swap
+        squasher = SquashOnce(limits=SchedulerLimits(8, 1024))
+        await engine.switch_policies("fifo", "lru", make_scheduler=lambda: squasher)
         squashed = await asyncio.gather(*(tokens(r) for r in reqs))
-        return plain, squashed, engine.loop.scheduler.squashed_total
+        return plain, squashed, squasher.squashed_total
 
     plain, squashed, total = aloop.run_until_complete(run())
     assert total == 4
@@ -351,9 +315,9 @@ async def _killed_scenario(shard: ShardProc, tiny_assets: Path, adir: Path, tok:
         assert err.kind == "generation"
         assert "shard rank 0 failed" in err.message
     assert engine.loop is not None
-    engine.loop.memory.check_integrity()
-    assert engine.loop.memory.pool.used_by_tenant()["kv"] == 0
-    assert not engine.loop.lives
+    engine.loop.check_integrity()
+    assert engine.stats()["pool"]["by_tenant"]["kv"] == 0
+    assert engine.loop.in_flight == 0
     assert await engine.health() is False
     with pytest.raises(EngineError) as refused:
         engine.generate(GenerateRequest(text="after", input_ids=tuple(tok.encode("after").ids)))
@@ -367,7 +331,7 @@ async def _killed_scenario(shard: ShardProc, tiny_assets: Path, adir: Path, tok:
     again = replace(reqs[1], params=GenerateParams(max_new_tokens=5, ignore_eos_token=True))
     done = [ev async for ev in engine.generate(again)]
     assert isinstance(done[-1], FinalEvent) and done[-1].generated_tokens == 5
-    engine.loop.memory.check_integrity()
+    engine.loop.check_integrity()
     await engine.stop(drain=True)
 
 
@@ -378,6 +342,41 @@ async def _error_of(stream: object) -> BaseException | None:
     except EngineError as exc:
         return exc
     return None
+
+
+def test_a_request_the_shard_refuses_fails_alone_without_recovery(setup: dict,
+                                                                  aloop: asyncio.AbstractEventLoop) -> None:
+    """Requests that slip past the router's validation (sent straight to the engine here) are refused
+    by the shard one by one: each fails with the shard's reason, the batch mates admitted in the same
+    Prefill get exactly their solo tokens, and the loop never enters recovery."""
+    engine, tok, names = setup["engine"], setup["tok"], setup["names"]
+    assert engine.loop is not None
+    faults = engine.stats()["loop"]["shard_faults"]
+    good = [request(tok, PROMPTS[i], names[i] if i % 2 else None, new=6, ignore_eos_token=True)
+            for i in range(3)]
+    bad = [request(tok, PROMPTS[0], None, do_sample=True, temperature=float("nan")),
+           request(tok, PROMPTS[1], names[5], top_p=float("inf"), do_sample=True),
+           request(tok, PROMPTS[2], None, repetition_penalty=float("-inf"))]
+
+    async def tokens(req: GenerateRequest) -> list[int] | str:
+        try:
+            return [e.id for e in await collect(engine, req) if isinstance(e, TokenEvent)]
+        except EngineError as exc:
+            return f"{exc.kind}: {exc.message}"
+
+    async def run() -> tuple[list, list]:
+        solo = [await tokens(r) for r in good]
+        together = await asyncio.gather(*(tokens(r) for pair in zip(good, bad, strict=True) for r in pair))
+        return solo, together
+
+    solo, together = aloop.run_until_complete(run())
+    assert together[0::2] == solo
+    for refused, word in zip(together[1::2], ("temperature", "top_p", "repetition_penalty"), strict=True):
+        assert isinstance(refused, str) and refused.startswith("validation: the shard refused")
+        assert word in refused
+    assert engine.stats()["loop"]["shard_faults"] == faults and engine.loop.healthy
+    aloop.run_until_complete(idle(engine))
+    assert_clean(engine)
 
 
 def test_stop_drains_in_flight_requests(setup: dict, aloop: asyncio.AbstractEventLoop) -> None:
@@ -396,4 +395,3 @@ def test_stop_drains_in_flight_requests(setup: dict, aloop: asyncio.AbstractEven
 
     for events in aloop.run_until_complete(run()):
         assert isinstance(events[-1], FinalEvent)
-

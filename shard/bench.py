@@ -31,9 +31,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
+
+if TYPE_CHECKING:
+    from shard.model.runner import ModelRunner
 
 FILLER = ("The quick brown fox jumps over the lazy dog while the shard serves many adapters at once. " * 64)
 
@@ -243,14 +247,11 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     return core, service
 
 
-def kernels_active(runner: object) -> bool:
-    """Whether the C CPU kernels serve this runner now (CPU float32, compiled, not disabled)."""
+def kernels_active(runner: ModelRunner) -> bool:
+    """Whether the C CPU kernels serve this runner (CPU float32, compiled, not disabled)."""
     import torch
 
-    from shard.model import cpu_kernels
-
-    return (runner.device.type == "cpu" and runner.dtype == torch.float32
-            and cpu_kernels.library() is not None)
+    return runner.backend.name == "cpu-kernels" and runner.dtype == torch.float32
 
 
 def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs: int, probe: BandwidthProbe,
@@ -267,8 +268,8 @@ def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs
 
 def torch_path_runs(args: SimpleNamespace, names: Sequence[str],
                     probe: BandwidthProbe) -> tuple[RunResult, RunResult, RunResult]:
-    """The same runs with the C kernels off (CHAMELEON_CPU_KERNELS=0, read at every call), on a shard built
-    with them off (its weights stay in torch's layout, not packed for the kernels); env restored after."""
+    """The same runs with the C kernels off (CHAMELEON_CPU_KERNELS=0, read when a runner is built), on a
+    shard built with them off (the torch backend; weights in torch's layout); env restored after."""
     old = os.environ.get("CHAMELEON_CPU_KERNELS")
     os.environ["CHAMELEON_CPU_KERNELS"] = "0"
     try:

@@ -75,7 +75,8 @@ def generate_step(env: StepEnv, batch: Batch) -> StepResult:
                  torch.empty(0, dtype=torch.long) for r in reqs]
     logits = out.last_logits if len(ready) == len(batch.requests) else out.last_logits[ready]  # no copy
     choice = choose_tokens(logits, [r.sampler for r in reqs], histories,
-                           [r.top_n for r in reqs], [len(r.ids) - r.prompt_len for r in reqs])
+                           [r.top_n for r in reqs], [len(r.ids) - r.prompt_len for r in reqs],
+                           env.runner.backend)
     generations: list[generate_pb2.Generation] = []
     finished: set[int] = set()
     for k, r in enumerate(reqs):

@@ -394,6 +394,9 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
+    from shard.cli import openmp_waits_passively
+
+    openmp_waits_passively()  # first: before anything imports torch
     parser = build_parser()
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = SimpleNamespace(**vars(parser.parse_args(list(argv))))

@@ -37,7 +37,10 @@ from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
 
 if TYPE_CHECKING:
+    import torch
+
     from shard.model.runner import ModelRunner
+    from shard.server.servicer import TextGenerationService
 
 FILLER = ("The quick brown fox jumps over the lazy dog while the shard serves many adapters at once. " * 64)
 
@@ -133,13 +136,15 @@ def _requests(n: int, args: SimpleNamespace, adapters: Sequence[str | None], fir
     return out
 
 
-def run_shard(service: object, args: SimpleNamespace, name: str, adapters: Sequence[str | None],
+def run_shard(service: TextGenerationService, args: SimpleNamespace, name: str,
+              adapters: Sequence[str | None],
               block_size: int, probe: BandwidthProbe | None = None) -> RunResult:
     """One workload: prefill, then decode to the end (run_pair with a single batch)."""
     return run_pair(service, args, [(name, adapters)], block_size, probe)[0]
 
 
-def run_pair(service: object, args: SimpleNamespace, runs: Sequence[tuple[str, Sequence[str | None]]],
+def run_pair(service: TextGenerationService, args: SimpleNamespace,
+             runs: Sequence[tuple[str, Sequence[str | None]]],
              block_size: int, probe: BandwidthProbe | None = None) -> list[RunResult]:
     """Several workloads prefilled one after the other, then decoded step by step in turn (one Decode of
     each batch per round), so that every workload's median step sees the same machine state: on a
@@ -183,7 +188,7 @@ class StepClock:
     def __init__(self) -> None:
         self.stamps: list[float] = []
 
-    def __call__(self, input_ids: object, scores: object, **kwargs: object) -> bool:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> bool:
         self.stamps.append(time.perf_counter())
         return False
 
@@ -254,7 +259,8 @@ def kernels_active(runner: ModelRunner) -> bool:
     return runner.backend.name == "cpu-kernels" and runner.dtype == torch.float32
 
 
-def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs: int, probe: BandwidthProbe,
+def run_decodes(service: TextGenerationService, args: SimpleNamespace, names: Sequence[str], bs: int,
+                probe: BandwidthProbe,
                 suffix: str = "") -> tuple[RunResult, RunResult, RunResult]:
     """(base at --floor-batch, with a bandwidth sample before each step; base at --requests; every request
     on its own adapter); the last two are decoded side by side (run_pair), so their ratio compares steps

@@ -31,9 +31,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from chameleon.cliargs import EnvArgumentParser
 from chameleon.logs import setup_logging
+
+if TYPE_CHECKING:
+    import torch
+
+    from shard.model.runner import ModelRunner
+    from shard.server.servicer import TextGenerationService
 
 FILLER = ("The quick brown fox jumps over the lazy dog while the shard serves many adapters at once. " * 64)
 
@@ -129,13 +136,15 @@ def _requests(n: int, args: SimpleNamespace, adapters: Sequence[str | None], fir
     return out
 
 
-def run_shard(service: object, args: SimpleNamespace, name: str, adapters: Sequence[str | None],
+def run_shard(service: TextGenerationService, args: SimpleNamespace, name: str,
+              adapters: Sequence[str | None],
               block_size: int, probe: BandwidthProbe | None = None) -> RunResult:
     """One workload: prefill, then decode to the end (run_pair with a single batch)."""
     return run_pair(service, args, [(name, adapters)], block_size, probe)[0]
 
 
-def run_pair(service: object, args: SimpleNamespace, runs: Sequence[tuple[str, Sequence[str | None]]],
+def run_pair(service: TextGenerationService, args: SimpleNamespace,
+             runs: Sequence[tuple[str, Sequence[str | None]]],
              block_size: int, probe: BandwidthProbe | None = None) -> list[RunResult]:
     """Several workloads prefilled one after the other, then decoded step by step in turn (one Decode of
     each batch per round), so that every workload's median step sees the same machine state: on a
@@ -179,7 +188,7 @@ class StepClock:
     def __init__(self) -> None:
         self.stamps: list[float] = []
 
-    def __call__(self, input_ids: object, scores: object, **kwargs: object) -> bool:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> bool:
         self.stamps.append(time.perf_counter())
         return False
 
@@ -243,17 +252,15 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     return core, service
 
 
-def kernels_active(runner: object) -> bool:
-    """Whether the C CPU kernels serve this runner now (CPU float32, compiled, not disabled)."""
+def kernels_active(runner: ModelRunner) -> bool:
+    """Whether the C CPU kernels serve this runner (CPU float32, compiled, not disabled)."""
     import torch
 
-    from shard.model import cpu_kernels
-
-    return (runner.device.type == "cpu" and runner.dtype == torch.float32
-            and cpu_kernels.library() is not None)
+    return runner.backend.name == "cpu-kernels" and runner.dtype == torch.float32
 
 
-def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs: int, probe: BandwidthProbe,
+def run_decodes(service: TextGenerationService, args: SimpleNamespace, names: Sequence[str], bs: int,
+                probe: BandwidthProbe,
                 suffix: str = "") -> tuple[RunResult, RunResult, RunResult]:
     """(base at --floor-batch, with a bandwidth sample before each step; base at --requests; every request
     on its own adapter); the last two are decoded side by side (run_pair), so their ratio compares steps
@@ -267,8 +274,8 @@ def run_decodes(service: object, args: SimpleNamespace, names: Sequence[str], bs
 
 def torch_path_runs(args: SimpleNamespace, names: Sequence[str],
                     probe: BandwidthProbe) -> tuple[RunResult, RunResult, RunResult]:
-    """The same runs with the C kernels off (CHAMELEON_CPU_KERNELS=0, read at every call), on a shard built
-    with them off (its weights stay in torch's layout, not packed for the kernels); env restored after."""
+    """The same runs with the C kernels off (CHAMELEON_CPU_KERNELS=0, read when a runner is built), on a
+    shard built with them off (the torch backend; weights in torch's layout); env restored after."""
     old = os.environ.get("CHAMELEON_CPU_KERNELS")
     os.environ["CHAMELEON_CPU_KERNELS"] = "0"
     try:
@@ -393,6 +400,9 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
+    from shard.cli import openmp_waits_passively
+
+    openmp_waits_passively()  # first: before anything imports torch
     parser = build_parser()
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = SimpleNamespace(**vars(parser.parse_args(list(argv))))

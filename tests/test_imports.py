@@ -44,13 +44,17 @@ def _omp_policy(env_value: str | None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if env_value is not None:
         env["OMP_WAIT_POLICY"] = env_value
-    probe = ("import os, sys\nimport shard\nassert 'torch' not in sys.modules, 'shard loaded torch first'\n"
-             "import shard.cli\nprint(os.environ['OMP_WAIT_POLICY'])")
+    probe = ("import os, sys\nimport shard, shard.cli\n"
+             f"assert os.environ.get('OMP_WAIT_POLICY') == {env_value!r}, 'importing shard set it'\n"
+             "try:\n    shard.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "assert 'torch' not in sys.modules, 'torch loaded before the shard entry ran'\n"
+             "print(os.environ['OMP_WAIT_POLICY'])")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     return out.stdout.strip().splitlines()[-1]
 
 
 def test_shard_makes_openmp_wait_passively_before_torch_loads():
-    """Torch's OpenMP workers must not spin on the cores the C kernels' workers need (shard/__init__)."""
+    """Torch's OpenMP workers must not spin on the cores the C kernels' workers need: the shard process
+    entry (shard.cli.main) sets it before torch loads; importing `shard` sets nothing."""
     assert _omp_policy(None) == "PASSIVE"
     assert _omp_policy("ACTIVE") == "ACTIVE"  # the user's setting wins

@@ -1,4 +1,5 @@
-"""Multi-LoRA on CPU float32 through the C kernel `ck_lora` (shard.model.cpu_kernels): one call per
+"""Multi-LoRA on CPU float32 through the C kernel `ck_lora` (shard.model.cpu_kernels; built by the CPU
+backend, shard.model.cpu_backend, with the library it loaded): one call per
 (layer, module) does every segment's shrink and expand, instead of two torch matmuls per segment.
 
 Per adapter a table of int64 entries [layer, module, ENTRY] = (A ptr, A row stride, B ptr, B row stride,
@@ -14,6 +15,7 @@ tensor must have unit column stride, else the torch paths run.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from dataclasses import dataclass, field
 
@@ -21,7 +23,7 @@ import torch
 
 from chameleon.memory import LORA_TARGETS
 from shard.lora.store import LoraWeights
-from shard.model import cpu_kernels
+from shard.model.cpu_kernels import CpuKernels, usable
 
 MODULE_INDEX = {m: i for i, m in enumerate(LORA_TARGETS)}
 MAX_SEGMENT_ROWS = 256  # the C kernel's limit (ck_max_m); longer segments go to the torch segment path
@@ -69,7 +71,7 @@ def adapter_table(weights: LoraWeights) -> torch.Tensor | None:
 class CpuBgmv:
     """The kernel's view of one forward's segments (token rows grouped by adapter)."""
 
-    def __init__(self, lib: object, rows: list[torch.Tensor], tables: list[torch.Tensor]) -> None:
+    def __init__(self, lib: ctypes.CDLL, rows: list[torch.Tensor], tables: list[torch.Tensor]) -> None:
         self.lib = lib
         self.seg = torch.tensor([0, *torch.tensor([len(r) for r in rows]).cumsum(0).tolist()],
                                 dtype=torch.int32)
@@ -79,26 +81,24 @@ class CpuBgmv:
         self.threads = torch.get_num_threads()
 
     @classmethod
-    def build(cls, weights: list[LoraWeights], rows: list[slice | torch.Tensor], num_tokens: int,
-              cache: TableCache, version: int, device: torch.device, dtype: torch.dtype) -> CpuBgmv | None:
-        """None when the kernel does not apply (device, activation dtype, disabled/unavailable, long
-        segments, adapter tensors the kernel cannot read). `dtype`: the activations' (model) dtype."""
+    def build(cls, kernels: CpuKernels, weights: list[LoraWeights], rows: list[slice | torch.Tensor],
+              num_tokens: int, cache: TableCache, version: int, device: torch.device,
+              dtype: torch.dtype) -> CpuBgmv | None:
+        """None when the kernel does not apply (device, activation dtype, long segments, adapter tensors
+        the kernel cannot read). `dtype`: the activations' (model) dtype."""
         if device.type != "cpu" or dtype != torch.float32:
             return None
         idx = [torch.arange(num_tokens)[r] if isinstance(r, slice) else r.cpu() for r in rows]
         if max(len(i) for i in idx) > MAX_SEGMENT_ROWS:
             return None
-        lib = cpu_kernels.library()
-        if lib is None:
-            return None
         tables = [cache.get(w, version) for w in weights]
         if any(t is None for t in tables):
             return None
-        return cls(lib, idx, tables)  # type: ignore[arg-type]
+        return cls(kernels.lib, idx, tables)  # type: ignore[arg-type]
 
     def apply(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> bool:
         """y [T, N] += LoRA(x [T, K]) for every segment; False (nothing done) when x or y do not fit."""
-        if not (cpu_kernels.usable(x) and cpu_kernels.usable(y)) or x.shape[0] != y.shape[0]:
+        if not (usable(x) and usable(y)) or x.shape[0] != y.shape[0]:
             return False
         entry = layer * len(LORA_TARGETS) + MODULE_INDEX[module]
         rc = self.lib.ck_lora(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), len(self.tables),

@@ -18,10 +18,11 @@ fixed overhead per segment worth about GATHER_WASTE_PER_SEGMENT rank-rows (per-o
 / 2 x (in + out)). Gather when more than one adapter is in the batch, the rank is alone (world_size 1)
 and the waste is below that overhead x segments: a few small-rank adapters in a decode batch gather;
 many or large adapters, and prefill, go by segments.
-- kernel path (CPU float32, world_size 1, segments of at most MAX_SEGMENT_ROWS rows): the C kernel
-  of shard.lora.cpu_bgmv does all segments of one (layer, module) in one call, streaming each adapter
-  once; taken whenever it applies (unless a path is forced), the torch paths are its fallback
-  (CHAMELEON_CPU_KERNELS=0, no gcc, other dtypes/devices, segments over MAX_SEGMENT_ROWS rows).
+- kernel path: the backend's LoRA kernel (shard.model.backend.Backend.lora_kernel; on CPU float32, world
+  size 1, segments of at most MAX_SEGMENT_ROWS rows, the C kernel of shard.lora.cpu_bgmv) does all
+  segments of one (layer, module) in one call, streaming each adapter once; taken whenever the backend
+  has one for the batch (unless a path is forced), the torch paths are its fallback (torch backend,
+  other dtypes/devices, segments over MAX_SEGMENT_ROWS rows).
 Under tensor parallelism only the segment path runs: column-parallel A outputs are all-gathered
 (A is split along r), row-parallel A outputs are all-reduced (A split along in) and each rank adds its
 B output columns before the base layer's all-reduce.
@@ -29,16 +30,18 @@ B output columns before the base layer's all-reduce.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
-from shard.lora.cpu_bgmv import CpuBgmv, TableCache
 from shard.lora.store import AdapterStore, LoraWeights
 from shard.model.dist import DistContext
-from shard.model.layers import LoraHook
 
 GATHER_WASTE_PER_SEGMENT = 128
+LoraHook = Callable[[torch.Tensor, torch.Tensor], None]  # (x_local, y_partial) -> adds into y in place
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +50,26 @@ class Segment:
     rows: slice | torch.Tensor  # token rows of this adapter: a slice when contiguous, else an index
 
 
+class LoraKernel(Protocol):
+    """A backend's multi-LoRA kernel for one forward's segments (shard.lora.cpu_bgmv.CpuBgmv on CPU)."""
+
+    def apply(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """y [T, N] += LoRA(x [T, K]) for every segment; False (nothing done) when x or y do not fit."""
+        ...
+
+
+# (adapters, their token rows, tokens in the batch, store version, device, activation dtype) -> a kernel
+# for this forward, or None: shard.model.backend.Backend.lora_kernel
+KernelFactory = Callable[[list[LoraWeights], list["slice | torch.Tensor"], int, int, torch.device,
+                          torch.dtype], "LoraKernel | None"]
+
+
 @dataclass(slots=True)
 class ConcatCache:
     """Concatenated adapters of the last batch composition, per (layer, module)."""
 
     key: tuple = ()
     entries: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
-    tables: TableCache = field(default_factory=TableCache)  # the C kernel's per-adapter pointer tables
 
     def reset(self, key: tuple) -> None:
         if key != self.key:
@@ -81,17 +97,18 @@ class LoraBatch:
     """The LoRA work of one forward. Built by `build`; None when the batch has no adapter rows."""
 
     def __init__(self, segments: list[Segment], num_tokens: int, dist: DistContext, cache: ConcatCache,
-                 gather: bool, cpu: CpuBgmv | None = None) -> None:
+                 gather: bool, kernel: LoraKernel | None = None) -> None:
         self.segments, self.num_tokens, self.dist = segments, num_tokens, dist
-        self.cache, self.gather, self.cpu = cache, gather, cpu
+        self.cache, self.gather, self.kernel = cache, gather, kernel
         self._masks: dict[str, torch.Tensor] = {}
 
     @classmethod
     def build(cls, adapter_ids: list[str | None], query_lens: list[int], store: AdapterStore,
-              dist: DistContext, cache: ConcatCache, device: torch.device,
+              dist: DistContext, cache: ConcatCache, device: torch.device, kernel_for: KernelFactory,
               force: str | None = None) -> LoraBatch | None:
-        """Group token rows by adapter. `force` ("segment" | "gather" | "kernel") overrides the rule (tests,
-        bench); a forced "kernel" still falls back to the rule where the kernel does not apply."""
+        """Group token rows by adapter. `kernel_for`: the backend's LoRA kernel builder. `force` ("segment" |
+        "gather" | "kernel") overrides the rule (tests, bench); a forced "kernel" still falls back to the
+        rule where the kernel does not apply."""
         ranges: dict[str, list[tuple[int, int]]] = {}
         start = 0
         for aid, q in zip(adapter_ids, query_lens, strict=True):
@@ -106,23 +123,23 @@ class LoraBatch:
                      for seg, rs in zip(segments, ranges.values(), strict=True) for a, b in rs)
         cheap = start * sum_r - useful <= GATHER_WASTE_PER_SEGMENT * len(segments)
         gather = dist.world_size == 1 and len(segments) > 1 and cheap
-        cpu = None
+        kernel = None
         if force in (None, "kernel") and dist.world_size == 1:
-            cpu = CpuBgmv.build([s.weights for s in segments], [s.rows for s in segments], start,
-                                cache.tables, store.version, device, store.dtype)
+            kernel = kernel_for([s.weights for s in segments], [s.rows for s in segments], start,
+                                         store.version, device, store.dtype)
         if force in ("segment", "gather"):
             gather = force == "gather" and dist.world_size == 1
-        if cpu is not None:
+        if kernel is not None:
             gather = False
         if gather:
             cache.reset((store.version, *ranges))
         elif cache.key and cache.key[0] != store.version:
             cache.reset(())  # an adapter came or went: drop the stale concatenations now
-        return cls(segments, start, dist, cache, gather, cpu)
+        return cls(segments, start, dist, cache, gather, kernel)
 
     def column(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """y [T, out_local] (a view into the packed output) += LoRA(x [T, in]), column-parallel module."""
-        if self.cpu is not None and self.cpu.apply(layer, module, x, y):
+        if self.kernel is not None and self.kernel.apply(layer, module, x, y):
             return
         if self.gather:
             self._gathered(layer, module, x, y)
@@ -139,7 +156,7 @@ class LoraBatch:
     def row(self, layer: int, module: str) -> LoraHook:
         """Hook for RowParallelLinear: adds this rank's B columns into the partial sum y [T, out]."""
         def hook(x: torch.Tensor, y: torch.Tensor) -> None:
-            if self.cpu is not None and self.cpu.apply(layer, module, x, y):  # world 1: all of y
+            if self.kernel is not None and self.kernel.apply(layer, module, x, y):  # world 1: all of y
                 return
             if self.gather:
                 self._gathered(layer, module, x, y)

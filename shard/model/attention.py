@@ -1,11 +1,11 @@
 """Paged attention: prefill and decode sequences in one batch, GQA, any block tables.
 
 Caches are per layer [pages, block_size, kv_heads, head_dim] views of the pool. Per layer: the new K/V
-of every token are written into its slot (page, offset) (here, or before by cpu_step.rope_store), then
-- decode rows (query_len == 1) attend together: on CPU float32 through the C kernel
-  (shard.model.cpu_step), which reads K/V straight from the pages of each block table; else one gather
-  of their padded block tables [S_dec, max_blocks] (whole contiguous blocks) and one
-  scaled_dot_product_attention with a length mask;
+of every token are written into its slot (page, offset) (`store_kv`, or a backend's fused kernel), then
+(torch ops here; shard.model.cpu_backend has the C kernel that reads decode rows' K/V straight from the
+pages of each block table)
+- decode rows (query_len == 1) attend together: one gather of their padded block tables
+  [S_dec, max_blocks] (whole contiguous blocks) and one scaled_dot_product_attention with a length mask;
 - prefill rows attend one sequence at a time: causal over their own new K/V when the sequence has
   no earlier context, else over its gathered blocks with an offset causal mask.
 `AttentionMeta` holds every index tensor, built once per forward and shared by all layers.
@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from shard.model import cpu_step
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,30 +100,36 @@ def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     return g.transpose(-3, -2)
 
 
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             meta: AttentionMeta) -> None:
+    """k/v [T, Hk, D] (the new tokens) into their KV slots."""
+    k_cache[meta.slot_pages, meta.slot_offsets] = k
+    v_cache[meta.slot_pages, meta.slot_offsets] = v
+
+
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, meta: AttentionMeta, stored: bool = False) -> torch.Tensor:
-    """q [T, Hq, D], k/v [T, Hk, D] (new tokens) -> [T, Hq * D]. Writes k/v into their slots first (unless
-    `stored`: already written)."""
-    if not stored:
-        k_cache[meta.slot_pages, meta.slot_offsets] = k
-        v_cache[meta.slot_pages, meta.slot_offsets] = v
+                    v_cache: torch.Tensor, meta: AttentionMeta) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hk, D] (new tokens, already in their slots) -> [T, Hq * D]."""
     if not meta.prefills:  # decode only: every row is a decode row, in order
-        o = cpu_step.decode_attention(q, k_cache, v_cache, meta.decode_blocks, meta.decode_lens, None, None)
-        if o is not None:
-            return o
         o = F.scaled_dot_product_attention(q[:, :, None, :], _gather(k_cache, meta.decode_blocks),
                                            _gather(v_cache, meta.decode_blocks), attn_mask=meta.decode_mask,
                                            enable_gqa=True)  # [S, Hq, 1, D]
         return o.reshape(q.shape[0], -1)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if meta.decode_rows.numel() and cpu_step.decode_attention(q, k_cache, v_cache, meta.decode_blocks,
-                                                              meta.decode_lens, meta.decode_rows,
-                                                              out.view(q.shape[0], -1)) is None:
+    if meta.decode_rows.numel():
         o = F.scaled_dot_product_attention(q[meta.decode_rows][:, :, None, :],
                                            _gather(k_cache, meta.decode_blocks),
                                            _gather(v_cache, meta.decode_blocks), attn_mask=meta.decode_mask,
                                            enable_gqa=True)
         out[meta.decode_rows] = o[:, :, 0, :]
+    prefill_attention(q, k, v, k_cache, v_cache, meta, out)
+    return out.reshape(q.shape[0], -1)
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor, meta: AttentionMeta, out: torch.Tensor) -> None:
+    """The prefill rows of out [T, Hq, D]: each sequence causal over its own new K/V (no earlier
+    context) or over its gathered blocks with an offset causal mask."""
     for p in meta.prefills:
         rows = slice(p.start, p.start + p.query_len)
         qp = q[rows].transpose(0, 1)[None]  # [1, Hq, q, D]
@@ -136,4 +140,3 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
             kp, vp = _gather(k_cache, p.blocks)[None], _gather(v_cache, p.blocks)[None]  # [1, Hk, ctx, D]
             o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, enable_gqa=True)
         out[rows] = o[0].transpose(0, 1)
-    return out.reshape(q.shape[0], -1)

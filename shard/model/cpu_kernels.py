@@ -4,21 +4,24 @@ Why: decode multiplies a few token rows by large weights; MKL's sgemm with small
 far below the machine's read bandwidth. The C kernels stream each weight row once against all rows.
 
 Contract:
+- `CpuKernels.load()` compiles (or finds) and loads the library and returns the object every kernel is
+  called through, or None (disabled or unavailable). There is no module-level library: the CPU backend
+  (shard.model.cpu_backend.CpuKernelBackend) loads it once when the runner is built and holds it.
 - `ck_lora` (called by shard.lora.cpu_bgmv) adds every token's own adapter's B A x into y.
 - `pack(w)` re-lays a float32 weight [N, K] as panels [ceil(N / PANEL), K, PANEL] (zero rows past N);
-  `packed_linear(x, wp, n, bias)` is F.linear on it for any number of rows (decode and prefill): the
-  weights stream sequentially, which reads them near the machine's bandwidth; `unpack` and `packed_rows`
-  give the torch paths the plain rows back. The model packs its linears at load when the kernels are
-  available (shard.model.layers); a later CHAMELEON_CPU_KERNELS=0 still computes right, by unpacking.
-- `linear(x, w, bias)` is F.linear for CPU float32 with M = x rows in 1..KERNEL_M (max_m); it returns
-  None when the kernel does not apply (other device/dtype, strides, sizes, kernels unavailable) and the caller
-  falls back to torch.
+  `CpuKernels.packed_linear(x, wp, n, bias)` is F.linear on it for any number of rows (decode and
+  prefill): the weights stream sequentially, which reads them near the machine's bandwidth; `unpack` and
+  `packed_rows` give the torch paths the plain rows back. The CPU backend packs the model's linears at load
+  into its own storage.
+- `CpuKernels.linear(x, w, bias)` is F.linear for CPU float32 with M = x rows in 1..KERNEL_M (max_m); it
+  returns None when the kernel does not apply (other device/dtype, strides, sizes) and the caller falls
+  back to torch (`torch_linear`).
 - The library (cpu_kernels.c, cpu_step.c and cpu_decode.c compiled as one unit) is built into
   ~/.cache/chameleon/kernels (or $CHAMELEON_KERNEL_CACHE) under a name keyed by the sources, flags,
   compiler version and CPU flags; written atomically, so concurrent processes
   (tensor-parallel ranks) can race safely.
-- CHAMELEON_CPU_KERNELS=0 disables them (read at every call: benches flip it in one process). A missing
-  gcc, a CPU without AVX2/FMA or a failed compile logs one warning and leaves torch in charge.
+- CHAMELEON_CPU_KERNELS=0 disables them (read by `load`, i.e. when a runner is built). A missing
+  gcc, a CPU without AVX2/FMA or a failed compile logs a warning and leaves torch in charge.
 - Threads: torch.get_num_threads(), from the library's own pool (not OpenMP: an OpenMP region ends in a
   barrier that waits for a descheduled thread, which on a busy 2-core machine stalled every matmul for a
   time slice; the pool's caller never waits for a worker that has not started). Its workers spin 0.2 ms
@@ -38,20 +41,20 @@ from pathlib import Path
 
 import torch
 
+from shard.model.backend import torch_linear
+from shard.model.cpu_step import StepKernels
+from shard.model.cpu_step import declare as declare_step
+
 log = logging.getLogger(__name__)
 
 # one library: the matmul kernels and their thread pool, the step kernels (shard.model.cpu_step) and the
 # fused decoder stack (shard.model.cpu_decode), which calls both
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("cpu_kernels.c", "cpu_step.c", "cpu_decode.c"))
 FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c11")
-SMALL_M = 32  # up to this many rows small_linear computes (w @ x.T).T on CPU instead of x @ w.T
 KERNEL_M = 32  # up to this many rows the C kernel runs (30 layers + LM head of SmolLM2, cold weights, 2
                # cores: kernel vs MKL w @ x.T 40-50 vs 90-110 ms at M=8, 100-120 vs 130-140 ms at M=32)
 
 PANEL = 8  # output rows per panel of a packed weight (cpu_kernels.c; checked against ck_panel at load)
-
-_lib: ctypes.CDLL | None = None
-_tried = False
 
 
 def enabled() -> bool:
@@ -108,54 +111,9 @@ def build(cc: str = "gcc", sources: tuple[Path, ...] = ()) -> Path:
     return out
 
 
-def library() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (disabled, or unavailable: warned once)."""
-    global _lib, _tried
-    if not enabled():
-        return None
-    if not _tried:
-        _tried = True
-        try:
-            lib = ctypes.CDLL(str(build()))
-            i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-            lib.ck_linear.argtypes = [fp, i64, fp, i64, fp, fp, i64, i32, i64, i64, i32, i32]
-            lib.ck_linear.restype = i32
-            lib.ck_lora.argtypes = [fp, i64, fp, i64, i32, fp, fp, fp, i64, i64, i64, i32]
-            lib.ck_lora.restype = i32
-            lib.ck_linear_packed.argtypes = [fp, i64, fp, fp, fp, i64, i32, i64, i64, i32, i32]
-            lib.ck_linear_packed.restype = i32
-            if lib.ck_panel() != PANEL:
-                raise RuntimeError(f"library panels of {lib.ck_panel()} rows, this module packs {PANEL}")
-            _lib = lib
-        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            log.warning("CPU kernels unavailable, using torch matmuls: %s", e)
-    return _lib
-
-
 def usable(t: torch.Tensor) -> bool:
     """A CPU float32 matrix with unit column stride (rows may be strided)."""
     return t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.stride(1) == 1
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
-           max_m: int = KERNEL_M) -> torch.Tensor | None:
-    """x [M, K] @ w[N, K].T (+ bias) through the C kernel, or None when it does not apply (M > max_m,
-    at most 256, included)."""
-    if not (x.dim() == 2 and 1 <= x.shape[0] <= min(max_m, 256) and usable(x) and usable(w)
-            and x.shape[1] == w.shape[1] and (bias is None or (usable(bias[None]) and bias.is_contiguous()))):
-        return None
-    if x.requires_grad or w.requires_grad:
-        return None
-    lib = library()
-    if lib is None:
-        return None
-    m, k = x.shape
-    n = w.shape[0]
-    y = torch.empty(m, n, dtype=torch.float32)
-    rc = lib.ck_linear(x.data_ptr(), x.stride(0), w.data_ptr(), w.stride(0),
-                       bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m, n, k, 0,
-                       torch.get_num_threads())
-    return y if rc == 0 else None
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:
@@ -177,36 +135,83 @@ def packed_rows(wp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return wp[ids // PANEL, :, ids % PANEL]
 
 
-def packed_linear(x: torch.Tensor, wp: torch.Tensor, n: int,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ W.T (+ bias) for W packed in wp (its first n rows): through the C kernel when it applies,
-    else torch on the unpacked rows (slow: a copy per call; for CHAMELEON_CPU_KERNELS=0 after packing)."""
-    lib = library()
-    if (lib is not None and x.dim() == 2 and x.shape[0] >= 1 and usable(x) and x.shape[1] == wp.shape[1]
-            and wp.is_contiguous() and not x.requires_grad
-            and (bias is None or (usable(bias[None]) and bias.is_contiguous()))):
-        m, k = x.shape
-        y = torch.empty(m, n, dtype=torch.float32)
-        rc = lib.ck_linear_packed(x.data_ptr(), x.stride(0), wp.data_ptr(),
-                                  bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m, n, k, 0,
-                                  torch.get_num_threads())
-        if rc == 0:
-            return y
-    return torch.nn.functional.linear(x, unpack(wp, n), bias)
-
-
 def can_pack(w: torch.Tensor) -> bool:
-    """Whether packing `w` pays: a CPU float32 matrix, with the kernels loaded."""
-    return w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and library() is not None
+    """Whether packing `w` pays: a CPU float32 matrix (the caller holds the loaded kernels)."""
+    return w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2
 
 
-def small_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, through the C kernel for small CPU float32 batches; else torch (small M on CPU as
-    (w @ x.T).T, which MKL runs closer to the read bandwidth than x @ w.T)."""
-    y = linear(x, w, bias) if x.dim() == 2 and x.device.type == "cpu" else None
-    if y is not None:
-        return y
-    if x.dim() == 2 and x.device.type == "cpu" and x.shape[0] <= SMALL_M and not x.requires_grad:
-        y = (w @ x.T).T.contiguous()
-        return y + bias if bias is not None else y
-    return torch.nn.functional.linear(x, w, bias)
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    lib.ck_linear.argtypes = [fp, i64, fp, i64, fp, fp, i64, i32, i64, i64, i32, i32]
+    lib.ck_linear.restype = i32
+    lib.ck_lora.argtypes = [fp, i64, fp, i64, i32, fp, fp, fp, i64, i64, i64, i32]
+    lib.ck_lora.restype = i32
+    lib.ck_linear_packed.argtypes = [fp, i64, fp, fp, fp, i64, i32, i64, i64, i32, i32]
+    lib.ck_linear_packed.restype = i32
+    if lib.ck_panel() != PANEL:
+        raise RuntimeError(f"library panels of {lib.ck_panel()} rows, this module packs {PANEL}")
+
+
+class CpuKernels(StepKernels):
+    """The loaded library (matmuls here, the step kernels of shard.model.cpu_step, the fused stack of
+    shard.model.cpu_decode). Built by `load`; each method returns None (or False) when its kernel does not
+    apply, and the caller keeps its torch path. Held by shard.model.cpu_backend.CpuKernelBackend."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+
+    @classmethod
+    def load(cls) -> CpuKernels | None:
+        """The kernels, or None: disabled (CHAMELEON_CPU_KERNELS=0, read now), or unavailable (no gcc, no
+        AVX2/FMA, a failed compile: logged as a warning)."""
+        if not enabled():
+            return None
+        try:
+            lib = ctypes.CDLL(str(build()))
+            _declare(lib)
+            declare_step(lib)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            log.warning("CPU kernels unavailable, using torch matmuls: %s", e)
+            return None
+        return cls(lib)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+               max_m: int = KERNEL_M) -> torch.Tensor | None:
+        """x [M, K] @ w[N, K].T (+ bias) through the C kernel, or None when it does not apply (M > max_m,
+        at most 256, included)."""
+        if not (x.dim() == 2 and 1 <= x.shape[0] <= min(max_m, 256) and usable(x) and usable(w)
+                and x.shape[1] == w.shape[1]
+                and (bias is None or (usable(bias[None]) and bias.is_contiguous()))):
+            return None
+        if x.requires_grad or w.requires_grad:
+            return None
+        m, k = x.shape
+        n = w.shape[0]
+        y = torch.empty(m, n, dtype=torch.float32)
+        rc = self.lib.ck_linear(x.data_ptr(), x.stride(0), w.data_ptr(), w.stride(0),
+                                bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m, n, k, 0,
+                                torch.get_num_threads())
+        return y if rc == 0 else None
+
+    def packed_linear(self, x: torch.Tensor, wp: torch.Tensor, n: int,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [M, K] @ W.T (+ bias) for W packed in wp (its first n rows): through the C kernel when it
+        applies, else torch on the unpacked rows (slow: a copy per call)."""
+        if (x.dim() == 2 and x.shape[0] >= 1 and usable(x) and x.shape[1] == wp.shape[1]
+                and wp.is_contiguous() and not x.requires_grad
+                and (bias is None or (usable(bias[None]) and bias.is_contiguous()))):
+            m, k = x.shape
+            y = torch.empty(m, n, dtype=torch.float32)
+            rc = self.lib.ck_linear_packed(x.data_ptr(), x.stride(0), wp.data_ptr(),
+                                           bias.data_ptr() if bias is not None else None, y.data_ptr(), n, m,
+                                           n, k, 0, torch.get_num_threads())
+            if rc == 0:
+                return y
+        return torch.nn.functional.linear(x, unpack(wp, n), bias)
+
+    def small_linear(self, x: torch.Tensor, w: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+        """F.linear, through the C kernel for small CPU float32 batches; else backend.torch_linear."""
+        y = self.linear(x, w, bias) if x.dim() == 2 and x.device.type == "cpu" else None
+        return y if y is not None else torch_linear(x, w, bias)
+

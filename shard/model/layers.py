@@ -2,27 +2,25 @@
 so the model file stays declarative and the loader only maps checkpoint names to parameters.
 
 Collectives live here only: the all-reduce in RowParallelLinear and VocabParallelEmbedding, the
-all-gather in ParallelLMHead. With world_size == 1 every layer is a plain dense layer. Matmuls go through
-shard.model.cpu_kernels.small_linear (F.linear, with a C kernel for small CPU float32 batches), or, once
-`pack_linears` has re-laid the weights in the C kernel's panels (CPU float32 with the kernels loaded),
-through cpu_kernels.packed_linear for every batch size. A packed layer keeps its weight Parameter (now
-[panels, K, PANEL]) and records its row count in `packed_rows` (None: not packed).
+all-gather in ParallelLMHead. With world_size == 1 every layer is a plain dense layer. The arithmetic
+(matmuls, embedding lookups, norms) goes through the layer's backend (shard.model.backend.Backend, given
+at construction), which may hold the weights in its own layout: a layer never reads its weight itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from chameleon.memory import split_range
-from shard.model import cpu_kernels, cpu_step
-from shard.model.cpu_kernels import small_linear
+from shard.model.backend import Backend
 from shard.model.dist import DistContext
 
-LoraHook = Callable[[torch.Tensor, torch.Tensor], None]  # (x_local, y_partial) -> adds into y in place
+if TYPE_CHECKING:
+    from shard.lora.kernels import LoraHook
 
 
 def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
@@ -32,34 +30,28 @@ def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
     return p
 
 
-class PackableLinear(nn.Module):
-    """A linear layer whose weight [N, K] may be packed for the C kernel (see the module docstring)."""
+class Linear(nn.Module):
+    """A linear layer y = x @ W.T (+ b) whose product its backend computes."""
 
     weight: nn.Parameter
-    packed_rows: int | None = None
 
-    def pack(self) -> None:
-        """Re-lays the weight in panels (cpu_kernels.pack) and records its row count; once."""
-        if self.packed_rows is None:
-            self.packed_rows = self.weight.shape[0]
-            self.weight.data = cpu_kernels.pack(self.weight.data)
+    def __init__(self, ops: Backend) -> None:
+        super().__init__()
+        self.ops = ops
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if self.packed_rows is None:
-            return small_linear(x, self.weight, bias)
-        return cpu_kernels.packed_linear(x, self.weight, self.packed_rows, bias)
+        return self.ops.linear(self.weight, x, bias)
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Packs every linear weight of `model` when that pays (cpu_kernels.can_pack: CPU float32, kernels
-    loaded); call once, after the weights are loaded. Returns the number of layers packed."""
-    layers = [m for m in model.modules() if isinstance(m, PackableLinear) and cpu_kernels.can_pack(m.weight)]
-    for m in layers:
-        m.pack()
-    return len(layers)
+def packable_weights(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The weight of every linear layer of `model` (a tied LM head's is the embedding's), in module
+    order: what a backend may re-lay for its matmul kernels."""
+    for m in model.modules():
+        if isinstance(m, Linear):
+            yield m.weight
 
 
-class ColumnParallelLinear(PackableLinear):
+class ColumnParallelLinear(Linear):
     """y_local = x @ W_local.T (+ b_local): output features sharded, no communication.
 
     `parts` packs several checkpoint modules into one matmul (q/k/v, gate/up): each is
@@ -67,8 +59,8 @@ class ColumnParallelLinear(PackableLinear):
     """
 
     def __init__(self, in_features: int, parts: list[tuple[str, int, tuple[int, int]]], bias: bool,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__()
+                 dtype: torch.dtype, device: torch.device, ops: Backend) -> None:
+        super().__init__(ops)
         self.offsets: dict[str, tuple[int, int, int]] = {}  # shard_id -> (local offset, start, end)
         offset = 0
         for shard_id, _full, (start, end) in parts:
@@ -91,12 +83,12 @@ class ColumnParallelLinear(PackableLinear):
         return self.matmul(x, self.bias)
 
 
-class RowParallelLinear(PackableLinear):
+class RowParallelLinear(Linear):
     """y = all_reduce(x_local @ W[:, in_local].T + lora) + b: input features sharded."""
 
     def __init__(self, in_range: tuple[int, int], out_features: int, bias: bool, dist: DistContext,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__()
+                 dtype: torch.dtype, device: torch.device, ops: Backend) -> None:
+        super().__init__(ops)
         self.dist = dist
         self.in_range = in_range
         self.weight = _param((out_features, in_range[1] - in_range[0]), dtype, device, self._load)
@@ -117,15 +109,12 @@ class RowParallelLinear(PackableLinear):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Each rank holds a contiguous vocab range; out-of-range ids give zeros; all-reduce sums. When a tied
-    LM head packs the shared weight, `packed_rows` is set here too and lookups read the panels."""
-
-    packed_rows: int | None = None
+    """Each rank holds a contiguous vocab range; out-of-range ids give zeros; all-reduce sums."""
 
     def __init__(self, vocab: int, hidden: int, dist: DistContext, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, ops: Backend) -> None:
         super().__init__()
-        self.dist = dist
+        self.dist, self.ops = dist, ops
         self.start, self.end = split_range(vocab, dist.world_size, dist.rank)
         self.weight = _param((self.end - self.start, hidden), dtype, device, self._load)
 
@@ -133,9 +122,7 @@ class VocabParallelEmbedding(nn.Module):
         param.data.copy_(loaded[self.start:self.end])
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.packed_rows is None:
-            return F.embedding(ids, self.weight)
-        return cpu_kernels.packed_rows(self.weight, ids)
+        return self.ops.embedding(self.weight, ids)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.dist.is_single:
@@ -146,17 +133,16 @@ class VocabParallelEmbedding(nn.Module):
         return self.dist.all_reduce(h)
 
 
-class ParallelLMHead(PackableLinear):
+class ParallelLMHead(Linear):
     """logits = all_gather(h @ W_local.T) over the vocab split; shares the embedding when tied."""
 
     def __init__(self, embedding: VocabParallelEmbedding, vocab: int, tied: bool, dist: DistContext,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__()
+                 dtype: torch.dtype, device: torch.device, ops: Backend) -> None:
+        super().__init__(ops)
         self.dist = dist
         self.sizes = [split_range(vocab, dist.world_size, r)[1] - split_range(vocab, dist.world_size, r)[0]
                       for r in range(dist.world_size)]
         self.tied = tied
-        self._tied_to = [embedding] if tied else []  # a list: not registered as a submodule
         if tied:
             self.weight = embedding.weight
         else:
@@ -166,36 +152,22 @@ class ParallelLMHead(PackableLinear):
     def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
         param.data.copy_(loaded[self.start:self.end])
 
-    def pack(self) -> None:
-        super().pack()
-        for embedding in self._tied_to:  # the same Parameter: its lookups must read the panels now
-            embedding.packed_rows = self.packed_rows
-
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.dist.all_gather(self.matmul(h), self.sizes)
 
 
 class RMSNorm(nn.Module):
-    """Computed in float32, as transformers' LlamaRMSNorm (on CPU float32 by the C kernel)."""
+    """weight * x / rms(x), computed in float32 as transformers' LlamaRMSNorm (by the backend)."""
 
-    def __init__(self, hidden: int, eps: float, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, hidden: int, eps: float, dtype: torch.dtype, device: torch.device,
+                 ops: Backend) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.ops = eps, ops
         self.weight = _param((hidden,), dtype, device, lambda p, t, _s: p.data.copy_(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = cpu_step.rms_norm(x, self.weight, self.eps)
-        return y if y is not None else self._torch(x)
+        return self.ops.rms_norm(x, self.weight, self.eps)
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual); the sum may be written into `residual` in place."""
-        y = cpu_step.rms_norm(x, self.weight, self.eps, residual)
-        if y is not None:
-            return y, residual
-        residual = x + residual
-        return self._torch(residual), residual
-
-    def _torch(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return self.ops.add_rms_norm(x, residual, self.weight, self.eps)

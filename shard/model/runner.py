@@ -17,9 +17,11 @@ from chameleon.memory import page_bytes as shape_page_bytes
 from shard.lora.kernels import ConcatCache, LoraBatch
 from shard.lora.store import AdapterStore
 from shard.model.attention import AttentionMeta
+from shard.model.backend import Backend, TorchBackend
 from shard.model.config import ModelConfig
+from shard.model.cpu_backend import CpuKernelBackend
+from shard.model.cpu_kernels import CpuKernels
 from shard.model.dist import DistContext
-from shard.model.layers import pack_linears
 from shard.model.llama import LlamaForCausalLM
 from shard.model.loader import load_weights
 from shard.model.pool import ShardPagePool
@@ -70,28 +72,52 @@ class ForwardOutput:
     all_logits: list[torch.Tensor | None]      # per sequence: [query_len, vocab] where requested
 
 
+BACKENDS = ("torch", "cpu-kernels")
+
+
+def select_backend(device: torch.device, choice: str | None = None) -> Backend:
+    """The backend of a runner, chosen once: `choice` ("torch" | "cpu-kernels") or, None, the C kernels on
+    CPU when they load (CHAMELEON_CPU_KERNELS unset or on, gcc and AVX2/FMA present), else torch ops.
+    A CUDA backend would be chosen here for CUDA devices."""
+    if choice not in (None, *BACKENDS):
+        raise ValueError(f"unknown backend {choice!r}; one of {', '.join(BACKENDS)}")
+    if choice == "torch" or device.type != "cpu":
+        if choice == "cpu-kernels":
+            raise ValueError(f"the cpu-kernels backend runs on CPU, not {device}")
+        return TorchBackend()
+    kernels = CpuKernels.load()
+    if kernels is None:
+        if choice == "cpu-kernels":
+            raise ValueError("the cpu-kernels backend is unavailable (disabled, no gcc, or no AVX2/FMA)")
+        return TorchBackend()
+    return CpuKernelBackend(kernels)
+
+
 class ModelRunner:
     """Owns the model (this rank's shard), the page pool and the AdapterStore (`self.adapters`).
 
     Attributes: config (ModelConfig), shape (chameleon.memory.ModelShape), dtype, device, dist,
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
-    vocab_size, pool (ShardPagePool | None), num_pages (0 until allocate_pool), packed_layers (linears re-laid
-    for the C kernel at load, shard.model.layers.pack_linears; 0 off CPU float32 or without the kernels).
+    vocab_size, pool (ShardPagePool | None), num_pages (0 until allocate_pool), backend (shard.model.backend.
+    Backend, chosen once by `select_backend`; `backend=` names one), packed_layers (linears the backend
+    re-laid for its kernels at load; 0 for torch ops or off float32).
     `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
     `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.memory.adapter_storage_dtype).
     """
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype, device: str | torch.device,
                  dist: DistContext, num_pages: int | None = None, block_size: int = 16,
-                 adapter_dtype: str = "auto") -> None:
+                 adapter_dtype: str = "auto", backend: str | None = None) -> None:
         self.config = ModelConfig.from_model_dir(model_dir)
         self.shape: ModelShape = self.config.shape
         self.dtype, self.device, self.dist, self.block_size = dtype, torch.device(device), dist, block_size
-        self.model = LlamaForCausalLM(self.config, dist, dtype, self.device)
+        self.backend = select_backend(self.device, backend)
+        self.model = LlamaForCausalLM(self.config, dist, dtype, self.device, self.backend)
         load_weights(self.model, model_dir)
         self.model.eval()
-        self.packed_layers = pack_linears(self.model)  # CPU float32 with the C kernels: panel layout
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.backend.prepare(self.model)  # e.g. the C kernels' panel layout
+        self.packed_layers = self.backend.packed_layers
+        self.weight_bytes = self.backend.weight_bytes(self.model)
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
         self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)
         self.vocab_size = self.shape.vocab_size
@@ -129,7 +155,7 @@ class ModelRunner:
             empty = torch.empty(0, self.vocab_size, dtype=torch.float32, device=dev)
             return ForwardOutput(last_logits=empty, all_logits=[])
         lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapters, self.dist, self._concat, dev,
-                               self.lora_path)
+                               self.backend.lora_kernel, self.lora_path)
         slots = fb.slots.to(dev)
         meta = AttentionMeta.build(slots, fb.query_lens, fb.context_lens, fb.block_tables,
                                    self.block_size, dev, self.dtype)
@@ -140,8 +166,9 @@ class ModelRunner:
             last.append(len(rows) - 1)
             start += q
         every_row = len(rows) == start  # decode: all rows, in order; no gather needed
-        logits = self.model(fb.input_ids.to(dev), fb.positions.to(dev), self.pool.kv, meta, lora,
-                            None if every_row else torch.tensor(rows, dtype=torch.int64, device=dev))
+        wanted = None if every_row else torch.tensor(rows, dtype=torch.int64, device=dev)
+        logits = self.backend.run(self.model, fb.input_ids.to(dev), fb.positions.to(dev), self.pool.kv, meta,
+                                  lora, wanted)
         last_logits = logits if len(last) == len(rows) else logits[torch.tensor(last, device=dev)]
         return ForwardOutput(last_logits=last_logits,
                              all_logits=[logits[sp[0]:sp[1]] if sp else None for sp in spans])

@@ -4,13 +4,18 @@ them and reads headroom. Empty `pages` means the shard picks free pages of its o
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
+import grpc
 from chameleon_pb import chameleon_pb2, chameleon_pb2_grpc
 
 from shard.server.servicer import ShardCore
 
+if TYPE_CHECKING:
+    from shard.lora.store import AdapterInfo
 
-def adapter_info_pb(info: object, resident: bool = True) -> chameleon_pb2.AdapterInfo:
+
+def adapter_info_pb(info: AdapterInfo, resident: bool = True) -> chameleon_pb2.AdapterInfo:
     return chameleon_pb2.AdapterInfo(
         adapter_id=info.adapter_id, rank=info.rank, bytes=info.nbytes, pages=len(info.pages),
         resident=resident, target_modules=list(info.target_modules), alpha=info.alpha,
@@ -21,7 +26,8 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
     def __init__(self, core: ShardCore) -> None:
         self.core = core
 
-    def LoadAdapter(self, request, context):
+    def LoadAdapter(self, request: chameleon_pb2.LoadAdapterRequest,
+                    context: grpc.ServicerContext | None) -> chameleon_pb2.LoadAdapterResponse:
         return self.core.locked(lambda: self._load(request))
 
     def _load(self, request: chameleon_pb2.LoadAdapterRequest) -> chameleon_pb2.LoadAdapterResponse:
@@ -39,7 +45,8 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
                                                  load_ns=time.perf_counter_ns() - t0,
                                                  headroom=self.core.headroom())
 
-    def OffloadAdapter(self, request, context):
+    def OffloadAdapter(self, request: chameleon_pb2.OffloadAdapterRequest,
+                       context: grpc.ServicerContext | None) -> chameleon_pb2.OffloadAdapterResponse:
         return self.core.locked(lambda: self._offload(request))
 
     def _offload(self, request: chameleon_pb2.OffloadAdapterRequest) -> chameleon_pb2.OffloadAdapterResponse:
@@ -53,7 +60,8 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
             manager.offload(request.adapter_id)
         return chameleon_pb2.OffloadAdapterResponse(was_resident=was, headroom=self.core.headroom())
 
-    def ListAdapters(self, request, context):
+    def ListAdapters(self, request: chameleon_pb2.ListAdaptersRequest,
+                     context: grpc.ServicerContext | None) -> chameleon_pb2.ListAdaptersResponse:
         def run() -> chameleon_pb2.ListAdaptersResponse:
             store = self.core.adapter_manager.store
             resident = {a.adapter_id: a for a in store.resident()}
@@ -63,5 +71,6 @@ class AdapterService(chameleon_pb2_grpc.AdapterServiceServicer):
             return chameleon_pb2.ListAdaptersResponse(adapters=out)
         return self.core.locked(run)
 
-    def GetHeadroom(self, request, context):
+    def GetHeadroom(self, request: chameleon_pb2.HeadroomRequest,
+                    context: grpc.ServicerContext | None) -> chameleon_pb2.Headroom:
         return self.core.locked(self.core.headroom)

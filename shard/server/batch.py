@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from chameleon_pb import generate_pb2
@@ -19,12 +20,15 @@ from shard.server.detok import DetokState
 from shard.server.sampling import EosShaping, RowSampler, SamplingParams
 from shard.server.stopping import StoppingCriteria
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 @dataclass(frozen=True, slots=True)
 class BatchContext:
     """What building a batch needs from the shard: tokenizer, EOS ids and limits."""
 
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     eos_token_ids: frozenset[int]
     block_size: int
     num_pages: int
@@ -60,7 +64,7 @@ class RequestState:
         return pending
 
 
-def prompt_text(req: object) -> str:
+def prompt_text(req: generate_pb2.Request) -> str:
     """Text chunks of `input_chunks` concatenated; falls back to `inputs`."""
     chunks = req.input_chunks.chunks if req.HasField("input_chunks") else []
     if any(c.HasField("image") for c in chunks):
@@ -68,7 +72,7 @@ def prompt_text(req: object) -> str:
     return "".join(c.text for c in chunks) if chunks else req.inputs
 
 
-def _validate_request(req: object, ctx: BatchContext) -> None:
+def _validate_request(req: generate_pb2.Request, ctx: BatchContext) -> None:
     if req.cache_len:
         raise ValueError(f"request {req.id}: cache_len={req.cache_len} but this shard has no prefix "
                          "caching (use_prefix_caching is false); send cache_len 0")
@@ -86,7 +90,7 @@ def _validate_request(req: object, ctx: BatchContext) -> None:
         raise ValueError(f"request {req.id}: blocks {bad[:4]} are outside the pool (0..{ctx.num_pages - 1})")
 
 
-def _sampler(req: object, ctx: BatchContext) -> RowSampler:
+def _sampler(req: generate_pb2.Request, ctx: BatchContext) -> RowSampler:
     """The request's sampler, with TGIS's EOS shaping (min_new_tokens, length penalty) unless EOS is
     ignored (then EOS never stops the request, so neither applies)."""
     params = SamplingParams.from_pb(req.parameters)
@@ -101,13 +105,13 @@ def _sampler(req: object, ctx: BatchContext) -> RowSampler:
     return RowSampler(params, eos)
 
 
-def _slots(req: object, block_size: int) -> list[int]:
+def _slots(req: generate_pb2.Request, block_size: int) -> list[int]:
     if req.slots:
         return list(req.slots)
     return [b * block_size + i for b in req.blocks for i in range(block_size)]
 
 
-def request_from_pb(req: object, ctx: BatchContext) -> RequestState:
+def request_from_pb(req: generate_pb2.Request, ctx: BatchContext) -> RequestState:
     """Tokenize and validate one generate.v3 Request (ValueError with a readable message if bad)."""
     _validate_request(req, ctx)
     text = prompt_text(req)
@@ -144,13 +148,13 @@ class Batch:
         self.requests = requests
 
     @classmethod
-    def from_pb(cls, pb: object, ctx: BatchContext) -> Batch:
+    def from_pb(cls, pb: generate_pb2.Batch, ctx: BatchContext) -> Batch:
         if not pb.requests:
             raise ValueError(f"batch {pb.id} has no requests")
         return cls(pb.id, [request_from_pb(r, ctx) for r in pb.requests])
 
     @classmethod
-    def admit_pb(cls, pb: object, ctx: BatchContext) -> tuple[Batch | None, dict[int, str]]:
+    def admit_pb(cls, pb: generate_pb2.Batch, ctx: BatchContext) -> tuple[Batch | None, dict[int, str]]:
         """Like `from_pb`, but a request that fails validation is refused alone: returns the batch of
         the valid requests (None if there is none) and {request id: reason} for the refused ones.
         Validation is deterministic, so every tensor-parallel rank refuses the same requests."""

@@ -16,10 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from shard.model import cpu_step
+from shard.model.backend import TorchBackend
+
+if TYPE_CHECKING:
+    from chameleon_pb import generate_pb2
+
+    from shard.model.backend import Backend
+
+TORCH_OPS = TorchBackend()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +42,7 @@ class SamplingParams:
     seed: int = 0
 
     @classmethod
-    def from_pb(cls, p: object) -> SamplingParams:
+    def from_pb(cls, p: generate_pb2.NextTokenChooserParameters) -> SamplingParams:
         """From a generate.v3 NextTokenChooserParameters; validates ranges (ValueError on bad input)."""
         params = cls(
             do_sample=bool(p.do_sample),
@@ -212,9 +220,11 @@ class StepChoice:
 
 
 def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], histories: list[torch.Tensor],
-                  top_n: list[int], generated: list[int] | None = None) -> StepChoice:
+                  top_n: list[int], generated: list[int] | None = None,
+                  ops: Backend = TORCH_OPS) -> StepChoice:
     """Pick the next token of every row. logits: [S, V] float; histories[i]: int64 token ids of row i;
-    generated[i]: tokens row i has generated so far (None: all 0), for its EOS shaping.
+    generated[i]: tokens row i has generated so far (None: all 0), for its EOS shaping; `ops`: the
+    runner's backend (its lse_argmax).
 
     Logprobs are taken after EOS shaping, penalties and warpers (what the token was chosen from), as in
     TGI/TGIS.
@@ -230,12 +240,7 @@ def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], histories: l
                 s.eos.apply(logits[i], done[i])
             row = s.penalize(logits[i], histories[i])
             logits[i] = s.warp(row) if s.params.do_sample else row
-    fused = cpu_step.lse_argmax(logits)  # one pass per row on CPU float32
-    if fused is not None:
-        lse, next_ids = fused
-    else:
-        lse = torch.logsumexp(logits, dim=-1)  # [S]; logprob = logit - lse, without a [S, V] log_softmax
-        next_ids = torch.argmax(logits, dim=-1).tolist()
+    lse, next_ids = ops.lse_argmax(logits)  # [S]; logprob = logit - lse, without a [S, V] log_softmax
     for i in rows:
         next_ids[i] = samplers[i].choose(logits[i])
     picked_ids = torch.tensor(next_ids, dtype=torch.long, device=logits.device)

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+import grpc
 import torch
 from chameleon_pb import chameleon_pb2, generate_pb2, generate_pb2_grpc
 
@@ -32,8 +33,15 @@ from shard.server.warmup import (
     warmup_batch_with_blocks,
 )
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from shard.lora.store import AdapterStore
+    from shard.model.runner import ModelRunner
+
 log = logging.getLogger("shard.server")
 T = TypeVar("T")
+Reply = TypeVar("Reply", generate_pb2.PrefillResponse, generate_pb2.DecodeResponse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,7 @@ class ShardOptions:
 class ShardCore:
     """Model-side state shared by both services: runner, tokenizer, batch cache, adapter manager."""
 
-    def __init__(self, runner: object, tokenizer: object, eos_ids: frozenset[int],
+    def __init__(self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, eos_ids: frozenset[int],
                  adapter_manager: AdapterManager, options: ShardOptions) -> None:
         self.runner, self.tokenizer, self.eos_ids = runner, tokenizer, eos_ids
         self.adapter_manager, self.options = adapter_manager, options
@@ -111,7 +119,8 @@ class ShardCore:
             self.cache[result.next_batch.id] = result.next_batch
         return result
 
-    def step_reply(self, cls: type, result: StepResult, t0: int, concat_ns: int | None = None) -> object:
+    def step_reply(self, cls: type[Reply], result: StepResult, t0: int,
+                   concat_ns: int | None = None) -> Reply:
         reply = cls(generations=result.generations, forward_ns=result.forward_ns,
                     decode_ns=result.decode_ns, total_ns=time.perf_counter_ns() - t0,
                     headroom=self.headroom())
@@ -143,7 +152,7 @@ class ShardCore:
         return int(self.runner.dist.all_gather(t, [1] * self.world).min())
 
 
-def _pages_or_zero(store: object, path: Path) -> int:
+def _pages_or_zero(store: AdapterStore, path: Path) -> int:
     """Pages an adapter folder needs; 0 for a broken one (it fails later, when a request names it)."""
     try:
         return store.pages_needed(path)
@@ -159,7 +168,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         self.core = core
         self.refuse_per_request = refuse_per_request
 
-    def Info(self, request, context):
+    def Info(self, request: generate_pb2.InfoRequest,
+             context: grpc.ServicerContext | None) -> generate_pb2.InfoResponse:
         r, cfg = self.core.runner, self.core.runner.config
         return generate_pb2.InfoResponse(
             requires_padding=False, dtype=self.core.options.dtype_name, device_type=r.device.type,
@@ -171,16 +181,19 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
                 max_position_embeddings=cfg.max_position_embeddings, weight_bytes=r.weight_bytes,
                 target_modules=list(LORA_TARGETS), adapter_dtype=r.adapters.adapter_dtype))
 
-    def Health(self, request, context):
+    def Health(self, request: generate_pb2.HealthRequest,
+               context: grpc.ServicerContext | None) -> generate_pb2.HealthResponse:
         if self.core.runner.device.type == "cuda":
             torch.zeros((2, 2), device=self.core.runner.device)
         return generate_pb2.HealthResponse()
 
-    def ServiceDiscovery(self, request, context):
+    def ServiceDiscovery(self, request: generate_pb2.ServiceDiscoveryRequest,
+                         context: grpc.ServicerContext | None) -> generate_pb2.ServiceDiscoveryResponse:
         urls = [f"unix://{self.core.options.uds_path}-{r}" for r in range(self.core.world)]
         return generate_pb2.ServiceDiscoveryResponse(urls=urls)
 
-    def ClearCache(self, request, context):
+    def ClearCache(self, request: generate_pb2.ClearCacheRequest,
+                   context: grpc.ServicerContext | None) -> generate_pb2.ClearCacheResponse:
         def clear() -> None:
             if request.HasField("id"):
                 self.core.cache.pop(request.id, None)
@@ -189,7 +202,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
         self.core.locked(clear)
         return generate_pb2.ClearCacheResponse()
 
-    def FilterBatch(self, request, context):
+    def FilterBatch(self, request: generate_pb2.FilterBatchRequest,
+                    context: grpc.ServicerContext | None) -> generate_pb2.FilterBatchResponse:
         def run() -> generate_pb2.FilterBatchResponse:
             batch = self.core.pop(request.batch_id).filter(request.request_ids)
             if len(batch):
@@ -197,7 +211,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
             return generate_pb2.FilterBatchResponse(batch=batch.to_pb(), headroom=self.core.headroom())
         return self.core.locked(run)
 
-    def Prefill(self, request, context):
+    def Prefill(self, request: generate_pb2.PrefillRequest,
+                context: grpc.ServicerContext | None) -> generate_pb2.PrefillResponse:
         return self.core.locked(lambda: self._prefill(request))
 
     def _prefill(self, request: generate_pb2.PrefillRequest) -> generate_pb2.PrefillResponse:
@@ -233,7 +248,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
             log.warning("requests refused", extra={"refused": {str(k): v for k, v in refused.items()}})
         return reply
 
-    def Decode(self, request, context):
+    def Decode(self, request: generate_pb2.DecodeRequest,
+               context: grpc.ServicerContext | None) -> generate_pb2.DecodeResponse:
         return self.core.locked(lambda: self._decode(request))
 
     def _decode(self, request: generate_pb2.DecodeRequest) -> generate_pb2.DecodeResponse:
@@ -253,7 +269,8 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
             batch = batches[0]
         return self.core.step_reply(generate_pb2.DecodeResponse, self.core.run_step(batch), t0, concat_ns)
 
-    def Warmup(self, request, context):
+    def Warmup(self, request: generate_pb2.WarmupRequest,
+               context: grpc.ServicerContext | None) -> generate_pb2.WarmupResponse:
         return self.core.locked(lambda: self._warmup(request))
 
     def _warmup(self, request: generate_pb2.WarmupRequest) -> generate_pb2.WarmupResponse:

@@ -10,14 +10,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from chameleon_pb import generate_pb2
 
 from shard.server.batch import Batch, RequestState
 from shard.server.detok import next_piece
-from shard.server.sampling import choose_tokens
+from shard.server.sampling import StepChoice, choose_tokens
 from shard.server.stopping import LENGTH
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from shard.model.runner import ModelRunner
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +38,8 @@ class StepResult:
 class StepEnv:
     """What a step needs besides the batch: the runner, the tokenizer and this rank's place."""
 
-    runner: object
-    tokenizer: object
+    runner: ModelRunner
+    tokenizer: PreTrainedTokenizerBase
     special_ids: frozenset[int]
     rank: int = 0
     world_size: int = 1
@@ -75,7 +81,8 @@ def generate_step(env: StepEnv, batch: Batch) -> StepResult:
                  torch.empty(0, dtype=torch.long) for r in reqs]
     logits = out.last_logits if len(ready) == len(batch.requests) else out.last_logits[ready]  # no copy
     choice = choose_tokens(logits, [r.sampler for r in reqs], histories,
-                           [r.top_n for r in reqs], [len(r.ids) - r.prompt_len for r in reqs])
+                           [r.top_n for r in reqs], [len(r.ids) - r.prompt_len for r in reqs],
+                           env.runner.backend)
     generations: list[generate_pb2.Generation] = []
     finished: set[int] = set()
     for k, r in enumerate(reqs):
@@ -90,7 +97,7 @@ def generate_step(env: StepEnv, batch: Batch) -> StepResult:
 
 
 def _advance(env: StepEnv, r: RequestState, token: int, logprob: float, k: int,
-             choice: object) -> tuple[generate_pb2.Generation, bool]:
+             choice: StepChoice) -> tuple[generate_pb2.Generation, bool]:
     first = len(r.ids) == r.prompt_len
     r.ids.append(token)
     piece = next_piece(env.tokenizer, r.ids, r.detok)

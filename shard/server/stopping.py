@@ -32,7 +32,8 @@ class StoppingCriteria:
     _tail: str = field(default="", repr=False)
 
     @classmethod
-    def from_pb(cls, p: object, eos_token_ids: Iterable[int]) -> StoppingCriteria:
+    def from_pb(cls, p: generate_pb2.StoppingCriteriaParameters,
+                eos_token_ids: Iterable[int]) -> StoppingCriteria:
         stops = tuple(s for s in p.stop_sequences if s)
         return cls(max_new_tokens=int(p.max_new_tokens), eos_token_ids=frozenset(eos_token_ids),
                    stop_sequences=stops, ignore_eos=bool(p.ignore_eos_token),

@@ -14,7 +14,7 @@ from chameleon.memory import adapter_bytes, adapter_pages, adapter_storage_dtype
 from router.engine.adapter_registry import AdapterRegistry
 from shard.lora.cpu_bgmv import CpuBgmv, TableCache
 from shard.lora.store import LoraWeights, effective_policy
-from shard.model import cpu_kernels
+from shard.model.cpu_kernels import CpuKernels
 from shard.model.dist import DistContext
 from shard.model.runner import ModelRunner
 from tests.shard_model.tiny import ADAPTERS
@@ -138,7 +138,8 @@ def test_bfloat16_model_keeps_adapters_in_its_dtype(tiny_root: Path) -> None:
         store.offload(name)
 
 
-needs_kernels = pytest.mark.skipif(cpu_kernels.library() is None, reason="no gcc / AVX2+FMA on this machine")
+KERNELS = CpuKernels.load()
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason="no gcc / AVX2+FMA on this machine")
 
 
 def _adapter(name: str, r: int, k: int, n: int, dtype: torch.dtype, scale: float, g: torch.Generator,
@@ -167,7 +168,7 @@ def test_lora_kernel_reads_16bit_weights(k: int) -> None:
     for c in counts:
         rows.append(perm[start:start + c])
         start += c
-    cpu = CpuBgmv.build(weights, rows, t, TableCache(), 0, torch.device("cpu"), torch.float32)
+    cpu = CpuBgmv.build(KERNELS, weights, rows, t, TableCache(), 0, torch.device("cpu"), torch.float32)
     assert cpu is not None
     x = torch.randn(t, k, generator=g)
     for layer in range(2):
@@ -195,7 +196,8 @@ def test_every_finite_float16_is_read_exactly(k: int) -> None:
     x = torch.eye(k)  # token t picks column t of A
     for a in a_all:
         w = LoraWeights("h", r, (r,), ({"q_proj": (a, eye)},), {}, 1.0)
-        cpu = CpuBgmv.build([w], [slice(0, k)], k, TableCache(), 0, torch.device("cpu"), torch.float32)
+        cpu = CpuBgmv.build(KERNELS, [w], [slice(0, k)], k, TableCache(), 0, torch.device("cpu"),
+                            torch.float32)
         assert cpu is not None
         y = torch.zeros(k, r)
         assert cpu.apply(0, "q_proj", x, y)

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from shard.lora import cpu_bgmv
-from shard.model import cpu_decode, cpu_kernels
+from shard.model import cpu_decode
+from shard.model.cpu_backend import CpuKernelBackend
 from shard.model.cpu_decode import DecodeStack
+from shard.model.cpu_kernels import CpuKernels
 from shard.model.dist import DistContext
 from shard.model.runner import ForwardBatch, ModelRunner
 from tests.shard_model.harness import BLOCK, Harness
 
-pytestmark = pytest.mark.skipif(cpu_kernels.library() is None, reason="no gcc / AVX2+FMA on this machine")
+pytestmark = pytest.mark.skipif(CpuKernels.load() is None, reason="no gcc / AVX2+FMA on this machine")
 NUM_PAGES = 1600
 
 
@@ -45,7 +47,8 @@ def test_fused_stack_equals_layer_loop(tiny_root: Path, monkeypatch: pytest.Monk
     with the fused stack gives the layer loop's logits; its steps went through the stack."""
     fused_runner, loop_runner = runner_for(tiny_root), runner_for(tiny_root)
     assert fused_runner.packed_layers == 2 * 4 + 1  # per layer qkv, o, gate_up, down; the tied LM head
-    loop_runner.model._stack = False  # the layer loop only
+    assert isinstance(loop_runner.backend, CpuKernelBackend)
+    loop_runner.backend.stack = None  # the layer loop only
     served = count_fused(monkeypatch)
     fused, loop = Harness(fused_runner, tiny_root, seed=7), Harness(loop_runner, tiny_root, seed=7)
     fused.scenario()
@@ -80,8 +83,9 @@ def test_fused_stack_skips_what_it_cannot_serve(tiny_root: Path, monkeypatch: py
     h.step([h.seq("w", None, 3)])  # a 3-token prefill past the limit: the loop
     assert served == [5, 2]
     monkeypatch.setattr(cpu_decode, "MAX_PREFILL_ROWS", 1024)
-    monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
-    h.step(seqs)
+    monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")  # read when a runner is built: torch ops
+    off = Harness(runner_for(tiny_root), tiny_root, seed=3)
+    off.step([off.seq("x", "a8", 3), off.seq("y", None, 2)])
     assert served == [5, 2]
 
 

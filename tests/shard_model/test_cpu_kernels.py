@@ -11,8 +11,11 @@ from shard.lora import cpu_bgmv
 from shard.lora.cpu_bgmv import CpuBgmv, TableCache
 from shard.lora.store import LoraWeights
 from shard.model import cpu_kernels
+from shard.model.backend import torch_linear
+from shard.model.cpu_kernels import CpuKernels
 
-pytestmark = pytest.mark.skipif(cpu_kernels.library() is None, reason="no gcc / AVX2+FMA on this machine")
+KERNELS = CpuKernels.load()
+pytestmark = pytest.mark.skipif(KERNELS is None, reason="no gcc / AVX2+FMA on this machine")
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -24,10 +27,10 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
 def test_linear_equals_torch(m: int, n: int, k: int) -> None:
     g = torch.Generator().manual_seed(m * 1000 + n + k)
     x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-    y = cpu_kernels.linear(x, w, b, max_m=64)
+    y = KERNELS.linear(x, w, b, max_m=64)
     assert y is not None
     close(y, F.linear(x, w, b))
-    y = cpu_kernels.linear(x, w, max_m=64)
+    y = KERNELS.linear(x, w, max_m=64)
     assert y is not None
     close(y, F.linear(x, w))
 
@@ -37,34 +40,33 @@ def test_linear_strided_rows_and_views() -> None:
     x_big, w_big = torch.randn(8, 40), torch.randn(50, 40)
     x, w = x_big[:, 3:27], w_big[5:45, 10:34]
     assert not x.is_contiguous() and not w.is_contiguous()
-    y = cpu_kernels.linear(x, w)
+    y = KERNELS.linear(x, w)
     assert y is not None
     close(y, F.linear(x, w))
 
 
 def test_fallbacks_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     w = torch.randn(20, 12)
-    assert cpu_kernels.linear(torch.randn(cpu_kernels.KERNEL_M + 1, 12), w) is None  # M above KERNEL_M
-    assert cpu_kernels.linear(torch.randn(257, 12), w, max_m=1000) is None
-    assert cpu_kernels.linear(torch.randn(12, 4).T, w) is None         # x column stride != 1
-    assert cpu_kernels.linear(torch.randn(4, 12), torch.randn(12, 20).T) is None
-    assert cpu_kernels.linear(torch.randn(4, 12, dtype=torch.float64), w.double()) is None
-    assert cpu_kernels.linear(torch.randn(4, 12).bfloat16(), w.bfloat16()) is None
+    assert KERNELS.linear(torch.randn(cpu_kernels.KERNEL_M + 1, 12), w) is None  # M above KERNEL_M
+    assert KERNELS.linear(torch.randn(257, 12), w, max_m=1000) is None
+    assert KERNELS.linear(torch.randn(12, 4).T, w) is None         # x column stride != 1
+    assert KERNELS.linear(torch.randn(4, 12), torch.randn(12, 20).T) is None
+    assert KERNELS.linear(torch.randn(4, 12, dtype=torch.float64), w.double()) is None
+    assert KERNELS.linear(torch.randn(4, 12).bfloat16(), w.bfloat16()) is None
     for m in (1, 8, 33, 40):
         x = torch.randn(m, 12)
-        close(cpu_kernels.small_linear(x, w), F.linear(x, w))
+        close(KERNELS.small_linear(x, w), F.linear(x, w))
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
-    assert cpu_kernels.library() is None
+    assert CpuKernels.load() is None  # disabled: the runner's backend is torch ops
     x = torch.randn(8, 12)
-    assert cpu_kernels.linear(x, w) is None
-    close(cpu_kernels.small_linear(x, w), F.linear(x, w))  # the torch (w @ x.T) path
+    close(torch_linear(x, w), F.linear(x, w))  # the torch (w @ x.T) path
 
 
 def test_small_linear_non_contiguous_input_matches() -> None:
     w, b = torch.randn(30, 17), torch.randn(30)
     for m in (1, 5, 33):
         x = torch.randn(17, m).T  # column stride m: the torch fallback
-        close(cpu_kernels.small_linear(x, w, b), F.linear(x, w, b))
+        close(KERNELS.small_linear(x, w, b), F.linear(x, w, b))
 
 
 def _adapter(layers: int, ranks_in_out: dict[str, tuple[int, int, int]], g: torch.Generator,
@@ -92,7 +94,7 @@ def test_lora_kernel_equals_torch(rows_per_seg: list[int]) -> None:
     for c in rows_per_seg:
         rows.append(perm[start:start + c])
         start += c
-    cpu = CpuBgmv.build(weights, rows, t, TableCache(), 0, torch.device("cpu"), torch.float32)
+    cpu = CpuBgmv.build(KERNELS, weights, rows, t, TableCache(), 0, torch.device("cpu"), torch.float32)
     assert cpu is not None
     x_big = torch.randn(t, k + 4, generator=g)
     x = x_big[:, 2:2 + k]  # row-strided input
@@ -114,13 +116,14 @@ def test_lora_kernel_equals_torch(rows_per_seg: list[int]) -> None:
 def test_lora_kernel_not_built_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.Generator().manual_seed(0)
     w = _adapter(1, {"q_proj": (4, 8, 8)}, g, "a")
-    args = ([w], [slice(0, 2)], 2, TableCache(), 0, torch.device("cpu"))
+    args = (KERNELS, [w], [slice(0, 2)], 2, TableCache(), 0, torch.device("cpu"))
     assert CpuBgmv.build(*args, torch.float32) is not None
     assert CpuBgmv.build(*args, torch.bfloat16) is None
     n = cpu_bgmv.MAX_SEGMENT_ROWS + 1
-    assert CpuBgmv.build([w], [slice(0, n)], n, TableCache(), 0, torch.device("cpu"), torch.float32) is None
+    assert CpuBgmv.build(KERNELS, [w], [slice(0, n)], n, TableCache(), 0, torch.device("cpu"),
+                         torch.float32) is None
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
-    assert CpuBgmv.build(*args, torch.float32) is None
+    assert CpuKernels.load() is None  # no kernels to build it with
 
 
 @pytest.mark.parametrize("m", [1, 2, 5, 6, 7, 8, 9, 13, 32, 100, 200])
@@ -133,8 +136,8 @@ def test_packed_linear_equals_torch(m: int, n: int, k: int) -> None:
     wp = cpu_kernels.pack(w)
     assert wp.shape == (-(-n // cpu_kernels.PANEL), k, cpu_kernels.PANEL)
     assert torch.equal(cpu_kernels.unpack(wp, n), w)
-    close(cpu_kernels.packed_linear(x, wp, n, b), F.linear(x, w, b))
-    close(cpu_kernels.packed_linear(x, wp, n), F.linear(x, w))
+    close(KERNELS.packed_linear(x, wp, n, b), F.linear(x, w, b))
+    close(KERNELS.packed_linear(x, wp, n), F.linear(x, w))
 
 
 def test_packed_rows_and_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +148,8 @@ def test_packed_rows_and_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None
     ids = torch.tensor([0, 20, 7, 8, 7])
     assert torch.equal(cpu_kernels.packed_rows(wp, ids), w[ids])
     x = torch.randn(6, 40)[:, 3:19]
-    close(cpu_kernels.packed_linear(x, wp, 21), F.linear(x, w))
+    close(KERNELS.packed_linear(x, wp, 21), F.linear(x, w))
+    x_cols = torch.randn(16, 6).T  # column-strided: the kernel does not apply, torch on the unpacked rows
+    close(KERNELS.packed_linear(x_cols, wp, 21), F.linear(x_cols, w))
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
-    assert not cpu_kernels.can_pack(w)
-    close(cpu_kernels.packed_linear(x, wp, 21), F.linear(x, w))
+    assert CpuKernels.load() is None

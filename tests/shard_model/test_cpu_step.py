@@ -7,11 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shard.model import cpu_step
-from shard.model.attention import AttentionMeta, paged_attention
+from shard.model.attention import AttentionMeta
+from shard.model.backend import TorchBackend
+from shard.model.cpu_backend import CpuKernelBackend
+from shard.model.cpu_kernels import CpuKernels
 from shard.model.rotary import apply_rotary
 
-pytestmark = pytest.mark.skipif(cpu_step.library() is None, reason="no gcc / AVX2+FMA on this machine")
+KERNELS = CpuKernels.load()
+pytestmark = pytest.mark.skipif(KERNELS is None, reason="no gcc / AVX2+FMA on this machine")
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -27,12 +30,12 @@ def test_rms_norm_and_residual_add(m: int, h: int) -> None:
     g = torch.Generator().manual_seed(m * 100 + h)
     x_wide, w = torch.randn(m, h + 5, generator=g), torch.randn(h, generator=g)
     x = x_wide[:, 2:2 + h]  # row-strided view
-    y = cpu_step.rms_norm(x, w, 1e-5)
+    y = KERNELS.rms_norm(x, w, 1e-5)
     assert y is not None
     close(y, ref_norm(x, w, 1e-5))
     res = torch.randn(m, h, generator=g)
     want_sum = x + res
-    y = cpu_step.rms_norm(x, w, 1e-6, res)
+    y = KERNELS.rms_norm(x, w, 1e-6, res)
     assert y is not None
     close(res, want_sum)  # the sum, written into the residual in place
     close(y, ref_norm(want_sum, w, 1e-6))
@@ -43,7 +46,7 @@ def test_silu_mul(m: int, i: int) -> None:
     gu = torch.randn(m, 2 * i, generator=torch.Generator().manual_seed(m + i)) * 6
     gu[0, 0], gu[-1, -1] = -120.0, 95.0  # exp clamping at both ends
     gate, up = gu[:, :i], gu[:, i:]
-    y = cpu_step.silu_mul(gate, up)
+    y = KERNELS.silu_mul(gate, up)
     assert y is not None
     close(y, F.silu(gate) * up)
 
@@ -70,7 +73,7 @@ def test_rope_store(hq: int, hk: int, d: int, bs: int) -> None:
     pool = torch.randn(pages, 2, bs, hk, d)  # pages interleave K and V, as the pool does
     kc, vc = pool[:, 0], pool[:, 1]
     before = pool.clone()
-    assert cpu_step.rope_store(q, k, v, cos, sin, slots, kc, vc)
+    assert KERNELS.rope_store(q, k, v, cos, sin, slots, kc, vc)
     close(q, apply_rotary(q0, cos, sin))
     close(k, apply_rotary(k0, cos, sin))
     want = before.clone()
@@ -80,7 +83,7 @@ def test_rope_store(hq: int, hk: int, d: int, bs: int) -> None:
     bad = slots.clone()
     bad[-1] = pages * bs
     with pytest.raises(IndexError):
-        cpu_step.rope_store(q, k, v, cos, sin, bad, kc, vc)
+        KERNELS.rope_store(q, k, v, cos, sin, bad, kc, vc)
 
 
 def ref_decode(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, table: list[int], n: int) -> torch.Tensor:
@@ -108,7 +111,7 @@ def test_decode_attention(hq: int, hk: int, d: int, bs: int) -> None:
     width = max(map(len, tables))
     padded = torch.tensor([t + t[:1] * (width - len(t)) for t in tables])
     q = torch.randn(len(lens), hq * 3, d, generator=g)[:, hq:2 * hq]  # strided rows
-    out = cpu_step.decode_attention(q, kc, vc, padded, torch.tensor(lens), None, None)
+    out = KERNELS.decode_attention(q, kc, vc, padded, torch.tensor(lens), None, None)
     assert out is not None
     for s, n in enumerate(lens):
         close(out[s], ref_decode(q[s], kc, vc, tables[s], n))
@@ -116,16 +119,16 @@ def test_decode_attention(hq: int, hk: int, d: int, bs: int) -> None:
     rows = torch.tensor([5, 0, 2, 7, 3, 6])
     q_all = torch.randn(8, hq, d, generator=g)
     out_all = torch.full((8, hq * d), 7.0)
-    assert cpu_step.decode_attention(q_all, kc, vc, padded, torch.tensor(lens), rows, out_all) is out_all
+    assert KERNELS.decode_attention(q_all, kc, vc, padded, torch.tensor(lens), rows, out_all) is out_all
     for s, n in enumerate(lens):
         close(out_all[rows[s]], ref_decode(q_all[rows[s]], kc, vc, tables[s], n))
     assert (out_all[[1, 4]] == 7.0).all()
     padded[2, 1] = pages  # outside the pool
     with pytest.raises(IndexError):
-        cpu_step.decode_attention(q, kc, vc, padded, torch.tensor(lens), None, None)
+        KERNELS.decode_attention(q, kc, vc, padded, torch.tensor(lens), None, None)
 
 
-def test_paged_attention_mixed_batch_equals_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paged_attention_mixed_batch_equals_torch_path() -> None:
     """A batch of decode rows and prefills (fresh and with context) through the kernels and through torch."""
     hq, hk, d, bs, pages = 6, 2, 16, 4, 30
     g = torch.Generator().manual_seed(3)
@@ -139,19 +142,19 @@ def test_paged_attention_mixed_batch_equals_torch_path(monkeypatch: pytest.Monke
     _, q0, k0, v0 = packed_qkv(t, hq, hk, d, seed=5)
     cos, sin = cos_sin(torch.arange(t), d)
     outs, pools = [], []
-    for kernels in ("1", "0"):
-        monkeypatch.setenv("CHAMELEON_CPU_KERNELS", kernels)
+    assert KERNELS is not None
+    for kernels, ops in (("1", CpuKernelBackend(KERNELS)), ("0", TorchBackend())):
         pool = pool0.clone()
         qkv = torch.cat([x.flatten(1) for x in (q0, k0, v0)], dim=1)
         q, k, v = (qkv[:, a * d:b * d].unflatten(-1, (-1, d)) for a, b in ((0, hq), (hq, hq + hk),
                                                                             (hq + hk, hq + 2 * hk)))
         meta = AttentionMeta.build(slots, query_lens, context_lens, tables, bs, torch.device("cpu"),
                                    torch.float32)
-        stored = cpu_step.rope_store(q, k, v, cos, sin, meta.slots, pool[:, 0], pool[:, 1])
+        q_in = q
+        q, k = ops.rope_store(q, k, v, cos, sin, (pool[:, 0], pool[:, 1]), meta)
+        stored = q is q_in  # the C kernel rotates in place and writes the slots in the same call
         assert stored == (kernels == "1")
-        if not stored:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        outs.append(paged_attention(q, k, v, pool[:, 0], pool[:, 1], meta, stored))
+        outs.append(ops.attention(q, k, v, (pool[:, 0], pool[:, 1]), meta))
         pools.append(pool)
     close(outs[0], outs[1])
     close(pools[0], pools[1])
@@ -159,22 +162,20 @@ def test_paged_attention_mixed_batch_equals_torch_path(monkeypatch: pytest.Monke
 
 def test_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     x, w = torch.randn(4, 8), torch.randn(8)
-    assert cpu_step.rms_norm(x.double(), w.double(), 1e-5) is None
-    assert cpu_step.rms_norm(x.T, w[:4], 1e-5) is None  # column stride != 1
-    assert cpu_step.silu_mul(x.bfloat16(), x.bfloat16()) is None
+    assert KERNELS.rms_norm(x.double(), w.double(), 1e-5) is None
+    assert KERNELS.rms_norm(x.T, w[:4], 1e-5) is None  # column stride != 1
+    assert KERNELS.silu_mul(x.bfloat16(), x.bfloat16()) is None
     _, q, k, v = packed_qkv(3, 4, 2, 8, seed=0)
     kc = torch.zeros(5, 4, 2, 8)
     cos, sin = cos_sin(torch.arange(3), 8)
     slots = torch.tensor([1, 2, 3])
-    assert not cpu_step.rope_store(q, k.clone(), v, cos, sin, slots, kc, kc.clone())  # k not packed after q
+    assert not KERNELS.rope_store(q, k.clone(), v, cos, sin, slots, kc, kc.clone())  # k not packed after q
     q12 = torch.randn(2, 4, 12)
-    assert cpu_step.decode_attention(q12, torch.zeros(5, 4, 2, 12), torch.zeros(5, 4, 2, 12),
+    assert KERNELS.decode_attention(q12, torch.zeros(5, 4, 2, 12), torch.zeros(5, 4, 2, 12),
                                      torch.ones(2, 1, dtype=torch.int64), torch.ones(2, dtype=torch.int64),
                                      None, None) is None  # head dim not a multiple of 8
     monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
-    assert cpu_step.library() is None
-    assert cpu_step.rms_norm(x, w, 1e-5) is None
-    assert not cpu_step.rope_store(q, k, v, cos, sin, slots, kc, kc.clone())
+    assert CpuKernels.load() is None  # disabled: the runner's backend is torch ops
 
 
 @pytest.mark.parametrize(("s", "v"), [(1, 5), (8, 49152), (3, 1001)])
@@ -184,9 +185,9 @@ def test_lse_argmax(s: int, v: int) -> None:
     if s > 1:
         x[1] = float("-inf")
         x[1, v - 1] = -3.0
-    got = cpu_step.lse_argmax(x)
+    got = KERNELS.lse_argmax(x)
     assert got is not None
     close(got[0], torch.logsumexp(x, -1))
     assert got[1] == torch.argmax(x, -1).tolist()
     x[-1, 0] = float("nan")
-    assert cpu_step.lse_argmax(x) is None  # torch decides NaN rows
+    assert KERNELS.lse_argmax(x) is None  # torch decides NaN rows

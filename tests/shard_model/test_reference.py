@@ -40,7 +40,10 @@ def test_matches_transformers_peft(runner: ModelRunner, tiny_root: Path, referen
                                    lora_path: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """"kernel": the C kernels (base and LoRA) where they apply; "torch-only": C kernels disabled."""
     if lora_path == "torch-only":
-        monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")
+        monkeypatch.setenv("CHAMELEON_CPU_KERNELS", "0")  # read when a runner is built: torch ops
+        runner = ModelRunner(tiny_root / "model", dtype=torch.float32, device="cpu",
+                             dist=DistContext.single(), num_pages=NUM_PAGES, block_size=BLOCK)
+        assert runner.backend.name == "torch"
         lora_path = None
     for info in runner.adapters.resident():
         runner.adapters.offload(info.adapter_id)

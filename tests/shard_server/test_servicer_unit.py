@@ -16,6 +16,7 @@ import torch
 from chameleon_pb import generate_pb2
 
 from shard.lora.errors import AdapterError
+from shard.model.backend import TorchBackend
 from shard.model.dist import DistContext
 from shard.model.runner import ForwardOutput
 from shard.server.adapter_manager import AdapterManager
@@ -60,6 +61,7 @@ class FakeRunner:
     def __init__(self, vocab: int) -> None:
         self.vocab_size, self.block_size, self.num_pages, self.page_bytes = vocab, BS, 0, 64
         self.weight_bytes, self.device, self.dist = 1000, torch.device("cpu"), DistContext.single()
+        self.backend = TorchBackend()
         self.pool = None
         self.config = SimpleNamespace(max_position_embeddings=64, model_type="llama",
                                       shape=SimpleNamespace(hidden_size=8, num_layers=1))

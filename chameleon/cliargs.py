@@ -17,7 +17,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def env_name(action: argparse.Action) -> str | None:
     """`--max-new-tokens` -> `MAX_NEW_TOKENS`; positionals use their dest (`model_dir` -> `MODEL_DIR`)."""
-    if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+    if action.nargs == 0 and action.default == argparse.SUPPRESS:  # --help, --version
         return None
     longs = [s for s in action.option_strings if s.startswith("--")]
     if longs:
@@ -64,12 +64,12 @@ class EnvArgumentParser(argparse.ArgumentParser):
                     break
 
     def _set_default(self, action: argparse.Action, raw: str, var: str) -> None:
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false
             low = raw.strip().lower()
             if low not in _TRUE | _FALSE:
                 self.error(f"environment variable {var}={raw!r} is not a boolean (use true/false)")
             value = low in _TRUE
-            action.default = value if isinstance(action, argparse._StoreTrueAction) else not value
+            action.default = value if action.const else not value
             return
         convert = action.type or (lambda s: s)
         try:

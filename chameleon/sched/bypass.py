@@ -15,13 +15,29 @@ queues cannot take the pages the squash freed.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from chameleon.request import Request
 from chameleon.sched.base import BatchBudget, Plan, ScheduleContext
+from chameleon.sched.ledger import QuotaLedger
 
-if TYPE_CHECKING:
-    from chameleon.sched.mlq import ChameleonScheduler
+
+class BypassHost(Protocol):
+    """What the tracker needs from the MLQ scheduler (chameleon.sched.mlq.ChameleonScheduler)."""
+
+    ledger: QuotaLedger
+
+    def queue_index(self, req_id: int) -> int | None: ...
+    def queue(self, q: int) -> Sequence[Request]: ...
+    def need_in(self, q: int, req: Request) -> int: ...
+    def admit_now(self, req: Request, now: float, ctx: ScheduleContext, budget: BatchBudget,
+                  plan: Plan) -> bool: ...
+    def take(self, q: int, index: int = 0) -> Request: ...
+    def charge_admitted(self, req: Request, q: int, parts: list[tuple[int, int]]) -> None: ...
+    def is_running(self, req_id: int) -> bool: ...
+    def running(self) -> list[Request]: ...
+    def squash(self, req: Request, now: float, plan: Plan) -> None: ...
 
 
 def predict_free_s(head: Request, ctx: ScheduleContext, running: list[Request]) -> float:
@@ -48,22 +64,22 @@ class BypassTracker:
         self._held_back: set[int] = set()
         self._retry: list[Request] = []
 
-    def admit_retries(self, sched: ChameleonScheduler, now: float, ctx: ScheduleContext,
+    def admit_retries(self, sched: BypassHost, now: float, ctx: ScheduleContext,
                       budget: BatchBudget, plan: Plan) -> None:
         """Heads whose blocker was squashed last iteration go first, if still at the head of a queue."""
         retry, self._retry = self._retry, []
         for r1 in retry:
-            q = sched._where.get(r1.id)
-            if q is None or q < 0 or sched._queues[q][0] is not r1:
+            q = sched.queue_index(r1.id)
+            if q is None or q < 0 or sched.queue(q)[0] is not r1:
                 continue
             charge = sched.ledger.own_charge(q, sched.need_in(q, r1))
-            if charge is not None and sched._admit(r1, now, ctx, budget, plan):
-                sched.charge_admitted(sched._pop(q), q, [(q, charge)])
+            if charge is not None and sched.admit_now(r1, now, ctx, budget, plan):
+                sched.charge_admitted(sched.take(q), q, [(q, charge)])
 
-    def try_bypass(self, sched: ChameleonScheduler, q: int, now: float, ctx: ScheduleContext,
+    def try_bypass(self, sched: BypassHost, q: int, now: float, ctx: ScheduleContext,
                    budget: BatchBudget, plan: Plan) -> None:
         """Queue q's head could not be admitted: let younger requests pass it if the rule allows."""
-        dq = sched._queues[q]
+        dq = sched.queue(q)
         head = dq[0]
         mem = ctx.memory
         if head.adapter_id is None or head.id in self._held_back or mem.adapter_fits(head.adapter_id):
@@ -77,25 +93,25 @@ class BypassTracker:
             need = sched.need_in(q, r2)
             ok = sched.ledger.available(q) >= need and mem.can_admit(r2) \
                 and ctx.remaining_s(r2) < t_free
-            if ok and sched._admit(r2, now, ctx, budget, plan):
-                sched.charge_admitted(sched._pop(q, index), q, [(q, need)])
+            if ok and sched.admit_now(r2, now, ctx, budget, plan):
+                sched.charge_admitted(sched.take(q, index), q, [(q, need)])
                 self.active.append((head, r2))
                 self.total += 1
             else:
                 index += 1
 
-    def check_squashes(self, sched: ChameleonScheduler, now: float, ctx: ScheduleContext,
+    def check_squashes(self, sched: BypassHost, now: float, ctx: ScheduleContext,
                        plan: Plan) -> None:
         """Squash R2 where R1's memory freed before R2 finished (R2 is now what blocks R1)."""
         self._held_back = set()
         keep: list[tuple[Request, Request]] = []
         mem = ctx.memory
         for r1, r2 in self.active:
-            if r2.id not in sched._running or r1.id not in sched._where:
+            if not sched.is_running(r2.id) or sched.queue_index(r1.id) is None:
                 continue  # resolved: R2 finished (or was cancelled) or R1 left the queue
             if r1.id not in self._held_back and not mem.can_admit(r1) \
                     and mem.shortfall(r1, mem.releasable_pages(r2.id)) <= 0:
-                sched._squash(r2, now, plan)
+                sched.squash(r2, now, plan)
                 self.squashes += 1
                 self._held_back.add(r1.id)
                 self._retry.append(r1)

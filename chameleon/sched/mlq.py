@@ -331,6 +331,27 @@ class ChameleonScheduler(Scheduler):
                 rest -= take
         return parts
 
+    # --- the bypass tracker's view (chameleon.sched.bypass.BypassHost) ---
+    def queue_index(self, req_id: int) -> int | None:
+        """The queue holding a queued request (-1: not yet classified); None when not queued."""
+        return self._where.get(req_id)
+
+    def queue(self, q: int) -> deque[Request]:
+        return self._queues[q]
+
+    def admit_now(self, req: Request, now: float, ctx: ScheduleContext, budget: BatchBudget,
+                  plan: Plan) -> bool:
+        return self._admit(req, now, ctx, budget, plan)
+
+    def take(self, q: int, index: int = 0) -> Request:
+        return self._pop(q, index)
+
+    def is_running(self, req_id: int) -> bool:
+        return req_id in self._running
+
+    def squash(self, req: Request, now: float, plan: Plan) -> None:
+        self._squash(req, now, plan)
+
     def need_in(self, q: int, req: Request) -> int:
         """Quota charge of admitting `req` into queue q now (see `accounts`: its adapter's tokens only
         when no running request of queue q holds that adapter's account)."""

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from chameleon.cliargs import EnvArgumentParser, prepare_outputs
 from chameleon.sim.config import SimConfig
-from chameleon.sim.profile import SHIPPED, Profile, load_profile
+from chameleon.sim.profile import Profile
+from chameleon.sim.profiles import SHIPPED, load_profile
 from chameleon.sim.report import SloBasis, document, format_runs, format_summary
 from chameleon.sim.runner import DEFAULT_POLICIES, POLICIES, SweepSpec, run_one, run_sweep
 from chameleon.workload import LengthScale, TraceError, read_trace

@@ -106,20 +106,3 @@ class Profile:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"cannot load profile {path}: {exc}") from None
-
-
-def load_profile(name_or_path: str) -> Profile:
-    """`a40-llama7b` (the shipped paper profile) or a path to a profile JSON."""
-    if name_or_path in SHIPPED:
-        return SHIPPED[name_or_path]()
-    return Profile.load(name_or_path)
-
-
-def a40_llama7b() -> Profile:
-    """The paper's testbed. Derivations are in `sources`; the test suite recomputes the calibration."""
-    from chameleon.sim.paper_a40 import build
-
-    return build()
-
-
-SHIPPED = {"a40-llama7b": a40_llama7b}

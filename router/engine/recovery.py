@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from router.engine.adapters import AdapterRegistry
+from router.engine.adapter_registry import AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.health import HealthState
 from router.engine.protocol import GENERATE_V3

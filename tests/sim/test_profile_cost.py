@@ -6,7 +6,8 @@ import pytest
 
 from chameleon.sim.cost import CostModel
 from chameleon.sim.paper_a40 import PAPER_TTFT_MS
-from chameleon.sim.profile import Profile, load_profile
+from chameleon.sim.profile import Profile
+from chameleon.sim.profiles import load_profile
 
 
 @pytest.mark.parametrize("rank", sorted(PAPER_TTFT_MS))

@@ -10,18 +10,15 @@ import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chameleon.launch.plan import free_port
+from tests.procs import Child, chameleon, free_port
 
 pytestmark = pytest.mark.slow
 RECOVERY_S = 60.0  # the issue's bound for serving again after a shard dies
@@ -29,14 +26,14 @@ HANG_S = 60.0  # a read that blocks this long counts as a hang
 STARTUP_S = 300  # loading two ranks on a busy 2-core machine can take minutes: generous, not a bound
 
 
-@dataclass
-class Launched:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
+class Launched(Child):
+    """A `chameleon launch` process; `port` is its router's HTTP port."""
 
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
+    tail_chars = 6000
+
+    def __init__(self, argv: list[str], log: Path, port: int) -> None:
+        self.port = port
+        super().__init__(argv, log, name="launcher")
 
 
 def _post(port: int, path: str, body: dict[str, Any], timeout: float = HANG_S) -> tuple[int, bytes]:
@@ -45,17 +42,6 @@ def _post(port: int, path: str, body: dict[str, Any], timeout: float = HANG_S) -
         conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
         return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def _get_status(port: int, path: str) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    except OSError:
-        return None
     finally:
         conn.close()
 
@@ -95,40 +81,20 @@ def _pids(launched: Launched, sub: str) -> list[int]:
     return sorted(p for p, cmd in _children(launched.proc.pid).items() if f"chameleon {sub}" in cmd)
 
 
-def _wait_healthy(launched: Launched, within: float) -> None:
-    deadline = time.monotonic() + within
-    while _get_status(launched.port, "/health") != 200:
-        if launched.proc.poll() is not None:
-            pytest.fail(f"launcher exited with {launched.proc.returncode}:\n{launched.tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"not healthy within {within:.0f}s:\n{launched.tail()}")
-        time.sleep(0.25)
-
-
 @contextmanager
 def _launch(tiny_assets: Path, sock_dir: Path, tmp_path: Path, *flags: str) -> Iterator[Launched]:
     """`chameleon launch` of the tiny model with 2 ranks and `flags`; healthy on entry, stopped on exit."""
     port, log = free_port(), tmp_path / "launch.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("NUM_SHARD", "PORT", "MODEL_ID", "HOSTNAME")}
-    argv = [sys.executable, "-m", "chameleon", "launch", "--model-id", str(tiny_assets / "model"),
-            "--adapter-dir", str(tiny_assets / "adapters"), "--num-shard", "2", "--port", str(port),
-            "--grpc-port", str(free_port()), "--shard-uds-path", f"{sock_dir}/shard",
-            "--shard-args", "--threads 1", "--startup-timeout", str(STARTUP_S), *flags]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    handle = Launched(proc, port, log)
+    argv = chameleon("launch", "--model-id", str(tiny_assets / "model"),
+                     "--adapter-dir", str(tiny_assets / "adapters"), "--num-shard", "2", "--port", str(port),
+                     "--grpc-port", str(free_port()), "--shard-uds-path", f"{sock_dir}/shard",
+                     "--shard-args", "--threads 1", "--startup-timeout", str(STARTUP_S), *flags)
+    handle = Launched(argv, log, port)
     try:
-        _wait_healthy(handle, STARTUP_S + 60)
+        handle.wait_http_ok(f"http://127.0.0.1:{port}/health", STARTUP_S + 60, poll_s=0.25)
         yield handle
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.send_signal(signal.SIGINT)  # no drain
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        handle.stop((signal.SIGINT, signal.SIGINT), grace_s=60)  # twice: no drain
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from chameleon.launch.procs import (
     wait_ready,
 )
 
+pytestmark = pytest.mark.slow
+
 STANDIN = str(Path(__file__).with_name("standin.py"))
 
 

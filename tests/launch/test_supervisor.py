@@ -193,6 +193,8 @@ sys.path.insert(0, {tests!r})
 from launch.test_supervisor import _plan
 from chameleon.launch.supervisor import Supervisor, Timeouts
 from pathlib import Path
+
+pytestmark = pytest.mark.slow
 sup = Supervisor(_plan(Path({sock!r}), ranks=2), Timeouts(startup={startup}, poll=0.05))
 def serving():
     Path({pids!r}).write_text(" ".join(str(c.pid) for c in [*sup.shards, sup.router]))

@@ -19,8 +19,7 @@ import requests
 from chameleon_pb import generation_pb2 as pb
 from chameleon_pb import generation_pb2_grpc as pb_grpc
 
-from tests.router_api.fakes import free_port
-from tests.router_api.procs import RouterProc, ShardProc, make_adapter_dir, workdir
+from tests.procs import RouterProc, ShardProc, child_env, free_port, make_adapter_dir, workdir
 
 GOLDEN_TEXT = "the quick brown fox"
 GOLDEN_NEW = 8
@@ -64,16 +63,8 @@ def router_on(shard: Shard, name: str, *flags: str, env: dict[str, str] | None =
     shard.proc.check_alive("shard")
     folder = shard.wd / name
     folder.mkdir(exist_ok=True)
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        router = RouterProc(shard.proc, shard.model, shard.adapters, folder, free_port(), free_port(), *flags)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    router = RouterProc(shard.proc, shard.model, shard.adapters, folder, free_port(), free_port(), *flags,
+                        env=child_env(**(env or {})))
     try:
         router.wait_healthy(BUSY_S)
         yield router

@@ -14,8 +14,8 @@ from chameleon_pb import generation_pb2 as pb
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.procs import RouterProc
 from tests.reliability.system import BUSY_S, Shard, golden_grpc_text, golden_request, metric, router_on
-from tests.router_api.procs import RouterProc
 from tests.router_api.real import wait_for
 
 pytestmark = pytest.mark.slow

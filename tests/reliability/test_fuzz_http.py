@@ -13,8 +13,8 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.procs import RouterProc
 from tests.reliability.system import BUSY_S, Shard, golden_ids, is_error_body, metric, router_on
-from tests.router_api.procs import RouterProc
 from tests.router_api.real import wait_for
 
 pytestmark = pytest.mark.slow

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.bench.soak_watch import integrity, read_metrics
+from tests.procs import RouterProc
 from tests.reliability.system import (
     GOLDEN_NEW,
     GOLDEN_TEXT,
@@ -39,7 +40,6 @@ from tests.reliability.system import (
     metric,
     router_on,
 )
-from tests.router_api.procs import RouterProc
 from tests.router_api.real import wait_for
 
 pytestmark = pytest.mark.slow

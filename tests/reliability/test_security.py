@@ -16,9 +16,9 @@ from chameleon_pb import generation_pb2 as pb
 from chameleon_pb import generation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.procs import RouterProc
 from tests.reliability.certs import Pem, make_ca, make_leaf
 from tests.reliability.system import GOLDEN_NEW, GOLDEN_TEXT, Shard, golden_grpc_text, golden_ids, router_on
-from tests.router_api.procs import RouterProc
 
 pytestmark = pytest.mark.slow
 

@@ -27,8 +27,7 @@ from router.engine.adapter_registry import AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.shard_client import ShardClient
 from router.engine.startup import ShardFacts, start_shards
-from tests.router_api.fakes import free_port
-from tests.router_api.procs import PREFILL, RouterProc, ShardProc, make_adapter_dir, workdir
+from tests.procs import PREFILL, RouterProc, ShardProc, free_port, make_adapter_dir, workdir
 
 MAX_CONCURRENT = 64
 

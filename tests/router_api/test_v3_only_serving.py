@@ -18,8 +18,7 @@ import pytest
 import requests
 from chameleon_pb import chameleon_pb2, chameleon_pb2_grpc
 
-from tests.router_api.fakes import free_port
-from tests.router_api.procs import RouterProc, ShardProc, make_adapter_dir, workdir
+from tests.procs import RouterProc, ShardProc, free_port, make_adapter_dir, workdir
 from tests.router_api.real import http_generate, metric, wait_for
 
 pytestmark = pytest.mark.slow

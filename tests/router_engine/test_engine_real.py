@@ -23,8 +23,10 @@ from router.engine.entry import Engine
 from router.engine.shard_client import ShardClient
 from router.engine.startup import start_shards
 from router.engine.types import EngineError, Event, FinalEvent, GenerateParams, GenerateRequest, TokenEvent
-from tests.router_engine.shards import ShardProc, engine_config, make_adapter_dir
+from tests.procs import ShardProc, make_adapter_dir
+from tests.router_engine.shards import engine_config
 
+pytestmark = pytest.mark.slow
 PROMPTS = ["hello world", "the quick brown fox jumps", "a b c d e f g", "serving many adapters at once"]
 
 
@@ -39,7 +41,7 @@ def aloop() -> Iterator[asyncio.AbstractEventLoop]:
 def setup(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory,
           aloop: asyncio.AbstractEventLoop) -> Iterator[dict]:
     adir = tmp_path_factory.mktemp("adapters")
-    names = make_adapter_dir(tiny_assets, adir, 20)
+    names = make_adapter_dir(tiny_assets / "adapters", adir, 20)
     procs = [ShardProc(tiny_assets / "model", adir) for _ in range(3)]
     main, ref, victim = procs
     try:

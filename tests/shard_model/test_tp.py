@@ -7,10 +7,13 @@ import multiprocessing as mp
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 
 from shard.model.dist import DistContext
 from tests.shard_model.tp_worker import run_scenario, worker
+
+pytestmark = pytest.mark.slow
 
 SEED = 3
 

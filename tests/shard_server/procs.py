@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,69 +12,60 @@ from pathlib import Path
 import grpc
 from chameleon_pb import chameleon_pb2_grpc, generate_pb2, generate_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.procs import DIST_ENV, REPO, START_S, Child, child_env, free_port, shard_argv, stop_all, wait_until
 
 
 @dataclass
 class Shard:
     """One rank: its process, channel and stubs."""
 
-    proc: subprocess.Popen
+    child: Child
     channel: grpc.Channel
     stub: generate_pb2_grpc.TextGenerationServiceStub
     adapters: chameleon_pb2_grpc.AdapterServiceStub
-    log: Path
     url: str
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.child.proc
+
+    @property
+    def log(self) -> Path:
+        return self.child.log
 
 
 @contextmanager
 def start_shards(model_dir: Path, uds: str, args: Sequence[str], world: int = 1,
-                 timeout_s: float = 120.0) -> Iterator[list[Shard]]:
+                 timeout_s: float = START_S) -> Iterator[list[Shard]]:
     """Start `world` ranks; yield once every socket answers Health; stop them (SIGTERM) on exit."""
     port = free_port()
     shards: list[Shard] = []
     try:
         for rank in range(world):
-            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(port), "PYTHONPATH": f"{REPO}:{REPO / 'proto'}"}
-            log = Path(f"{uds}-{rank}.log")
-            proc = subprocess.Popen([sys.executable, "-m", "chameleon", "shard", str(model_dir),
-                                     "--uds-path", uds, "--threads", "1", *args],
-                                    env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+            env = child_env(DIST_ENV, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port), PYTHONPATH=f"{REPO}:{REPO / 'proto'}")
+            child = Child(shard_argv(model_dir, uds, *args, budget=None), Path(f"{uds}-{rank}.log"), env,
+                          cwd=REPO, name=f"shard rank {rank}")
             channel = grpc.insecure_channel(f"unix://{uds}-{rank}")
-            shards.append(Shard(proc, channel, generate_pb2_grpc.TextGenerationServiceStub(channel),
-                                chameleon_pb2_grpc.AdapterServiceStub(channel), log, f"unix://{uds}-{rank}"))
+            shards.append(Shard(child, channel, generate_pb2_grpc.TextGenerationServiceStub(channel),
+                                chameleon_pb2_grpc.AdapterServiceStub(channel), f"unix://{uds}-{rank}"))
         deadline = time.monotonic() + timeout_s
         for s in shards:
-            _wait_ready(s, deadline)
+            wait_until(lambda s=s: _healthy(s), f"{s.child.name} answers Health",
+                       max(deadline - time.monotonic(), 0.0), s.child, poll_s=0.2)
         yield shards
     finally:
+        stop_all([s.child for s in shards])
         for s in shards:
-            s.proc.terminate()
-        for s in shards:
-            try:
-                s.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
             s.channel.close()
 
 
-def _wait_ready(s: Shard, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if s.proc.poll() is not None:
-            raise RuntimeError(f"shard exited with {s.proc.returncode}:\n{s.log.read_text()[-3000:]}")
-        try:
-            s.stub.Health(generate_pb2.HealthRequest(), timeout=2)
-            return
-        except grpc.RpcError:
-            time.sleep(0.2)
-    raise TimeoutError(f"shard did not answer in time:\n{s.log.read_text()[-3000:]}")
+def _healthy(s: Shard) -> bool:
+    try:
+        s.stub.Health(generate_pb2.HealthRequest(), timeout=2)
+    except grpc.RpcError:
+        return False
+    return True
 
 
 @dataclass

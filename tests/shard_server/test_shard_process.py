@@ -17,6 +17,8 @@ from shard.cli import eos_token_ids
 from tests.shard_server.procs import Router, request, start_shards
 from tests.shard_server.reference import PeftReference
 
+pytestmark = pytest.mark.slow
+
 BUDGET = str(100 * 1024**2)  # weights (~9 MB) + activations + a pool of ~2500 tiny pages
 ADAPTER_PAGES = "1200"  # the shard's own adapter region: room for every tiny adapter at once
 PROMPTS = ["def main(argv):", "import os\nimport sys", "class Parser(object):", "    return self._",

@@ -40,8 +40,9 @@ def test_paged_decode_matches_reference(target, group: int, block_size: int) -> 
     ctxs = [1, 9, 37, block_size]
     num_pages = sum(-(-c // block_size) for c in ctxs) + 3
     k_cache, v_cache = _pool(num_pages, block_size, dtype, device, gen)
-    tables = _tables(ctxs, block_size, num_pages, gen).to(device)
-    lens = torch.tensor(ctxs, dtype=torch.int32, device=device)
+    index = torch.int64 if block_size == 16 else torch.int32  # the shard's meta holds int64 tables
+    tables = _tables(ctxs, block_size, num_pages, gen).to(device, index)
+    lens = torch.tensor(ctxs, dtype=index, device=device)
     q = torch.randn(len(ctxs), HK * group, DIM, generator=gen).to(dtype).to(device)
     got = paged_decode_attention(q, k_cache, v_cache, tables, lens)
     want = reference.paged_decode_attention(q, k_cache, v_cache, tables, lens)

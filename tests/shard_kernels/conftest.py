@@ -32,6 +32,7 @@ def interpreted() -> bool:
     pytest.param(("cpu", torch.float32), id="cpu-fp32"),
     pytest.param(("cpu", torch.float16), id="cpu-fp16"),
     pytest.param(("cuda", torch.bfloat16), id="cuda-bf16", marks=pytest.mark.gpu),
+    pytest.param(("cuda", torch.float16), id="cuda-fp16", marks=pytest.mark.gpu),
 ])
 def target(request: pytest.FixtureRequest) -> tuple[torch.device, torch.dtype]:
     """(device, dtype) of one test variant. CPU variants need the interpreter, CUDA ones a GPU and

@@ -23,12 +23,18 @@ def _pow2(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(n))
 
 
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: float32 stays IEEE (no TF32 rounding on GPUs); 16-bit types ignore it."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 @triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, tables_ptr, lens_ptr, sm_scale,
                    stride_qs, stride_qh, stride_kp, stride_kb, stride_kh, stride_vp, stride_vb, stride_vh,
                    stride_os, stride_oh, stride_ts,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                   GROUP_P: tl.constexpr, D_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                   GROUP_P: tl.constexpr, D_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                   PRECISION: tl.constexpr):
     """One program per (sequence, KV head): its GROUP query heads share every K/V tile read."""
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -50,7 +56,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, tables_ptr, lens_ptr, sm_scale,
         kv_mask = valid[:, None] & (d[None, :] < HEAD_DIM)
         k = tl.load(k_ptr + page[:, None] * stride_kp + off[:, None] * stride_kb + kvh * stride_kh
                     + d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale  # [GROUP_P, BLOCK_N]
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION).to(tl.float32)
+        s = s * sm_scale  # [GROUP_P, BLOCK_N]
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
@@ -58,7 +65,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, o_ptr, tables_ptr, lens_ptr, sm_scale,
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_ptr + page[:, None] * stride_vp + off[:, None] * stride_vb + kvh * stride_vh
                     + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype)).to(tl.float32)
+        pv = tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+        acc = acc * alpha[:, None] + pv.to(tl.float32)
         m_i = m_new
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
@@ -92,7 +100,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         block_tables.stride(0),
         GROUP=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, GROUP_P=_pow2(group), D_P=_pow2(dim),
-        BLOCK_N=block_n)
+        BLOCK_N=block_n, PRECISION=_precision(q.dtype))
     return out
 
 
@@ -101,7 +109,8 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_ptr, ctx_ptr, tables_ptr, sm_
                     stride_qt, stride_qh, stride_kp, stride_kb, stride_kh, stride_vp, stride_vb, stride_vh,
                     stride_ot, stride_oh, stride_ts,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    PAGED: tl.constexpr, D_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    PAGED: tl.constexpr, D_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    PRECISION: tl.constexpr):
     """One program per (query tile, sequence, query head). Query i of a sequence with q_len new tokens
     and ctx keys sits at position ctx - q_len + i and attends to keys 0..that position. PAGED: keys from
     the block table; else from the contiguous new-token rows k[cu[b] + j] (then ctx == q_len)."""
@@ -142,14 +151,16 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_ptr, ctx_ptr, tables_ptr, sm_
                 k_off = kr[:, None] * stride_kp
                 v_off = kr[:, None] * stride_vp
             k = tl.load(k_ptr + k_off + kvh * stride_kh + d[None, :], mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale  # [BLOCK_M, BLOCK_N]
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION).to(tl.float32)
+            s = s * sm_scale  # [BLOCK_M, BLOCK_N]
             s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_ptr + v_off + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype)).to(tl.float32)
+            pv = tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+            acc = acc * alpha[:, None] + pv.to(tl.float32)
             m_i = m_new
         l_i = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_i[:, None]
@@ -187,8 +198,9 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     if max_query_len is None:
         max_query_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
     cpu = q.device.type == "cpu"
-    block_m = block_m or (16 if cpu else 64)
-    block_n = block_n or (16 if cpu else 64)
+    gpu_block = 64 if q.element_size() == 2 else 32  # float32 64x64 tiles need 180 KB of shared memory
+    block_m = block_m or (16 if cpu else gpu_block)
+    block_n = block_n or (16 if cpu else gpu_block)
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(dim)
     if paged:
         block_size = k.shape[1]
@@ -204,5 +216,5 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         q, k, v, out, cu_seqlens, ctx, tables, scale,
         q.stride(0), q.stride(1), *ks, *vs, out.stride(0), out.stride(1), ts,
         GROUP=hq // hk, HEAD_DIM=dim, BLOCK_SIZE=block_size, PAGED=paged, D_P=_pow2(dim),
-        BLOCK_M=block_m, BLOCK_N=block_n)
+        BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q.dtype))
     return out

@@ -18,19 +18,23 @@ from collections.abc import Callable
 def _specs(dt: str) -> list[tuple[str, dict[str, str], dict[str, object]]]:
     """(kernel name, pointer/scalar types, constexprs): realistic shapes (Llama-7B heads, GQA 4)."""
     p = f"*{dt}"
+    prec = "ieee" if dt == "fp32" else "tf32"
+    tile = 32 if dt == "fp32" else 64  # as attention.prefill_attention picks on GPUs
     attn = {"q_ptr": p, "k_ptr": p, "v_ptr": p, "o_ptr": p, "sm_scale": "fp32"}
     seg = {"rows_ptr": "*i64", "start_ptr": "*i32", "len_ptr": "*i32", "adapter_ptr": "*i32",
            "rank_ptr": "*i32"}
     return [
         ("attention._decode_kernel", {**attn, "tables_ptr": "*i64", "lens_ptr": "*i64"},
-         {"GROUP": 4, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "GROUP_P": 16, "D_P": 128, "BLOCK_N": 64}),
+         {"GROUP": 4, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "GROUP_P": 16, "D_P": 128, "BLOCK_N": 64,
+          "PRECISION": prec}),
         *[("attention._prefill_kernel", {**attn, "cu_ptr": "*i32", "ctx_ptr": "*i32", "tables_ptr": "*i64"},
-           {"GROUP": 4, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "PAGED": paged, "D_P": 128, "BLOCK_M": 64,
-            "BLOCK_N": 64}) for paged in (True, False)],
+           {"GROUP": 4, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "PAGED": paged, "D_P": 128, "BLOCK_M": tile,
+            "BLOCK_N": tile, "PRECISION": prec}) for paged in (True, False)],
         ("lora._shrink_kernel", {**seg, "x_ptr": p, "w_ptr": p, "y_ptr": "*fp32", "a_off_ptr": "*i64",
-                                 "scale_ptr": "*fp32"}, {"BLOCK_M": 16, "BLOCK_R": 16, "BLOCK_K": 64}),
+                                 "scale_ptr": "*fp32"},
+         {"BLOCK_M": 16, "BLOCK_R": 16, "BLOCK_K": 64, "PRECISION": prec}),
         ("lora._expand_kernel", {**seg, "y_ptr": "*fp32", "w_ptr": p, "o_ptr": p, "b_off_ptr": "*i64"},
-         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_R": 16}),
+         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_R": 16, "PRECISION": prec}),
     ]
 
 

@@ -106,7 +106,8 @@ def segments_from_row_adapters(row_adapter: torch.Tensor) -> Segments:
 @triton.jit
 def _shrink_kernel(x_ptr, w_ptr, y_ptr, a_off_ptr, rank_ptr, scale_ptr, rows_ptr, start_ptr, len_ptr,
                    adapter_ptr, in_dim, stride_x, stride_y,
-                   BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PRECISION: tl.constexpr):
     seg = tl.program_id(0)
     tile = tl.program_id(1)
     n_rows = tl.load(len_ptr + seg)
@@ -131,7 +132,7 @@ def _shrink_kernel(x_ptr, w_ptr, y_ptr, a_off_ptr, rank_ptr, scale_ptr, rows_ptr
                             other=0.0)
                 a = tl.load(a_base + r[None, :].to(tl.int64) * in_dim + k[:, None],
                             mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # A.T tile [BLOCK_K, BLOCK_R]
-                acc += tl.dot(x, a.to(x.dtype)).to(tl.float32)
+                acc += tl.dot(x, a.to(x.dtype), input_precision=PRECISION).to(tl.float32)
             tl.store(y_ptr + rows[:, None] * stride_y + r[None, :], acc * scale,
                      mask=m_ok[:, None] & r_ok[None, :])
 
@@ -139,7 +140,8 @@ def _shrink_kernel(x_ptr, w_ptr, y_ptr, a_off_ptr, rank_ptr, scale_ptr, rows_ptr
 @triton.jit
 def _expand_kernel(y_ptr, w_ptr, o_ptr, b_off_ptr, rank_ptr, rows_ptr, start_ptr, len_ptr, adapter_ptr,
                    out_dim, col_start, stride_y, stride_o,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+                   PRECISION: tl.constexpr):
     seg = tl.program_id(0)
     tile = tl.program_id(1)
     col_tile = tl.program_id(2)
@@ -164,9 +166,15 @@ def _expand_kernel(y_ptr, w_ptr, o_ptr, b_off_ptr, rank_ptr, rows_ptr, start_ptr
                         other=0.0)
             b = tl.load(b_base + n[None, :].to(tl.int64) * rank + r[:, None],
                         mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # B.T tile [BLOCK_R, BLOCK_N]
-            acc += tl.dot(y.to(o_ptr.dtype.element_ty), b.to(o_ptr.dtype.element_ty)).to(tl.float32)
+            acc += tl.dot(y.to(o_ptr.dtype.element_ty), b.to(o_ptr.dtype.element_ty),
+                          input_precision=PRECISION).to(tl.float32)
         cur = tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
         tl.store(o_ptrs, (cur + acc).to(o_ptr.dtype.element_ty), mask=o_mask)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: float32 stays IEEE (no TF32 rounding on GPUs); 16-bit types ignore it."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _blocks(device: torch.device) -> tuple[int, int, int]:
@@ -187,7 +195,7 @@ def sgmv_shrink(x: torch.Tensor, table: LoraTable, segs: Segments,
     grid = (segs.seg_len.numel(), triton.cdiv(segs.max_len, bm))
     _shrink_kernel[grid](x, table.weights, y, table.a_offsets, table.ranks, table.scales, segs.rows,
                          segs.seg_start, segs.seg_len, segs.seg_adapter, x.shape[1], x.stride(0), y.stride(0),
-                         BLOCK_M=bm, BLOCK_R=16, BLOCK_K=bk)
+                         BLOCK_M=bm, BLOCK_R=16, BLOCK_K=bk, PRECISION=_precision(x.dtype))
     return y
 
 
@@ -205,7 +213,7 @@ def sgmv_expand(y: torch.Tensor, table: LoraTable, segs: Segments, out: torch.Te
     grid = (segs.seg_len.numel(), triton.cdiv(segs.max_len, bm), triton.cdiv(out_dim, bn))
     _expand_kernel[grid](y, table.weights, out, table.b_offsets, table.ranks, segs.rows, segs.seg_start,
                          segs.seg_len, segs.seg_adapter, out_dim, col_start, y.stride(0), out.stride(0),
-                         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=16)
+                         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=16, PRECISION=_precision(out.dtype))
     return out
 
 

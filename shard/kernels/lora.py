@@ -13,7 +13,8 @@ slot seg_adapter[s]. Rows in no segment (base rows) are not touched. A per-row (
 into segments by `segments_from_row_adapters`.
 
 shrink: y[row, :rank] = scale * x[row] @ A.T (y float32 [T, max_rank]; columns past a row's rank are
-not written). expand: out[row, col_start:col_start + out_dim] += y[row, :rank] @ B.T.
+not written). expand: out[row, col_start:col_start + out_dim] += y[row, :rank] @ B.T (rank: B's
+columns, which differ from A's rows only for a column-parallel TP slice, see `lora_table`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ class LoraTable:
     weights: torch.Tensor      # flat, the adapters' storage dtype
     a_offsets: torch.Tensor    # [n] int64 element offsets
     b_offsets: torch.Tensor    # [n] int64
-    ranks: torch.Tensor        # [n] int32
+    ranks: torch.Tensor        # [n] int32 rows of A (what shrink writes per row)
     scales: torch.Tensor       # [n] float32
     max_rank: int
+    b_ranks: torch.Tensor      # [n] int32 columns of B (what expand reads per row); = ranks without TP
+    max_b_rank: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +63,13 @@ def _offset_in(t: torch.Tensor, buf: torch.Tensor) -> int | None:
 
 
 def lora_table(pairs: list[tuple[torch.Tensor, torch.Tensor]], scales: list[float],
-               buffer: torch.Tensor | None = None) -> LoraTable:
+               buffer: torch.Tensor | None = None, tp_split: bool = False) -> LoraTable:
     """The kernel table of adapters [(A [r, in], B [out, r])] for one (layer, module), in slot order.
     When every tensor is a view of `buffer` (the pool seen in their dtype, e.g.
     `pool.buffer.view(dtype)`) the table points into it in place; otherwise (copies of tensors that
-    straddled non-adjacent pages, adapters held outside the pool) all are packed into one new buffer."""
+    straddled non-adjacent pages, adapters held outside the pool) all are packed into one new buffer.
+    tp_split: a column-parallel TP slice (shard.lora.store), A [r_local, in] and B [out_local, r]:
+    shrink writes r_local columns, the caller all-gathers them into y [T, r], expand reads r."""
     if not pairs:
         raise ValueError("no adapters")
     dtype, device = pairs[0][0].dtype, pairs[0][0].device
@@ -80,13 +85,32 @@ def lora_table(pairs: list[tuple[torch.Tensor, torch.Tensor]], scales: list[floa
                 offs.append(pos)
                 pos += t.numel()
     ranks = [a.shape[0] for a, _ in pairs]
-    for (_, b), r in zip(pairs, ranks, strict=True):
-        if b.shape[1] != r:
-            raise ValueError(f"A has rank {r} but B is {tuple(b.shape)}")
+    b_ranks = [b.shape[1] for _, b in pairs]
+    if not tp_split:
+        for r, rb in zip(ranks, b_ranks, strict=True):
+            if r != rb:
+                raise ValueError(f"A has rank {r} but B has {rb} columns (tp_split=True for a "
+                                 "column-parallel TP slice)")
     return LoraTable(flat, torch.tensor(offs[0::2], dtype=torch.int64, device=device),
                      torch.tensor(offs[1::2], dtype=torch.int64, device=device),
                      torch.tensor(ranks, dtype=torch.int32, device=device),
-                     torch.tensor(scales, dtype=torch.float32, device=device), max(ranks))
+                     torch.tensor(scales, dtype=torch.float32, device=device), max(ranks),
+                     torch.tensor(b_ranks, dtype=torch.int32, device=device), max(b_ranks))
+
+
+def segments_from_runs(runs: list[tuple[int, int, int]], device: torch.device | str) -> Segments:
+    """Contiguous token runs [(first row, rows, adapter slot)] (a prefill batch's sequences) ->
+    Segments, built on the host without a device sync; rows of no run are base rows."""
+    rows = [r for start, n, _ in runs for r in range(start, start + n)]
+    starts, pos = [], 0
+    for _, n, _ in runs:
+        starts.append(pos)
+        pos += n
+    return Segments(torch.tensor(rows, dtype=torch.int64, device=device),
+                    torch.tensor(starts, dtype=torch.int32, device=device),
+                    torch.tensor([n for _, n, _ in runs], dtype=torch.int32, device=device),
+                    torch.tensor([slot for _, _, slot in runs], dtype=torch.int32, device=device),
+                    max((n for _, n, _ in runs), default=0))
 
 
 def segments_from_row_adapters(row_adapter: torch.Tensor) -> Segments:
@@ -211,7 +235,7 @@ def sgmv_expand(y: torch.Tensor, table: LoraTable, segs: Segments, out: torch.Te
         raise ValueError(f"columns {col_start}..{col_start + out_dim} are outside out {tuple(out.shape)}")
     bm, _, bn = _blocks(out.device)
     grid = (segs.seg_len.numel(), triton.cdiv(segs.max_len, bm), triton.cdiv(out_dim, bn))
-    _expand_kernel[grid](y, table.weights, out, table.b_offsets, table.ranks, segs.rows, segs.seg_start,
+    _expand_kernel[grid](y, table.weights, out, table.b_offsets, table.b_ranks, segs.rows, segs.seg_start,
                          segs.seg_len, segs.seg_adapter, out_dim, col_start, y.stride(0), out.stride(0),
                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=16, PRECISION=_precision(out.dtype))
     return out

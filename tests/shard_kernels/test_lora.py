@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from shard.kernels import reference
-from shard.kernels.lora import lora_table, segments_from_row_adapters, sgmv_expand, sgmv_lora, sgmv_shrink
+from shard.kernels.lora import (
+    lora_table,
+    segments_from_row_adapters,
+    segments_from_runs,
+    sgmv_expand,
+    sgmv_lora,
+    sgmv_shrink,
+)
 from tests.shard_kernels.conftest import tolerance
 
 IN, OUT = 48, 40
@@ -98,9 +105,37 @@ def test_expand_prefill_segments(target) -> None:
     x = torch.randn(row_adapter.numel(), IN, generator=gen).to(dtype).to(device)
     base = torch.zeros(row_adapter.numel(), OUT, dtype=dtype, device=device)
     table = lora_table(pairs, list(SCALES))
-    segs = segments_from_row_adapters(row_adapter)
-    assert segs.max_len == 19 and segs.seg_len.tolist() == [3, 4, 19]
+    segs = segments_from_runs([(0, 3, 0), (5, 19, 3), (24, 4, 1)], device)
+    by_row = segments_from_row_adapters(row_adapter)
+    assert segs.max_len == by_row.max_len == 19 and segs.seg_len.tolist() == [3, 19, 4]
+    assert sorted(segs.rows.tolist()) == sorted(by_row.rows.tolist())
     got = sgmv_expand(sgmv_shrink(x, table, segs), table, segs, base.clone(), OUT)
+    want = reference.sgmv_lora(x, pairs, list(SCALES), row_adapter, base)
+    torch.testing.assert_close(got.float(), want.float(), **tolerance(dtype))
+
+
+def test_column_parallel_slices(target) -> None:
+    """TP=2 column-parallel: each rank shrinks with its rows of A, the halves are gathered per row into
+    y [T, r], and expand with the full-rank B (a tp_split table) gives the unsplit result."""
+    device, dtype = target
+    gen = torch.Generator().manual_seed(8)
+    pairs = _adapters(dtype, device, gen)
+    row_adapter = torch.tensor([1, -1, 3, 0, 2, 2], device=device)
+    segs = segments_from_row_adapters(row_adapter)
+    x = torch.randn(6, IN, generator=gen).to(dtype).to(device)
+    halves = []
+    for k in range(2):
+        local = [(a[k * a.shape[0] // 2:(k + 1) * a.shape[0] // 2], b) for a, b in pairs]
+        halves.append(sgmv_shrink(x, lora_table(local, list(SCALES), tp_split=True), segs))
+    y = torch.zeros(6, max(RANKS), dtype=torch.float32, device=device)
+    for row, slot in enumerate(row_adapter.tolist()):
+        if slot >= 0:
+            half = RANKS[slot] // 2
+            y[row, :2 * half] = torch.cat([halves[0][row, :half], halves[1][row, :half]])
+    table = lora_table([(a[:a.shape[0] // 2], b) for a, b in pairs], list(SCALES), tp_split=True)
+    assert table.max_b_rank == max(RANKS) and table.max_rank == max(RANKS) // 2
+    base = torch.zeros(6, OUT, dtype=dtype, device=device)
+    got = sgmv_expand(y, table, segs, base.clone(), OUT)
     want = reference.sgmv_lora(x, pairs, list(SCALES), row_adapter, base)
     torch.testing.assert_close(got.float(), want.float(), **tolerance(dtype))
 

@@ -1,4 +1,4 @@
-"""`chameleon demo-assets [--tiny] [--seed N] [--num-adapters N] OUT_DIR`."""
+"""`chameleon demo-assets [--tiny | --random-llama PRESET] [--seed N] [--num-adapters N] OUT_DIR`."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from chameleon.memory import LORA_TARGETS
 
 if TYPE_CHECKING:
     from shard.demo_assets.build import BuildRequest
+    from shard.demo_assets.random_llama import RandomLlamaRequest
 
 log = logging.getLogger("chameleon.demo_assets")
 DEFAULT_STRENGTH = 0.1
+RANDOM_LLAMA_PRESETS = ("7b", "1b", "160m", "tiny")  # shard.demo_assets.random_llama.PRESETS
 
 
 def default_cache_dir() -> Path:
@@ -54,9 +56,13 @@ def build_parser() -> EnvArgumentParser:
         "adapters (20 each of ranks 8..128). --tiny: a small random Llama and 8 adapters, in seconds."))
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="directory to write")
     p.add_argument("--tiny", action="store_true", help="build the tiny random test model instead")
+    p.add_argument("--random-llama", choices=RANDOM_LLAMA_PRESETS, default=None,
+                   help="build a Llama of a real shape (7b: Llama-2-7B, 1b: TinyLlama-1.1B, 160m, tiny) with "
+                        "random bfloat16 weights and 40 random q,k,v,o adapters, for GPU benchmarks offline")
     p.add_argument("--seed", type=int, default=0, help="seed of every random weight")
     p.add_argument("--num-adapters", type=int, default=None,
-                   help="adapters in all, spread evenly over --ranks (default: 100, or 8 with --tiny)")
+                   help="adapters in all, spread evenly over --ranks (default: 100; 8 with --tiny, "
+                        "40 with --random-llama)")
     p.add_argument("--ranks", type=_ranks, default=None,
                    help="comma-separated LoRA ranks (default: 8,16,32,64,128, or 8,16,64,128 with --tiny)")
     p.add_argument("--target-modules", type=_targets, default=None,
@@ -74,17 +80,27 @@ def build_parser() -> EnvArgumentParser:
     return p
 
 
-def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BuildRequest:
+def request_from_args(args: argparse.Namespace,
+                      parser: argparse.ArgumentParser) -> BuildRequest | RandomLlamaRequest:
     """The build request of the parsed flags; bad combinations exit through parser.error (code 2)."""
     from shard.demo_assets.build import DEMO_RANKS, DEMO_TARGETS, TINY_RANKS, TINY_TARGETS, BuildRequest
 
+    if args.tiny and args.random_llama:
+        parser.error("--tiny and --random-llama are exclusive")
     ranks = args.ranks or (TINY_RANKS if args.tiny else DEMO_RANKS)
-    count = args.num_adapters if args.num_adapters is not None else (8 if args.tiny else 100)
+    default_count = 8 if args.tiny else 40 if args.random_llama else 100
+    count = args.num_adapters if args.num_adapters is not None else default_count
     if count < 0 or count % len(ranks):
         parser.error(f"--num-adapters {count} must be a non-negative multiple of the {len(ranks)} ranks "
                      f"({','.join(map(str, ranks))})")
     if not 0 < args.strength < 10:
         parser.error(f"--strength {args.strength} must be in (0, 10); {DEFAULT_STRENGTH} is the default")
+    if args.random_llama:
+        from shard.demo_assets.random_llama import RandomLlamaRequest
+
+        return RandomLlamaRequest(preset=args.random_llama, seed=args.seed, ranks=ranks,
+                                  adapters_per_rank=count // len(ranks), strength=args.strength,
+                                  targets=args.target_modules or DEMO_TARGETS)
     return BuildRequest(tiny=args.tiny, seed=args.seed, ranks=ranks,
                         adapters_per_rank=count // len(ranks), strength=args.strength,
                         targets=args.target_modules or (TINY_TARGETS if args.tiny else DEMO_TARGETS))
@@ -98,8 +114,12 @@ def build_from_argv(argv: Sequence[str]) -> Path:
     return _build(args, request_from_args(args, parser))
 
 
-def _build(args: argparse.Namespace, req: BuildRequest) -> Path:
+def _build(args: argparse.Namespace, req: BuildRequest | RandomLlamaRequest) -> Path:
     from shard.demo_assets.build import build_assets
+    from shard.demo_assets.random_llama import RandomLlamaRequest, build_random_llama
+
+    if isinstance(req, RandomLlamaRequest):
+        return build_random_llama(args.out_dir, req, progress=not args.no_progress, force=args.force)
 
     return build_assets(args.out_dir, req, cache_dir=args.cache_dir or default_cache_dir(),
                         progress=not args.no_progress, force=args.force)

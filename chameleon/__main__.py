@@ -1,5 +1,5 @@
 import sys
 
-from chameleon.cli import main
+from chameleon.tools.cli import main
 
 sys.exit(main())

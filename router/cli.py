@@ -1,6 +1,6 @@
 """`chameleon router`: the process clients talk to (fmaas gRPC on 8033, TGI + OpenAI HTTP on 3000).
 
-Every flag also reads its UPPER_CASE environment variable (chameleon.cliargs). No torch is imported.
+Every flag also reads its UPPER_CASE environment variable (chameleon.tools.cliargs). No torch is imported.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from chameleon.cliargs import EnvArgumentParser
-from chameleon.limits import Limits, derive_limits, read_max_position_embeddings
-from chameleon.logs import setup_logging
+from chameleon.core.limits import Limits, derive_limits, read_max_position_embeddings
+from chameleon.tools.cliargs import EnvArgumentParser
+from chameleon.tools.logs import setup_logging
 from router.api.auth import Secret, TlsFiles
 from router.engine.config import ADAPTER_CACHES, SCHEDULERS, EngineConfig
 from router.engine.entry import Engine
@@ -103,7 +103,7 @@ def build_parser() -> EnvArgumentParser:
 
 
 def model_limits(args: argparse.Namespace) -> Limits:
-    """The flags' limits, the unset ones derived from MODEL_DIR/config.json (chameleon.limits; no
+    """The flags' limits, the unset ones derived from MODEL_DIR/config.json (chameleon.core.limits; no
     config.json = TGI's default of 4096 positions). ValueError when a flag contradicts the model."""
     try:
         max_pos = read_max_position_embeddings(args.tokenizer)

@@ -21,7 +21,7 @@ from chameleon_pb import chameleon_pb2, chameleon_pb2_grpc, generation_pb2, gene
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from chameleon.adapter_files import base_model_names
+from chameleon.core.adapter_files import base_model_names
 from router.api.admin import AdapterAdmin
 from router.api.auth import ApiKeyInterceptor, Secret, TlsFiles, api_key_middleware
 from router.api.grpc_admin import AdapterAdminServicer

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from chameleon.adapter_files import AdapterIdError, check_adapter_id
+from chameleon.core.adapter_files import AdapterIdError, check_adapter_id
 from router.engine.types import GenerateParams, GenerateRequest
 from router.errors import ApiError, ValidationError
 from router.params import ClientParams
@@ -47,7 +47,7 @@ class Validated:
 
 
 def check_adapter_name(adapter_id: str) -> None:
-    """chameleon.adapter_files.check_adapter_id (the shard's rule too), failing with ValidationError."""
+    """chameleon.core.adapter_files.check_adapter_id (the shard's rule too), failing with ValidationError."""
     try:
         check_adapter_id(adapter_id)
     except AdapterIdError as exc:

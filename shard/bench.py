@@ -33,8 +33,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from chameleon.cliargs import EnvArgumentParser
-from chameleon.logs import setup_logging
+from chameleon.tools.cliargs import EnvArgumentParser
+from chameleon.tools.logs import setup_logging
 
 if TYPE_CHECKING:
     import torch

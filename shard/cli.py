@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chameleon.cliargs import EnvArgumentParser
-from chameleon.logs import setup_logging
-from chameleon.memory import ADAPTER_DTYPE_POLICIES
+from chameleon.core.memory import ADAPTER_DTYPE_POLICIES
+from chameleon.tools.cliargs import EnvArgumentParser
+from chameleon.tools.logs import setup_logging
 from shard.server.adapter_manager import parse_lora_adapters
 from shard.server.plain_v3 import PROTOCOLS
 

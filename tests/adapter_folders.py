@@ -9,7 +9,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from chameleon.memory import ModelShape
+from chameleon.core.memory import ModelShape
 
 CODE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 

@@ -1,4 +1,4 @@
-"""chameleon.adapter_files: the id rule, base-model names and the folder header reader (no torch)."""
+"""chameleon.core.adapter_files: the id rule, base-model names and the folder header reader (no torch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.adapter_files import (
+from chameleon.core.adapter_files import (
     AdapterFolderError,
     AdapterIdError,
     adapter_footprint,
@@ -16,7 +16,7 @@ from chameleon.adapter_files import (
     read_adapter_header,
     valid_adapter_id,
 )
-from chameleon.memory import ModelShape, adapter_pages
+from chameleon.core.memory import ModelShape, adapter_pages
 from tests.adapter_folders import lora_tensors, write_peft
 
 SHAPE = ModelShape(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,

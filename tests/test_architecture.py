@@ -223,3 +223,45 @@ def test_checks_catch_what_they_are_for(tmp_path: Path):
     assert "p.b" in {t for _, t, _ in _imports(mod)}
     found = [v.split(": ", 1)[1] for v in _private_uses(Module(mod.name, ROOT / "a.py", mod.tree))]
     assert found == ["imports p.b._hidden", "uses other._foreign"]
+
+
+# --- what each folder may import (design.md "Who owns what") ------------------------------------------
+PURE_FOLDERS = ("chameleon/core", "chameleon/sim", "chameleon/workload")
+PURE_FORBIDDEN = frozenset({"torch", "grpc", "asyncio", "subprocess", "aiohttp", "chameleon_pb", "router",
+                            "shard", "chameleon.tools"})
+FOLDER_RULES: dict[str, frozenset[str]] = {
+    **{folder: PURE_FORBIDDEN for folder in PURE_FOLDERS},
+    "chameleon/tools": frozenset({"torch", "router", "shard"}),  # reaches router/shard by name only
+    "router": frozenset({"torch", "shard"}),
+    "shard": frozenset({"router"}),
+}
+
+
+def _imported(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, module) of every import in `tree`, function-level and TYPE_CHECKING imports included."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module
+            for alias in node.names:  # `from chameleon import tools`
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def _forbidden(module: str, banned: frozenset[str]) -> bool:
+    return any(module == b or module.startswith(b + ".") for b in banned)
+
+
+def test_each_folder_imports_only_what_it_may():
+    """The policy core, the simulator and the workload are pure Python (no torch, grpc, asyncio,
+    subprocess, generated stubs, router, shard or tools); the tools never import torch, router or shard
+    (the CLI reaches them by module name at call time); router never imports torch or shard; shard
+    never imports router."""
+    found = []
+    for folder, banned in FOLDER_RULES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            found += [f"{path.relative_to(ROOT)}:{line}: imports {mod}"
+                      for line, mod in _imported(tree) if _forbidden(mod, banned)]
+    assert not found, "\n".join(found)

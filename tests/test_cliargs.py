@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from chameleon.cliargs import EnvArgumentParser
+from chameleon.tools.cliargs import EnvArgumentParser
 
 
 def _parser() -> EnvArgumentParser:

@@ -15,7 +15,7 @@ def _loaded(code: str) -> set[str]:
 
 
 def test_chameleon_loads_neither_torch_nor_grpc():
-    mods = _loaded("import chameleon, chameleon.cli, chameleon.cliargs, chameleon.logs")
+    mods = _loaded("import chameleon, chameleon.tools.cli, chameleon.tools.cliargs, chameleon.tools.logs")
     assert "torch" not in mods
     assert "grpc" not in mods
     assert "asyncio" not in mods

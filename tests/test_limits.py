@@ -1,4 +1,4 @@
-"""Limits derived from config.json by TGI's launcher rule (chameleon.limits), the router's and the
+"""Limits derived from config.json by TGI's launcher rule (chameleon.core.limits), the router's and the
 launcher's use of it, and the startup errors for flags that contradict the model."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.launch.limits import flag_value, router_limits
-from chameleon.limits import MAX_DEFAULT, derive_limits, read_max_position_embeddings
+from chameleon.core.limits import MAX_DEFAULT, derive_limits, read_max_position_embeddings
+from chameleon.tools.launch.limits import flag_value, router_limits
 
 
 def test_short_model_gets_its_own_context():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chameleon.predictor import OutputPredictor, make_predictor
+from chameleon.core.predictor import OutputPredictor, make_predictor
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Discrete-event simulator of one serving engine with iteration-level continuous batching.
 
-Per iteration (the same loop as the live router, see `chameleon.sched.base`):
+Per iteration (the same loop as the live router, see `chameleon.core.sched.base`):
   arrivals up to `now` join the scheduler; plan = scheduler.schedule(now, ctx) (it admits through
   MemoryManager.try_admit); squashed requests are released and their output discarded; adapters of
   new admissions that are not resident are loaded synchronously over the host link before the step
@@ -22,12 +22,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from chameleon.adapters import AdapterSpec, spec_table
-from chameleon.allocator import PagePool
-from chameleon.cache import make_cache
-from chameleon.memory_manager import MemoryManager
-from chameleon.request import Request
-from chameleon.sched import Plan, ScheduleContext, make_scheduler
+from chameleon.core.adapters import AdapterSpec, spec_table
+from chameleon.core.allocator import PagePool
+from chameleon.core.cache import make_cache
+from chameleon.core.memory_manager import MemoryManager
+from chameleon.core.request import Request
+from chameleon.core.sched import Plan, ScheduleContext, make_scheduler
 from chameleon.sim.config import SimConfig, SimResult, make_sim_predictor
 from chameleon.sim.cost import CostModel
 from chameleon.sim.profile import Profile

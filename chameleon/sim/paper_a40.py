@@ -10,7 +10,7 @@ Each constant below is computed from a named source; `SOURCES` repeats that next
 
 from __future__ import annotations
 
-from chameleon.memory import ModelShape, adapter_bytes, kv_bytes_per_token
+from chameleon.core.memory import ModelShape, adapter_bytes, kv_bytes_per_token
 from chameleon.sim.profile import Profile
 
 MIB = 1 << 20
@@ -89,7 +89,7 @@ def _sources(intercept: float, slope: float, ref_input: int, compute_per_token: 
         "activation_reserve_bytes": "10% of device memory: vLLM default gpu_memory_utilization=0.9",
         "kv_bytes_per_token": "32 layers x 2 (K,V) x 4096 x 2 bytes (memory.kv_bytes_per_token)",
         "block_size": "16 tokens per KV page (vLLM/TGI default)",
-        "adapter_bytes": "LoRA on q,k,v,o at true size (chameleon.memory.adapter_bytes); rank 32 = "
+        "adapter_bytes": "LoRA on q,k,v,o at true size (chameleon.core.memory.adapter_bytes); rank 32 = "
                          "64 MiB = the paper's 64 MB",
         "step_overhead_s": "assumption: ~2 ms per iteration for scheduling and kernel launches",
         "weight_read_s": "weights / (696 GB/s A40 datasheet x 0.8 assumed achievable)",

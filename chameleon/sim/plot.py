@@ -1,5 +1,5 @@
 """Figures of a sweep (matplotlib; imported only when --plot is given). `plot_latency` also draws the
-live benchmark's figure (router/bench/plot.py), so the simulator and the measurement look alike."""
+live benchmark's figure (chameleon/tools/bench/plot.py), so the simulator and the measurement look alike."""
 
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ def high_load_rate(summary: dict[str, dict], rates: Sequence[float],
                    fifo_p99: dict[float, float] | None = None, slo_s: float | None = None) -> float:
     """The lowest swept rate at which fifo (S-LoRA) misses the TTFT SLO (P99 > SLO), as in the paper,
     whose high load (9 RPS) lies just past S-LoRA's SLO throughput (8.6 RPS); this is also
-    `router.bench`'s rule. The highest rate if fifo never misses. Without a fifo run: the rate nearest
-    70% of Chameleon's SLO throughput (9 / 12.9 in the paper; of the best policy if it is absent)."""
+    `chameleon.tools.bench`'s rule. The highest rate if fifo never misses. Without a fifo run: the rate
+    nearest 70% of Chameleon's SLO throughput (9 / 12.9 in the paper; of the best policy if it is absent)."""
     ordered = sorted(set(rates))
     if fifo_p99 and slo_s is not None:
         missed = [r for r in ordered if r in fifo_p99 and not fifo_p99[r] <= slo_s]

@@ -18,7 +18,7 @@ from chameleon.workload.traces import TraceRecord
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """One simulated request before it becomes a `chameleon.request.Request`."""
+    """One simulated request before it becomes a `chameleon.core.request.Request`."""
 
     id: int
     arrival: float

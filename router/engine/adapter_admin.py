@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from chameleon.adapters import AdapterSpec
+from chameleon.core.adapters import AdapterSpec
 from router.engine.adapter_registry import AdapterRegistry
 from router.engine.loop import ServingLoop
 from router.engine.types import AdapterStatus, EngineError

@@ -2,7 +2,7 @@
 
 Sources: PEFT folders under `--adapter-dir` (by plain folder name; a name not seen at start-up is
 looked up on first use) and the adapters the shard itself knows (its ListAdapters). A folder is read
-and sized by chameleon.adapter_files (its header: rank, alpha, targets, LoRA tensor dtypes; its
+and sized by chameleon.core.adapter_files (its header: rank, alpha, targets, LoRA tensor dtypes; its
 footprint under the shards' `--adapter-dtype` policy), the very code the shard sizes it with, so router
 and shard agree on every page count and refuse the same folders. No torch, no tensor is read.
 """
@@ -13,14 +13,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from chameleon.adapter_files import (
+from chameleon.core.adapter_files import (
     CONFIG,
     AdapterFolderError,
     adapter_footprint,
     read_adapter_header,
     valid_adapter_id,
 )
-from chameleon.memory import DTYPE_BYTES, ModelShape, adapter_bytes, adapter_pages, adapter_storage_dtype
+from chameleon.core.memory import DTYPE_BYTES, ModelShape, adapter_bytes, adapter_pages, adapter_storage_dtype
 
 log = logging.getLogger("chameleon.router.adapters")
 
@@ -86,7 +86,7 @@ class AdapterRegistry:
             self._known[adapter_id] = self._meta(adapter_id, rank, alpha, targets, None, dtype)
 
     def read_folder(self, adapter_id: str, folder: Path) -> AdapterMeta:
-        """Size the folder's adapter (chameleon.adapter_files). Raises AdapterFolderError (a
+        """Size the folder's adapter (chameleon.core.adapter_files). Raises AdapterFolderError (a
         ValueError) for a folder the shard would refuse too."""
         try:
             header = read_adapter_header(folder, self._shape)

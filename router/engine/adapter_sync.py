@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from chameleon.adapters import AdapterSpec
-from chameleon.memory_manager import MemoryManager
-from chameleon.request import Request
-from chameleon.sched import Plan
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.memory_manager import MemoryManager
+from chameleon.core.request import Request
+from chameleon.core.sched import Plan
 from router.engine.residency import Residency
 from router.engine.shard_client import ShardClient, ShardError
 from router.engine.types import EngineError

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
-from chameleon.adapters import AdapterSpec
-from chameleon.memory import ModelShape
-from chameleon.request import Request
-from chameleon.sched import Scheduler
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.memory import ModelShape
+from chameleon.core.request import Request
+from chameleon.core.sched import Scheduler
 from router.engine.adapter_admin import AdapterAdminOps
 from router.engine.adapter_registry import AdapterNotFound, AdapterRegistry
 from router.engine.config import EngineConfig

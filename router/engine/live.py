@@ -19,7 +19,7 @@ from collections import deque
 
 from chameleon_pb import generate_pb2
 
-from chameleon.request import Request
+from chameleon.core.request import Request
 from router.engine.types import (
     EngineError,
     Event,

@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from chameleon.adapters import AdapterSpec
-from chameleon.sched import Plan, ScheduleContext
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.sched import Plan, ScheduleContext
 from router.engine.health import HealthState
 from router.engine.live import Live
 from router.engine.policies import Policies

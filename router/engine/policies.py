@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chameleon.adapters import AdapterSpec
-from chameleon.allocator import PagePool
-from chameleon.cache import make_cache
-from chameleon.memory_manager import MemoryManager
-from chameleon.sched import Scheduler, make_scheduler
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.allocator import PagePool
+from chameleon.core.cache import make_cache
+from chameleon.core.memory_manager import MemoryManager
+from chameleon.core.sched import Scheduler, make_scheduler
 
 
 @dataclass(frozen=True, slots=True)

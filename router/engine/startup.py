@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from chameleon_pb import generate_pb2
 
-from chameleon.memory import DTYPE_BYTES
+from chameleon.core.memory import DTYPE_BYTES
 from router.engine.adapter_registry import AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.shard_client import ShardClient

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from chameleon_pb import chameleon_pb2, generate_pb2
 
-from chameleon.headroom import HeadroomReport
-from chameleon.sched import Plan
+from chameleon.core.headroom import HeadroomReport
+from chameleon.core.sched import Plan
 from router.engine.adapter_sync import AdapterSync, refused_error
 from router.engine.batches import prefill_batch
 from router.engine.health import HealthState

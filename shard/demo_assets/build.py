@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chameleon.memory import LORA_TARGETS
+from chameleon.core.memory import LORA_TARGETS
 from shard.demo_assets.files import LOCK, MANIFEST, file_lock, tree_hashes, write_json
 from shard.demo_assets.hf import quiet_transformers
 from shard.demo_assets.lora import (

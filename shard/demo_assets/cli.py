@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chameleon.cliargs import EnvArgumentParser
-from chameleon.logs import setup_logging
-from chameleon.memory import LORA_TARGETS
+from chameleon.core.memory import LORA_TARGETS
+from chameleon.tools.cliargs import EnvArgumentParser
+from chameleon.tools.logs import setup_logging
 
 if TYPE_CHECKING:
     from shard.demo_assets.build import BuildRequest

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from chameleon.memory import LORA_TARGETS
+from chameleon.core.memory import LORA_TARGETS
 from shard.demo_assets.files import save_tensors, stable_seed, write_json
 
 ADAPTER_DTYPE = torch.bfloat16

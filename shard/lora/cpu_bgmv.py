@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chameleon.memory import LORA_TARGETS
+from chameleon.core.memory import LORA_TARGETS
 from shard.lora.store import LoraWeights
 from shard.model.cpu_kernels import CpuKernels, usable
 

@@ -1,5 +1,5 @@
 """Load a PEFT LoRA folder's tensors. The folder's rules (files, options, targets, shapes, dtypes) are
-chameleon.adapter_files', shared with the router; this module only reads the tensor data.
+chameleon.core.adapter_files', shared with the router; this module only reads the tensor data.
 
 Every problem raises AdapterError with a message naming the folder and the fix.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from chameleon.adapter_files import WEIGHTS, AdapterFolderError, AdapterHeader, read_adapter_header
-from chameleon.memory import ModelShape
+from chameleon.core.adapter_files import WEIGHTS, AdapterFolderError, AdapterHeader, read_adapter_header
+from chameleon.core.memory import ModelShape
 from shard.lora.errors import AdapterError
 
 

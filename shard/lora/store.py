@@ -1,12 +1,12 @@
 """AdapterStore: resident adapters, converted once into this rank's TP slice and the pool layout.
 
-Conversion (chameleon.memory is the source of the split rules): for column-parallel modules A keeps
+Conversion (chameleon.core.memory is the source of the split rules): for column-parallel modules A keeps
 rows split_range(r) ([r_local, in]) and B the rows of this rank's output slice ([out_local, r]); for
 row-parallel modules A keeps the columns of this rank's input slice ([r, in_local]) and B rows
 split_range(out) ([out_split, r]). B is stored as trained; the LoRA scaling (alpha/r, or alpha/sqrt(r)
 with rsLoRA) travels in `LoraWeights.scale` and the kernels apply it to the rank-sized A output.
 
-Storage dtype (`chameleon.memory.adapter_storage_dtype`, the rule the router applies too): policy
+Storage dtype (`chameleon.core.memory.adapter_storage_dtype`, the rule the router applies too): policy
 "auto" keeps a float32 model's 16-bit (bfloat16/float16) adapters in 16 bits, which is lossless
 (their float32 upcast is exact) and halves the bytes a decode step reads; "model" converts every
 adapter to the model dtype. "auto" applies on CPU float32 with one rank (`effective_policy`), where the
@@ -30,8 +30,14 @@ from pathlib import Path
 
 import torch
 
-from chameleon.adapter_files import AdapterHeader, adapter_footprint
-from chameleon.memory import COLUMN_PARALLEL, ModelShape, adapter_storage_dtype, shard_ranges, split_range
+from chameleon.core.adapter_files import AdapterHeader, adapter_footprint
+from chameleon.core.memory import (
+    COLUMN_PARALLEL,
+    ModelShape,
+    adapter_storage_dtype,
+    shard_ranges,
+    split_range,
+)
 from shard.lora.errors import AdapterError
 from shard.lora.peft_loader import load_peft, read_header
 from shard.model.dist import DistContext
@@ -46,7 +52,7 @@ class AdapterInfo:
     rank: int
     alpha: float
     target_modules: tuple[str, ...]
-    nbytes: int             # true size of this rank's slice (chameleon.memory.adapter_bytes, storage dtype)
+    nbytes: int             # true size of this rank's slice (core.memory.adapter_bytes, storage dtype)
     pages: tuple[int, ...]  # pool pages it occupies (empty when loaded outside the pool)
     extra_bytes: int = 0    # bytes held outside the pool (all of it when pages is empty)
     dtype: str = "float32"  # storage dtype of A/B ("float32", "bfloat16", "float16")
@@ -90,16 +96,16 @@ class AdapterStore:
         return read_header(path, self.shape)
 
     def storage_dtype(self, header: AdapterHeader) -> torch.dtype:
-        """The dtype this adapter's A/B are kept in (chameleon.memory.adapter_storage_dtype)."""
+        """The dtype this adapter's A/B are kept in (chameleon.core.memory.adapter_storage_dtype)."""
         return getattr(torch, header.storage_dtype(_name(self.dtype), self.adapter_dtype))
 
     def _pages(self, header: AdapterHeader) -> int:
-        """chameleon.adapter_files.adapter_footprint: the one sizing the router applies too."""
+        """chameleon.core.adapter_files.adapter_footprint: the one sizing the router applies too."""
         return adapter_footprint(self.shape, header.rank, header.targets, _name(self.storage_dtype(header)),
                                  self.dtype_bytes, self.block_size, self.dist.world_size).pages
 
     def pages_needed(self, path: str | Path) -> int:
-        """Pool pages the adapter takes on every rank (chameleon.adapter_files.adapter_footprint)."""
+        """Pool pages the adapter takes on every rank (chameleon.core.adapter_files.adapter_footprint)."""
         return self._pages(self.header(path))
 
     def has(self, adapter_id: str) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chameleon.memory import ModelShape
+from chameleon.core.memory import ModelShape
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from chameleon.memory import LORA_TARGETS
+from chameleon.core.memory import LORA_TARGETS
 from shard.model.cpu_step import MAX_GROUP, MAX_HEAD_DIM
 
 if TYPE_CHECKING:

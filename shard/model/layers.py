@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from chameleon.memory import split_range
+from chameleon.core.memory import split_range
 from shard.model.backend import Backend
 from shard.model.dist import DistContext
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from chameleon.memory import shard_ranges
+from chameleon.core.memory import shard_ranges
 from shard.model.attention import AttentionMeta
 from shard.model.backend import KV, Backend
 from shard.model.config import ModelConfig

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from chameleon.memory import ModelShape, kv_heads_on_rank
+from chameleon.core.memory import ModelShape, kv_heads_on_rank
 
 
 class ShardPagePool:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from chameleon.memory import ModelShape
-from chameleon.memory import page_bytes as shape_page_bytes
+from chameleon.core.memory import ModelShape
+from chameleon.core.memory import page_bytes as shape_page_bytes
 from shard.lora.kernels import ConcatCache, LoraBatch
 from shard.lora.store import AdapterStore
 from shard.model.attention import AttentionMeta
@@ -96,13 +96,13 @@ def select_backend(device: torch.device, choice: str | None = None) -> Backend:
 class ModelRunner:
     """Owns the model (this rank's shard), the page pool and the AdapterStore (`self.adapters`).
 
-    Attributes: config (ModelConfig), shape (chameleon.memory.ModelShape), dtype, device, dist,
+    Attributes: config (ModelConfig), shape (chameleon.core.memory.ModelShape), dtype, device, dist,
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
     vocab_size, pool (ShardPagePool | None), num_pages (0 until allocate_pool), backend (shard.model.backend.
     Backend, chosen once by `select_backend`; `backend=` names one), packed_layers (linears the backend
     re-laid for its kernels at load; 0 for torch ops or off float32).
     `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
-    `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.memory.adapter_storage_dtype).
+    `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.core.memory.adapter_storage_dtype).
     """
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype, device: str | torch.device,

@@ -7,7 +7,7 @@ the adapter itself into free pages of its own region `[self_lo, num_pages)`, whi
 live batch uses.
 
 Adapter ids resolve to `--lora-adapters` names first, then to `<adapter-dir>/<id>/`; ids must be
-plain names (chameleon.adapter_files.check_adapter_id, the router's rule too).
+plain names (chameleon.core.adapter_files.check_adapter_id, the router's rule too).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from chameleon import adapter_files
-from chameleon.adapter_files import CONFIG, AdapterIdError
+from chameleon.core import adapter_files
+from chameleon.core.adapter_files import CONFIG, AdapterIdError
 from shard.lora.errors import AdapterError
 
 
@@ -41,7 +41,7 @@ def parse_lora_adapters(spec: str) -> dict[str, Path]:
 
 
 def check_adapter_id(adapter_id: str) -> str:
-    """chameleon.adapter_files.check_adapter_id (the router's rule too), failing with AdapterError."""
+    """chameleon.core.adapter_files.check_adapter_id (the router's rule too), failing with AdapterError."""
     try:
         return adapter_files.check_adapter_id(adapter_id)
     except AdapterIdError as exc:

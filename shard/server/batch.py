@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from chameleon_pb import generate_pb2
 
-from chameleon.adapter_files import BASE_ADAPTER_IDS
+from chameleon.core.adapter_files import BASE_ADAPTER_IDS
 from shard.model.runner import ForwardBatch
 from shard.server.detok import DetokState
 from shard.server.sampling import EosShaping, RowSampler, SamplingParams

@@ -19,7 +19,7 @@ import grpc
 import torch
 from chameleon_pb import chameleon_pb2, generate_pb2, generate_pb2_grpc
 
-from chameleon.memory import LORA_TARGETS
+from chameleon.core.memory import LORA_TARGETS
 from shard.lora.errors import AdapterError
 from shard.server.adapter_manager import AdapterManager
 from shard.server.batch import Batch, BatchContext, prompt_text

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from chameleon.sim.profile import Profile
+from chameleon.tools.bench import system
+from chameleon.tools.bench.cli import main as bench_main
+from chameleon.tools.bench.compare import main as compare_main
+from chameleon.tools.bench.loadgen import server_info
+from chameleon.tools.bench.ramp import ramp, ramp_steps, unit_time, warp
+from chameleon.tools.bench.workload import BenchOptions, plan, population
 from chameleon.workload import read_trace
-from router.bench import system
-from router.bench.cli import main as bench_main
-from router.bench.compare import main as compare_main
-from router.bench.loadgen import server_info
-from router.bench.ramp import ramp, ramp_steps, unit_time, warp
-from router.bench.workload import BenchOptions, plan, population
 
 pytestmark = pytest.mark.slow
 LAUNCH = ("--memory-budget", str(128 << 20), "--max-batch-prefill-tokens", "256",
@@ -111,7 +111,7 @@ def test_compare_writes_summary_runs_and_a_loadable_profile(tiny_assets: Path, t
     assert "simulator steady state at the high load" in printed
     prof = Profile.load(out.with_suffix(".profile.json"))
     assert prof.compute_s_per_token > 0 and prof.h2d_bytes_per_s > 0 and len(prof.adapter_bytes) == 4
-    from chameleon.sim.cli import main as simulate_main
+    from chameleon.tools.simulate import main as simulate_main
 
     assert simulate_main(["--trace", str(trace), "--profile", str(out.with_suffix(".profile.json")),
                           "--rates", "2", "--policies", "fifo", "--slo-s", "5", "--workers", "1",

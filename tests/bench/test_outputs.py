@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.cliargs import prepare_outputs
+from chameleon.tools.cliargs import prepare_outputs
 
 
 def _jsonl_trace(path: Path) -> Path:
@@ -31,7 +31,7 @@ def test_prepare_outputs_creates_parents_and_folders(tmp_path: Path):
 def test_bench_compare_log_dir_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]):
     """Was a FileNotFoundError traceback (the partial results file in a missing --log-dir)."""
-    from router.bench import compare
+    from chameleon.tools.bench import compare
 
     async def cannot_start(*_args, **_kw):
         raise RuntimeError("stand-in: this configuration does not start")
@@ -48,7 +48,7 @@ def test_bench_compare_log_dir_that_does_not_exist(tmp_path: Path, monkeypatch: 
 
 def test_soak_reads_a_jsonl_trace_and_writes_json_in_a_new_folder(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch):
-    from router.bench import soak
+    from chameleon.tools.bench import soak
 
     seen: dict[str, object] = {}
 
@@ -72,7 +72,7 @@ def test_soak_reads_a_jsonl_trace_and_writes_json_in_a_new_folder(tmp_path: Path
 
 def test_soak_refuses_an_unrecognised_trace_listing_the_names(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]):
-    from router.bench import soak
+    from chameleon.tools.bench import soak
 
     bad = tmp_path / "t.jsonl"
     bad.write_text(json.dumps({"when": 1, "input_length": 2, "output_length": 3}) + "\n")
@@ -82,7 +82,7 @@ def test_soak_refuses_an_unrecognised_trace_listing_the_names(tmp_path: Path,
 
 
 def test_bench_json_in_a_new_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from router.bench import cli
+    from chameleon.tools.bench import cli
 
     async def fake_bench(target, records, *_a, **_k):
         return cli.Run({"rate": 1.0, "n": len(records)}, [])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.bench.plot import plot_compare
+from chameleon.tools.bench.plot import plot_compare
 
 
 def test_plot_compare_writes_a_png(tmp_path):

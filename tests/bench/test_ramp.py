@@ -1,13 +1,13 @@
-"""Unit tests of the capacity probe's open-loop ramp (router/bench/ramp.py): its steps, the time warp of
-the planned arrivals, and when a step counts as failed."""
+"""Unit tests of the capacity probe's open-loop ramp (chameleon/tools/bench/ramp.py): its steps, the time
+warp of the planned arrivals, and when a step counts as failed."""
 
 from __future__ import annotations
 
 import pytest
 
+from chameleon.tools.bench.ramp import is_late, ramp_steps, step_fails, step_of, unit_time, warp
+from chameleon.tools.bench.stats import RequestRecord
 from chameleon.workload import WorkItem
-from router.bench.ramp import is_late, ramp_steps, step_fails, step_of, unit_time, warp
-from router.bench.stats import RequestRecord
 
 
 def test_steps_grow_geometrically_and_stay_within_the_budget() -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 
 from chameleon.sim.paper_a40 import build
-from chameleon.workload import LengthScale, TraceRecord
-from router.bench.machine import loadavg_1m
-from router.bench.predict import SIM_POLICY, predict, predict_steady
-from router.bench.report import (
+from chameleon.tools.bench.machine import loadavg_1m
+from chameleon.tools.bench.predict import SIM_POLICY, predict, predict_steady
+from chameleon.tools.bench.report import (
     format_predictions,
     format_runs,
     format_steady,
     format_summary,
     summarise_configs,
 )
+from chameleon.workload import LengthScale, TraceRecord
 
 
 def test_every_default_config_has_a_simulator_policy() -> None:
@@ -81,7 +81,7 @@ def test_tables_print_missing_values_as_dashes() -> None:
 
 
 def test_sweep_extends_only_while_every_rate_met_the_slo() -> None:
-    from router.bench.compare import Context, _with_extension
+    from chameleon.tools.bench.compare import Context, _with_extension
 
     ctx = Context([1.0, 2.0], slo_s=3.0)
     rows: list[dict] = []

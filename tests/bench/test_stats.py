@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from router.bench.report import summarise_configs
-from router.bench.stats import (
+from chameleon.tools.bench.report import summarise_configs
+from chameleon.tools.bench.stats import (
     RequestRecord,
     high_load_rate,
     misses_slo,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from chameleon.tools.bench.compare import parse_configs, parse_rates
+from chameleon.tools.bench.loadgen import grpc_address
+from chameleon.tools.bench.profile import fit_line
+from chameleon.tools.bench.scrape import delta, parse_metrics
+from chameleon.tools.bench.workload import BenchOptions, plan, population, prompt_text
 from chameleon.workload import TraceRecord
-from router.bench.compare import parse_configs, parse_rates
-from router.bench.loadgen import grpc_address
-from router.bench.profile import fit_line
-from router.bench.scrape import delta, parse_metrics
-from router.bench.workload import BenchOptions, plan, population, prompt_text
 
 SERVED = [(f"r{r}-{k:02d}", r) for r in (8, 16, 32) for k in range(4)]
 TRACE = [TraceRecord(0.5 * i, 100 + 37 * (i % 11), 10 + 13 * (i % 7)) for i in range(400)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.launch.args import parse_args
-from chameleon.launch.plan import build_plan, connect_host
+from chameleon.tools.launch.args import parse_args
+from chameleon.tools.launch.plan import build_plan, connect_host
 
 LAUNCH_VARS = ("MODEL_ID", "NUM_SHARD", "LORA_ADAPTERS", "ADAPTER_DIR", "PORT", "GRPC_PORT", "JSON_OUTPUT",
                "SCHEDULER", "ADAPTER_CACHE", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "MASTER_PORT",

@@ -69,7 +69,7 @@ def test_router_image_context_builds_a_torch_free_distribution(tmp_path):
     assert "shard" not in tops
     base = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
     assert base and not any("torch" in line or "transformers" in line for line in base)
-    assert "chameleon-router = chameleon.cli:router_main" in scripts
+    assert "chameleon-router = chameleon.tools.cli:router_main" in scripts
 
 
 def test_compose_runs_router_and_two_ranks_over_one_socket_folder():
@@ -139,7 +139,7 @@ SHARD_FILES = ("Dockerfile.shard", "Dockerfile.shard-cpu")
 
 
 def test_compose_environment_and_entrypoints_match_the_images_and_the_launchers_flags(monkeypatch):
-    from chameleon.launch.args import build_parser as build_launch_parser
+    from chameleon.tools.launch.args import build_parser as build_launch_parser
     from router.cli import build_parser as router_parser
 
     def launch_parser() -> argparse.ArgumentParser:
@@ -158,7 +158,7 @@ def test_compose_environment_and_entrypoints_match_the_images_and_the_launchers_
         assert env["SHARD_UDS_PATH"] == compose["shards"]["environment"]["SHARD_UDS_PATH"], name
         _assert_read(launch_parser, env, {}, monkeypatch)
         health = [rest for word, rest in _instructions(DOCKER / name) if word == "HEALTHCHECK"]
-        assert health and health[0].endswith('CMD ["python", "-m", "chameleon.launch.probe", "shards"]')
+        assert health and health[0].endswith('CMD ["python", "-m", "chameleon.tools.launch.probe", "shards"]')
     assert _entrypoint(DOCKER / "Dockerfile.router") == ["chameleon-router"]
     renv = _image_env(DOCKER / "Dockerfile.router")
     _assert_read(router_parser, renv, needed, monkeypatch)
@@ -168,6 +168,6 @@ def test_compose_environment_and_entrypoints_match_the_images_and_the_launchers_
     assert published == {router["environment"]["PORT"], router["environment"]["GRPC_PORT"]}
     exposed = [rest for word, rest in _instructions(DOCKER / "Dockerfile.router") if word == "EXPOSE"]
     assert set(exposed[0].split()) == published == {renv["PORT"], renv["GRPC_PORT"]}
-    # rank 0's socket is the launcher's prefix + "-0" (chameleon.launch.probe, shard.server)
+    # rank 0's socket is the launcher's prefix + "-0" (chameleon.tools.launch.probe, shard.server)
     prefix = compose["shards"]["environment"]["SHARD_UDS_PATH"]
     assert router["environment"]["MASTER_SHARD_UDS_PATH"] == f"{prefix}-0"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chameleon.launch.plan import free_port
+from chameleon.tools.launch.plan import free_port
 from tests.launch.buildah import Container, start, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # an uncached `make images` takes minutes

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from chameleon.launch.args import parse_args
-from chameleon.launch.plan import resolve_model
+from chameleon.tools.launch.args import parse_args
+from chameleon.tools.launch.plan import resolve_model
 
 
 def test_no_model_serves_the_demo_assets_already_built(tmp_path, monkeypatch):
@@ -35,7 +35,7 @@ def test_demo_build_failure_is_a_json_logged_error(tmp_path):
                          timeout=300)
     assert out.returncode == 1
     records = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
-    launcher = [r for r in records if r["target"] == "chameleon.launch"]
+    launcher = [r for r in records if r["target"] == "chameleon.tools.launch"]
     assert launcher[0]["message"].startswith("no --model-id: building the demo model")
     assert launcher[-1]["level"] == "ERROR"
     assert f"building the demo assets in {blocker / 'demo'} failed" in launcher[-1]["message"]

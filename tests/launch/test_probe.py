@@ -1,4 +1,4 @@
-"""The healthcheck probe (`python -m chameleon.launch.probe`)."""
+"""The healthcheck probe (`python -m chameleon.tools.launch.probe`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import http.server
 import socket
 import threading
 
-from chameleon.launch.probe import check, expand, main
+from chameleon.tools.launch.probe import check, expand, main
 
 
 def test_names_expand_from_the_environment():

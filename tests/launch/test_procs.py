@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.launch.procs import (
+from chameleon.tools.launch.procs import (
     Child,
     Interrupted,
     LaunchError,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.launch.plan import LaunchPlan, free_port
-from chameleon.launch.procs import ProcSpec, endpoint_ready
-from chameleon.launch.supervisor import Supervisor, Timeouts
+from chameleon.tools.launch.plan import LaunchPlan, free_port
+from chameleon.tools.launch.procs import ProcSpec, endpoint_ready
+from chameleon.tools.launch.supervisor import Supervisor, Timeouts
 
 STANDIN = str(Path(__file__).with_name("standin.py"))
 # Stand-ins start in well under a second on an idle machine; on a busy one Python start-up alone can
@@ -191,7 +191,7 @@ DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
 from launch.test_supervisor import _plan
-from chameleon.launch.supervisor import Supervisor, Timeouts
+from chameleon.tools.launch.supervisor import Supervisor, Timeouts
 from pathlib import Path
 
 pytestmark = pytest.mark.slow

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from chameleon.adapters import AdapterSpec, spec_table
-from chameleon.allocator import PagePool
-from chameleon.cache import make_cache
-from chameleon.memory_manager import MemoryManager
-from chameleon.request import Request
-from chameleon.sched.base import ScheduleContext, Scheduler
+from chameleon.core.adapters import AdapterSpec, spec_table
+from chameleon.core.allocator import PagePool
+from chameleon.core.cache import make_cache
+from chameleon.core.memory_manager import MemoryManager
+from chameleon.core.request import Request
+from chameleon.core.sched.base import ScheduleContext, Scheduler
 
 RANK_PAGES = {8: 1, 16: 2, 32: 4, 64: 8, 128: 16}
 

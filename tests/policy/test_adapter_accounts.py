@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from chameleon.predictor import OraclePredictor
-from chameleon.sched import ChameleonScheduler, MlqConfig, ScheduleContext
-from chameleon.sched.accounts import split_parts
+from chameleon.core.predictor import OraclePredictor
+from chameleon.core.sched import ChameleonScheduler, MlqConfig, ScheduleContext
+from chameleon.core.sched.accounts import split_parts
 from tests.policy.helpers import memory, req
 
 BASE = MlqConfig(need="predicted", first_refresh_requests=None, t_refresh_s=1e9, bypass=False)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chameleon.allocator import PagePool
+from chameleon.core.allocator import PagePool
 
 
 def test_alloc_lowest_ids_first_and_reserved_never_handed_out():

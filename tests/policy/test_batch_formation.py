@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from chameleon.adapters import AdapterSpec
-from chameleon.predictor import OraclePredictor
-from chameleon.sched import ChameleonScheduler, MlqConfig, ScheduleContext, SchedulerLimits, make_scheduler
-from chameleon.sched.quotas import QueueLoad, size_quotas
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.predictor import OraclePredictor
+from chameleon.core.sched import (
+    ChameleonScheduler,
+    MlqConfig,
+    ScheduleContext,
+    SchedulerLimits,
+    make_scheduler,
+)
+from chameleon.core.sched.quotas import QueueLoad, size_quotas
 from tests.policy.helpers import memory, req
 
 FIXED = MlqConfig(need="predicted", first_refresh_requests=None, t_refresh_s=1e9, bypass=False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chameleon.adapters import AdapterSpec
-from chameleon.cache import ChameleonCache, FairShareCache, LruCache, NoCache, make_cache
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.cache import ChameleonCache, FairShareCache, LruCache, NoCache, make_cache
 
 
 def spec(name: str, nbytes: int) -> AdapterSpec:

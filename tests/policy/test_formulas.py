@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from chameleon.sched.config import MlqConfig
-from chameleon.sched.kmeans import boundaries, choose_k, kmeans_1d
-from chameleon.sched.quotas import QueueLoad, size_quotas, size_statistic, split_quotas, tok_min
-from chameleon.sched.window import WrsModel
+from chameleon.core.sched.config import MlqConfig
+from chameleon.core.sched.kmeans import boundaries, choose_k, kmeans_1d
+from chameleon.core.sched.quotas import QueueLoad, size_quotas, size_statistic, split_quotas, tok_min
+from chameleon.core.sched.window import WrsModel
 
 
 def test_wrs_formula():

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chameleon.adapters import AdapterSpec
-from chameleon.headroom import HeadroomReport
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.headroom import HeadroomReport
 from tests.policy.helpers import memory, req
 
 SPECS = [AdapterSpec("big", 64, 40_000, 40), AdapterSpec("mid", 16, 20_000, 20),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chameleon.predictor import NoisyOraclePredictor, OnlinePredictor, OraclePredictor, make_predictor
+from chameleon.core.predictor import NoisyOraclePredictor, OnlinePredictor, OraclePredictor, make_predictor
 from tests.policy.helpers import req
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chameleon.adapters import AdapterSpec
-from chameleon.predictor import NoisyOraclePredictor, OraclePredictor
-from chameleon.sched import ChameleonScheduler, MlqConfig, make_scheduler
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.predictor import NoisyOraclePredictor, OraclePredictor
+from chameleon.core.sched import ChameleonScheduler, MlqConfig, make_scheduler
 from tests.policy.helpers import Engine, adapter_specs, memory, req
 
 ADAPTERS = [None] + [s.adapter_id for s in adapter_specs()]

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chameleon.predictor import OraclePredictor
-from chameleon.sched import ChameleonScheduler, MlqConfig, ScheduleContext, StaticQueuesScheduler
-from chameleon.sched.kmeans import SortedValues, choose_k, kmeans_1d
-from chameleon.sched.layout import Meter, Snapshot, layout_job, wrs_of
-from chameleon.sched.quotas import QueueLoad, size_quotas, size_statistic
-from chameleon.sched.window import Sample, WrsModel
+from chameleon.core.predictor import OraclePredictor
+from chameleon.core.sched import ChameleonScheduler, MlqConfig, ScheduleContext, StaticQueuesScheduler
+from chameleon.core.sched.kmeans import SortedValues, choose_k, kmeans_1d
+from chameleon.core.sched.layout import Meter, Snapshot, layout_job, wrs_of
+from chameleon.core.sched.quotas import QueueLoad, size_quotas, size_statistic
+from chameleon.core.sched.window import Sample, WrsModel
 from tests.policy.helpers import adapter_specs, memory, req
 
 

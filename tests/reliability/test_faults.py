@@ -17,7 +17,7 @@ import requests
 from chameleon_pb import generation_pb2 as pb
 from chameleon_pb import generation_pb2_grpc as pb_grpc
 
-from router.bench.soak_watch import integrity, read_metrics
+from chameleon.tools.bench.soak_watch import integrity, read_metrics
 from tests.procs import RouterProc
 from tests.reliability.system import BUSY_S, Shard, adapter_request, golden_ids, metric, router_on, rss_bytes
 from tests.router_api.real import params, wait_for

@@ -27,7 +27,7 @@ from chameleon_pb import generation_pb2_grpc as pb_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.bench.soak_watch import integrity, read_metrics
+from chameleon.tools.bench.soak_watch import integrity, read_metrics
 from tests.procs import RouterProc
 from tests.reliability.system import (
     GOLDEN_NEW,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from router.bench.loadgen import CANCELLED
-from router.bench.soak import Timeline, format_report, main, outcomes, verdict
-from router.bench.soak_watch import ProcMemory, integrity
-from router.bench.stats import RequestRecord
+from chameleon.tools.bench.loadgen import CANCELLED
+from chameleon.tools.bench.soak import Timeline, format_report, main, outcomes, verdict
+from chameleon.tools.bench.soak_watch import ProcMemory, integrity
+from chameleon.tools.bench.stats import RequestRecord
 
 TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
 

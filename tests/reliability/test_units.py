@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.adapters import AdapterSpec
-from chameleon.launch.args import parse_args
-from chameleon.launch.plan import build_plan
+from chameleon.core.adapters import AdapterSpec
+from chameleon.tools.launch.args import parse_args
+from chameleon.tools.launch.plan import build_plan
 from router.api.auth import Secret, TlsFiles, key_matches, offered_key
 from router.cli import build_parser, server_config
 from tests.policy.helpers import memory, req

@@ -22,7 +22,7 @@ from chameleon_pb import generation_pb2_grpc as pb_grpc
 from google.protobuf import json_format
 from tokenizers import Tokenizer
 
-from chameleon.memory import ModelShape
+from chameleon.core.memory import ModelShape
 from router.engine.adapter_registry import AdapterRegistry
 from router.engine.config import EngineConfig
 from router.engine.shard_client import ShardClient

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from chameleon_pb import chameleon_pb2, generate_pb2
 
-from chameleon.adapter_files import valid_adapter_id
-from chameleon.memory import ModelShape, adapter_pages
-from chameleon.request import Request
+from chameleon.core.adapter_files import valid_adapter_id
+from chameleon.core.memory import ModelShape, adapter_pages
+from chameleon.core.request import Request
 from router.engine.adapter_registry import AdapterNotFound, AdapterRegistry
 from router.engine.batches import prefill_batch
 from router.engine.config import EngineConfig

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from chameleon.request import Request
-from chameleon.sched import FifoScheduler, Plan, ScheduleContext, SchedulerLimits
+from chameleon.core.request import Request
+from chameleon.core.sched import FifoScheduler, Plan, ScheduleContext, SchedulerLimits
 from router.engine.direct import direct_generate
 from router.engine.entry import Engine
 from router.engine.shard_client import ShardClient

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from chameleon.adapters import AdapterSpec
-from chameleon.request import Request
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.request import Request
 from router.engine.live import Live
 from router.engine.loop import ServingLoop
 from router.engine.policies import Policies

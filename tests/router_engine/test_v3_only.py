@@ -12,11 +12,11 @@ import grpc
 import pytest
 from chameleon_pb import chameleon_pb2, chameleon_pb2_grpc, generate_pb2, generate_pb2_grpc
 
-from chameleon.adapters import AdapterSpec
-from chameleon.allocator import PagePool
-from chameleon.cache import make_cache
-from chameleon.memory_manager import MemoryManager
-from chameleon.request import Request
+from chameleon.core.adapters import AdapterSpec
+from chameleon.core.allocator import PagePool
+from chameleon.core.cache import make_cache
+from chameleon.core.memory_manager import MemoryManager
+from chameleon.core.request import Request
 from router.engine.config import EngineConfig
 from router.engine.health import LIVENESS_ID
 from router.engine.protocol import CHAMELEON_V1, GENERATE_V3, protocol_for_probe, protocol_warnings

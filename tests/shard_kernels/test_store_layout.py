@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chameleon.memory import ModelShape
+from chameleon.core.memory import ModelShape
 from shard.kernels import reference
 from shard.kernels.lora import lora_table, segments_from_row_adapters, sgmv_lora
 from shard.lora.store import AdapterStore

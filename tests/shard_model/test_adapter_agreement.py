@@ -1,5 +1,5 @@
 """Router and shard agree on every adapter folder: the same page count, storage dtype and byte size, or
-the same refusal. Both read folders with chameleon.adapter_files; this checks the two call sites feed
+the same refusal. Both read folders with chameleon.core.adapter_files; this checks the two call sites feed
 it alike (model dtype, policy, pool element size, block size, world) for the tiny demo assets, the test
 model's adapters and synthetic folders built to differ in the ways that matter."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chameleon.memory import LORA_TARGETS, ModelShape
+from chameleon.core.memory import LORA_TARGETS, ModelShape
 from router.engine.adapter_registry import AdapterRegistry
 from shard.lora.errors import AdapterError
 from shard.lora.store import AdapterStore

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chameleon.memory import adapter_bytes, adapter_pages, adapter_storage_dtype, page_bytes
+from chameleon.core.memory import adapter_bytes, adapter_pages, adapter_storage_dtype, page_bytes
 from router.engine.adapter_registry import AdapterRegistry
 from shard.lora.cpu_bgmv import CpuBgmv, TableCache
 from shard.lora.store import LoraWeights, effective_policy

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from chameleon.memory import adapter_bytes, adapter_pages
+from chameleon.core.memory import adapter_bytes, adapter_pages
 from shard.lora.errors import AdapterError
 from shard.model.dist import DistContext
 from shard.model.runner import ForwardBatch, ModelRunner

@@ -11,8 +11,8 @@ from chameleon_pb import chameleon_pb2, generate_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from transformers import AutoTokenizer
 
-from chameleon.adapter_files import read_safetensors_header
-from chameleon.memory import DTYPE_BYTES, ModelShape, adapter_pages, adapter_storage_dtype
+from chameleon.core.adapter_files import read_safetensors_header
+from chameleon.core.memory import DTYPE_BYTES, ModelShape, adapter_pages, adapter_storage_dtype
 from shard.cli import eos_token_ids
 from tests.shard_server.procs import Router, request, start_shards
 from tests.shard_server.reference import PeftReference

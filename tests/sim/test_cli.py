@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from chameleon.sim.cli import main
+from chameleon.tools.simulate import main
 
 RUN_KEYS = {"policy", "rate", "ttft_p50_s", "ttft_p99_s", "tbt_p99_s", "throughput_rps", "slo_attainment",
             "cache_hit_rate", "adapter_bytes_loaded", "squashes"}

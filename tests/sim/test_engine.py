@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from chameleon.sched import FifoScheduler
+from chameleon.core.sched import FifoScheduler
 from chameleon.sim.config import SimConfig
 from chameleon.sim.cost import CostModel
 from chameleon.sim.engine import Simulator

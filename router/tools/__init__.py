@@ -1,0 +1,1 @@
+"""Router-side tools that need the engine's internals (not the serving path)."""

@@ -236,7 +236,7 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
         memory_budget=args.memory_budget, adapter_pages=None, memory_fraction=0.9, dtype=args.dtype,
         device=args.device, block_size=16, threads=args.threads, adapter_dtype=args.adapter_dtype))
     runner = core.runner
-    adapter_pages = sum(runner.adapters.pages_needed(args.adapter_dir / n) for n in names)
+    adapter_pages = sum(runner.adapter_store.pages_needed(args.adapter_dir / n) for n in names)
     # base-only and multi-adapter batches are decoded side by side (run_pair): KV for both
     kv_pages = 2 * len(names) * -(-(args.prompt_tokens + args.new_tokens) // runner.block_size) + 2
     prefill = len(names) * args.prompt_tokens
@@ -320,8 +320,8 @@ def run_all(args: SimpleNamespace) -> dict:
     bandwidth = statistics.median(at_floor.bandwidth_bytes_per_s)
     floor_ms = 1000 * weight_bytes / bandwidth
     # every adapter of the batch is read once per decode step (this rank's slice)
-    adapter_bytes = sum(core.runner.adapters.info(n).nbytes for n in set(names))
-    adapter_dtypes = sorted({core.runner.adapters.info(n).dtype for n in set(names)})
+    adapter_bytes = sum(core.runner.adapter_store.info(n).nbytes for n in set(names))
+    adapter_dtypes = sorted({core.runner.adapter_store.info(n).dtype for n in set(names)})
     del service, core
     gc.collect()
     torch_runs = torch_path_runs(args, names, probe) if kernels and not args.skip_torch_path else None

@@ -126,7 +126,7 @@ def build_core(args: argparse.Namespace) -> ShardCore:
                            args.memory_budget), adapter_pages=args.adapter_pages,
                            memory_fraction=args.memory_fraction, dtype_name=args.dtype,
                            adapter_dtype=adapter_dtype)
-    manager = AdapterManager(runner.adapters, named, args.adapter_dir)
+    manager = AdapterManager(runner.adapter_store, named, args.adapter_dir)
     return ShardCore(runner, tokenizer, eos_token_ids(args.model_dir, tokenizer), manager, options)
 
 

@@ -20,7 +20,7 @@ class AdapterAdmin:
         self.engine = engine
 
     def list(self) -> Sequence[AdapterStatus]:
-        return self.engine.adapters.list()
+        return self.engine.admin.list()
 
     def _checked(self, adapter_id: str) -> str:
         if not adapter_id:
@@ -38,7 +38,7 @@ class AdapterAdmin:
         adapter_id = self._checked(adapter_id)
         t0 = time.perf_counter_ns()
         try:
-            status = await self.engine.adapters.load(adapter_id)
+            status = await self.engine.admin.load(adapter_id)
         except EngineError as exc:
             raise from_engine(exc) from exc
         except (KeyError, ValueError) as exc:
@@ -54,7 +54,7 @@ class AdapterAdmin:
         """Drop the adapter from the cache; refused (409) while running requests use it."""
         adapter_id = self._checked(adapter_id)
         try:
-            was_resident = await self.engine.adapters.unload(adapter_id)
+            was_resident = await self.engine.admin.unload(adapter_id)
         except EngineError as exc:
             if exc.kind == "validation":
                 raise ApiError("conflict", exc.message) from exc

@@ -44,7 +44,7 @@ class EngineLike(Protocol):
     """The part of router.engine.entry.Engine the client APIs use."""
 
     info: EngineInfo | None  # None until start()
-    adapters: AdapterAdminLike
+    admin: AdapterAdminLike
 
     async def start(self) -> None: ...
     async def stop(self, drain: bool = True) -> None: ...

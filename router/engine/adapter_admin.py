@@ -1,4 +1,4 @@
-"""Run-time adapter management (`Engine.adapters`): list, load (pre-warm), unload.
+"""Run-time adapter management (`Engine.admin`): list, load (pre-warm), unload.
 
 Load and unload are commands of the serving loop: they run between two steps, so they never race a
 batch. A pre-warmed adapter is an idle cache entry: it stays resident until the cache policy evicts it.

@@ -52,7 +52,7 @@ class Engine:
         self._ids = 0
         self._rng = random.Random(config.seed)
         self._accepting = False
-        self.adapters = AdapterAdminOps(self)
+        self.admin = AdapterAdminOps(self)
         # Per-step timing hooks (method, inference_s, forward_s); the router's metrics subscribe.
         self.step_observers: list[Callable[[str, float, float], None]] = []
 

@@ -147,7 +147,7 @@ class EngineInfo:
 
 @dataclass(frozen=True, slots=True)
 class AdapterStatus:
-    """One adapter as `Engine.adapters.list()` reports it."""
+    """One adapter as `Engine.admin.list()` reports it."""
 
     adapter_id: str
     rank: int

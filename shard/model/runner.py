@@ -94,7 +94,7 @@ def select_backend(device: torch.device, choice: str | None = None) -> Backend:
 
 
 class ModelRunner:
-    """Owns the model (this rank's shard), the page pool and the AdapterStore (`self.adapters`).
+    """Owns the model (this rank's shard), the page pool and the AdapterStore (`self.adapter_store`).
 
     Attributes: config (ModelConfig), shape (chameleon.core.memory.ModelShape), dtype, device, dist,
     block_size, weight_bytes (this rank's parameter bytes), page_bytes (one pool page on this rank),
@@ -122,7 +122,7 @@ class ModelRunner:
         self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)
         self.vocab_size = self.shape.vocab_size
         self.pool: ShardPagePool | None = None
-        self.adapters = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool,
+        self.adapter_store = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool,
                                      adapter_dtype)
         self.lora_path: str | None = None
         self._concat = ConcatCache()
@@ -136,7 +136,7 @@ class ModelRunner:
     def allocate_pool(self, num_pages: int) -> None:
         """(Re)allocate the pool of `num_pages` pages; page 0 is reserved (liveness). Refused while
         adapters live in pages of the current pool (offload them first)."""
-        if any(info.pages for info in self.adapters.resident()):
+        if any(info.pages for info in self.adapter_store.resident()):
             raise RuntimeError("adapters still occupy pool pages; offload them before re-allocating the pool")
         self.pool = None
         self.pool = ShardPagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
@@ -154,8 +154,8 @@ class ModelRunner:
         if not fb.query_lens:
             empty = torch.empty(0, self.vocab_size, dtype=torch.float32, device=dev)
             return ForwardOutput(last_logits=empty, all_logits=[])
-        lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapters, self.dist, self._concat, dev,
-                               self.backend.lora_kernel, self.lora_path)
+        lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapter_store, self.dist, self._concat,
+                               dev, self.backend.lora_kernel, self.lora_path)
         slots = fb.slots.to(dev)
         meta = AttentionMeta.build(slots, fb.query_lens, fb.context_lens, fb.block_tables,
                                    self.block_size, dev, self.dtype)

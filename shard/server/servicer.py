@@ -179,7 +179,7 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
                 rank=self.core.rank, world_size=self.core.world, model_type=cfg.model_type,
                 hidden_size=cfg.shape.hidden_size, num_layers=cfg.shape.num_layers,
                 max_position_embeddings=cfg.max_position_embeddings, weight_bytes=r.weight_bytes,
-                target_modules=list(LORA_TARGETS), adapter_dtype=r.adapters.adapter_dtype))
+                target_modules=list(LORA_TARGETS), adapter_dtype=r.adapter_store.adapter_dtype))
 
     def Health(self, request: generate_pb2.HealthRequest,
                context: grpc.ServicerContext | None) -> generate_pb2.HealthResponse:

@@ -62,8 +62,8 @@ def router(served: ServedRouter) -> ServedRouter:
     eng.finished.clear()
     eng.script = type(eng.script)()
     eng.healthy = True
-    eng.adapters.resident.clear()
-    eng.adapters.busy.clear()
+    eng.admin.resident.clear()
+    eng.admin.busy.clear()
     return served
 
 

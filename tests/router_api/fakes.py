@@ -88,7 +88,7 @@ class FakeAdapters:
 class FakeEngine:
     def __init__(self, info: EngineInfo = INFO) -> None:
         self.info: EngineInfo | None = info
-        self.adapters = FakeAdapters(self)
+        self.admin = FakeAdapters(self)
         self.requests: list[GenerateRequest] = []
         self.cancelled: list[GenerateRequest] = []
         self.finished: list[GenerateRequest] = []

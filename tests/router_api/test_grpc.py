@@ -193,7 +193,7 @@ def test_adapter_admin(router: ServedRouter):
         with pytest.raises(grpc.RpcError) as info:
             admin.LoadAdapter(cpb.LoadAdapterRequest(adapter_id=adapter_id))
         assert info.value.code() == code
-    router.engine.adapter_registry.busy.add("alpha")
+    router.engine.admin.busy.add("alpha")
     with pytest.raises(grpc.RpcError) as info:
         admin.UnloadAdapter(cpb.OffloadAdapterRequest(adapter_id="alpha"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

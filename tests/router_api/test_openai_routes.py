@@ -130,10 +130,10 @@ def test_models_lists_base_and_adapters(router: ServedRouter):
 def test_load_and_unload_adapter(router: ServedRouter):
     resp = _post(router, "/v1/load_lora_adapter", {"lora_name": "alpha"})
     assert resp.status_code == 200 and resp.text.startswith("Success: LoRA adapter 'alpha' added")
-    assert "alpha" in router.engine.adapter_registry.resident
+    assert "alpha" in router.engine.admin.resident
     resp = _post(router, "/v1/unload_lora_adapter", {"lora_name": "alpha"})
     assert resp.status_code == 200 and resp.text.startswith("Success: LoRA adapter 'alpha' removed")
-    assert "alpha" not in router.engine.adapter_registry.resident
+    assert "alpha" not in router.engine.admin.resident
 
 
 def test_adapter_management_errors(router: ServedRouter, tok_dir):
@@ -146,6 +146,6 @@ def test_adapter_management_errors(router: ServedRouter, tok_dir):
         router, "/v1/load_lora_adapter", {"lora_name": "alpha", "lora_path": str(tok_dir / "adapters/alpha")}
     )
     assert ok.status_code == 200
-    router.engine.adapter_registry.busy.add("alpha")
+    router.engine.admin.busy.add("alpha")
     resp = _post(router, "/v1/unload_lora_adapter", {"lora_name": "alpha"})
     assert resp.status_code == 409 and "in use" in resp.json()["error"]

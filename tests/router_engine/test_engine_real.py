@@ -212,16 +212,16 @@ def test_adapter_admin_and_discovery(setup: dict, aloop: asyncio.AbstractEventLo
     engine, tok, adir = setup["engine"], setup["tok"], setup["adir"]
 
     async def run() -> None:
-        status = await engine.adapters.load("a11")
+        status = await engine.admin.load("a11")
         assert status.resident and status.refcount == 0 and status.pages > 0
         assert "a11" in engine.stats()["adapters"]["resident"]
-        assert await engine.adapters.unload("a11") is True
-        assert await engine.adapters.unload("a11") is False
+        assert await engine.admin.unload("a11") is True
+        assert await engine.admin.unload("a11") is False
         shutil.copytree(setup["src"] / "r8-01", adir / "late-arrival")
         assert engine.known("late-arrival")
         events = await collect(engine, request(tok, PROMPTS[2], "late-arrival"))
         assert isinstance(events[-1], FinalEvent)
-        listed = {a.adapter_id: a for a in engine.adapters.list()}
+        listed = {a.adapter_id: a for a in engine.admin.list()}
         assert listed["late-arrival"].resident and listed["late-arrival"].rank == 8
         assert await engine.health() is True
 

@@ -48,8 +48,8 @@ class Harness:
         self.adapter_pages: dict[str, list[int]] = {}
         for spec in ADAPTERS:
             path = root / "adapters" / spec.name
-            pages = [self.free.pop() for _ in range(runner.adapters.pages_needed(path))]
-            runner.adapters.load(spec.name, path, pages)
+            pages = [self.free.pop() for _ in range(runner.adapter_store.pages_needed(path))]
+            runner.adapter_store.load(spec.name, path, pages)
             self.adapter_pages[spec.name] = pages
         self.records: list[Record] = []
 

@@ -54,7 +54,7 @@ def test_auto_applies_where_the_kernel_reads_16_bits() -> None:
 
 def test_16bit_adapters_are_stored_in_16_bits(tiny_root: Path) -> None:
     runner = _runner(tiny_root)
-    store, pool = runner.adapters, runner.pool
+    store, pool = runner.adapter_store, runner.pool
     assert pool is not None
     first = 1
     for spec in ADAPTERS:

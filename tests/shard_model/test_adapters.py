@@ -34,20 +34,20 @@ def test_pickle_bin_is_refused(runner: ModelRunner, tiny_root: Path, tmp_path: P
     path = _copy(tiny_root, tmp_path)
     (path / "adapter_model.safetensors").rename(path / "adapter_model.bin")
     with pytest.raises(AdapterError, match=r"adapter_model\.bin.*pickle"):
-        runner.adapters.load("x", path)
+        runner.adapter_store.load("x", path)
 
 
 def test_missing_and_corrupt(runner: ModelRunner, tiny_root: Path, tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match="does not exist"):
-        runner.adapters.load("x", tmp_path / "nope")
+        runner.adapter_store.load("x", tmp_path / "nope")
     path = _copy(tiny_root, tmp_path)
     (path / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(AdapterError, match="corrupt"):
-        runner.adapters.load("x", path)
+        runner.adapter_store.load("x", path)
     (path / "adapter_config.json").write_text("{not json")
     with pytest.raises(AdapterError, match="not valid JSON"):
-        runner.adapters.load("x", path)
-    assert not runner.adapters.has("x")
+        runner.adapter_store.load("x", path)
+    assert not runner.adapter_store.has("x")
 
 
 def test_wrong_hidden_size(runner: ModelRunner, tiny_root: Path, tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_wrong_hidden_size(runner: ModelRunner, tiny_root: Path, tmp_path: Path)
     tensors[key] = torch.zeros(8, 64)  # trained for hidden size 64, base has 96
     save_file(tensors, path / "adapter_model.safetensors")
     with pytest.raises(AdapterError, match="different base model"):
-        runner.adapters.load("x", path)
+        runner.adapter_store.load("x", path)
 
 
 def test_unknown_target_module(runner: ModelRunner, tiny_root: Path, tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_unknown_target_module(runner: ModelRunner, tiny_root: Path, tmp_path: P
     tensors["base_model.model.lm_head.lora_A.weight"] = torch.zeros(8, 96)
     save_file(tensors, path / "adapter_model.safetensors")
     with pytest.raises(AdapterError, match="unknown target module"):
-        runner.adapters.load("x", path)
+        runner.adapter_store.load("x", path)
 
 
 def test_unsupported_options(runner: ModelRunner, tiny_root: Path, tmp_path: Path) -> None:
@@ -74,11 +74,11 @@ def test_unsupported_options(runner: ModelRunner, tiny_root: Path, tmp_path: Pat
     cfg = json.loads((path / "adapter_config.json").read_text())
     (path / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
     with pytest.raises(AdapterError, match="use_dora"):
-        runner.adapters.load("x", path)
+        runner.adapter_store.load("x", path)
 
 
 def test_pages_accounting_and_offload(runner: ModelRunner, tiny_root: Path) -> None:
-    store, pool = runner.adapters, runner.pool
+    store, pool = runner.adapter_store, runner.pool
     assert pool is not None
     path = tiny_root / "adapters" / "a128"
     spec = store.header(path)

@@ -45,8 +45,8 @@ def test_matches_transformers_peft(runner: ModelRunner, tiny_root: Path, referen
                              dist=DistContext.single(), num_pages=NUM_PAGES, block_size=BLOCK)
         assert runner.backend.name == "torch"
         lora_path = None
-    for info in runner.adapters.resident():
-        runner.adapters.offload(info.adapter_id)
+    for info in runner.adapter_store.resident():
+        runner.adapter_store.offload(info.adapter_id)
     runner.allocate_pool(NUM_PAGES)
     runner.lora_path = lora_path
     h = Harness(runner, tiny_root, seed=1)
@@ -100,7 +100,7 @@ def test_bfloat16_close_to_float32(tiny_root: Path) -> None:
         runner = ModelRunner(tiny_root / "model", dtype=dtype, device="cpu", dist=DistContext.single(),
                              num_pages=900, block_size=BLOCK)
         path = tiny_root / "adapters" / "a128"
-        runner.adapters.load("a128", path, list(range(1, 1 + runner.adapters.pages_needed(path))))
+        runner.adapter_store.load("a128", path, list(range(1, 1 + runner.adapter_store.pages_needed(path))))
         prefill = ForwardBatch.build([[5, 6, 7, 8, 9], [10, 11, 12]], [5, 3], [[800, 801], [850]], BLOCK,
                                      ["a128", None])
         decode = ForwardBatch.build([[1], [2]], [6, 4], [[800, 801], [850]], BLOCK, ["a128", None])

@@ -65,7 +65,7 @@ class FakeRunner:
         self.pool = None
         self.config = SimpleNamespace(max_position_embeddings=64, model_type="llama",
                                       shape=SimpleNamespace(hidden_size=8, num_layers=1))
-        self.adapters = FakeStore()
+        self.adapter_store = FakeStore()
         self.kv: dict[int, int] = {}
 
     def allocate_pool(self, n: int) -> None:
@@ -85,7 +85,7 @@ class FakeRunner:
         last, every = [], []
         for i, ctx_len in enumerate(fb.context_lens):
             a = fb.adapter_ids[i]
-            if a is not None and not self.adapters.has(a):
+            if a is not None and not self.adapter_store.has(a):
                 raise AdapterError(f"{a} not resident")
             table = fb.block_tables[i]
             ctx = [self.kv[table[p // BS] * BS + p % BS] for p in range(ctx_len)]
@@ -112,7 +112,7 @@ def service(byte_tokenizer, tmp_path):
     runner = FakeRunner(len(byte_tokenizer))
     options = ShardOptions(uds_path="/tmp/x", memory=DeviceMemory(torch.device("cpu"),
                            1000 + 64 * 3000 + 128 * 64))  # weights + 3000 pages + activations
-    core = ShardCore(runner, byte_tokenizer, frozenset({EOS}), AdapterManager(runner.adapters,
+    core = ShardCore(runner, byte_tokenizer, frozenset({EOS}), AdapterManager(runner.adapter_store,
                      {"named": tmp_path}, tmp_path), options)
     svc = TextGenerationService(core)
     warm = svc.Warmup(generate_pb2.WarmupRequest(max_prefill_tokens=64), None)

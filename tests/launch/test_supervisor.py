@@ -18,6 +18,7 @@ from chameleon.tools.launch.plan import LaunchPlan, free_port
 from chameleon.tools.launch.procs import ProcSpec, endpoint_ready
 from chameleon.tools.launch.supervisor import Supervisor, Timeouts
 
+pytestmark = pytest.mark.slow
 STANDIN = str(Path(__file__).with_name("standin.py"))
 # Stand-ins start in well under a second on an idle machine; on a busy one Python start-up alone can
 # take many seconds. These are bounds against hanging, never timings under test.
@@ -194,7 +195,6 @@ from launch.test_supervisor import _plan
 from chameleon.tools.launch.supervisor import Supervisor, Timeouts
 from pathlib import Path
 
-pytestmark = pytest.mark.slow
 sup = Supervisor(_plan(Path({sock!r}), ranks=2), Timeouts(startup={startup}, poll=0.05))
 def serving():
     Path({pids!r}).write_text(" ".join(str(c.pid) for c in [*sup.shards, sup.router]))

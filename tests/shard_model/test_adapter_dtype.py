@@ -88,7 +88,7 @@ def test_16bit_adapters_are_stored_in_16_bits(tiny_root: Path) -> None:
 
 
 def test_16bit_storage_halves_the_pages(tiny_root: Path) -> None:
-    auto, model = _runner(tiny_root).adapters, _runner(tiny_root, "model").adapters
+    auto, model = _runner(tiny_root).adapter_store, _runner(tiny_root, "model").adapter_store
     path = tiny_root / "adapters" / "a64"  # bfloat16 file, rank 64
     spec = auto.header(path)
     assert auto.storage_dtype(spec) == torch.bfloat16 and model.storage_dtype(spec) == torch.float32
@@ -102,7 +102,7 @@ def test_16bit_storage_halves_the_pages(tiny_root: Path) -> None:
 @pytest.mark.parametrize("policy", ["auto", "model"])
 @pytest.mark.parametrize("world", [1, 2])
 def test_router_pages_equal_the_shards(tiny_root: Path, policy: str, world: int) -> None:
-    store = _runner(tiny_root, policy).adapters
+    store = _runner(tiny_root, policy).adapter_store
     store.dist = DistContext(rank=0, world_size=world)  # sizing only: no collective runs here
     registry = AdapterRegistry(store.shape, 4, BLOCK, world, tiny_root / "adapters", model_dtype="float32",
                                adapter_policy=policy)
@@ -118,7 +118,7 @@ def test_router_pages_equal_the_shards(tiny_root: Path, policy: str, world: int)
 
 
 def test_router_sizes_shard_reported_adapters_in_their_dtype(tiny_root: Path) -> None:
-    store = _runner(tiny_root).adapters
+    store = _runner(tiny_root).adapter_store
     registry = AdapterRegistry(store.shape, 4, BLOCK, 1, None, model_dtype="float32", adapter_policy="auto")
     path = tiny_root / "adapters" / "a16"
     spec = store.header(path)
@@ -129,7 +129,7 @@ def test_router_sizes_shard_reported_adapters_in_their_dtype(tiny_root: Path) ->
 
 
 def test_bfloat16_model_keeps_adapters_in_its_dtype(tiny_root: Path) -> None:
-    store = _runner(tiny_root, dtype=torch.bfloat16).adapters
+    store = _runner(tiny_root, dtype=torch.bfloat16).adapter_store
     for name in ("a8", "b128"):  # float32 and float16 files
         path = tiny_root / "adapters" / name
         info = store.load(name, path, list(range(1, 1 + store.pages_needed(path))))

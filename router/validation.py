@@ -205,7 +205,7 @@ class Validator:
 
     @staticmethod
     def _temperature(value: float | None) -> float:
-        if value is not None and not (_finite("temperature", value) > 0):
+        if value is not None and not (_wire_float("temperature", value) > 0):
             raise ValidationError(f"`temperature` must be strictly positive. Given: {value}")
         return 1.0 if value is None else value
 
@@ -223,7 +223,7 @@ class Validator:
 
     @staticmethod
     def _repetition_penalty(value: float | None) -> float:
-        if value is not None and not (_finite("repetition_penalty", value) > 0):
+        if value is not None and not (_wire_float("repetition_penalty", value) > 0):
             raise ValidationError(f"`repetition_penalty` must be strictly positive. Given: {value}")
         return 1.0 if value is None else value
 
@@ -260,11 +260,16 @@ U32_MAX = 2**32 - 1
 FLOAT32_TINY, FLOAT32_MAX = 1.1754944e-38, 3.4028235e38
 
 
-def _finite(name: str, value: float) -> float:
-    """`value`, or a ValidationError when it is NaN or infinite (which compare false with any bound),
-    or when the shards' 32-bit float would turn it into 0 (= unset) or infinity."""
+def finite(name: str, value: float) -> float:
+    """`value`, or a ValidationError when it is NaN or infinite (which compare false with any bound)."""
     if not math.isfinite(value):
         raise ValidationError(f"`{name}` must be a finite number. Given: {value}")
+    return value
+
+
+def _wire_float(name: str, value: float) -> float:
+    """`finite`, and refused where the shards' 32-bit float would turn it into 0 (= unset) or infinity."""
+    finite(name, value)
     if value != 0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
         raise ValidationError(f"`{name}` must be 0 or of magnitude between {FLOAT32_TINY:.3g} and "
                               f"{FLOAT32_MAX:.3g} (a 32-bit float). Given: {value}")
@@ -272,9 +277,9 @@ def _finite(name: str, value: float) -> float:
 
 
 def _open_unit(name: str, value: float | None) -> float:
-    if value is not None and not 0.0 < _finite(name, value) < 1.0:
+    if value is not None and not 0.0 < _wire_float(name, value) < 1.0:
         raise ValidationError(f"`{name}` must be > 0.0 and < 1.0. Given: {value}")
     return 1.0 if value is None else value
 
 
-__all__ = ["ApiError", "Limits", "Validated", "ValidationError", "Validator", "check_adapter_name"]
+__all__ = ["ApiError", "Limits", "Validated", "ValidationError", "Validator", "check_adapter_name", "finite"]

@@ -7,7 +7,6 @@ refused). Guided decoding is refused: TGIS (IBM text-generation-inference) has n
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from chameleon_pb import generation_pb2 as pb
@@ -15,6 +14,7 @@ from chameleon_pb import generation_pb2 as pb
 from router.engine.types import FinalEvent, TokenEvent, TopToken
 from router.errors import ValidationError
 from router.params import ClientParams
+from router.validation import finite
 
 STOP_REASON = {"length": pb.MAX_TOKENS, "eos_token": pb.EOS_TOKEN, "stop_sequence": pb.STOP_SEQUENCE}
 
@@ -33,20 +33,14 @@ class ResponseShape:
     time_limit_s: float | None = None
 
 
-def _finite(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise ValidationError(f"`{name}` must be a finite number. Given: {value}")
-    return value
-
-
 def _unit(name: str, value: float) -> float | None:
-    if not 0.0 <= _finite(name, value) <= 1.0:
+    if not 0.0 <= finite(name, value) <= 1.0:
         raise ValidationError(f"`{name}` must be >= 0 and <= 1 (0 or 1 = off). Given: {value}")
     return None if value in (0.0, 1.0) else value
 
 
 def _sampling(s: pb.SamplingParameters) -> dict[str, object]:
-    temperature = _finite("temperature", s.temperature) if s.HasField("temperature") else 1.0
+    temperature = finite("temperature", s.temperature) if s.HasField("temperature") else 1.0
     if temperature < 0:
         raise ValidationError(f"`temperature` must be >= 0 (0 = greedy). Given: {temperature}")
     if temperature == 0:
@@ -65,7 +59,7 @@ def _length_penalty(dec: pb.DecodingParameters) -> tuple[int, float] | None:
     if not dec.HasField("length_penalty"):
         return None
     lp = dec.length_penalty
-    return lp.start_index, _finite("length_penalty.decay_factor", lp.decay_factor)
+    return lp.start_index, finite("length_penalty.decay_factor", lp.decay_factor)
 
 
 def from_fmaas(params: pb.Parameters, adapter_id: str | None) -> tuple[ClientParams, ResponseShape]:
@@ -76,8 +70,8 @@ def from_fmaas(params: pb.Parameters, adapter_id: str | None) -> tuple[ClientPar
             "supported by this server (nor by TGIS); leave it unset"
         )
     for name in ("temperature", "top_p", "typical_p"):  # checked even where GREEDY ignores them
-        _finite(name, getattr(params.sampling, name))
-    if _finite("repetition_penalty", dec.repetition_penalty) < 0:
+        finite(name, getattr(params.sampling, name))
+    if finite("repetition_penalty", dec.repetition_penalty) < 0:
         raise ValidationError(f"`repetition_penalty` must be >= 0 (0 = off). Given: {dec.repetition_penalty}")
     sampling = _sampling(params.sampling) if params.method == pb.SAMPLE else {}
     client = ClientParams(

@@ -175,10 +175,11 @@ class BatchSteps:
         try:
             await self._prefill_batch(lives, pages, now)
         except (ShardError, _Unsendable) as exc:
-            if _request_error(exc) is None:
+            reason = _request_error(exc)
+            if reason is None:
                 raise
             if len(lives) == 1:
-                self._refuse(lives[0], _request_error(exc) or "", now)
+                self._refuse(lives[0], reason, now)
                 return
             for lv in lives:  # find the refused request(s): the others still run, one batch each
                 try:

@@ -229,7 +229,7 @@ class TextGenerationService(generate_pb2_grpc.TextGenerationServiceServicer):
             batch = batch.without(unloadable)
         if refused and not self.refuse_per_request:
             rid, why = next(iter(refused.items()))
-            raise ValueError(why if str(rid) in why else f"request {rid}: {why}")
+            raise ValueError(why if why.startswith(f"request {rid}:") else f"request {rid}: {why}")
         concat_ns = None
         if request.HasField("cached_batch"):
             cached = self.core.pop(request.cached_batch.id)

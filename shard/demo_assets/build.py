@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from chameleon.core.memory import LORA_TARGETS
-from shard.demo_assets.files import LOCK, MANIFEST, file_lock, tree_hashes, write_json
+from shard.demo_assets.files import LOCK, MANIFEST, file_lock, remove_stale_adapters, tree_hashes, write_json
 from shard.demo_assets.hf import quiet_transformers
 from shard.demo_assets.lora import (
     ATTENTION_TARGETS,
@@ -33,7 +31,6 @@ DEMO_RANKS = (8, 16, 32, 64, 128)
 TINY_RANKS = (8, 16, 64, 128)
 DEMO_TARGETS = ATTENTION_TARGETS  # the paper's adapters (q, k, v, o)
 TINY_TARGETS = LORA_TARGETS  # every linear, so the tests cover MLP adapters too
-_ADAPTER_DIR = re.compile(r"^r\d+-\d+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +66,7 @@ def build_assets(out_dir: Path, req: BuildRequest, *, cache_dir: Path, progress:
             bar.update()
             weights = read_targets(out_dir / "model" / "model.safetensors", req.targets)
             adapters = out_dir / "adapters"
-            _remove_stale(adapters, {s.name for s in specs})
+            remove_stale_adapters(adapters, {s.name for s in specs})
             with single_thread():
                 for spec in specs:
                     bar.set_description(f"adapter {spec.name}")
@@ -96,13 +93,6 @@ def _build_model(model_dir: Path, req: BuildRequest, cache_dir: Path,
     return MODEL_NAME
 
 
-def _remove_stale(adapters: Path, keep: set[str]) -> None:
-    """Drop adapter folders of an earlier build with other parameters (only names we generate)."""
-    if not adapters.is_dir():
-        return
-    for child in adapters.iterdir():
-        if child.is_dir() and _ADAPTER_DIR.match(child.name) and child.name not in keep:
-            shutil.rmtree(child)
 
 
 def _write_manifest(out_dir: Path, req: BuildRequest) -> None:

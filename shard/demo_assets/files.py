@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -77,3 +78,14 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_ADAPTER_DIR = re.compile(r"^r\d+-\d+$")  # the names the builders generate: r{rank}-{index}
+
+
+def remove_stale_adapters(adapters: Path, keep: set[str]) -> None:
+    """Drop adapter folders of an earlier build with other parameters (only names the builders make)."""
+    if adapters.is_dir():
+        for child in adapters.iterdir():
+            if child.is_dir() and _ADAPTER_DIR.match(child.name) and child.name not in keep:
+                shutil.rmtree(child)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +31,15 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaConfig
 
-from shard.demo_assets.files import LOCK, MANIFEST, file_lock, save_tensors, stable_seed, write_json
+from shard.demo_assets.files import (
+    LOCK,
+    MANIFEST,
+    file_lock,
+    remove_stale_adapters,
+    save_tensors,
+    stable_seed,
+    write_json,
+)
 from shard.demo_assets.hf import quiet_transformers, write_config
 from shard.demo_assets.lora import (
     ATTENTION_TARGETS,
@@ -48,7 +54,6 @@ RANDOM_LLAMA_VERSION = 1  # bump whenever the bytes written for a request change
 MAX_SHARD_BYTES = 2 * 1024 ** 3
 INIT_STD = 0.02
 WEIGHT_DTYPE = torch.bfloat16
-_ADAPTER_DIR = re.compile(r"^r\d+-\d+$")
 DEFAULT_ADAPTERS = 40  # 8 of each default rank 8..128: more than the 32 distinct adapters a batch needs
 
 
@@ -219,7 +224,7 @@ def build_random_llama(out_dir: Path, req: RandomLlamaRequest, *, progress: bool
             bar.set_description("weights")
             write_weights(model_dir, req.preset, req.seed, bar)
             weights = target_weights(shape, req.targets)
-            _remove_stale(out_dir / "adapters", {s.name for s in specs})
+            remove_stale_adapters(out_dir / "adapters", {s.name for s in specs})
             with single_thread():
                 for spec in specs:
                     bar.set_description(f"adapter {spec.name}")
@@ -232,12 +237,6 @@ def build_random_llama(out_dir: Path, req: RandomLlamaRequest, *, progress: bool
     return out_dir
 
 
-def _remove_stale(adapters: Path, keep: set[str]) -> None:
-    """Drop adapter folders of an earlier build with other parameters (only names we generate)."""
-    if adapters.is_dir():
-        for child in adapters.iterdir():
-            if child.is_dir() and _ADAPTER_DIR.match(child.name) and child.name not in keep:
-                shutil.rmtree(child)
 
 
 def is_complete(out_dir: Path, req: RandomLlamaRequest) -> bool:

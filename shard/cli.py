@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from shard.server.servicer import ShardCore
 
 log = logging.getLogger("shard")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def build_parser() -> EnvArgumentParser:
@@ -45,7 +45,8 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--adapter-pages", type=int, default=None, help="pool pages kept for adapters the shard "
                    "loads itself (plain-TGI mode); default: what --lora-adapters need, plus room for the 8 "
                    "largest adapters of --adapter-dir (10%%..50%% of the pool)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight and KV dtype")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="weight and KV dtype; 'auto': bfloat16 on "
+                   "CUDA, float32 on CPU")
     p.add_argument("--adapter-dtype", choices=ADAPTER_DTYPE_POLICIES, default="auto", help="dtype LoRA "
                    "adapters are stored in, in the page pool: 'auto' keeps an adapter saved in bfloat16 or "
                    "float16 in that 16-bit dtype when the model runs in float32 on CPU with one rank "
@@ -108,7 +109,7 @@ def build_core(args: argparse.Namespace) -> ShardCore:
     from transformers import AutoTokenizer
 
     from shard.model.dist import DistContext
-    from shard.model.runner import ModelRunner
+    from shard.model.runner import ModelRunner, resolve_dtype
     from shard.server.adapter_manager import AdapterManager
     from shard.server.headroom import DeviceMemory
     from shard.server.servicer import ShardCore, ShardOptions
@@ -119,12 +120,13 @@ def build_core(args: argparse.Namespace) -> ShardCore:
     device = _device(args.device)
     dist = DistContext.from_env(device=device)
     adapter_dtype = getattr(args, "adapter_dtype", "auto")
-    runner = ModelRunner(args.model_dir, dtype=getattr(torch, args.dtype), device=device, dist=dist,
+    dtype = resolve_dtype(args.dtype, device)
+    runner = ModelRunner(args.model_dir, dtype=dtype, device=device, dist=dist,
                          block_size=args.block_size, adapter_dtype=adapter_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(args.model_dir))
     options = ShardOptions(uds_path=args.uds_path, memory=DeviceMemory(torch.device(device),
                            args.memory_budget), adapter_pages=args.adapter_pages,
-                           memory_fraction=args.memory_fraction, dtype_name=args.dtype,
+                           memory_fraction=args.memory_fraction, dtype_name=str(dtype).removeprefix("torch."),
                            adapter_dtype=adapter_dtype)
     manager = AdapterManager(runner.adapter_store, named, args.adapter_dir)
     return ShardCore(runner, tokenizer, eos_token_ids(args.model_dir, tokenizer), manager, options)

@@ -73,6 +73,17 @@ class ForwardOutput:
 
 
 BACKENDS = ("torch", "cpu-kernels")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The weight and KV dtype `--dtype NAME` selects on `device`: "auto" is bfloat16 on CUDA (half the
+    bytes a decode step reads, float32's range) and float32 elsewhere (the CPU C kernels' dtype)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; one of auto, {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)
 
 
 def select_backend(device: torch.device, choice: str | None = None) -> Backend:
@@ -190,12 +201,17 @@ class ModelRunner:
         return 2 * (t * per_token * dtype_bytes + scores + s.vocab_size * 4 * 2)
 
     def _measure_cuda(self, tokens: int) -> int:
+        """Peak bytes allocated above the weights and a scratch pool during one forward of `tokens` prompt
+        tokens. The scratch pool and the activations are released to the device afterwards (empty_cache):
+        the caching allocator would otherwise keep their blocks reserved, and the caller's `mem_get_info`
+        would count the activations a second time."""
         blocks = -(-tokens // self.block_size)
         saved = self.pool
         self.pool = ShardPagePool(self.shape, blocks + 1, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
         try:
             torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
             fb = ForwardBatch.build([[0] * tokens], [tokens], [list(range(1, blocks + 1))], self.block_size)
@@ -204,6 +220,7 @@ class ModelRunner:
             return torch.cuda.max_memory_allocated(self.device) - base
         finally:
             self.pool = saved
+            torch.cuda.empty_cache()  # the scratch pool and the activations' cached blocks go back
 
 
 def timed_forward(runner: ModelRunner, fb: ForwardBatch) -> tuple[ForwardOutput, float]:

@@ -4,8 +4,11 @@ greedy / seeded-sampling choice, per request, applied to one batch step.
 Semantics follow TGI's NextTokenChooser: penalties apply in greedy and sampling mode; the warpers
 (temperature, top-k, top-p, typical-p) apply only when `do_sample` is true; greedy is the argmax.
 Proto3 zero values mean "unset" (temperature 0 -> 1.0, top_p 0 -> 1.0, repetition_penalty 0 -> 1.0).
-Each sampling request owns a `torch.Generator` seeded from its `seed`, so a request reproduces its
-tokens whatever batch it shares (generator state travels with the request through filter/concat).
+Each sampling request owns a host (CPU) `torch.Generator` seeded from its `seed`: a sampled step draws
+one uniform number from it and picks the token on the logits' device by inverse CDF (`sample_index`), so
+a request reproduces its tokens whatever batch it shares (generator state travels with the request
+through filter/concat) and on whatever device the logits live (no per-device generator to keep).
+Every tensor the processors create lives on the logits' device.
 
 TGIS's EOS shaping (`EosShaping`) comes first, before penalties and warpers, as in TGIS: EOS is masked
 out while fewer than `min_new_tokens` tokens are generated, then the exponential decay length penalty
@@ -135,7 +138,7 @@ class RowSampler:
     def __init__(self, params: SamplingParams, eos: EosShaping | None = None) -> None:
         self.params = params
         self.eos = eos
-        self.generator: torch.Generator | None = None
+        self.generator: torch.Generator | None = None  # host RNG: one uniform draw per sampled step
         if params.do_sample:
             self.generator = torch.Generator(device="cpu")
             self.generator.manual_seed(params.seed)
@@ -146,8 +149,9 @@ class RowSampler:
 
     def penalize(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Repetition penalty (CTRL style) and frequency penalty (TGI: normalized counts) over
-        `history` (every prompt and generated token so far). logits: [V]."""
+        `history` (every prompt and generated token so far, int64, on the logits' device). logits: [V]."""
         p = self.params
+        history = history.to(logits.device)  # no-op when the caller put it there
         if p.repetition_penalty != 1.0 and history.numel():
             seen = history.unique()
             score = logits[seen]
@@ -178,7 +182,17 @@ class RowSampler:
         if not self.params.do_sample:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits.float(), dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return sample_index(probs, float(torch.rand((), dtype=torch.float64, generator=self.generator)))
+
+
+def sample_index(probs: torch.Tensor, u: float) -> int:
+    """The token drawn from probs [V] (on any device) by the uniform number u in [0, 1): the first token
+    whose cumulative probability exceeds u * total. A token of probability 0 is never drawn (should
+    rounding land on one, the most likely token is taken instead)."""
+    cdf = probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, cdf[-1:] * u, right=True).clamp_(max=probs.numel() - 1)  # [1]
+    pick = torch.where(probs[pick] > 0, pick, probs.argmax().unsqueeze(0))
+    return int(pick)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -145,11 +145,23 @@ class ShardCore:
         return named + min(max(sum(sizes[:8]), pool_pages // 10), pool_pages // 2)
 
     def agree_min(self, value: int) -> int:
-        """The minimum of `value` over tensor-parallel ranks."""
+        """The minimum of `value` over tensor-parallel ranks (gathered on the group's device)."""
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.int64)
+        import torch.distributed as tdist
+
+        device = collective_device(str(tdist.get_backend(self.runner.dist.group)), self.runner.device)
+        t = torch.tensor([value], dtype=torch.int64, device=device)
         return int(self.runner.dist.all_gather(t, [1] * self.world).min())
+
+
+def collective_device(backend: str, model_device: torch.device) -> torch.device:
+    """Where a tensor handed to a collective of a process group with this `backend` must live: nccl
+    takes CUDA tensors only (the model's device), gloo host tensors (so two ranks sharing one GPU over
+    gloo gather on the CPU); a group with a gloo part ("cpu:gloo,cuda:nccl") takes host tensors."""
+    if "gloo" in backend.lower() or model_device.type != "cuda":
+        return torch.device("cpu")
+    return model_device
 
 
 def _pages_or_zero(store: AdapterStore, path: Path) -> int:

@@ -60,7 +60,7 @@ def _record_prefill_logprobs(r: RequestState, q: int, logits: torch.Tensor | Non
     logp = torch.log_softmax(logits.float(), dim=-1)
     nxt = [p + 1 for p in range(r.kv_len, r.kv_len + q) if p + 1 < r.prompt_len]
     if nxt:
-        idx = torch.tensor([r.ids[p] for p in nxt]).unsqueeze(1)
+        idx = torch.tensor([r.ids[p] for p in nxt], device=logp.device).unsqueeze(1)
         r.prefill_lps += logp[: len(nxt)].gather(1, idx).squeeze(1).tolist()
 
 
@@ -77,8 +77,9 @@ def generate_step(env: StepEnv, batch: Batch) -> StepResult:
         if r.kv_len == len(r.ids):
             ready.append(i)
     reqs = [batch.requests[i] for i in ready]
-    histories = [torch.tensor(r.ids, dtype=torch.long) if not r.sampler.params.plain_greedy else
-                 torch.empty(0, dtype=torch.long) for r in reqs]
+    dev = out.last_logits.device
+    histories = [torch.tensor(r.ids, dtype=torch.long, device=dev) if not r.sampler.params.plain_greedy else
+                 torch.empty(0, dtype=torch.long, device=dev) for r in reqs]
     logits = out.last_logits if len(ready) == len(batch.requests) else out.last_logits[ready]  # no copy
     choice = choose_tokens(logits, [r.sampler for r in reqs], histories,
                            [r.top_n for r in reqs], [len(r.ids) - r.prompt_len for r in reqs],

@@ -151,7 +151,6 @@ class RowSampler:
         """Repetition penalty (CTRL style) and frequency penalty (TGI: normalized counts) over
         `history` (every prompt and generated token so far, int64, on the logits' device). logits: [V]."""
         p = self.params
-        history = history.to(logits.device)  # no-op when the caller put it there
         if p.repetition_penalty != 1.0 and history.numel():
             seen = history.unique()
             score = logits[seen]

@@ -19,8 +19,8 @@ every aten op that involves such a tensor, a CUDA device argument or a torch.Gen
 1. runs the op in a FakeTensorMode on fake twins of its arguments (same shapes and dtypes, each on the
    device it claims), so torch's own device rule accepts or rejects the op (FakeTensorDeviceMismatchError
    and the op-specific checks of fake_impls); where the fake kernel cannot run because the op's output
-   depends on data (unique, bincount, item, nonzero), FakeTensor._find_common_device applies the general
-   rule;
+   depends on data (unique, bincount, item, nonzero, a boolean mask index), FakeTensor's general rule
+   (_find_common_device) applies, and indexing keeps its input's device;
 2. checks that a torch.Generator handed to the op is on the op's device (CUDA kernels refuse a CPU
    generator; FakeTensor does not model generators);
 3. runs the op for real on the CPU tensors and labels each output with the device the fake run gave it.
@@ -53,6 +53,7 @@ aten = torch.ops.aten
 HOST_READS = {torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__bool__, torch.Tensor.__index__,
               torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__repr__, torch.Tensor.__format__}
 GUARDED = {torch.Tensor.copy_: aten.copy_.default, torch.Tensor.__invert__: aten.bitwise_not.default}
+NO_GUARD = "is not linked with support for cuda devices"
 NO_FAKE_VALUES = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
 
 
@@ -90,6 +91,14 @@ class FakeCudaTensor(torch.Tensor):
     @classmethod
     def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         raise RuntimeError(f"{func}: a fake CUDA tensor used outside fake_cuda()")
+
+
+def _common_device(func: Any, tensors: list[torch.Tensor]) -> torch.device:
+    """The device rule where the fake kernel cannot run: indexing keeps its input's device (index
+    tensors may live on the CPU), every other op needs one device (FakeTensor's general rule)."""
+    if func is aten.index.Tensor:
+        return tensors[0].device
+    return FakeTensor._find_common_device(func, tensors)[0]
 
 
 def _is_cuda_device(a: object) -> bool:
@@ -134,7 +143,11 @@ class FakeCudaMode(TorchDispatchMode):
                 result: list[torch.device] | torch.device = [
                     o.device if isinstance(o, torch.Tensor) else CUDA for o in tree_flatten(fout)[0]]
             except NO_FAKE_VALUES:
-                result = FakeTensor._find_common_device(func, tensors)[0]
+                result = _common_device(func, tensors)
+            except RuntimeError as exc:
+                if NO_GUARD not in str(exc):
+                    raise
+                result = _common_device(func, tensors)  # the fake kernel itself indexed (a bool mask)
         except RuntimeError as exc:  # FakeTensorDeviceMismatchError, fake_impls' device checks
             if "device" not in str(exc).lower():
                 raise

@@ -16,9 +16,9 @@ from tests.shard_device.fake_cuda import CUDA, fake_cuda, host
 from tests.shard_model.tiny import ADAPTERS
 
 BS = 16
-KV_PAGES = 9  # page 0 + two blocks for each of 4 sequences
-TABLES = [[1 + 2 * i, 2 + 2 * i] for i in range(4)]
-SEQ_ADAPTERS = [None, "a8", "a128", "b16"]
+KV_PAGES = 11  # page 0 + two blocks for each of 5 sequences
+TABLES = [[1 + 2 * i, 2 + 2 * i] for i in range(5)]
+SEQ_ADAPTERS = [None, "a8", "a128", "b16", "a8"]  # a8's rows are not contiguous: an index tensor
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -26,14 +26,15 @@ def _ids(n: int, seed: int) -> list[int]:
 
 
 def _steps() -> list[ForwardBatch]:
-    """Prefill (one prompt's first chunk with all logits), then the rest of that prompt beside three
-    decode rows, then a decode step of all four."""
-    prompts = [_ids(5, 1), _ids(20, 2), _ids(10, 3), _ids(3, 4)]
-    first = ForwardBatch.build([prompts[0], prompts[1], prompts[2][:6], prompts[3]], [5, 20, 6, 3], TABLES,
-                               BS, SEQ_ADAPTERS, all_logits=[False, False, True, False])
-    mixed = ForwardBatch.build([[7], [8], prompts[2][6:], [9]], [6, 21, 10, 4], TABLES, BS, SEQ_ADAPTERS,
-                               all_logits=[False, False, True, False])
-    decode = ForwardBatch.build([[10], [11], [12], [13]], [7, 22, 11, 5], TABLES, BS, SEQ_ADAPTERS)
+    """Prefill (one prompt's first chunk with all logits), then the rest of that prompt beside four
+    decode rows, then a decode step of all five."""
+    prompts = [_ids(5, 1), _ids(20, 2), _ids(10, 3), _ids(3, 4), _ids(4, 5)]
+    logits = [False, False, True, False, False]
+    first = ForwardBatch.build([prompts[0], prompts[1], prompts[2][:6], prompts[3], prompts[4]],
+                               [5, 20, 6, 3, 4], TABLES, BS, SEQ_ADAPTERS, all_logits=logits)
+    mixed = ForwardBatch.build([[7], [8], prompts[2][6:], [9], [14]], [6, 21, 10, 4, 5], TABLES, BS,
+                               SEQ_ADAPTERS, all_logits=logits)
+    decode = ForwardBatch.build([[10], [11], [12], [13], [15]], [7, 22, 11, 5, 6], TABLES, BS, SEQ_ADAPTERS)
     return [first, mixed, decode]
 
 

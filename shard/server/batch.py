@@ -207,7 +207,7 @@ class Batch:
         return {r.adapter_id for r in self.requests if r.adapter_id is not None}
 
     def forward_batch(self) -> ForwardBatch:
-        """The model's view of the next step."""
+        """The model's view of the next step (host tensors: the runner copies them to its device)."""
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []

@@ -186,10 +186,13 @@ class RowSampler:
 
 def sample_index(probs: torch.Tensor, u: float) -> int:
     """The token drawn from probs [V] (on any device) by the uniform number u in [0, 1): the first token
-    whose cumulative probability exceeds u * total. A token of probability 0 is never drawn (should
+    whose cumulative probability exceeds u * total (kept below the total, so u near 1 draws the last
+    token of positive probability). A token of probability 0 is never drawn (should a parallel cumsum's
     rounding land on one, the most likely token is taken instead)."""
     cdf = probs.cumsum(-1)
-    pick = torch.searchsorted(cdf, cdf[-1:] * u, right=True).clamp_(max=probs.numel() - 1)  # [1]
+    total = cdf[-1:]
+    below = torch.minimum(total * u, torch.nextafter(total, torch.zeros_like(total)))
+    pick = torch.searchsorted(cdf, below, right=True).clamp_(max=probs.numel() - 1)  # [1]
     pick = torch.where(probs[pick] > 0, pick, probs.argmax().unsqueeze(0))
     return int(pick)
 

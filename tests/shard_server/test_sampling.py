@@ -12,6 +12,7 @@ from shard.server.sampling import (
     RowSampler,
     SamplingParams,
     choose_tokens,
+    sample_index,
     top_k_filter,
     top_p_filter,
     typical_filter,
@@ -167,3 +168,11 @@ def test_extreme_repetition_penalties_keep_logits_finite(penalty: float) -> None
     sampler = RowSampler(SamplingParams(do_sample=True, repetition_penalty=penalty, seed=1))
     choice = choose_tokens(logits, [sampler], [torch.arange(0, 300, 2)], [2])
     assert all(math.isfinite(x) for x in choice.logprobs)
+
+
+def test_sample_index_is_the_inverse_cdf_and_never_draws_zero_probability() -> None:
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    grid = [sample_index(probs, (k + 0.5) / 1000) for k in range(1000)]  # evenly spread uniforms
+    assert [grid.count(i) for i in range(5)] == [100, 0, 600, 300, 0]
+    assert sample_index(probs, 0.0) == 0 and sample_index(probs, 1.0 - 2 ** -53) == 3
+    assert sample_index(torch.tensor([0.0, 0.0, 1.0]), 0.0) == 2

@@ -39,7 +39,8 @@ class Forwarded:
 FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--lora-adapters", "shard", help="adapters to preload on every rank: name=path,..."),
     Forwarded("--memory-budget", "shard", int, help="bytes of device memory a rank may use"),
-    Forwarded("--dtype", "shard", choices=("float32", "bfloat16", "float16"), help="weight and KV dtype"),
+    Forwarded("--dtype", "shard", choices=("auto", "float32", "bfloat16", "float16"),
+              help="weight and KV dtype ('auto': bfloat16 on CUDA, float32 on CPU)"),
     Forwarded("--adapter-dtype", "shard", choices=ADAPTER_DTYPE_POLICIES,
               help="LoRA adapters in the pool: 'auto' keeps bf16/fp16 files in 16 bits on a float32 CPU "
               "shard with one rank (lossless), 'model' converts them to the model dtype"),

@@ -10,8 +10,9 @@ without CUDA. It cannot run the shard's step on a CPU-only build of torch, for t
   without a device): "PyTorch is not linked with support for cuda devices". The model, the LoRA path and
   the sampler all index.
 - fake tensors have no values: `.tolist()`, `int(t)`, `unique`, `bincount` and the sampler's choices
-  raise DataDependentOutputException (unbacked SymInts get as far as the first `int()`, which the step
-  needs to pick a token and detokenize it).
+  raise DataDependentOutputException; with a ShapeEnv, `.item()` gives an unbacked SymInt and the first
+  `int()` of it (the step needs one to pick a token and detokenize it) raises
+  GuardOnDataDependentSymNode.
 
 The narrowest honest workaround, here: every "CUDA" tensor is a `FakeCudaTensor`, a wrapper subclass
 that reports device cuda:0 and holds a real CPU tensor. `FakeCudaMode` (a TorchDispatchMode) takes

@@ -72,15 +72,24 @@ class ForwardOutput:
     all_logits: list[torch.Tensor | None]      # per sequence: [query_len, vocab] where requested
 
 
-BACKENDS = ("torch", "cpu-kernels")
+BACKENDS = ("torch", "cpu-kernels", "triton")
 
 
 def select_backend(device: torch.device, choice: str | None = None) -> Backend:
-    """The backend of a runner, chosen once: `choice` ("torch" | "cpu-kernels") or, None, the C kernels on
-    CPU when they load (CHAMELEON_CPU_KERNELS unset or on, gcc and AVX2/FMA present), else torch ops.
-    A CUDA backend would be chosen here for CUDA devices."""
+    """The backend of a runner, chosen once: `choice` ("torch" | "cpu-kernels" | "triton") or, None: on
+    CUDA the Triton kernels (shard.model.triton_backend) when triton imports, else torch ops; on CPU the C
+    kernels when they load (CHAMELEON_CPU_KERNELS unset or on, gcc and AVX2/FMA present), else torch ops.
+    "triton" on CPU needs TRITON_INTERPRET=1 (the interpreter: tests)."""
     if choice not in (None, *BACKENDS):
         raise ValueError(f"unknown backend {choice!r}; one of {', '.join(BACKENDS)}")
+    if choice == "triton" or (choice is None and device.type == "cuda"):
+        from shard.model import triton_backend  # imports no triton until the backend is built
+
+        why = triton_backend.triton_unavailable(device)
+        if why is None:
+            return triton_backend.TritonBackend()
+        if choice == "triton":
+            raise ValueError(f"the triton backend is unavailable: {why}")
     if choice == "torch" or device.type != "cpu":
         if choice == "cpu-kernels":
             raise ValueError(f"the cpu-kernels backend runs on CPU, not {device}")

@@ -21,6 +21,7 @@ from shard.model.backend import Backend, TorchBackend
 from shard.model.config import ModelConfig
 from shard.model.cpu_backend import CpuKernelBackend
 from shard.model.cpu_kernels import CpuKernels
+from shard.model.cuda_graphs import DecodeGraphs
 from shard.model.dist import DistContext
 from shard.model.llama import LlamaForCausalLM
 from shard.model.loader import load_weights
@@ -112,11 +113,14 @@ class ModelRunner:
     re-laid for its kernels at load; 0 for torch ops or off float32).
     `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
     `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.core.memory.adapter_storage_dtype).
+    `cuda_graph_max_batch` (0: off): decode CUDA graphs for batches up to it, captured by `allocate_pool`
+    (`graphs`, shard.model.cuda_graphs.DecodeGraphs; None where they do not apply: CPU, torch backend, TP).
     """
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype, device: str | torch.device,
                  dist: DistContext, num_pages: int | None = None, block_size: int = 16,
-                 adapter_dtype: str = "auto", backend: str | None = None) -> None:
+                 adapter_dtype: str = "auto", backend: str | None = None,
+                 cuda_graph_max_batch: int = 0) -> None:
         self.config = ModelConfig.from_model_dir(model_dir)
         self.shape: ModelShape = self.config.shape
         self.dtype, self.device, self.dist, self.block_size = dtype, torch.device(device), dist, block_size
@@ -135,6 +139,8 @@ class ModelRunner:
                                      adapter_dtype)
         self.lora_path: str | None = None
         self._concat = ConcatCache()
+        self.cuda_graph_max_batch = cuda_graph_max_batch  # 0: no decode CUDA graphs
+        self.graphs: DecodeGraphs | None = None
         if num_pages is not None:
             self.allocate_pool(num_pages)
 
@@ -147,9 +153,10 @@ class ModelRunner:
         adapters live in pages of the current pool (offload them first)."""
         if any(info.pages for info in self.adapter_store.resident()):
             raise RuntimeError("adapters still occupy pool pages; offload them before re-allocating the pool")
-        self.pool = None
+        self.pool, self.graphs = None, None
         self.pool = ShardPagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
+        self.graphs = DecodeGraphs.capture(self, self.cuda_graph_max_batch)  # None where they do not apply
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ForwardOutput:
@@ -163,6 +170,10 @@ class ModelRunner:
         if not fb.query_lens:
             empty = torch.empty(0, self.vocab_size, dtype=torch.float32, device=dev)
             return ForwardOutput(last_logits=empty, all_logits=[])
+        replayed = self.graphs.run(fb) if self.graphs is not None else None  # decode CUDA graph
+        if replayed is not None:
+            return ForwardOutput(last_logits=replayed, all_logits=[replayed[i:i + 1] if want else None
+                                                                   for i, want in enumerate(fb.all_logits)])
         lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapter_store, self.dist, self._concat,
                                dev, self.backend.lora_kernel, self.lora_path)
         slots = fb.slots.to(dev)

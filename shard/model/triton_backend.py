@@ -199,6 +199,15 @@ class TritonBackend(TorchBackend):
             self._anchors[key] = torch.zeros(1, dtype=dtype, device=device)
         return self._anchors[key]
 
+    def graph_lora(self, anchor: torch.Tensor, columns: torch.Tensor, scales: torch.Tensor,
+                   rows: torch.Tensor, seg_len: torch.Tensor, max_rank: int) -> TritonLora:
+        """The LoRA kernel of a captured decode graph (shard.model.cuda_graphs): row i is segment i of
+        length seg_len[i] (1: adapter row, 0: base or padding) and kernel-table column i; every argument
+        is a static device buffer the graph reads at replay."""
+        rows32 = rows.to(torch.int32)
+        segs = self.lora_kernels.Segments(rows, rows32, seg_len, rows32, 1)
+        return TritonLora(self.lora_kernels, anchor, columns, scales, segs, max_rank)
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: KV,
                   meta: AttentionMeta) -> torch.Tensor:
         k_cache, v_cache = kv

@@ -134,15 +134,25 @@ class ModelRunner:
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
         self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)
         self.vocab_size = self.shape.vocab_size
-        self.pool: ShardPagePool | None = None
+        self.graphs: DecodeGraphs | None = None
+        self.pool = None
         self.adapter_store = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool,
                                      adapter_dtype)
         self.lora_path: str | None = None
         self._concat = ConcatCache()
         self.cuda_graph_max_batch = cuda_graph_max_batch  # 0: no decode CUDA graphs
-        self.graphs: DecodeGraphs | None = None
         if num_pages is not None:
             self.allocate_pool(num_pages)
+
+    @property
+    def pool(self) -> ShardPagePool | None:
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: ShardPagePool | None) -> None:
+        """Any change of pool drops the decode graphs (they point at the old pool's pages; their memory is
+        freed with them, before Warmup measures free memory); allocate_pool captures new ones."""
+        self._pool, self.graphs = pool, None
 
     @property
     def num_pages(self) -> int:
@@ -153,7 +163,7 @@ class ModelRunner:
         adapters live in pages of the current pool (offload them first)."""
         if any(info.pages for info in self.adapter_store.resident()):
             raise RuntimeError("adapters still occupy pool pages; offload them before re-allocating the pool")
-        self.pool, self.graphs = None, None
+        self.pool = None
         self.pool = ShardPagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
         self.graphs = DecodeGraphs.capture(self, self.cuda_graph_max_batch)  # None where they do not apply

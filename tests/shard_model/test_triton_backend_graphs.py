@@ -94,3 +94,16 @@ def test_graph_body_matches_eager_forward(tiny_root: Path, adapters: list[str | 
     want = runner.forward(step).last_logits    # eager (no graphs on CPU)
     assert got is not None and got.shape == want.shape
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+def test_a_new_pool_drops_the_graphs(tiny_root: Path) -> None:
+    """Graphs point at the pool's pages: Warmup's release of the pool (runner.pool = None) and every
+    re-allocation drop them (allocate_pool captures new ones where they apply)."""
+    runner = ModelRunner(tiny_root / "model", dtype=torch.float32, device="cpu", dist=DistContext.single(),
+                         num_pages=8, block_size=BLOCK, backend="torch")
+    runner.graphs = DecodeGraphs.__new__(DecodeGraphs)  # stands in for captured graphs
+    runner.pool = None
+    assert runner.graphs is None
+    runner.graphs = DecodeGraphs.__new__(DecodeGraphs)
+    runner.allocate_pool(8)
+    assert runner.graphs is None and runner.num_pages == 8

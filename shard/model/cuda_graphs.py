@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -28,13 +28,29 @@ from chameleon.core.memory import LORA_TARGETS
 from shard.model.attention import AttentionMeta
 
 if TYPE_CHECKING:
-    from shard.model.runner import ForwardBatch, ModelRunner
     from shard.model.triton_backend import TritonBackend
 
 log = logging.getLogger("shard.cuda_graphs")
 DEFAULT_MAX_BATCH = 64
 PAD_SLOT = 0  # page 0, offset 0: reserved, never a sequence's KV
 MAX_GRAPH_RANK = 128
+
+
+class DecodeBatch(Protocol):
+    """What the graphs read of a shard.model.runner.ForwardBatch (named here: the runner imports us)."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+    query_lens: list[int]
+    context_lens: list[int]
+    block_tables: list[list[int]]
+    adapter_ids: list[str | None]
+
+
+# the runner (shard.model.runner.ModelRunner, which imports this module): device, dtype, block_size,
+# shape, config, dist, backend, model, pool, adapter_store
+Runner = Any
 
 
 def graph_buckets(max_batch: int) -> tuple[int, ...]:
@@ -74,7 +90,7 @@ class PaddedDecode:
     adapters: list[str | None]  # per real row
 
 
-def pad_decode(fb: ForwardBatch, buckets: tuple[int, ...], width: int) -> PaddedDecode | None:
+def pad_decode(fb: DecodeBatch, buckets: tuple[int, ...], width: int) -> PaddedDecode | None:
     """The batch padded to its bucket; None when it is not a pure decode batch that fits."""
     n = len(fb.query_lens)
     bucket = choose_bucket(n, buckets)
@@ -104,7 +120,7 @@ class Ready:
 class StaticInputs:
     """The device buffers every graph reads (views [:bucket] of max_batch rows)."""
 
-    def __init__(self, runner: ModelRunner, max_batch: int, width: int) -> None:
+    def __init__(self, runner: Runner, max_batch: int, width: int) -> None:
         dev, n_layers = runner.device, runner.shape.num_layers
         self.ids = torch.zeros(4, max_batch, dtype=torch.int64, device=dev)
         self.ids[3] = 1
@@ -126,7 +142,7 @@ class StaticInputs:
 class DecodeGraphs:
     """Captured decode graphs of one runner (one pool). `run(fb)` replays one or returns None."""
 
-    def __init__(self, runner: ModelRunner, buckets: tuple[int, ...]) -> None:
+    def __init__(self, runner: Runner, buckets: tuple[int, ...]) -> None:
         self.runner, self.buckets = runner, buckets
         self.backend: TritonBackend = runner.backend  # type: ignore[assignment]
         self.width = -(-runner.config.max_position_embeddings // runner.block_size)
@@ -135,7 +151,7 @@ class DecodeGraphs:
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     @classmethod
-    def capture(cls, runner: ModelRunner, max_batch: int) -> DecodeGraphs | None:
+    def capture(cls, runner: Runner, max_batch: int) -> DecodeGraphs | None:
         why = graphs_unavailable(runner.device, runner.backend.name, runner.dist.world_size, max_batch)
         if why is not None:
             log.info("decode CUDA graphs off: %s", why)
@@ -174,7 +190,7 @@ class DecodeGraphs:
             logits = self._forward(bucket, lora)
         return graph, logits
 
-    def run(self, fb: ForwardBatch) -> torch.Tensor | None:
+    def run(self, fb: DecodeBatch) -> torch.Tensor | None:
         """Logits [n, vocab] (float32, a copy) of a decode batch it serves, else None (run eagerly)."""
         ready = self.prepare(fb)
         if ready is None:
@@ -183,7 +199,7 @@ class DecodeGraphs:
         graph.replay()
         return logits[:ready.n].clone()
 
-    def run_uncaptured(self, fb: ForwardBatch) -> torch.Tensor | None:
+    def run_uncaptured(self, fb: DecodeBatch) -> torch.Tensor | None:
         """What a replay computes, run eagerly from the same static buffers (CPU checks of the graph's
         body, padding and per-row LoRA columns included)."""
         ready = self.prepare(fb)
@@ -192,7 +208,7 @@ class DecodeGraphs:
         with torch.inference_mode():
             return self._forward(ready.bucket, ready.lora)[:ready.n].clone()
 
-    def prepare(self, fb: ForwardBatch) -> Ready | None:
+    def prepare(self, fb: DecodeBatch) -> Ready | None:
         """Fill the static buffers for `fb` (None: a batch the graphs do not serve; nothing written)."""
         padded = pad_decode(fb, self.buckets, self.width)
         if padded is None:

@@ -186,7 +186,8 @@ class DecodeGraphs:
             self._forward(bucket, lora)  # compiles the kernels; nothing may compile during the capture
         torch.cuda.current_stream(self.runner.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+        # thread_local: CUDA calls of other threads (the gRPC server's) do not break this thread's capture
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             logits = self._forward(bucket, lora)
         return graph, logits
 

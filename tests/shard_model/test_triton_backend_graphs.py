@@ -5,6 +5,9 @@ must give the eager forward's logits. The capture and replay themselves are chec
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,47 @@ def test_a_new_pool_drops_the_graphs(tiny_root: Path) -> None:
     runner.graphs = DecodeGraphs.__new__(DecodeGraphs)
     runner.allocate_pool(8)
     assert runner.graphs is None and runner.num_pages == 8
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on CPU: counts replays."""
+
+    replays = 0
+
+    def replay(self) -> None:
+        _FakeGraph.replays += 1
+
+
+def test_capture_and_replay_plumbing(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """capture_all and run with torch.cuda's graph API replaced by stand-ins that check every call against
+    the real signatures: the capture path runs (warm-up + capture forward per bucket and LoRA variant) and
+    a served batch replays its bucket's graph. The real capture is checked in tests/gpu."""
+    real_graph = torch.cuda.graph
+
+    @contextlib.contextmanager
+    def graph(cuda_graph: object, **kw: object) -> Iterator[None]:
+        inspect.signature(real_graph).bind(cuda_graph, **kw)
+        yield
+
+    class Stream:
+        def __init__(self, *args: object, **kw: object) -> None:
+            inspect.signature(torch.cuda.Stream).bind(*args, **kw)
+
+        def wait_stream(self, other: object) -> None:
+            assert isinstance(other, Stream)
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    runner = ModelRunner(tiny_root / "model", dtype=torch.float32, device="cpu", dist=DistContext.single(),
+                         num_pages=64, block_size=BLOCK, adapter_dtype="model", backend="triton")
+    graphs = DecodeGraphs(runner, graph_buckets(2))
+    graphs.capture_all()
+    assert sorted(graphs.graphs) == [(1, False), (1, True), (2, False), (2, True)]
+    runner.forward(ForwardBatch.build([[3, 4, 5]], [3], [[1]], BLOCK))
+    logits = graphs.run(ForwardBatch.build([[6]], [4], [[1]], BLOCK))
+    assert _FakeGraph.replays == 1 and logits is not None and logits.shape == (1, runner.vocab_size)
+    assert graphs.run(ForwardBatch.build([[6], [7], [8]], [4, 1, 1], [[1], [2], [3]], BLOCK)) is None

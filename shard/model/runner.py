@@ -88,7 +88,7 @@ def select_backend(device: torch.device, choice: str | None = None) -> Backend:
 
         why = triton_backend.triton_unavailable(device)
         if why is None:
-            return triton_backend.TritonBackend()
+            return triton_backend.TritonBackend(flash=device.type == "cuda")
         if choice == "triton":
             raise ValueError(f"the triton backend is unavailable: {why}")
     if choice == "torch" or device.type != "cpu":

@@ -11,6 +11,8 @@ What runs where:
   adapter, the element offset of A and B from one anchor tensor of the adapters' dtype (raw device
   addresses; every allocation of a device lives in one address space). Tensor parallelism takes the
   torch LoRA paths (collectives between shrink and expand);
+- flash-attn, only when it imports (optional; the GPU machines cannot build it): batches of fresh 16-bit
+  prompts alone (no cached context, no decode rows) through its varlen kernel, the Triton kernels else;
 - linears, norms, rotary, embedding, sampler: TorchBackend's torch ops (cuBLAS serves the matmuls).
 Decode CUDA graphs (shard.model.cuda_graphs) replay this backend's decode forward.
 
@@ -22,6 +24,7 @@ Importing this module does not import triton; constructing the backend does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -57,6 +60,15 @@ def triton_unavailable(device: torch.device) -> str | None:
     except ImportError as exc:
         return f"triton does not import ({exc})"
     return None
+
+
+def load_flash_attn() -> Callable[..., torch.Tensor] | None:
+    """flash_attn_varlen_func when flash-attn imports (any failure: a build for another torch/CUDA too)."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception:  # optional: never a reason not to serve
+        return None
+    return flash_attn_varlen_func
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +196,12 @@ class TritonBackend(TorchBackend):
 
     name = "triton"
 
-    def __init__(self) -> None:
+    def __init__(self, flash: bool = False) -> None:
+        """`flash`: use flash-attn for fresh-prompt batches where it imports (select_backend: on CUDA)."""
         from shard.kernels import attention, lora  # imports triton (decorates the kernels)
 
         self.attn, self.lora_kernels = attention, lora
+        self.flash = load_flash_attn() if flash else None
         self.entry_cache = EntryCache()
         self._anchors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._varlen: tuple[AttentionMeta, VarlenSeqs] | None = None
@@ -217,6 +231,11 @@ class TritonBackend(TorchBackend):
         if self._varlen is None or self._varlen[0] is not meta:  # once per forward, shared by the layers
             self._varlen = (meta, varlen_seqs(meta, q.shape[0]))
         seqs = self._varlen[1]
+        if self.flash is not None and q.dtype in (torch.float16, torch.bfloat16) and \
+                all(p.blocks is None for p in meta.prefills) and \
+                sum(p.query_len for p in meta.prefills) == q.shape[0]:  # fresh prompts only: their own K/V
+            o = self.flash(q, k, v, seqs.cu, seqs.cu, seqs.max_q, seqs.max_q, causal=True)
+            return o.reshape(q.shape[0], -1)
         o = self.attn.prefill_attention(q, k_cache, v_cache, seqs.cu, seqs.max_q, seqs.ctx, seqs.tables)
         return o.reshape(q.shape[0], -1)
 

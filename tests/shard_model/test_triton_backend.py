@@ -13,11 +13,14 @@ The interpreter is slow: shapes and steps are few (seconds in all).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from shard.model.attention import AttentionMeta
 from shard.model.dist import DistContext
 from shard.model.runner import ModelRunner, select_backend
 from shard.model.triton_backend import TritonBackend, TritonLora, triton_unavailable
@@ -96,3 +99,42 @@ def test_triton_refused_without_interpreter(monkeypatch: pytest.MonkeyPatch) -> 
         select_backend(CPU, "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert "interpreter" in (triton_unavailable(torch.device("cuda", 0)) or "")
+
+
+def test_flash_attn_only_for_fresh_16_bit_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flash-attn (optional, used where it imports) takes batches of fresh prompts alone, in 16 bits; a
+    batch with a decode row or cached context stays on the Triton kernels. A stand-in module records it."""
+    calls: list[tuple] = []
+
+    def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
+                               cu_k: torch.Tensor, max_q: int, max_k: int,
+                               causal: bool = False) -> torch.Tensor:
+        calls.append((q.shape, k.shape, cu_q.tolist(), max_q, causal))
+        return torch.zeros_like(q)
+
+    fake = SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func)
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    backend = TritonBackend(flash=True)
+    assert backend.flash is flash_attn_varlen_func and TritonBackend().flash is None
+    hk, d, bs = 2, 16, 4
+    k_cache = torch.zeros(8, bs, hk, d, dtype=torch.float16)
+    v_cache = torch.zeros_like(k_cache)
+
+    def attend(query_lens: list[int], context_lens: list[int], tables: list[list[int]],
+               dtype: torch.dtype) -> None:
+        t = sum(query_lens)
+        slots = torch.tensor([tb[p // bs] * bs + p % bs
+                              for q, c, tb in zip(query_lens, context_lens, tables, strict=True)
+                              for p in range(c - q, c)])
+        meta = AttentionMeta.build(slots, query_lens, context_lens, tables, bs, CPU, dtype)
+        q = torch.randn(t, 2 * hk, d).to(dtype)
+        k, v = torch.randn(t, hk, d).to(dtype), torch.randn(t, hk, d).to(dtype)
+        out = backend.attention(q, k, v, (k_cache.to(dtype), v_cache.to(dtype)), meta)
+        assert out.shape == (t, 2 * hk * d)
+
+    attend([3, 5], [3, 5], [[1], [2, 3]], torch.float16)
+    assert calls == [((8, 4, 16), (8, 2, 16), [0, 3, 8], 5, True)]
+    attend([3, 1], [3, 6], [[1], [2, 3]], torch.float16)    # a decode row: Triton
+    attend([2], [6], [[2, 3]], torch.float16)               # cached context: Triton
+    attend([3, 5], [3, 5], [[1], [2, 3]], torch.float32)    # float32: Triton
+    assert len(calls) == 1

@@ -13,7 +13,8 @@ What runs where:
   torch LoRA paths (collectives between shrink and expand);
 - flash-attn, only when it imports (optional; the GPU machines cannot build it): batches of fresh 16-bit
   prompts alone (no cached context, no decode rows) through its varlen kernel, the Triton kernels else;
-- linears, norms, rotary, embedding, sampler: TorchBackend's torch ops (cuBLAS serves the matmuls).
+- RMSNorm (with the residual add): one fused kernel each (shard.model.triton_norm);
+- linears, rotary, embedding, sampler: TorchBackend's torch ops (cuBLAS serves the matmuls).
 Decode CUDA graphs (shard.model.cuda_graphs) replay this backend's decode forward.
 
 On CPU tensors it runs only under Triton's interpreter (TRITON_INTERPRET=1 set before shard.kernels is
@@ -148,7 +149,11 @@ class TritonLora:
         """y [T, N] += LoRA(x [T, K]) for every segment; False (nothing done) when x or y do not fit."""
         if x.stride(-1) != 1 or y.stride(-1) != 1 or x.dtype != y.dtype or x.shape[0] != y.shape[0]:
             return False
-        self.kernels.sgmv_lora(x, self.table(layer, module), self.segs, y, y.shape[1])
+        table = self.table(layer, module)
+        # shrink writes, and expand reads, only columns < rank of segment rows: no zero fill needed
+        xa = torch.empty(x.shape[0], self.max_rank, dtype=torch.float32, device=x.device)
+        self.kernels.sgmv_expand(self.kernels.sgmv_shrink(x, table, self.segs, xa), table, self.segs, y,
+                                 y.shape[1])
         return True
 
 
@@ -199,8 +204,9 @@ class TritonBackend(TorchBackend):
     def __init__(self, flash: bool = False) -> None:
         """`flash`: use flash-attn for fresh-prompt batches where it imports (select_backend: on CUDA)."""
         from shard.kernels import attention, lora  # imports triton (decorates the kernels)
+        from shard.model import triton_norm
 
-        self.attn, self.lora_kernels = attention, lora
+        self.attn, self.lora_kernels, self.norm = attention, lora, triton_norm
         self.flash = load_flash_attn() if flash else None
         self.entry_cache = EntryCache()
         self._anchors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -221,6 +227,17 @@ class TritonBackend(TorchBackend):
         rows32 = rows.to(torch.int32)
         segs = self.lora_kernels.Segments(rows, rows32, seg_len, rows32, 1)
         return TritonLora(self.lora_kernels, anchor, columns, scales, segs, max_rank)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if self.norm.fits(x, weight):
+            return self.norm.rms_norm(x, weight, eps)
+        return super().rms_norm(x, weight, eps)
+
+    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.norm.fits(x, weight) and self.norm.fits(residual, weight) and residual.shape == x.shape:
+            return self.norm.rms_norm(x, weight, eps, residual), residual  # the sum written into residual
+        return super().add_rms_norm(x, residual, weight, eps)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: KV,
                   meta: AttentionMeta) -> torch.Tensor:

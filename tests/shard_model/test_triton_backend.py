@@ -138,3 +138,22 @@ def test_flash_attn_only_for_fresh_16_bit_prompts(monkeypatch: pytest.MonkeyPatc
     attend([2], [6], [[2, 3]], torch.float16)               # cached context: Triton
     attend([3, 5], [3, 5], [[1], [2, 3]], torch.float32)    # float32: Triton
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_rms_norm_matches_torch(dtype: torch.dtype) -> None:
+    """The Triton backend's fused norm against TorchBackend's (the residual sum written in place)."""
+    from shard.model.backend import TorchBackend
+    from shard.model.triton_norm import rms_norm
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 96, generator=gen).to(dtype)
+    res = torch.randn(5, 96, generator=gen).to(dtype)
+    w = (1 + 0.1 * torch.randn(96, generator=gen)).to(dtype)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2e-3}
+    torch.testing.assert_close(rms_norm(x, w, 1e-5), TorchBackend().rms_norm(x, w, 1e-5), **tol)
+    got_res = res.clone()
+    got = rms_norm(x, w, 1e-5, got_res)
+    want, want_res = TorchBackend().add_rms_norm(x, res.clone(), w, 1e-5)
+    torch.testing.assert_close(got_res, want_res, atol=0, rtol=0)
+    torch.testing.assert_close(got, want, **tol)

@@ -13,8 +13,9 @@ What runs where:
   torch LoRA paths (collectives between shrink and expand);
 - flash-attn, only when it imports (optional; the GPU machines cannot build it): batches of fresh 16-bit
   prompts alone (no cached context, no decode rows) through its varlen kernel, the Triton kernels else;
-- RMSNorm (with the residual add): one fused kernel each (shard.model.triton_norm);
-- linears, rotary, embedding, sampler: TorchBackend's torch ops (cuBLAS serves the matmuls).
+- RMSNorm (with the residual add) and rotary + KV write: one fused kernel each (shard.model.triton_norm,
+  shard.model.triton_rope);
+- linears, embedding, sampler: TorchBackend's torch ops (cuBLAS serves the matmuls).
 Decode CUDA graphs (shard.model.cuda_graphs) replay this backend's decode forward.
 
 On CPU tensors it runs only under Triton's interpreter (TRITON_INTERPRET=1 set before shard.kernels is
@@ -204,9 +205,9 @@ class TritonBackend(TorchBackend):
     def __init__(self, flash: bool = False) -> None:
         """`flash`: use flash-attn for fresh-prompt batches where it imports (select_backend: on CUDA)."""
         from shard.kernels import attention, lora  # imports triton (decorates the kernels)
-        from shard.model import triton_norm
+        from shard.model import triton_norm, triton_rope
 
-        self.attn, self.lora_kernels, self.norm = attention, lora, triton_norm
+        self.attn, self.lora_kernels, self.norm, self.rope = attention, lora, triton_norm, triton_rope
         self.flash = load_flash_attn() if flash else None
         self.entry_cache = EntryCache()
         self._anchors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -238,6 +239,14 @@ class TritonBackend(TorchBackend):
         if self.norm.fits(x, weight) and self.norm.fits(residual, weight) and residual.shape == x.shape:
             return self.norm.rms_norm(x, weight, eps, residual), residual  # the sum written into residual
         return super().add_rms_norm(x, residual, weight, eps)
+
+    def rope_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, kv: KV, meta: AttentionMeta) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k rotated in place, the rotated k and v written into their slots, in one kernel."""
+        if self.rope.fits(q, k, v, cos, sin, kv[0], kv[1]):
+            self.rope.rope_store(q, k, v, cos, sin, meta.slots, kv[0], kv[1])
+            return q, k
+        return super().rope_store(q, k, v, cos, sin, kv, meta)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: KV,
                   meta: AttentionMeta) -> torch.Tensor:

@@ -157,3 +157,33 @@ def test_fused_rms_norm_matches_torch(dtype: torch.dtype) -> None:
     want, want_res = TorchBackend().add_rms_norm(x, res.clone(), w, 1e-5)
     torch.testing.assert_close(got_res, want_res, atol=0, rtol=0)
     torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_rope_store_matches_torch(dtype: torch.dtype) -> None:
+    """Rotary on q and k (in place) and the k, v cache writes against TorchBackend's, on strided views of
+    one packed qkv output (as the model hands them over) and strided cache pages."""
+    from shard.model.backend import TorchBackend
+    from shard.model.config import RopeConfig
+    from shard.model.rotary import Rotary
+    from shard.model.triton_rope import fits, rope_store
+
+    gen = torch.Generator().manual_seed(9)
+    t, hq, hk, d, bs = 5, 6, 3, 16, 4
+    qkv = torch.randn(t, (hq + 2 * hk) * d, generator=gen).to(dtype)
+    q, k, v = (qkv[:, a * d:b * d].unflatten(-1, (-1, d)) for a, b in ((0, hq), (hq, hq + hk),
+                                                                       (hq + hk, hq + 2 * hk)))
+    cos, sin = Rotary(RopeConfig(theta=10000.0), d, CPU).cos_sin(torch.tensor([0, 1, 2, 7, 30]), dtype)
+    slots = torch.tensor([4, 5, 6, 13, 22])
+    pool = torch.zeros(8, 2, 2, bs, hk, d, dtype=dtype)
+    tables = [[1], [2, 3], [4, 5, 6, 7, 5, 5, 5, 5]]
+    meta = AttentionMeta.build(slots, [3, 1, 1], [3, 8, 31], tables, bs, CPU, dtype)
+    caches = (pool[:, 1, 0], pool[:, 1, 1])
+    want_q, want_k = TorchBackend().rope_store(q.clone(), k.clone(), v, cos, sin, caches, meta)
+    got_pool = torch.zeros_like(pool)
+    assert fits(q, k, v, cos, sin, got_pool[:, 1, 0], got_pool[:, 1, 1])
+    rope_store(q, k, v, cos, sin, slots, got_pool[:, 1, 0], got_pool[:, 1, 1])
+    tol = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {"atol": 1e-3, "rtol": 1e-3}
+    torch.testing.assert_close(q, want_q, **tol)
+    torch.testing.assert_close(k, want_k, **tol)
+    torch.testing.assert_close(got_pool, pool, **tol)

@@ -105,7 +105,7 @@ if ((DRY)); then
               tests/shard_model/test_triton_backend_dist.py tests/shard_kernels)
     KERNEL_ARGS=(--device cpu --dtype float32 --small --iters 2)
     BENCH_ARGS=(--dtype float32 --requests 4 --floor-batch 4 --prompt-tokens 8 --new-tokens 3
-                --memory-budget 2147483648 --threads 2)
+                --memory-budget 2147483648 --threads 2 --kernel-backend triton --adapter-dtype model)
 else
     PRESET=7b
     ASSET_ARGS=(--random-llama 7b)

@@ -82,6 +82,8 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--skip-torch-path", action="store_true",
                    help="do not repeat the decode runs with the C CPU kernels off")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--kernel-backend", choices=("auto", "torch", "cpu-kernels", "triton"), default="auto",
+                   help="as `chameleon shard --kernel-backend` ('triton' on CPU needs TRITON_INTERPRET=1)")
     return p
 
 
@@ -248,7 +250,8 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     core = build_core(SimpleNamespace(
         model_dir=args.model_dir, uds_path="bench", lora_adapters="", adapter_dir=args.adapter_dir,
         memory_budget=args.memory_budget, adapter_pages=None, memory_fraction=0.9, dtype=args.dtype,
-        device=args.device, block_size=16, threads=args.threads, adapter_dtype=args.adapter_dtype))
+        device=args.device, block_size=16, threads=args.threads, adapter_dtype=args.adapter_dtype,
+        kernel_backend=getattr(args, "kernel_backend", "auto")))
     runner = core.runner
     adapter_pages = sum(runner.adapter_store.pages_needed(args.adapter_dir / n) for n in names)
     # base-only and multi-adapter batches are decoded side by side (run_pair): KV for both

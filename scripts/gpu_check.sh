@@ -102,7 +102,8 @@ if ((DRY)); then
     ASSET_ARGS=(--random-llama tiny --num-adapters 10)
     TEST_CMD=("$PY" -m pytest -q -p no:cacheprovider -m "not gpu" -o timeout=120 --junitxml "$OUT_DIR/gpu_tests.xml"
               tests/shard_model/test_triton_backend.py tests/shard_model/test_triton_backend_graphs.py
-              tests/shard_model/test_triton_backend_dist.py tests/shard_kernels)
+              tests/shard_model/test_triton_backend_dist.py tests/shard_model/test_triton_backend_compile.py
+              tests/shard_kernels)
     KERNEL_ARGS=(--device cpu --dtype float32 --small --iters 2)
     BENCH_ARGS=(--dtype float32 --requests 4 --floor-batch 4 --prompt-tokens 8 --new-tokens 3
                 --memory-budget 2147483648 --threads 2 --kernel-backend triton --adapter-dtype model)

@@ -49,10 +49,12 @@ def interpreted() -> bool:
 
 
 def triton_unavailable(device: torch.device) -> str | None:
-    """Why the Triton backend cannot serve `device` (None: it can). CUDA needs triton importable and the
-    interpreter off; CPU tensors need the interpreter (TRITON_INTERPRET=1)."""
+    """Why the Triton backend cannot serve `device` (None: it can). CUDA needs a CUDA device present,
+    triton importable and the interpreter off; CPU tensors need the interpreter (TRITON_INTERPRET=1)."""
     if device.type == "cuda" and interpreted():
         return "TRITON_INTERPRET=1 would run the kernels in the interpreter on a CUDA device"
+    if device.type == "cuda" and not torch.cuda.is_available():  # e.g. fake CUDA tensors on a CPU machine
+        return "no CUDA device is present"
     if device.type == "cpu" and not interpreted():
         return "on CPU the Triton kernels run only under TRITON_INTERPRET=1 (tests)"
     if device.type not in ("cuda", "cpu"):

@@ -99,6 +99,10 @@ def test_triton_refused_without_interpreter(monkeypatch: pytest.MonkeyPatch) -> 
         select_backend(CPU, "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert "interpreter" in (triton_unavailable(torch.device("cuda", 0)) or "")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in (triton_unavailable(torch.device("cuda", 0)) or "")
+    assert select_backend(torch.device("cuda", 0)).name == "torch"  # fake CUDA tensors: torch ops
 
 
 def test_flash_attn_only_for_fresh_16_bit_prompts(monkeypatch: pytest.MonkeyPatch) -> None:

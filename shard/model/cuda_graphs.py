@@ -157,7 +157,11 @@ class DecodeGraphs:
             log.info("decode CUDA graphs off: %s", why)
             return None
         graphs = cls(runner, graph_buckets(max_batch))
-        graphs.capture_all()
+        try:
+            graphs.capture_all()
+        except Exception as exc:  # a capture that fails leaves eager decode working: serve without graphs
+            log.warning("decode CUDA graphs off: capture failed (%s: %s)", type(exc).__name__, exc)
+            return None
         return graphs
 
     def capture_all(self) -> None:

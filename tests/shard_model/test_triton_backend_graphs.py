@@ -154,3 +154,18 @@ def test_capture_and_replay_plumbing(tiny_root: Path, monkeypatch: pytest.Monkey
     logits = graphs.run(ForwardBatch.build([[6]], [4], [[1]], BLOCK))
     assert _FakeGraph.replays == 1 and logits is not None and logits.shape == (1, runner.vocab_size)
     assert graphs.run(ForwardBatch.build([[6], [7], [8]], [4, 1, 1], [[1], [2], [3]], BLOCK)) is None
+
+
+def test_failed_capture_leaves_eager_decode(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture that raises turns the graphs off (logged) instead of failing Warmup."""
+    from shard.model import cuda_graphs
+
+    def broken(self: DecodeGraphs) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graphs, "graphs_unavailable", lambda *args: None)
+    monkeypatch.setattr(DecodeGraphs, "capture_all", broken)
+    runner = ModelRunner(tiny_root / "model", dtype=torch.float32, device="cpu", dist=DistContext.single(),
+                         num_pages=16, block_size=BLOCK, backend="triton", cuda_graph_max_batch=4)
+    assert runner.graphs is None
+    assert runner.forward(_decode(2)).last_logits.shape == (2, runner.vocab_size)

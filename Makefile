@@ -64,3 +64,12 @@ images: $(PY)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The prepared GPU check (scripts/gpu_check.sh, under 8 minutes on one H100, no network): the gpu-marked
+# tests, the Triton kernel bench and bench-shard on a random Llama-7B, results as JSON in $(GPU_CHECK_OUT).
+# No install: the machine's own PYTHON. GPU_CHECK_ARGS=--dry-run runs the same stages on CPU (tiny model).
+GPU_CHECK_OUT ?= gpu-check-out
+
+.PHONY: gpu-check
+gpu-check:
+	PYTHON="$(PYTHON)" bash scripts/gpu_check.sh $(GPU_CHECK_ARGS) $(GPU_CHECK_OUT)

@@ -82,6 +82,8 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--skip-torch-path", action="store_true",
                    help="do not repeat the decode runs with the C CPU kernels off")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--kernel-backend", choices=("auto", "torch", "cpu-kernels", "triton"), default="auto",
+                   help="as `chameleon shard --kernel-backend` ('triton' on CPU needs TRITON_INTERPRET=1)")
     return p
 
 
@@ -101,17 +103,23 @@ def pick_adapters(adapter_dir: Path, n: int) -> list[str]:
 
 
 class BandwidthProbe:
-    """Read bandwidth: the time of summing a buffer far larger than the caches (one call = one sample)."""
+    """Read bandwidth of the device: the time of summing a buffer far larger than the caches (one call = one
+    sample; on CUDA the buffer is in device memory, 1 GiB, and the sum is synchronised: HBM bandwidth)."""
 
-    def __init__(self, nbytes: int = 512 * 1024**2) -> None:
+    def __init__(self, nbytes: int = 512 * 1024**2, device: str | torch.device = "cpu") -> None:
         import torch
 
-        self.nbytes = nbytes
-        self.buf = torch.ones(nbytes // 4, dtype=torch.float32)
+        self.device = torch.device(device)
+        self.nbytes = 1024**3 if self.device.type == "cuda" else nbytes
+        self.buf = torch.ones(self.nbytes // 4, dtype=torch.float32, device=self.device)
 
     def __call__(self) -> float:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        float(self.buf.sum())
+        float(self.buf.sum())  # the host read synchronises
         return self.nbytes / (time.perf_counter() - t0)
 
     def best(self, repeats: int = 5) -> float:
@@ -185,10 +193,15 @@ def run_pair(service: TextGenerationService, args: SimpleNamespace,
 class StepClock:
     """A transformers StoppingCriteria that only timestamps every generation step."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuda_sync: bool = False) -> None:
         self.stamps: list[float] = []
+        self.cuda_sync = cuda_sync
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> bool:
+        if self.cuda_sync:
+            import torch
+
+            torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
         return False
 
@@ -210,10 +223,13 @@ def run_peft(args: SimpleNamespace, names: Sequence[str]) -> RunResult:
                         for i in range(len(names))])
     kw = dict(attention_mask=torch.ones_like(ids), adapter_names=list(names), do_sample=False,
               pad_token_id=tok.pad_token_id or 0)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, ids = model.to(device), ids.to(device)
+    clock_sync = device.type == "cuda"
     with torch.inference_mode():
         model.generate(ids[:2, :4], **{**kw, "attention_mask": torch.ones_like(ids[:2, :4]),
                                        "adapter_names": list(names[:2])}, max_new_tokens=2)
-        clock = StepClock()
+        clock = StepClock(clock_sync)
         t0 = time.perf_counter()
         model.generate(ids, **kw, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                        stopping_criteria=StoppingCriteriaList([clock]))
@@ -234,17 +250,23 @@ def build_service(args: SimpleNamespace, names: Sequence[str]) -> tuple[object, 
     core = build_core(SimpleNamespace(
         model_dir=args.model_dir, uds_path="bench", lora_adapters="", adapter_dir=args.adapter_dir,
         memory_budget=args.memory_budget, adapter_pages=None, memory_fraction=0.9, dtype=args.dtype,
-        device=args.device, block_size=16, threads=args.threads, adapter_dtype=args.adapter_dtype))
+        device=args.device, block_size=16, threads=args.threads, adapter_dtype=args.adapter_dtype,
+        kernel_backend=getattr(args, "kernel_backend", "auto")))
     runner = core.runner
     adapter_pages = sum(runner.adapter_store.pages_needed(args.adapter_dir / n) for n in names)
     # base-only and multi-adapter batches are decoded side by side (run_pair): KV for both
     kv_pages = 2 * len(names) * -(-(args.prompt_tokens + args.new_tokens) // runner.block_size) + 2
     prefill = len(names) * args.prompt_tokens
+    want = (kv_pages + adapter_pages) * runner.page_bytes + runner.measure_activation_bytes(prefill)
     if runner.device.type == "cpu":
-        want = (kv_pages + adapter_pages) * runner.page_bytes + runner.measure_activation_bytes(prefill)
         budget = runner.weight_bytes + want + 2 * runner.page_bytes
         memory = DeviceMemory(runner.device, min(budget, args.memory_budget))
         core.options = replace(core.options, memory=memory)
+    else:  # CUDA: a pool of the same size, not 90% of the device (transformers+PEFT runs after it)
+        import torch
+
+        free = torch.cuda.mem_get_info(runner.device)[0]
+        core.options = replace(core.options, memory_fraction=min(0.9, (want + 4 * runner.page_bytes) / free))
     core.options = replace(core.options, adapter_pages=adapter_pages)
     service = TextGenerationService(core)
     service.Warmup(generate_pb2.WarmupRequest(max_prefill_tokens=prefill), None)
@@ -290,6 +312,12 @@ def torch_path_runs(args: SimpleNamespace, names: Sequence[str],
             os.environ["CHAMELEON_CPU_KERNELS"] = old
 
 
+def kv_read_bytes(runner: ModelRunner, args: SimpleNamespace, batch: int) -> int:
+    """K/V bytes one decode step of `batch` rows reads on this rank, at the run's mean context length."""
+    mean_ctx = args.prompt_tokens + args.new_tokens // 2
+    return batch * mean_ctx * runner.page_bytes // runner.block_size
+
+
 def floor_ratio(weight_bytes: int, run: RunResult) -> float:
     """Median over steps of step / floor, each floor from the bandwidth sample taken right before it."""
     return statistics.median(ms / (1000 * weight_bytes / bw)
@@ -312,35 +340,42 @@ def run_all(args: SimpleNamespace) -> dict:
     core, service = build_service(args, names)
     bs = core.runner.block_size
     run_shard(service, replace_args(args, new_tokens=3), "warm-up", [None, names[0]], bs)
-    probe = BandwidthProbe()
+    probe = BandwidthProbe(device=core.runner.device)
     best_bandwidth = probe.best()
     kernels = kernels_active(core.runner)
     at_floor, base, multi = run_decodes(service, args, names, bs, probe)
     weight_bytes = core.runner.weight_bytes
+    kv_bytes = kv_read_bytes(core.runner, args, args.floor_batch)
+    device, backend = str(core.runner.device), core.runner.backend.name
+    graphs = core.runner.graphs is not None
     bandwidth = statistics.median(at_floor.bandwidth_bytes_per_s)
-    floor_ms = 1000 * weight_bytes / bandwidth
+    floor_ms = 1000 * (weight_bytes + kv_bytes) / bandwidth  # a decode step reads the weights and the KV
     # every adapter of the batch is read once per decode step (this rank's slice)
     adapter_bytes = sum(core.runner.adapter_store.info(n).nbytes for n in set(names))
     adapter_dtypes = sorted({core.runner.adapter_store.info(n).dtype for n in set(names)})
     del service, core
     gc.collect()
+    _release_cuda()
     torch_runs = torch_path_runs(args, names, probe) if kernels and not args.skip_torch_path else None
     gc.collect()
     peft = None if args.skip_peft else run_peft(args, names)
     ranks = sorted({_rank(args.adapter_dir / n) for n in names})
     out = {"model": str(args.model_dir), "requests": args.requests, "prompt_tokens": args.prompt_tokens,
            "new_tokens": args.new_tokens, "adapter_ranks": ranks, "adapter_dtypes": adapter_dtypes,
+           "device": device, "backend": backend, "cuda_graphs": graphs, "kv_bytes_per_step": kv_bytes,
            "weight_bytes": weight_bytes, "floor_step_ms": floor_ms, "floor_batch": asdict(at_floor),
-           "floor_ratio": floor_ratio(weight_bytes, at_floor), "base": asdict(base), "multi": asdict(multi),
+           "floor_ratio": floor_ratio(weight_bytes + kv_bytes, at_floor), "base": asdict(base),
+           "multi": asdict(multi),
            "multi_vs_base_decode": multi.decode_tokens_per_s / base.decode_tokens_per_s,
            "bandwidth_bytes_per_s": bandwidth, "best_bandwidth_bytes_per_s": best_bandwidth,
-           "floor_ratio_best_bandwidth": at_floor.decode_step_ms / (1000 * weight_bytes / best_bandwidth),
+           "floor_ratio_best_bandwidth": at_floor.decode_step_ms / (1000 * (weight_bytes + kv_bytes)
+                                                                    / best_bandwidth),
            "cpu_kernels": kernels,
            **physics(weight_bytes, adapter_bytes, bandwidth, base, multi)}
     if torch_runs is not None:
         t_floor, t_base, t_multi = torch_runs
         out["torch_path"] = {"floor_batch": asdict(t_floor), "base": asdict(t_base), "multi": asdict(t_multi),
-                             "floor_ratio": floor_ratio(weight_bytes, t_floor),
+                             "floor_ratio": floor_ratio(weight_bytes + kv_bytes, t_floor),
                              "multi_vs_base_decode": t_multi.decode_tokens_per_s / t_base.decode_tokens_per_s,
                              **physics(weight_bytes, adapter_bytes, bandwidth, t_base, t_multi)}
     if peft is not None:
@@ -348,6 +383,14 @@ def run_all(args: SimpleNamespace) -> dict:
         out["multi_vs_peft_decode"] = multi.decode_tokens_per_s / peft.decode_tokens_per_s
         out["multi_vs_peft_prefill"] = multi.prefill_tokens_per_s / peft.prefill_tokens_per_s
     return out
+
+
+def _release_cuda() -> None:
+    """Hand the freed shard's device memory back before transformers+PEFT loads (CUDA only)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _rank(path: Path) -> int:
@@ -372,8 +415,12 @@ def format_report(r: dict) -> str:
         lines.append(f"multi-adapter / transformers+PEFT: decode {r['multi_vs_peft_decode']:.2f}x "
                      f"(target >= 3x), prefill {r['multi_vs_peft_prefill']:.2f}x")
     at = r["floor_batch"]
+    kv = r.get("kv_bytes_per_step", 0)
+    lines.append(f"device {r.get('device', 'cpu')}, backend {r.get('backend', '?')}, decode CUDA graphs "
+                 f"{'on' if r.get('cuda_graphs') else 'off'}")
     lines.append(f"bandwidth floor {r['floor_step_ms']:.1f} ms/step ({r['weight_bytes'] / 1e6:.0f} MB of "
-                 f"weights at {r['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, the median of a read before each "
+                 f"weights + {kv / 1e6:.0f} MB of KV at {r['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, the "
+                 "median of a read before each "
                  f"step); our batch-{at['requests']} step {at['decode_step_ms']:.1f} ms; median step / floor "
                  f"{r['floor_ratio']:.2f}x (target <= 1.5x)")
     best = r["best_bandwidth_bytes_per_s"] / 1e9

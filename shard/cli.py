@@ -63,7 +63,23 @@ def build_parser() -> EnvArgumentParser:
                    "named in requests are loaded by the shard itself); for testing and for routers that "
                    "speak only v3")
     p.add_argument("--json-output", action="store_true", help="log one JSON object per line")
+    _add_gpu_flags(p)
     return p
+
+
+KERNEL_BACKENDS = ("auto", "torch", "cpu-kernels", "triton")  # shard.model.runner.BACKENDS + auto
+
+
+def _add_gpu_flags(p: EnvArgumentParser) -> None:
+    """Execution flags: which kernels run the model, and the decode CUDA graphs."""
+    p.add_argument("--kernel-backend", choices=KERNEL_BACKENDS, default="auto", help="how the model's "
+                   "operations run: 'auto' = the Triton kernels on CUDA (torch ops if triton does not "
+                   "import), the C kernels on CPU (torch ops if they cannot load); 'torch' = torch ops "
+                   "everywhere; 'cpu-kernels' / 'triton' insist on those kernels")
+    p.add_argument("--cuda-graph-max-batch", type=int, default=64, help="decode CUDA graphs for batches of "
+                   "up to this many sequences (padded to 1, 2, 4, then multiples of 8), captured at Warmup; "
+                   "0 turns them off; used on CUDA with the triton backend and one rank")
+
 
 
 def eos_token_ids(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -84,7 +100,10 @@ def _device(arg: str | None) -> str:
 
     if arg:
         return arg
-    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # ranks beyond the device count share GPUs (then gloo, shard.model.dist.process_group_backend)
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
 
 
 def check_inputs(args: argparse.Namespace) -> dict[str, Path]:
@@ -121,8 +140,14 @@ def build_core(args: argparse.Namespace) -> ShardCore:
     dist = DistContext.from_env(device=device)
     adapter_dtype = getattr(args, "adapter_dtype", "auto")
     dtype = resolve_dtype(args.dtype, device)
-    runner = ModelRunner(args.model_dir, dtype=dtype, device=device, dist=dist,
-                         block_size=args.block_size, adapter_dtype=adapter_dtype)
+    backend = getattr(args, "kernel_backend", "auto")
+    try:
+        runner = ModelRunner(args.model_dir, dtype=dtype, device=device, dist=dist,
+                             block_size=args.block_size, adapter_dtype=adapter_dtype,
+                             backend=None if backend == "auto" else backend,
+                             cuda_graph_max_batch=getattr(args, "cuda_graph_max_batch", 64))
+    except ValueError as exc:  # e.g. --kernel-backend triton where triton cannot run
+        raise SystemExit(f"chameleon shard: {exc}") from None
     tokenizer = AutoTokenizer.from_pretrained(str(args.model_dir))
     options = ShardOptions(uds_path=args.uds_path, memory=DeviceMemory(torch.device(device),
                            args.memory_budget), adapter_pages=args.adapter_pages,
@@ -147,6 +172,8 @@ def main(argv: Sequence[str]) -> int:
     setup_logging(json_output=args.json_output, process=f"shard-{os.environ.get('RANK', '0')}")
     if args.block_size < 1 or args.memory_budget < 1:
         raise SystemExit("chameleon shard: --block-size and --memory-budget must be positive")
+    if args.cuda_graph_max_batch < 0:
+        raise SystemExit("chameleon shard: --cuda-graph-max-batch must be >= 0 (0 = off)")
     from shard.server.server import serve
 
     core = build_core(args)

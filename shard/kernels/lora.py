@@ -201,8 +201,10 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _blocks(device: torch.device) -> tuple[int, int, int]:
-    return (16, 16, 32) if device.type == "cpu" else (16, 64, 64)
+def _blocks(device: torch.device) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_K, BLOCK_N, BLOCK_R). CPU (the interpreter, whose cost is per operation, not per
+    element): wide tiles, few loop trips."""
+    return (16, 64, 64, 64) if device.type == "cpu" else (16, 64, 64, 16)
 
 
 def sgmv_shrink(x: torch.Tensor, table: LoraTable, segs: Segments,
@@ -215,11 +217,11 @@ def sgmv_shrink(x: torch.Tensor, table: LoraTable, segs: Segments,
         return y
     if x.stride(1) != 1 or y.stride(1) != 1:
         raise ValueError("x and y rows must be contiguous")
-    bm, bk, _ = _blocks(x.device)
+    bm, bk, _, br = _blocks(x.device)
     grid = (segs.seg_len.numel(), triton.cdiv(segs.max_len, bm))
     _shrink_kernel[grid](x, table.weights, y, table.a_offsets, table.ranks, table.scales, segs.rows,
                          segs.seg_start, segs.seg_len, segs.seg_adapter, x.shape[1], x.stride(0), y.stride(0),
-                         BLOCK_M=bm, BLOCK_R=16, BLOCK_K=bk, PRECISION=_precision(x.dtype))
+                         BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk, PRECISION=_precision(x.dtype))
     return y
 
 
@@ -233,11 +235,11 @@ def sgmv_expand(y: torch.Tensor, table: LoraTable, segs: Segments, out: torch.Te
         raise ValueError("out and y rows must be contiguous")
     if col_start + out_dim > out.shape[1]:
         raise ValueError(f"columns {col_start}..{col_start + out_dim} are outside out {tuple(out.shape)}")
-    bm, _, bn = _blocks(out.device)
+    bm, _, bn, br = _blocks(out.device)
     grid = (segs.seg_len.numel(), triton.cdiv(segs.max_len, bm), triton.cdiv(out_dim, bn))
     _expand_kernel[grid](y, table.weights, out, table.b_offsets, table.b_ranks, segs.rows, segs.seg_start,
                          segs.seg_len, segs.seg_adapter, out_dim, col_start, y.stride(0), out.stride(0),
-                         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=16, PRECISION=_precision(out.dtype))
+                         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=br, PRECISION=_precision(out.dtype))
     return out
 
 

@@ -1,7 +1,10 @@
 """DistContext: the only place that talks to torch.distributed.
 
 Model files call `dist.all_reduce(x)` / `dist.all_gather(x, sizes)`; with world_size == 1 these are
-no-ops and torch.distributed is never initialised. Backend: gloo on CPU, nccl on CUDA.
+no-ops and torch.distributed is never initialised. Process-group backend (`process_group_backend`, the one
+place it is chosen): gloo on CPU; nccl on CUDA when every rank of the host has a GPU of its own; gloo
+when ranks share GPUs (nccl refuses two ranks on one device; two ranks on one GPU is how TP is tested on a
+one-GPU machine), its collectives then staged through host memory.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     group: Any = None  # torch.distributed ProcessGroup, None when world_size == 1
+    host_staged: bool = False  # gloo under CUDA tensors: collectives copy through host memory
 
     @classmethod
     def single(cls) -> DistContext:
@@ -41,22 +45,26 @@ class DistContext:
         if not 0 <= rank < world:
             raise ValueError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
         addr, port = env.get("MASTER_ADDR", "127.0.0.1"), env.get("MASTER_PORT", "29500")
-        return cls.init(rank, world, f"tcp://{addr}:{port}", device)
+        local = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+        return cls.init(rank, world, f"tcp://{addr}:{port}", device, local_world=local)
 
     @classmethod
-    def init(cls, rank: int, world_size: int, init_method: str,
-             device: str | torch.device = "cpu") -> DistContext:
+    def init(cls, rank: int, world_size: int, init_method: str, device: str | torch.device = "cpu",
+             local_world: int | None = None) -> DistContext:
+        """`local_world`: ranks on this host (default world_size: one host)."""
         if world_size <= 1:
             return cls()
         import torch.distributed as tdist
 
         dev = torch.device(device)
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        count = torch.cuda.device_count() if dev.type == "cuda" else 0
+        backend = process_group_backend(dev, local_world or world_size, count)
         if dev.type == "cuda" and dev.index is not None:
             torch.cuda.set_device(dev)  # nccl binds each rank to its current device
         if not tdist.is_initialized():
             tdist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
-        return cls(rank=rank, world_size=world_size, group=tdist.group.WORLD)
+        return cls(rank=rank, world_size=world_size, group=tdist.group.WORLD,
+                   host_staged=backend == "gloo" and dev.type == "cuda")
 
     @property
     def is_single(self) -> bool:
@@ -67,7 +75,12 @@ class DistContext:
         if self.world_size > 1:
             import torch.distributed as tdist
 
-            tdist.all_reduce(x, group=self.group)
+            if self.host_staged and x.device.type != "cpu":
+                staged = x.cpu()
+                tdist.all_reduce(staged, group=self.group)
+                x.copy_(staged)
+            else:
+                tdist.all_reduce(x, group=self.group)
         return x
 
     def all_gather(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -76,12 +89,14 @@ class DistContext:
             return x
         import torch.distributed as tdist
 
-        width = max(sizes)
+        width, device = max(sizes), x.device
+        if self.host_staged:
+            x = x.cpu()
         if x.shape[-1] < width:
             x = torch.nn.functional.pad(x, (0, width - x.shape[-1]))
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
         tdist.all_gather(parts, x.contiguous(), group=self.group)
-        return torch.cat([p[..., :n] for p, n in zip(parts, sizes, strict=True)], dim=-1)
+        return torch.cat([p[..., :n] for p, n in zip(parts, sizes, strict=True)], dim=-1).to(device)
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -95,3 +110,11 @@ class DistContext:
 
             if tdist.is_initialized():
                 tdist.destroy_process_group()
+
+
+def process_group_backend(device: torch.device, local_world: int, device_count: int) -> str:
+    """nccl when the ranks run on CUDA and each of the `local_world` ranks of this host can have a device
+    of its own (`device_count` of them), else gloo. Every rank of a host computes the same answer."""
+    if device.type == "cuda" and device_count >= local_world:
+        return "nccl"
+    return "gloo"

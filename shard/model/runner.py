@@ -21,6 +21,7 @@ from shard.model.backend import Backend, TorchBackend
 from shard.model.config import ModelConfig
 from shard.model.cpu_backend import CpuKernelBackend
 from shard.model.cpu_kernels import CpuKernels
+from shard.model.cuda_graphs import DecodeGraphs
 from shard.model.dist import DistContext
 from shard.model.llama import LlamaForCausalLM
 from shard.model.loader import load_weights
@@ -72,7 +73,7 @@ class ForwardOutput:
     all_logits: list[torch.Tensor | None]      # per sequence: [query_len, vocab] where requested
 
 
-BACKENDS = ("torch", "cpu-kernels")
+BACKENDS = ("torch", "cpu-kernels", "triton")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
@@ -87,11 +88,20 @@ def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
 
 
 def select_backend(device: torch.device, choice: str | None = None) -> Backend:
-    """The backend of a runner, chosen once: `choice` ("torch" | "cpu-kernels") or, None, the C kernels on
-    CPU when they load (CHAMELEON_CPU_KERNELS unset or on, gcc and AVX2/FMA present), else torch ops.
-    A CUDA backend would be chosen here for CUDA devices."""
+    """The backend of a runner, chosen once: `choice` ("torch" | "cpu-kernels" | "triton") or, None: on
+    CUDA the Triton kernels (shard.model.triton_backend) when triton imports, else torch ops; on CPU the C
+    kernels when they load (CHAMELEON_CPU_KERNELS unset or on, gcc and AVX2/FMA present), else torch ops.
+    "triton" on CPU needs TRITON_INTERPRET=1 (the interpreter: tests)."""
     if choice not in (None, *BACKENDS):
         raise ValueError(f"unknown backend {choice!r}; one of {', '.join(BACKENDS)}")
+    if choice == "triton" or (choice is None and device.type == "cuda"):
+        from shard.model import triton_backend  # imports no triton until the backend is built
+
+        why = triton_backend.triton_unavailable(device)
+        if why is None:
+            return triton_backend.TritonBackend(flash=device.type == "cuda")
+        if choice == "triton":
+            raise ValueError(f"the triton backend is unavailable: {why}")
     if choice == "torch" or device.type != "cpu":
         if choice == "cpu-kernels":
             raise ValueError(f"the cpu-kernels backend runs on CPU, not {device}")
@@ -114,11 +124,14 @@ class ModelRunner:
     re-laid for its kernels at load; 0 for torch ops or off float32).
     `lora_path` (None | "segment" | "gather" | "kernel") forces a LoRA path; None applies the measured rule.
     `adapter_dtype` ("auto" | "model"): adapter storage policy (chameleon.core.memory.adapter_storage_dtype).
+    `cuda_graph_max_batch` (0: off): decode CUDA graphs for batches up to it, captured by `allocate_pool`
+    (`graphs`, shard.model.cuda_graphs.DecodeGraphs; None where they do not apply: CPU, torch backend, TP).
     """
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype, device: str | torch.device,
                  dist: DistContext, num_pages: int | None = None, block_size: int = 16,
-                 adapter_dtype: str = "auto", backend: str | None = None) -> None:
+                 adapter_dtype: str = "auto", backend: str | None = None,
+                 cuda_graph_max_batch: int = 0) -> None:
         self.config = ModelConfig.from_model_dir(model_dir)
         self.shape: ModelShape = self.config.shape
         self.dtype, self.device, self.dist, self.block_size = dtype, torch.device(device), dist, block_size
@@ -132,13 +145,25 @@ class ModelRunner:
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
         self.page_bytes = shape_page_bytes(self.shape, block_size, dtype_bytes, dist.world_size, dist.rank)
         self.vocab_size = self.shape.vocab_size
-        self.pool: ShardPagePool | None = None
+        self.graphs: DecodeGraphs | None = None
+        self.pool = None
         self.adapter_store = AdapterStore(self.shape, dtype, self.device, dist, block_size, lambda: self.pool,
                                      adapter_dtype)
         self.lora_path: str | None = None
         self._concat = ConcatCache()
+        self.cuda_graph_max_batch = cuda_graph_max_batch  # 0: no decode CUDA graphs
         if num_pages is not None:
             self.allocate_pool(num_pages)
+
+    @property
+    def pool(self) -> ShardPagePool | None:
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: ShardPagePool | None) -> None:
+        """Any change of pool drops the decode graphs (they point at the old pool's pages; their memory is
+        freed with them, before Warmup measures free memory); allocate_pool captures new ones."""
+        self._pool, self.graphs = pool, None
 
     @property
     def num_pages(self) -> int:
@@ -152,6 +177,7 @@ class ModelRunner:
         self.pool = None
         self.pool = ShardPagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
+        self.graphs = DecodeGraphs.capture(self, self.cuda_graph_max_batch)  # None where they do not apply
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ForwardOutput:
@@ -165,6 +191,10 @@ class ModelRunner:
         if not fb.query_lens:
             empty = torch.empty(0, self.vocab_size, dtype=torch.float32, device=dev)
             return ForwardOutput(last_logits=empty, all_logits=[])
+        replayed = self.graphs.run(fb) if self.graphs is not None else None  # decode CUDA graph
+        if replayed is not None:
+            return ForwardOutput(last_logits=replayed, all_logits=[replayed[i:i + 1] if want else None
+                                                                   for i, want in enumerate(fb.all_logits)])
         lora = LoraBatch.build(fb.adapter_ids, fb.query_lens, self.adapter_store, self.dist, self._concat,
                                dev, self.backend.lora_kernel, self.lora_path)
         slots = fb.slots.to(dev)

@@ -44,6 +44,10 @@ FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--adapter-dtype", "shard", choices=ADAPTER_DTYPE_POLICIES,
               help="LoRA adapters in the pool: 'auto' keeps bf16/fp16 files in 16 bits on a float32 CPU "
               "shard with one rank (lossless), 'model' converts them to the model dtype"),
+    Forwarded("--kernel-backend", "shard", choices=("auto", "torch", "cpu-kernels", "triton"),
+              help="kernels that run the model: 'auto' = Triton on CUDA, the C kernels on CPU"),
+    Forwarded("--cuda-graph-max-batch", "shard", int,
+              help="decode CUDA graphs for batches up to this size (0: off)"),
     Forwarded("--hostname", "router", help="address the router's HTTP and gRPC servers bind"),
     Forwarded("--max-concurrent-requests", "router", int, help="requests in flight before 'overloaded'"),
     Forwarded("--max-input-tokens", "router", int,

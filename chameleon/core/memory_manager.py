@@ -9,14 +9,20 @@ Offloads: adapters evicted by an admission are in `Admission.evicted`; every oth
 NoCache, headroom shrink) is queued and returned by `take_offloads()`. The engine must send the
 offloads it got (both kinds) to the shards before any load, since a load may reuse those pages.
 
-Headroom (`on_headroom`): the page pool is fixed at warmup. A rank that reports more pool pages in
-use than the router has handed out (reserved pages count as used on both sides), or less free device
-memory than `device_reserve_bytes`, makes the router withhold that many pages: they count as
-unavailable for KV and adapters alike, and idle cache entries are evicted (policy order) until the
-free pages cover the withheld ones. Each report replaces the previous verdict: when later reports show
-no shortfall the withheld pages return and the cache may grow back to the whole idle pool (it never
-grows beyond the pool: page ids must be valid on every rank). Feed reports taken after the offloads
-the router already decided, or a pending offload reads as a shortfall for that one report.
+Headroom (`on_headroom`): two checks per reconcile. (1) A rank that reports more pool pages in use
+than the router has handed out (reserved pages count as used on both sides) makes the router withhold
+that many pages (unavailable for KV and adapters alike; idle cache entries are evicted, policy order,
+until the free pages cover them); each report replaces the previous verdict. (2) With a headroom
+target (`set_headroom`; chameleon/core/headroom.py has the rule), measured free memory below the
+target on any rank lowers the pool's page budget: the allocator's limit drops (elastic.py), idle
+adapters above it are relocated into free pages below it or evicted, lowest cost-aware score first
+(never one in use or wanted by a queued request; never the KV of a running request, which drains),
+and `resize_request()` tells the engine when the shards can release the vacated segments. If the
+budget leaves no free page, nothing that needs new pages is admitted until memory recovers. Free
+memory above target + margin grows the budget back, up to the whole pool (shards first, then the
+limit: `resized`). Relocated adapters are returned by `take_relocations()` (load them at their new
+pages after the offloads). Feed reports taken after the offloads the router already decided, or a
+pending offload reads as a shortfall for that one report.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from dataclasses import dataclass, field
 from chameleon.core.adapters import AdapterSpec
 from chameleon.core.allocator import PagePool
 from chameleon.core.cache.base import AdapterCache
-from chameleon.core.headroom import HeadroomReport
+from chameleon.core.elastic import ElasticPool
+from chameleon.core.headroom import HeadroomPolicy, HeadroomReport, HeadroomTarget
 from chameleon.core.memory import blocks_for_tokens
 from chameleon.core.request import Request
 
@@ -57,6 +64,8 @@ class _Counters:
     evictions: int = 0
     prefetches: int = 0
     refused: int = 0
+    relocations: int = 0
+    headroom_evictions: int = 0
 
 
 class MemoryManager:
@@ -72,6 +81,12 @@ class MemoryManager:
         self.adapters = adapters
         self.device_reserve_bytes = device_reserve_bytes
         self.withheld = 0
+        self.elastic = ElasticPool(pool.num_pages)
+        self._policy: HeadroomPolicy | None = None
+        if device_reserve_bytes > 0:
+            self.set_headroom(HeadroomTarget(device_reserve_bytes, 0.0))
+        self._relocated: list[str] = []
+        self._pending: dict[str, int] = {}  # pages the shards still hold for decided drops/moves
         self._held: dict[int, Admission] = {}
         self._queued: Container[str] = frozenset()
         self._offloads: list[str] = []
@@ -227,6 +242,8 @@ class MemoryManager:
     def take_offloads(self) -> list[str]:
         """Adapters dropped outside an admission since the last call (send these offloads first)."""
         out, self._offloads = self._offloads, []
+        for aid in out:
+            self._pending.pop(aid, None)
         return out
 
     # ---- prefetch and headroom -----------------------------------------------------------------
@@ -267,23 +284,98 @@ class MemoryManager:
                 self._evict(entry.adapter_id)
                 self._offloads.append(entry.adapter_id)
 
+    def set_headroom(self, target: HeadroomTarget | None) -> None:
+        """Keep `target` free on every rank (None: no headroom rule; the pool stays as warmed up)."""
+        self._policy = None if target is None else HeadroomPolicy(target, self.pool.num_pages)
+
+    @property
+    def headroom_target(self) -> HeadroomTarget | None:
+        return None if self._policy is None else self._policy.target
+
     def on_headroom(self, reports: HeadroomReport | Iterable[HeadroomReport], now: float = 0.0) -> None:
         """Reconcile with the ranks' measured headroom (see module docstring)."""
-        if isinstance(reports, HeadroomReport):
-            reports = [reports]
-        used = self.pool.num_pages - self.pool.free_pages()  # reserved pages count as used, as on shards
-        short = 0
-        for rep in reports:
-            by_pages = rep.pool_pages_used - used
-            missing = self.device_reserve_bytes - rep.free_device_bytes
-            by_bytes = -(-missing // rep.page_bytes) if missing > 0 and rep.page_bytes > 0 else 0
-            short = max(short, by_pages, by_bytes)
-        self.withheld = min(short, self.pool.capacity)
+        reports = [reports] if isinstance(reports, HeadroomReport) else list(reports)
+        used = self.pool.num_pages - self.pool.free_pages() - self._out_of_service()
+        used += sum(self._pending.values())  # not yet offloaded on the shards: not a shortfall
+        short = max((rep.pool_pages_used - used for rep in reports), default=0)
+        self.withheld = min(max(short, 0), self.pool.capacity)
         for entry in self.cache.eviction_order(now, self._queued):
             if self.pool.free_pages() >= self.withheld:
                 break
-            self._evict(entry.adapter_id)
-            self._offloads.append(entry.adapter_id)
+            self._drop(entry.adapter_id)
+        if self._policy is None or not reports:
+            return
+        self.elastic.learn(min(r.allocated for r in reports), max(r.segment_pages for r in reports))
+        self.set_budget(self._policy.budget(reports, self.elastic.budget), now)
+
+    def set_budget(self, pages: int, now: float) -> None:
+        """Pages the pool may keep allocated (clamped to [1 + reserved, num_pages])."""
+        floor = max(self.pool.reserved, default=-1) + 1
+        pages = max(min(pages, self.pool.num_pages), floor)
+        self.elastic.budget = pages
+        if pages < self.pool.limit:
+            self.pool.set_limit(pages)
+            self._vacate(pages, now)
+        elif pages > self.pool.limit:
+            self.pool.set_limit(min(pages, self.elastic.allocated))
+
+    def _vacate(self, limit: int, now: float) -> None:
+        """Idle adapters holding pages >= limit move below it or go: evict the lowest-score idle
+        entries (anywhere) until the ones above the limit fit in the free pages, then relocate them."""
+        order = [e for e in self.cache.eviction_order(now, self._queued) if e.adapter_id not in self._queued]
+        above = {e.adapter_id for e in order if e.pages and max(e.pages) >= limit}
+        need = sum(len(e.pages) for e in order if e.adapter_id in above)
+        room = self.pool.free_pages()
+        for entry in order:
+            if need <= room:
+                break
+            n = len(entry.pages)
+            if entry.adapter_id in above:
+                above.discard(entry.adapter_id)
+                need -= n
+            else:
+                room += n
+            self._drop(entry.adapter_id)
+            self._n.headroom_evictions += 1
+        for aid in sorted(above):
+            entry = self.cache.get(aid)
+            pages = self.pool.alloc_adapter(aid, self.pool.free_adapter(aid)) if entry else None
+            if entry is None or pages is None:  # cannot happen: need <= room
+                raise RuntimeError("page pool disagrees with the free-page accounting")
+            self._pending[aid] = len(pages)
+            entry.pages = pages
+            self._relocated.append(aid)
+            self._n.relocations += 1
+
+    def _drop(self, adapter_id: str) -> None:
+        entry = self.cache.get(adapter_id)
+        self._pending[adapter_id] = len(entry.pages) if entry is not None else 0
+        self._evict(adapter_id)
+        self._offloads.append(adapter_id)
+
+    def _out_of_service(self) -> int:
+        """Unowned pages at or above the limit (neither free nor used)."""
+        not_free = self.pool.num_pages - self.pool.free_pages()
+        return not_free - sum(self.pool.used_by_tenant().values()) - len(self.pool.reserved)
+
+    def take_relocations(self) -> list[tuple[str, list[int]]]:
+        """Adapters moved to new pages by a shrink: (id, pages) to load again (after the offloads)."""
+        out, self._relocated = self._relocated, []
+        for aid in out:
+            self._pending.pop(aid, None)
+        return [(a, e.pages) for a in dict.fromkeys(out) if (e := self.cache.get(a)) is not None]
+
+    def resize_request(self) -> int | None:
+        """Pages the shards should allocate now (send ResizePool), or None (see elastic.py)."""
+        if self._policy is None:
+            return None
+        return self.elastic.resize_request(self.pool.high_water())
+
+    def resized(self, pages: int) -> None:
+        """Every rank now holds `pages` pages: grow the limit up to the budget."""
+        self.elastic.resized(pages)
+        if pages > self.pool.limit:
+            self.pool.set_limit(min(pages, self.elastic.budget))
 
     # ---- observability -------------------------------------------------------------------------
     def stats(self) -> dict[str, float]:
@@ -296,6 +388,19 @@ class MemoryManager:
             "running": len(self._held), "hits": self._n.hits, "misses": self._n.misses,
             "hit_rate": self._n.hits / looked if looked else 0.0, "evictions": self._n.evictions,
             "prefetches": self._n.prefetches, "refused": self._n.refused,
+            **self._elastic_stats(),
+        }
+
+    def _elastic_stats(self) -> dict[str, float]:
+        el, target = self.elastic, self.headroom_target
+        return {
+            "budget_pages": el.budget, "limit_pages": self.pool.limit, "allocated_pages": el.allocated,
+            "segment_pages": el.segment_pages, "resize_events": el.resize_events,
+            "shrink_events": el.shrink_events, "grow_events": el.grow_events,
+            "pages_given_back": el.pages_given_back, "pages_regrown": el.pages_regrown,
+            "relocations": self._n.relocations, "headroom_evictions": self._n.headroom_evictions,
+            "headroom_target_bytes": target.nbytes if target else 0,
+            "headroom_target_fraction": target.fraction if target else 0.0,
         }
 
     def check_integrity(self) -> None:

@@ -11,8 +11,11 @@ Per iteration (`now` = time.monotonic(), passed to the policy core):
      their router-assigned pages (adapter_sync.py; an adapter the shard refuses fails only its requests);
   6. Prefill the admitted as a new batch, then Decode every running batch together (steps.py);
   7. route each Generation to its request's stream; finish -> scheduler.finish + memory.release;
-  8. flush offloads, prefetch queued requests' adapters into free pages.
-Headroom in every reply goes to memory.on_headroom. A failed shard RPC fails the requests that were
+  8. flush offloads, prefetch queued requests' adapters into free pages;
+  9. elastic pool: when the memory manager asks for it (headroom below or well above the target, see
+     chameleon/core/headroom.py and elastic.py), ResizePool on every rank.
+Headroom in every reply (steps, adapter loads/offloads, resizes) goes to memory.on_headroom.
+A failed shard RPC fails the requests that were
 running with EngineError("generation"), ClearCache, forgets what the shards held, marks unhealthy; the
 loop then calls `recover` about twice a second and applies the `RecoveryResult` it returns.
 """
@@ -28,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from chameleon.core.adapters import AdapterSpec
+from chameleon.core.headroom import HeadroomTarget
 from chameleon.core.sched import Plan, ScheduleContext
 from router.engine.health import HealthState
 from router.engine.live import Live
@@ -59,8 +63,14 @@ class ServingLoop(BatchSteps):
     def __init__(self, client: ShardClient, policies: Policies, num_pages: int, residency: Residency, *,
                  prefetch_depth: int = 32, recover: Recover | None = None,
                  recovery_timeout_s: float = 60.0, on_adapter_refused: Callable[[str], None] | None = None,
-                 step_observers: Sequence[StepObserver] = ()) -> None:
-        super().__init__(client, policies, num_pages, residency, step_observers, on_adapter_refused)
+                 step_observers: Sequence[StepObserver] = (),
+                 memory_headroom: HeadroomTarget | None = None) -> None:
+        super().__init__(client, policies, num_pages, residency, step_observers, on_adapter_refused,
+                         memory_headroom)
+        self._resize_retry_at = 0.0
+        self._resize_s = 0.0
+        self._resize_failures = 0
+        self._poll_headroom = memory_headroom is not None  # off for shards without GetHeadroom
         self._recover, self._recovery_timeout_s = recover, recovery_timeout_s
         self._prefetch_depth = prefetch_depth
         self._schedule_s = self._schedule_max_s = 0.0
@@ -165,7 +175,8 @@ class ServingLoop(BatchSteps):
             "loop": {"steps": self._steps, "schedule_seconds_last": self._schedule_s,
                      "schedule_seconds_max": self._schedule_max_s, "est_step_seconds": self._est_step_s,
                      "healthy": self._health.healthy, "replay_divergences": self._replay_divergences,
-                     "shard_faults": self._shard_faults},
+                     "shard_faults": self._shard_faults, "resize_seconds": self._resize_s,
+                     "resize_failures": self._resize_failures},
         }
 
     def samples(self, clear: bool = False) -> dict[str, list[float]]:
@@ -191,7 +202,7 @@ class ServingLoop(BatchSteps):
                 err = EngineError("generation", f"internal router error: {exc!r}")
                 await self._fail_running(err, repr(exc))
             if not progressed and not self._stopping:
-                timeout = 0.05 if self._scheduler.num_waiting() else None
+                timeout = 0.05 if self._scheduler.num_waiting() else (1.0 if self._poll_headroom else None)
                 if not self._health.healthy:
                     timeout = 0.5
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -228,9 +239,50 @@ class ServingLoop(BatchSteps):
             await self._decode()
         waiting = self._scheduler.waiting(self._prefetch_depth)
         await self._sync.prefetch(self._memory, waiting, time.monotonic())
+        self._on_headroom(self._sync.take_headroom(), time.monotonic())
+        if not self._batches:
+            await self._idle_headroom()
+        await self._resize_pool()
         if plan.admit or self._batches:
             self._host_samples.append(time.perf_counter() - t0 - (self._client.rpc_s - rpc0))
         return work or bool(plan.admit or self._batches)
+
+    async def _idle_headroom(self) -> None:
+        """No step runs: ask the shards for headroom about once a second, so that a co-tenant taking
+        memory is answered while the server is idle too."""
+        if not self._poll_headroom or time.monotonic() - self._last_report < 1.0:
+            return
+        try:
+            rooms = await self._client.headroom()
+        except ShardError as exc:
+            if exc.code != "UNIMPLEMENTED":
+                raise
+            self._poll_headroom = False  # a generate.v3-only shard
+            return
+        self._on_headroom(rooms, time.monotonic())
+
+    async def _resize_pool(self) -> None:
+        """ResizePool when the memory manager asks (offloads of a shrink were sent just before). A
+        refusal (a page still held) is retried a second later; a shard fault propagates."""
+        now = time.monotonic()
+        pages = self._memory.resize_request()
+        if pages is None or now < self._resize_retry_at:
+            return
+        t0 = time.perf_counter()
+        try:
+            replies = await self._client.resize_pool(pages)
+        except ShardError as exc:
+            if not exc.is_request_error:
+                raise
+            self._resize_failures += 1
+            self._resize_retry_at = now + 1.0
+            log.warning("pool resize refused by the shards: %s", exc.detail)
+            return
+        self._resize_s += time.perf_counter() - t0
+        self._memory.resized(min(r.num_pages for r in replies))
+        log.info("pool resized", extra={"event": "pool_resized", "num_pages": pages,
+                                         "released_bytes": sum(r.released_bytes for r in replies)})
+        self._on_headroom([r.headroom for r in replies if r.HasField("headroom")], time.monotonic())
 
     def _schedule(self, now: float) -> Plan:
         t0 = time.perf_counter()
@@ -280,6 +332,7 @@ class ServingLoop(BatchSteps):
         scheduler when the pool size changed (its quotas depend on it)."""
         changed = num_pages != self._memory.pool.num_pages
         self._memory = self._policies.new_memory(num_pages)
+        self._memory.set_headroom(self._memory_headroom)
         if changed:
             waiting, self._scheduler = self._scheduler.waiting(), self._policies.new_scheduler()
             for req in waiting:

@@ -142,6 +142,18 @@ class ModelRunner:
         self.pool = ShardPagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
 
+    def resize_pool(self, num_pages: int) -> int:
+        """Keep pool pages [0, num_pages) allocated (shard.model.pool: elastic segments); returns the bytes
+        released (negative when grown). The caller checks that nothing lives in released pages."""
+        if self.pool is None:
+            raise RuntimeError("allocate_pool() before resize_pool()")
+        pool = self.pool
+        released, old = pool.resize(num_pages)
+        if old is not None:  # CUDA: the buffer moved; views into it follow
+            self.adapter_store.rebase(lambda t: pool.rebase(t, old))
+            self._concat = ConcatCache()
+        return released
+
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ForwardOutput:
         """Run one step: writes the new tokens' K/V into their slots, returns full-vocab logits

@@ -315,9 +315,10 @@ class MemoryManager:
         self.elastic.budget = pages
         if pages < self.pool.limit:
             self.pool.set_limit(pages)
-            self._vacate(pages, now)
         elif pages > self.pool.limit:
             self.pool.set_limit(min(pages, self.elastic.allocated))
+        if self.pool.limit < self.elastic.allocated:  # a shrink pending: idle adapters leave the top
+            self._vacate(self.pool.limit, now)
 
     def _vacate(self, limit: int, now: float) -> None:
         """Idle adapters holding pages >= limit move below it or go: evict the lowest-score idle

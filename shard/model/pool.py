@@ -19,10 +19,13 @@ only past pages nothing lives in (the shard checks it too, shard.server.adapter_
 - CUDA: the buffer holds exactly the allocated pages. A resize allocates a new buffer, copies the
   kept pages (through host memory when shrinking, so the device never holds both), drops the old one
   and empties torch's cache so `mem_get_info` shows the memory; views of the old buffer are rebased
-  (`rebase`) by the runner.
+  (`rebase_view`, through the runner's `on_move`), first onto the host copy, so the old buffer is
+  really freed before the new one is allocated.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -84,14 +87,15 @@ class ShardPagePool:
             raise ValueError(f"page {page_id} is outside 1..{self.allocated_pages - 1} (allocated pages)")
         return self.buffer[page_id * self.page_elems:(page_id + 1) * self.page_elems]
 
-    def resize(self, pages: int) -> tuple[int, torch.Tensor | None]:
-        """Keep pages [0, pages) allocated (clamped to [2, num_pages]); returns (bytes released, < 0 when
-        grown; the old buffer when it moved (CUDA), for the caller to rebase views, else None).
-        Contents of the pages kept are preserved; pages allocated again read as zeros."""
+    def resize(self, pages: int, on_move: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> int:
+        """Keep pages [0, pages) allocated (clamped to [2, num_pages]); returns the bytes released (< 0
+        when grown). Contents of the pages kept are preserved; pages allocated again read as zeros.
+        When the buffer moves (CUDA), `on_move(old, new)` must re-point every view of `old` into `new`
+        (`rebase_view`); it is called with host-staged contents in between when shrinking."""
         pages = max(2, min(pages, self.num_pages))
         old, before = self.allocated_pages, self.nbytes
         if pages == old:
-            return 0, None
+            return 0
         pb = self.page_bytes
         if self._host is not None:
             if pages < old:
@@ -99,27 +103,32 @@ class ShardPagePool:
             else:
                 self.buffer[old * self.page_elems:pages * self.page_elems].zero_()
             self.allocated_pages = pages
-            return before - self.nbytes, None
-        return self._move(pages, before)
+            return before - self.nbytes
+        self._move(pages, on_move or (lambda _old, _new: None))
+        return before - self.nbytes
 
-    def _move(self, pages: int, before: int) -> tuple[int, torch.Tensor | None]:
-        old_buf, keep = self.buffer, min(pages, self.allocated_pages) * self.page_elems
+    def _move(self, pages: int, on_move: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+        old, keep = self.buffer, min(pages, self.allocated_pages) * self.page_elems
         if pages < self.allocated_pages:  # stage through the host: never both buffers on the device
-            staged = old_buf[:keep].to("cpu")
-            self.buffer = old_buf = None  # type: ignore[assignment]
+            staged = old[:keep].detach().to("cpu", copy=True)
+            on_move(old, staged)
+            self.kv, self.buffer = [], staged
+            del old
             torch.cuda.empty_cache()
-            self.buffer = torch.empty(pages * self.page_elems, dtype=self.dtype, device=self.device)
-            self.buffer[:keep].copy_(staged)
+            new = torch.empty(pages * self.page_elems, dtype=self.dtype, device=self.device)
+            new[:keep].copy_(staged)
+            on_move(staged, new)
         else:
-            self.buffer = torch.zeros(pages * self.page_elems, dtype=self.dtype, device=self.device)
-            self.buffer[:keep].copy_(old_buf[:keep])
-        self.allocated_pages = pages
+            new = torch.zeros(pages * self.page_elems, dtype=self.dtype, device=self.device)
+            new[:keep].copy_(old[:keep])
+            on_move(old, new)
+        self.buffer, self.allocated_pages = new, pages
         self._views()
         torch.cuda.empty_cache()
-        return before - self.nbytes, old_buf
 
-    def rebase(self, t: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
-        """`t` again, pointing into the current buffer when it was a view of `old` (same offsets)."""
-        if old is None or t.untyped_storage().data_ptr() != old.untyped_storage().data_ptr():
-            return t
-        return self.buffer.view(t.dtype).as_strided(t.shape, t.stride(), t.storage_offset())
+
+def rebase_view(t: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """`t` again, pointing into `new` when it was a view of `old`'s storage (same offsets), else `t`."""
+    if t.untyped_storage().data_ptr() != old.untyped_storage().data_ptr():
+        return t
+    return new.view(t.dtype).as_strided(t.shape, t.stride(), t.storage_offset())

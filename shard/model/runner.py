@@ -24,7 +24,7 @@ from shard.model.cpu_kernels import CpuKernels
 from shard.model.dist import DistContext
 from shard.model.llama import LlamaForCausalLM
 from shard.model.loader import load_weights
-from shard.model.pool import ShardPagePool
+from shard.model.pool import ShardPagePool, rebase_view
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +147,12 @@ class ModelRunner:
         released (negative when grown). The caller checks that nothing lives in released pages."""
         if self.pool is None:
             raise RuntimeError("allocate_pool() before resize_pool()")
-        pool = self.pool
-        released, old = pool.resize(num_pages)
-        if old is not None:  # CUDA: the buffer moved; views into it follow
-            self.adapter_store.rebase(lambda t: pool.rebase(t, old))
+
+        def move(old: torch.Tensor, new: torch.Tensor) -> None:  # CUDA: views into the buffer follow it
+            self.adapter_store.rebase(lambda t: rebase_view(t, old, new))
             self._concat = ConcatCache()
-        return released
+
+        return self.pool.resize(num_pages, move)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ForwardOutput:

@@ -36,6 +36,7 @@ from chameleon.core.sched import Plan, ScheduleContext
 from router.engine.health import HealthState
 from router.engine.live import Live
 from router.engine.policies import Policies
+from router.engine.pool_resize import PoolResizer
 from router.engine.recovery import RecoveryResult
 from router.engine.residency import Residency
 from router.engine.shard_client import ShardClient, ShardError
@@ -67,10 +68,7 @@ class ServingLoop(BatchSteps):
                  memory_headroom: HeadroomTarget | None = None) -> None:
         super().__init__(client, policies, num_pages, residency, step_observers, on_adapter_refused,
                          memory_headroom)
-        self._resize_retry_at = 0.0
-        self._resize_s = 0.0
-        self._resize_failures = 0
-        self._poll_headroom = memory_headroom is not None  # off for shards without GetHeadroom
+        self._resizer = PoolResizer(poll=memory_headroom is not None)
         self._recover, self._recovery_timeout_s = recover, recovery_timeout_s
         self._prefetch_depth = prefetch_depth
         self._schedule_s = self._schedule_max_s = 0.0
@@ -169,15 +167,22 @@ class ServingLoop(BatchSteps):
             "scheduler": sched.stats(),
             "cache": mem.stats(),
             "pool": {"num_pages": mem.pool.num_pages, "by_tenant": mem.pool.used_by_tenant(),
-                     "free": mem.pool.free_pages()},
+                     "free": mem.pool.free_pages(), **self._pool_bytes()},
             "adapters": self._sync.stats(mem),
             "headroom": headroom_stats(self._headroom),
             "loop": {"steps": self._steps, "schedule_seconds_last": self._schedule_s,
                      "schedule_seconds_max": self._schedule_max_s, "est_step_seconds": self._est_step_s,
                      "healthy": self._health.healthy, "replay_divergences": self._replay_divergences,
-                     "shard_faults": self._shard_faults, "resize_seconds": self._resize_s,
-                     "resize_failures": self._resize_failures},
+                     "shard_faults": self._shard_faults, **self._resizer.stats()},
         }
+
+    def _pool_bytes(self) -> dict[str, int]:
+        """The elastic pool in bytes of one rank (from the reports' page size; {} before any report)."""
+        page = max((h.page_bytes for h in self._headroom.values()), default=0)
+        if not page:
+            return {}
+        el = self._memory.elastic
+        return {"budget_bytes": el.budget * page, "allocated_bytes": el.allocated * page}
 
     def samples(self, clear: bool = False) -> dict[str, list[float]]:
         """Recent schedule() durations and host times per iteration (seconds); `clear` empties them."""
@@ -202,7 +207,7 @@ class ServingLoop(BatchSteps):
                 err = EngineError("generation", f"internal router error: {exc!r}")
                 await self._fail_running(err, repr(exc))
             if not progressed and not self._stopping:
-                timeout = 0.05 if self._scheduler.num_waiting() else (1.0 if self._poll_headroom else None)
+                timeout = 0.05 if self._scheduler.num_waiting() else (1.0 if self._resizer.poll else None)
                 if not self._health.healthy:
                     timeout = 0.5
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -241,48 +246,12 @@ class ServingLoop(BatchSteps):
         await self._sync.prefetch(self._memory, waiting, time.monotonic())
         self._on_headroom(self._sync.take_headroom(), time.monotonic())
         if not self._batches:
-            await self._idle_headroom()
-        await self._resize_pool()
+            rooms = await self._resizer.idle_headroom(self._client, self._last_report)
+            self._on_headroom(rooms, time.monotonic())
+        self._on_headroom(await self._resizer.resize(self._client, self._memory), time.monotonic())
         if plan.admit or self._batches:
             self._host_samples.append(time.perf_counter() - t0 - (self._client.rpc_s - rpc0))
         return work or bool(plan.admit or self._batches)
-
-    async def _idle_headroom(self) -> None:
-        """No step runs: ask the shards for headroom about once a second, so that a co-tenant taking
-        memory is answered while the server is idle too."""
-        if not self._poll_headroom or time.monotonic() - self._last_report < 1.0:
-            return
-        try:
-            rooms = await self._client.headroom()
-        except ShardError as exc:
-            if exc.code != "UNIMPLEMENTED":
-                raise
-            self._poll_headroom = False  # a generate.v3-only shard
-            return
-        self._on_headroom(rooms, time.monotonic())
-
-    async def _resize_pool(self) -> None:
-        """ResizePool when the memory manager asks (offloads of a shrink were sent just before). A
-        refusal (a page still held) is retried a second later; a shard fault propagates."""
-        now = time.monotonic()
-        pages = self._memory.resize_request()
-        if pages is None or now < self._resize_retry_at:
-            return
-        t0 = time.perf_counter()
-        try:
-            replies = await self._client.resize_pool(pages)
-        except ShardError as exc:
-            if not exc.is_request_error:
-                raise
-            self._resize_failures += 1
-            self._resize_retry_at = now + 1.0
-            log.warning("pool resize refused by the shards: %s", exc.detail)
-            return
-        self._resize_s += time.perf_counter() - t0
-        self._memory.resized(min(r.num_pages for r in replies))
-        log.info("pool resized", extra={"event": "pool_resized", "num_pages": pages,
-                                         "released_bytes": sum(r.released_bytes for r in replies)})
-        self._on_headroom([r.headroom for r in replies if r.HasField("headroom")], time.monotonic())
 
     def _schedule(self, now: float) -> Plan:
         t0 = time.perf_counter()

@@ -7,11 +7,15 @@ the pages the shards have *allocated* (backed by memory) now, so repeated report
 give the same answer:
   - some rank is short (free < target): budget = allocated - ceil(shortfall / page_bytes), rounded
     DOWN to a segment boundary (give back whole segments, at least the shortfall);
-  - every rank has more than target + margin free: budget = allocated + floor(surplus / page_bytes),
-    rounded down to a segment, capped at the pool's full size (grow back into idle memory);
+  - every rank has more than target + margin free: grow back into idle memory, leaving target + one
+    segment free: budget = allocated + floor((free - target - segment) / page_bytes), rounded down
+    to a segment, capped at the pool's full size;
   - otherwise (inside the dead band [target, target + margin]): no change.
-The margin (hysteresis) is at least two segments and a quarter of the target, so that returning a
-segment (free rises by at most the shortfall plus one segment) never reads as room to grow again.
+The margin (hysteresis) is at least two segments and a quarter of the target: after a shrink free sits
+within a segment above the target, after a growth about one segment above it, both inside the dead
+band, so neither reads as a reason to move again; only a change of more than the margin does. A
+co-tenant that leaves gives back what it took, and the budget returns to where it was (up to the
+segment kept free).
 """
 
 from __future__ import annotations
@@ -118,8 +122,11 @@ class HeadroomPolicy:
             target = self.target.for_total(r.total_device_bytes)
             if r.free_device_bytes < target:
                 short = max(short, -(-(target - r.free_device_bytes) // r.page_bytes))
-            spare = r.free_device_bytes - target - self.margin_bytes(target, seg * r.page_bytes)
-            pages = spare // r.page_bytes if spare > 0 else 0
+            seg_bytes = seg * r.page_bytes
+            if r.free_device_bytes > target + self.margin_bytes(target, seg_bytes):
+                pages = (r.free_device_bytes - target - seg_bytes) // r.page_bytes
+            else:
+                pages = 0
             room = pages if room is None else min(room, pages)
         if short > 0:
             return max(0, (allocated - short) // seg * seg)

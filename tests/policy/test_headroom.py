@@ -54,8 +54,10 @@ def test_budget_shrinks_by_whole_segments_then_holds_in_the_dead_band():
     assert policy.budget([rep(95, 64)], 56) == 56
     # plenty of room: grow back, capped at the pool
     assert policy.budget([rep(900, 56)], 56) == 64
-    # margin is at least 2 segments and a quarter of the target: 100 + 25 + 3 spare < a segment
-    assert policy.budget([rep(128, 56)], 56) == 56
+    # growth is triggered beyond target + margin (at least 2 segments and a quarter of the target) ...
+    assert policy.budget([rep(125, 56)], 56) == 56
+    # ... and then leaves target + one segment free: 100 + 4 of 130 -> 24 more pages, cut to a segment
+    assert policy.budget([rep(130, 32)], 32) == 56
 
 
 def test_budget_takes_the_tightest_rank_and_ignores_empty_reports():

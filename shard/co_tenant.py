@@ -25,13 +25,28 @@ def take_host(nbytes: int) -> mmap.mmap:
     return buf
 
 
-def take_cuda(nbytes: int, device: str) -> object:
+def take_cuda(nbytes: int, device: str, chunk: int = 256 << 20, patience_s: float = 60.0) -> list[object]:
+    """Chunks of device memory, written; a chunk that does not fit yet is retried (the shard is giving
+    memory back) for up to `patience_s`, then the co-tenant keeps what it got."""
     import torch
 
-    t = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    t.fill_(1)
+    held: list[object] = []
+    taken, deadline = 0, time.monotonic() + patience_s
+    while taken < nbytes:
+        n = min(chunk, nbytes - taken)
+        try:
+            t = torch.empty(n, dtype=torch.uint8, device=device)
+        except torch.OutOfMemoryError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+            continue
+        t.fill_(1)
+        held.append(t)
+        taken += n
     torch.cuda.synchronize(device)
-    return t
+    print(f"took {taken} of {nbytes} device bytes", file=sys.stderr, flush=True)
+    return held
 
 
 def main(argv: Sequence[str] | None = None) -> int:

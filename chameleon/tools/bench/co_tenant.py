@@ -96,8 +96,13 @@ class CoTenant:
         self.line = ""
 
     def wait_ready(self, timeout_s: float) -> float:
-        reader = threading.Thread(target=lambda: setattr(self, "line", self.proc.stdout.readline()),
-                                  daemon=True)
+        def read() -> None:
+            while not self.line.startswith("ready"):
+                line = self.proc.stdout.readline()
+                if not line:
+                    return
+                self.line = line
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
         reader.join(timeout_s)
         if not self.line.startswith("ready"):

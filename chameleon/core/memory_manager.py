@@ -101,11 +101,21 @@ class MemoryManager(ElasticMemory):
         return adapter_id is None or adapter_id in self.cache
 
     def _reclaimable(self, exclude: str | None) -> int:
+        """Pages evicting every idle entry but `exclude` would free (pages above a shrunk pool's limit
+        leave service instead: they free nothing)."""
+        if self.pool.limit < self.pool.num_pages:
+            return sum(self._usable(e.pages) for e in self.cache.entries()
+                       if e.refcount == 0 and e.adapter_id != exclude)
         idle = self.cache.idle_pages()
         entry = self.cache.get(exclude) if exclude is not None else None
         if entry is not None and entry.refcount == 0:
             idle -= len(entry.pages)
         return idle
+
+    def _usable(self, pages: list[int]) -> int:
+        """How many of `pages` return to the free pages when freed (those below the limit)."""
+        limit = self.pool.limit
+        return len(pages) if limit >= self.pool.num_pages else sum(1 for p in pages if p < limit)
 
     def _load_pages(self, adapter_id: str | None) -> int:
         return 0 if self.resident(adapter_id) else self.adapters(adapter_id).pages  # type: ignore[arg-type]
@@ -136,10 +146,10 @@ class MemoryManager(ElasticMemory):
         adm = self._held.get(req_id)
         if adm is None:
             return 0
-        pages = len(adm.kv_pages)
+        pages = self._usable(adm.kv_pages)
         entry = self.cache.get(adm.adapter_id) if adm.adapter_id is not None else None
         if entry is not None and entry.refcount == 1:
-            pages += len(entry.pages)
+            pages += self._usable(entry.pages)
         return pages
 
     def admission(self, req_id: int) -> Admission | None:
@@ -158,8 +168,11 @@ class MemoryManager(ElasticMemory):
             return None
         victims, freed = [], 0
         for entry in self.cache.eviction_order(now, self._queued, exclude):
+            usable = self._usable(entry.pages)
+            if not usable:
+                continue  # wholly above a shrunk pool's limit: evicting it frees nothing here
             victims.append(entry.adapter_id)
-            freed += len(entry.pages)
+            freed += usable
             if freed >= deficit:
                 return victims
         return None

@@ -219,3 +219,21 @@ def test_integrity_under_random_pressure(moves):
                 assert want >= mem.pool.high_water()
                 mem.resized(want)
         mem.check_integrity()
+
+
+def test_an_idle_adapter_above_the_limit_frees_nothing_for_an_admission():
+    """A queued-for adapter stays above a shrunk limit; an admission counts only its pages below the
+    limit as reclaimable (the others leave service when freed), so it never over-promises."""
+    mem = memory(20, SPECS)
+    mem.set_headroom(HeadroomTarget(100, 0.0))
+    mem.try_admit(req(1, None, inp=12, max_new=0), 0.0)  # kv 1..12
+    mem.try_admit(req(2, "a", inp=1, max_new=0), 1.0)  # kv 13, a 14..17
+    mem.release(2, 2.0)
+    mem.set_queue_view({"a"})  # protected: stays above the limit
+    mem.on_headroom(rep(95, 21, total=1000, seg=1, pages=21, used=17), 3.0)  # 5 short -> limit 16
+    assert mem.pool.limit == 16 and "a" in mem.cache and mem.pool.free_pages() == 1  # page 13
+    assert not mem.can_admit(req(3, None, inp=4, max_new=0))  # 1 free + a's 14, 15 = 3 < 4
+    assert mem.try_admit(req(3, None, inp=4, max_new=0), 4.0) is None  # refused, not a crash
+    adm = mem.try_admit(req(4, None, inp=3, max_new=0), 5.0)
+    assert adm is not None and adm.evicted == ["a"] and sorted(adm.kv_pages) == [13, 14, 15]
+    mem.check_integrity()

@@ -198,6 +198,7 @@ def test_integrity_under_random_pressure(moves):
     mem.set_headroom(HeadroomTarget(100, 0.0))
     live: dict[int, str | None] = {}
     for now, (act, rid, adapter, n) in enumerate(moves):
+        mem.set_queue_view({"c"} if rid % 3 == 0 else set())  # sometimes c is wanted: protected
         if act == "admit" and rid not in live:
             adm = mem.try_admit(req(rid, adapter, inp=1 + n % 5, max_new=1), float(now))
             if adm is not None:

@@ -76,3 +76,18 @@ def test_probe_caches_and_headroom_carries_the_measurement() -> None:
     budget = DeviceMemory(torch.device("cpu"), 1000, measured=False)
     room = measure_headroom(budget, 0, 10, 100, [], [], 400)
     assert (room.free_device_bytes, room.total_device_bytes, room.free_source) == (600, 1000, "budget")
+
+
+def test_cuda_free_counts_what_the_caching_allocator_holds(monkeypatch) -> None:
+    """CUDA (faked): free = mem_get_info's free + reserved - allocated; resident = reserved."""
+    from shard.server import free_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * MIB, 8000 * MIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 700 * MIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 500 * MIB)
+    dev = torch.device("cuda", 0)
+    got = free_memory.cuda_free(dev)
+    assert (got.free_bytes, got.total_bytes, got.source) == (1200 * MIB, 8000 * MIB, "cuda")
+    assert free_memory.resident_bytes(dev) == 700 * MIB
+    free, resident = FreeMemoryProbe(dev).measure()
+    assert free.free_bytes == 1200 * MIB and resident == 700 * MIB

@@ -20,7 +20,9 @@ only past pages nothing lives in (the shard checks it too, shard.server.adapter_
   kept pages (through host memory when shrinking, so the device never holds both), drops the old one
   and empties torch's cache so `mem_get_info` shows the memory; views of the old buffer are rebased
   (`rebase_view`, through the runner's `on_move`), first onto the host copy, so the old buffer is
-  really freed before the new one is allocated.
+  really freed before the new one is allocated. The cost grows with the pages KEPT (a copy through
+  host memory; seconds for tens of GiB): a pool mapped segment by segment with the CUDA driver's
+  virtual memory API (cuMemMap) would release in place, as the CPU path does; not done yet.
 """
 
 from __future__ import annotations

@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     extra = tuple(shlex.split(args.launch_args))
     if cpu and "--memory-budget" not in extra:
         extra += ("--memory-budget", str(2 * GIB))  # the pool the co-tenant competes with
+    if not cpu and "--shard-args" not in extra:
+        # a CUDA resize re-allocates the pool, copying the kept pages through host memory (see
+        # shard/model/pool.py): a quarter of the device keeps that copy to seconds
+        extra += ("--shard-args", "--memory-fraction 0.25")
     extra += ("--memory-headroom", str(headroom))
     cg = MemoryCgroup.create(unique_name()) if cpu else None
     if cpu and cg is None:

@@ -120,3 +120,28 @@ def test_resize_pool_rpc_refuses_to_release_held_pages(tiny_root: Path) -> None:
     with pytest.raises(ValueError, match="released"):  # a load into released pages is refused
         svc._load(chameleon_pb2.LoadAdapterRequest(adapter_id="a16", pages=[650]))
     assert svc.ResizePool(chameleon_pb2.ResizePoolRequest(num_pages=900), None).num_pages == 900
+
+
+@pytest.mark.gpu
+def test_cuda_resize_returns_device_memory_and_keeps_the_logits(tiny_root: Path) -> None:
+    """On a GPU: a shrink shows in mem_get_info (after the allocator's cache is emptied), kept pages
+    and adapter views survive the move, a regrow allocates again. Deselected without a GPU."""
+    assert torch.cuda.is_available(), "gpu-marked test without a CUDA device (deselect with -m 'not gpu')"
+    dev = torch.device("cuda", 0)
+    runner = ModelRunner(tiny_root / "model", dtype=torch.float32, device=dev, dist=DistContext.single(),
+                         num_pages=16384, block_size=BLOCK)
+    path = tiny_root / "adapters" / "a128"
+    need = runner.adapter_store.pages_needed(path)
+    runner.adapter_store.load("a128", path, list(range(1, 1 + need)))
+    prefill = ForwardBatch.build([[5, 6, 7, 8, 9]], [5], [[need + 1, need + 2]], BLOCK, ["a128"])
+    before = runner.forward(prefill).last_logits.cpu()
+    torch.cuda.synchronize(dev)
+    free0, _ = torch.cuda.mem_get_info(dev)
+    released = runner.resize_pool(need + 3)
+    free1, _ = torch.cuda.mem_get_info(dev)
+    assert released > 0 and free1 - free0 >= 0.9 * released
+    assert torch.equal(before, runner.forward(prefill).last_logits.cpu())
+    runner.resize_pool(16384)
+    free2, _ = torch.cuda.mem_get_info(dev)
+    assert free1 - free2 >= 0.9 * released
+    assert torch.equal(before, runner.forward(prefill).last_logits.cpu())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +113,12 @@ class MemoryCgroup:
         except (OSError, ValueError):
             return []
 
-    def remove(self) -> None:
-        """Remove the cgroup (once its processes exited; left in place when some still run)."""
+    def remove(self, wait_s: float = 10.0) -> None:
+        """Remove the cgroup once its processes exited (waiting up to `wait_s`; left in place when some
+        still run then)."""
+        deadline = time.monotonic() + wait_s
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
         if self.pids():
             return
         with contextlib.suppress(OSError):

@@ -69,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
     opts = CoTenantOptions(nbytes=args.co_tenant_bytes, device="cpu" if cpu else _cuda(args.device),
                            hold_s=args.hold, cycles=_cycles(args, window_s), window_s=window_s,
                            sample_s=min(args.sample_every, 1.0))
-    system = start(SystemSpec(args.model_id, args.adapter_dir, extra), "chameleon", "chameleon", args.log,
-                   wrap=cg.join_argv if cg is not None else None)
+    system = None
     try:
+        system = start(SystemSpec(args.model_id, args.adapter_dir, extra), "chameleon", "chameleon", args.log,
+                       wrap=cg.join_argv if cg is not None else None)
         watch = MemoryWatch(system.proc.pid)
         info = asyncio.run(server_info(system.target))
         names: list[str | None] = [a for a, _, _ in info.adapters][:args.adapters or 8]
@@ -81,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
         prepare_cgroup(target, opts)
         report = Scenario(target, opts).run()
     finally:
-        system.stop()
+        if system is not None:
+            system.stop()
         if cg is not None:
-            cg.remove()
+            cg.remove(wait_s=30.0)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

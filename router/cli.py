@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from chameleon.core.headroom import DEFAULT_HEADROOM, DEFAULT_HEADROOM_FRACTION, HeadroomTarget
 from chameleon.core.limits import Limits, derive_limits, read_max_position_embeddings
 from chameleon.tools.cliargs import EnvArgumentParser
 from chameleon.tools.logs import setup_logging
@@ -89,11 +90,29 @@ def _add_security_flags(p: EnvArgumentParser) -> None:
                    help="PEM CA bundle: require client certificates it signed on gRPC (mutual TLS)")
 
 
+def _memory_headroom(text: str) -> HeadroomTarget:
+    try:
+        return HeadroomTarget.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_memory_flags(p: EnvArgumentParser) -> None:
+    p.add_argument("--memory-headroom", type=_memory_headroom, default=DEFAULT_HEADROOM,
+                   metavar="BYTES|FRACTION",
+                   help="free memory every shard rank keeps for co-tenants and activation spikes, measured "
+                        "(CUDA: the device; CPU: the cgroup's limit, else the host): bytes (2GiB, 512M, "
+                        "1073741824) or a fraction of the rank's total memory (0.1); below it the adapter "
+                        "cache's page budget shrinks and the shards release pool memory, above it the "
+                        f"budget grows back; 0 = off (default: {DEFAULT_HEADROOM_FRACTION:g})")
+
+
 def build_parser() -> EnvArgumentParser:
     p = EnvArgumentParser(prog="chameleon router", description=__doc__.splitlines()[0])
     _add_connection_flags(p)
     _add_limit_flags(p)
     _add_security_flags(p)
+    _add_memory_flags(p)
     p.add_argument("--scheduler", choices=SCHEDULERS, default="chameleon")
     p.add_argument("--adapter-cache", choices=ADAPTER_CACHES, default="chameleon")
     p.add_argument("--seed", type=int, default=0, help="seed of the engine's random choices")
@@ -122,7 +141,12 @@ def engine_config(args: argparse.Namespace, limits: Limits | None = None) -> Eng
         adapter_dir=args.adapter_dir, scheduler=args.scheduler, adapter_cache=args.adapter_cache,
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=limits.max_input_tokens,
         max_total_tokens=limits.max_total_tokens, max_batch_prefill_tokens=limits.max_batch_prefill_tokens,
-        max_batch_size=args.max_batch_size, connect_timeout_s=args.connect_timeout, seed=args.seed)
+        max_batch_size=args.max_batch_size, connect_timeout_s=args.connect_timeout, seed=args.seed,
+        memory_headroom=_headroom_or_off(args.memory_headroom))
+
+
+def _headroom_or_off(target: HeadroomTarget) -> HeadroomTarget | None:
+    return None if target.nbytes == 0 and target.fraction == 0 else target
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:

@@ -43,6 +43,30 @@ SCALARS: tuple[tuple[str, str, str, str, str], ...] = (
     ("loop", "healthy", "chameleon_engine_healthy", "gauge", "1 when the shards answered the last check"),
     ("loop", "shard_faults", "chameleon_shard_faults", "counter",
      "Shard faults that failed the running requests and started a recovery (never a refused request)"),
+    # the headroom loop and the elastic pool (chameleon/core/headroom.py, elastic.py)
+    ("cache", "budget_pages", "chameleon_cache_budget_pages", "gauge",
+     "Pool pages the headroom rule lets the shards keep allocated (the adapter cache grows up to it)"),
+    ("pool", "budget_bytes", "chameleon_cache_budget_bytes", "gauge", "The page budget in bytes (one rank)"),
+    ("cache", "limit_pages", "chameleon_pool_limit_pages", "gauge", "Pages below this id are in service"),
+    ("cache", "allocated_pages", "chameleon_pool_allocated_pages", "gauge",
+     "Pool pages backed by memory on the shards (the rest were released)"),
+    ("pool", "allocated_bytes", "chameleon_pool_allocated_bytes", "gauge", "Pool bytes allocated, one rank"),
+    ("cache", "resize_events", "chameleon_pool_resizes", "counter", "ResizePool calls that changed the pool"),
+    ("cache", "shrink_events", "chameleon_pool_shrinks", "counter", "Pool resizes that released memory"),
+    ("cache", "grow_events", "chameleon_pool_grows", "counter", "Pool resizes that allocated memory again"),
+    ("cache", "pages_given_back", "chameleon_pool_pages_given_back", "counter",
+     "Pool pages released to the OS or device under memory pressure"),
+    ("cache", "pages_regrown", "chameleon_pool_pages_regrown", "counter", "Pool pages allocated again"),
+    ("cache", "headroom_evictions", "chameleon_cache_headroom_evictions", "counter",
+     "Idle adapters evicted to give memory back"),
+    ("cache", "relocations", "chameleon_cache_relocations", "counter",
+     "Idle adapters moved below a shrinking pool's limit"),
+    ("cache", "headroom_target_bytes", "chameleon_memory_headroom_target_bytes", "gauge",
+     "--memory-headroom in bytes (0 when given as a fraction)"),
+    ("cache", "headroom_target_fraction", "chameleon_memory_headroom_target_fraction", "gauge",
+     "--memory-headroom as a fraction of each rank's total memory (0 when given in bytes)"),
+    ("loop", "resize_failures", "chameleon_pool_resize_refusals", "counter",
+     "ResizePool calls the shards refused (a page still held; retried)"),
 )
 
 # (section, key, metric name, label, help): a list (label = index) or a dict (label = its keys)
@@ -70,6 +94,10 @@ HEADROOM_KEYS = (
     "adapter_pages_used",
     "page_bytes",
     "resident_adapters",
+    "resident_bytes",
+    "pool_pages_allocated",
+    "pool_allocated_bytes",
+    "segment_pages",
 )
 
 

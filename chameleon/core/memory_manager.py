@@ -9,14 +9,20 @@ Offloads: adapters evicted by an admission are in `Admission.evicted`; every oth
 NoCache, headroom shrink) is queued and returned by `take_offloads()`. The engine must send the
 offloads it got (both kinds) to the shards before any load, since a load may reuse those pages.
 
-Headroom (`on_headroom`): the page pool is fixed at warmup. A rank that reports more pool pages in
-use than the router has handed out (reserved pages count as used on both sides), or less free device
-memory than `device_reserve_bytes`, makes the router withhold that many pages: they count as
-unavailable for KV and adapters alike, and idle cache entries are evicted (policy order) until the
-free pages cover the withheld ones. Each report replaces the previous verdict: when later reports show
-no shortfall the withheld pages return and the cache may grow back to the whole idle pool (it never
-grows beyond the pool: page ids must be valid on every rank). Feed reports taken after the offloads
-the router already decided, or a pending offload reads as a shortfall for that one report.
+Headroom (`on_headroom`): two checks per reconcile. (1) A rank that reports more pool pages in use
+than the router has handed out (reserved pages count as used on both sides) makes the router withhold
+that many pages (unavailable for KV and adapters alike; idle cache entries are evicted, policy order,
+until the free pages cover them); each report replaces the previous verdict. (2) With a headroom
+target (`set_headroom`; chameleon/core/headroom.py has the rule), measured free memory below the
+target on any rank lowers the pool's page budget: the allocator's limit drops (elastic.py), idle
+adapters above it are relocated into free pages below it or evicted, lowest cost-aware score first
+(never one in use or wanted by a queued request; never the KV of a running request, which drains),
+and `resize_request()` tells the engine when the shards can release the vacated segments. If the
+budget leaves no free page, nothing that needs new pages is admitted until memory recovers. Free
+memory above target + margin grows the budget back, up to the whole pool (shards first, then the
+limit: `resized`). Relocated adapters are returned by `take_relocations()` (load them at their new
+pages after the offloads). Feed reports taken after the offloads the router already decided, or a
+pending offload reads as a shortfall for that one report.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from dataclasses import dataclass, field
 from chameleon.core.adapters import AdapterSpec
 from chameleon.core.allocator import PagePool
 from chameleon.core.cache.base import AdapterCache
-from chameleon.core.headroom import HeadroomReport
+from chameleon.core.elastic import ElasticPool
+from chameleon.core.headroom import HeadroomPolicy, HeadroomReport, HeadroomTarget
 from chameleon.core.memory import blocks_for_tokens
+from chameleon.core.memory_elastic import ElasticMemory, MemoryCounters
 from chameleon.core.request import Request
 
 
@@ -50,16 +58,7 @@ class Admission:
     hit: bool = False
 
 
-@dataclass(slots=True)
-class _Counters:
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    prefetches: int = 0
-    refused: int = 0
-
-
-class MemoryManager:
+class MemoryManager(ElasticMemory):
     """Owns the PagePool and the AdapterCache bookkeeping; see the module docstring for the model."""
 
     def __init__(self, pool: PagePool, cache: AdapterCache, block_size: int,
@@ -72,10 +71,16 @@ class MemoryManager:
         self.adapters = adapters
         self.device_reserve_bytes = device_reserve_bytes
         self.withheld = 0
+        self.elastic = ElasticPool(pool.num_pages)
+        self._policy: HeadroomPolicy | None = None
+        if device_reserve_bytes > 0:
+            self.set_headroom(HeadroomTarget(device_reserve_bytes, 0.0))
+        self._relocated: list[str] = []
+        self._pending: dict[str, int] = {}  # pages the shards still hold for decided drops/moves
         self._held: dict[int, Admission] = {}
         self._queued: Container[str] = frozenset()
         self._offloads: list[str] = []
-        self._n = _Counters()
+        self._n = MemoryCounters()
 
     # ---- queries -------------------------------------------------------------------------------
     def kv_pages_for(self, req: Request) -> int:
@@ -96,11 +101,21 @@ class MemoryManager:
         return adapter_id is None or adapter_id in self.cache
 
     def _reclaimable(self, exclude: str | None) -> int:
+        """Pages evicting every idle entry but `exclude` would free (pages above a shrunk pool's limit
+        leave service instead: they free nothing)."""
+        if self.pool.limit < self.pool.num_pages:
+            return sum(self._usable(e.pages) for e in self.cache.entries()
+                       if e.refcount == 0 and e.adapter_id != exclude)
         idle = self.cache.idle_pages()
         entry = self.cache.get(exclude) if exclude is not None else None
         if entry is not None and entry.refcount == 0:
             idle -= len(entry.pages)
         return idle
+
+    def _usable(self, pages: list[int]) -> int:
+        """How many of `pages` return to the free pages when freed (those below the limit)."""
+        limit = self.pool.limit
+        return len(pages) if limit >= self.pool.num_pages else sum(1 for p in pages if p < limit)
 
     def _load_pages(self, adapter_id: str | None) -> int:
         return 0 if self.resident(adapter_id) else self.adapters(adapter_id).pages  # type: ignore[arg-type]
@@ -131,10 +146,10 @@ class MemoryManager:
         adm = self._held.get(req_id)
         if adm is None:
             return 0
-        pages = len(adm.kv_pages)
+        pages = self._usable(adm.kv_pages)
         entry = self.cache.get(adm.adapter_id) if adm.adapter_id is not None else None
         if entry is not None and entry.refcount == 1:
-            pages += len(entry.pages)
+            pages += self._usable(entry.pages)
         return pages
 
     def admission(self, req_id: int) -> Admission | None:
@@ -153,8 +168,11 @@ class MemoryManager:
             return None
         victims, freed = [], 0
         for entry in self.cache.eviction_order(now, self._queued, exclude):
+            usable = self._usable(entry.pages)
+            if not usable:
+                continue  # wholly above a shrunk pool's limit: evicting it frees nothing here
             victims.append(entry.adapter_id)
-            freed += len(entry.pages)
+            freed += usable
             if freed >= deficit:
                 return victims
         return None
@@ -227,6 +245,8 @@ class MemoryManager:
     def take_offloads(self) -> list[str]:
         """Adapters dropped outside an admission since the last call (send these offloads first)."""
         out, self._offloads = self._offloads, []
+        for aid in out:
+            self._pending.pop(aid, None)
         return out
 
     # ---- prefetch and headroom -----------------------------------------------------------------
@@ -269,21 +289,19 @@ class MemoryManager:
 
     def on_headroom(self, reports: HeadroomReport | Iterable[HeadroomReport], now: float = 0.0) -> None:
         """Reconcile with the ranks' measured headroom (see module docstring)."""
-        if isinstance(reports, HeadroomReport):
-            reports = [reports]
-        used = self.pool.num_pages - self.pool.free_pages()  # reserved pages count as used, as on shards
-        short = 0
-        for rep in reports:
-            by_pages = rep.pool_pages_used - used
-            missing = self.device_reserve_bytes - rep.free_device_bytes
-            by_bytes = -(-missing // rep.page_bytes) if missing > 0 and rep.page_bytes > 0 else 0
-            short = max(short, by_pages, by_bytes)
-        self.withheld = min(short, self.pool.capacity)
+        reports = [reports] if isinstance(reports, HeadroomReport) else list(reports)
+        used = self.pool.num_pages - self.pool.free_pages() - self._out_of_service()
+        used += sum(self._pending.values())  # not yet offloaded on the shards: not a shortfall
+        short = max((rep.pool_pages_used - used for rep in reports), default=0)
+        self.withheld = min(max(short, 0), self.pool.capacity)
         for entry in self.cache.eviction_order(now, self._queued):
             if self.pool.free_pages() >= self.withheld:
                 break
-            self._evict(entry.adapter_id)
-            self._offloads.append(entry.adapter_id)
+            self._drop(entry.adapter_id)
+        if self._policy is None or not reports:
+            return
+        self.elastic.learn(min(r.allocated for r in reports), max(r.segment_pages for r in reports))
+        self.set_budget(self._policy.budget(reports, self.elastic.budget), now)
 
     # ---- observability -------------------------------------------------------------------------
     def stats(self) -> dict[str, float]:
@@ -296,6 +314,7 @@ class MemoryManager:
             "running": len(self._held), "hits": self._n.hits, "misses": self._n.misses,
             "hit_rate": self._n.hits / looked if looked else 0.0, "evictions": self._n.evictions,
             "prefetches": self._n.prefetches, "refused": self._n.refused,
+            **self._elastic_stats(),
         }
 
     def check_integrity(self) -> None:

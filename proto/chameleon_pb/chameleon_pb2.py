@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63hameleon.proto\x12\x0c\x63hameleon.v1\"6\n\x10RequestRejection\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xe4\x01\n\x08Headroom\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x19\n\x11\x66ree_device_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12total_device_bytes\x18\x03 \x01(\x04\x12\x18\n\x10pool_pages_total\x18\x04 \x01(\r\x12\x17\n\x0fpool_pages_used\x18\x05 \x01(\r\x12\x15\n\rkv_pages_used\x18\x06 \x01(\r\x12\x1a\n\x12\x61\x64\x61pter_pages_used\x18\x07 \x01(\r\x12\x12\n\npage_bytes\x18\x08 \x01(\x04\x12\x19\n\x11resident_adapters\x18\t \x01(\r\"\x9b\x01\n\nPoolLayout\x12\x12\n\npage_bytes\x18\x01 \x01(\x04\x12\x11\n\tnum_pages\x18\x02 \x01(\r\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x1a\n\x12kv_bytes_per_token\x18\x04 \x01(\x04\x12 \n\x18\x61\x63tivation_reserve_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cweight_bytes\x18\x06 \x01(\x04\"\xd0\x01\n\tShardInfo\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x13\n\x0bhidden_size\x18\x04 \x01(\r\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x1f\n\x17max_position_embeddings\x18\x06 \x01(\r\x12\x14\n\x0cweight_bytes\x18\x07 \x01(\x04\x12\x16\n\x0etarget_modules\x18\x08 \x03(\t\x12\x15\n\radapter_dtype\x18\t \x01(\t\"\x95\x01\n\x0b\x41\x64\x61pterInfo\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\r\n\x05pages\x18\x04 \x01(\r\x12\x10\n\x08resident\x18\x05 \x01(\x08\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12\r\n\x05\x61lpha\x18\x07 \x01(\x02\x12\r\n\x05\x64type\x18\x08 \x01(\t\"7\n\x12LoadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\r\n\x05pages\x18\x02 \x03(\r\"|\n\x13LoadAdapterResponse\x12*\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x19.chameleon.v1.AdapterInfo\x12\x0f\n\x07load_ns\x18\x02 \x01(\x04\x12(\n\x08headroom\x18\x03 \x01(\x0b\x32\x16.chameleon.v1.Headroom\"+\n\x15OffloadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"X\n\x16OffloadAdapterResponse\x12\x14\n\x0cwas_resident\x18\x01 \x01(\x08\x12(\n\x08headroom\x18\x02 \x01(\x0b\x32\x16.chameleon.v1.Headroom\"\x15\n\x13ListAdaptersRequest\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.chameleon.v1.AdapterInfo\"\x11\n\x0fHeadroomRequest\"K\n\rChooserExtras\x12\x1c\n\x14length_penalty_start\x18\x01 \x01(\r\x12\x1c\n\x14length_penalty_decay\x18\x02 \x01(\x02\"(\n\x0eStoppingExtras\x12\x16\n\x0emin_new_tokens\x18\x01 \x01(\r2\xde\x02\n\x0e\x41\x64\x61pterService\x12R\n\x0bLoadAdapter\x12 .chameleon.v1.LoadAdapterRequest\x1a!.chameleon.v1.LoadAdapterResponse\x12[\n\x0eOffloadAdapter\x12#.chameleon.v1.OffloadAdapterRequest\x1a$.chameleon.v1.OffloadAdapterResponse\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12\x44\n\x0bGetHeadroom\x12\x1d.chameleon.v1.HeadroomRequest\x1a\x16.chameleon.v1.Headroom2\x95\x02\n\x0c\x41\x64\x61pterAdmin\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12R\n\x0bLoadAdapter\x12 .chameleon.v1.LoadAdapterRequest\x1a!.chameleon.v1.LoadAdapterResponse\x12Z\n\rUnloadAdapter\x12#.chameleon.v1.OffloadAdapterRequest\x1a$.chameleon.v1.OffloadAdapterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63hameleon.proto\x12\x0c\x63hameleon.v1\"6\n\x10RequestRejection\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xe4\x02\n\x08Headroom\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x19\n\x11\x66ree_device_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12total_device_bytes\x18\x03 \x01(\x04\x12\x18\n\x10pool_pages_total\x18\x04 \x01(\r\x12\x17\n\x0fpool_pages_used\x18\x05 \x01(\r\x12\x15\n\rkv_pages_used\x18\x06 \x01(\r\x12\x1a\n\x12\x61\x64\x61pter_pages_used\x18\x07 \x01(\r\x12\x12\n\npage_bytes\x18\x08 \x01(\x04\x12\x19\n\x11resident_adapters\x18\t \x01(\r\x12\x16\n\x0eresident_bytes\x18\n \x01(\x04\x12\x1c\n\x14pool_pages_allocated\x18\x0b \x01(\r\x12\x1c\n\x14pool_allocated_bytes\x18\x0c \x01(\x04\x12\x15\n\rsegment_pages\x18\r \x01(\r\x12\x13\n\x0b\x66ree_source\x18\x0e \x01(\t\"&\n\x11ResizePoolRequest\x12\x11\n\tnum_pages\x18\x01 \x01(\r\"\x95\x01\n\x12ResizePoolResponse\x12\x11\n\tnum_pages\x18\x01 \x01(\r\x12\x16\n\x0ereleased_bytes\x18\x02 \x01(\x04\x12\x17\n\x0f\x61llocated_bytes\x18\x03 \x01(\x04\x12\x11\n\tresize_ns\x18\x04 \x01(\x04\x12(\n\x08headroom\x18\x05 \x01(\x0b\x32\x16.chameleon.v1.Headroom\"\x9b\x01\n\nPoolLayout\x12\x12\n\npage_bytes\x18\x01 \x01(\x04\x12\x11\n\tnum_pages\x18\x02 \x01(\r\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x1a\n\x12kv_bytes_per_token\x18\x04 \x01(\x04\x12 \n\x18\x61\x63tivation_reserve_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cweight_bytes\x18\x06 \x01(\x04\"\xd0\x01\n\tShardInfo\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x13\n\x0bhidden_size\x18\x04 \x01(\r\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x1f\n\x17max_position_embeddings\x18\x06 \x01(\r\x12\x14\n\x0cweight_bytes\x18\x07 \x01(\x04\x12\x16\n\x0etarget_modules\x18\x08 \x03(\t\x12\x15\n\radapter_dtype\x18\t \x01(\t\"\x95\x01\n\x0b\x41\x64\x61pterInfo\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\r\n\x05pages\x18\x04 \x01(\r\x12\x10\n\x08resident\x18\x05 \x01(\x08\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12\r\n\x05\x61lpha\x18\x07 \x01(\x02\x12\r\n\x05\x64type\x18\x08 \x01(\t\"7\n\x12LoadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\r\n\x05pages\x18\x02 \x03(\r\"|\n\x13LoadAdapterResponse\x12*\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x19.chameleon.v1.AdapterInfo\x12\x0f\n\x07load_ns\x18\x02 \x01(\x04\x12(\n\x08headroom\x18\x03 \x01(\x0b\x32\x16.chameleon.v1.Headroom\"+\n\x15OffloadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"X\n\x16OffloadAdapterResponse\x12\x14\n\x0cwas_resident\x18\x01 \x01(\x08\x12(\n\x08headroom\x18\x02 \x01(\x0b\x32\x16.chameleon.v1.Headroom\"\x15\n\x13ListAdaptersRequest\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.chameleon.v1.AdapterInfo\"\x11\n\x0fHeadroomRequest\"K\n\rChooserExtras\x12\x1c\n\x14length_penalty_start\x18\x01 \x01(\r\x12\x1c\n\x14length_penalty_decay\x18\x02 \x01(\x02\"(\n\x0eStoppingExtras\x12\x16\n\x0emin_new_tokens\x18\x01 \x01(\r2\xaf\x03\n\x0e\x41\x64\x61pterService\x12R\n\x0bLoadAdapter\x12 .chameleon.v1.LoadAdapterRequest\x1a!.chameleon.v1.LoadAdapterResponse\x12[\n\x0eOffloadAdapter\x12#.chameleon.v1.OffloadAdapterRequest\x1a$.chameleon.v1.OffloadAdapterResponse\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12\x44\n\x0bGetHeadroom\x12\x1d.chameleon.v1.HeadroomRequest\x1a\x16.chameleon.v1.Headroom\x12O\n\nResizePool\x12\x1f.chameleon.v1.ResizePoolRequest\x1a .chameleon.v1.ResizePoolResponse2\x95\x02\n\x0c\x41\x64\x61pterAdmin\x12U\n\x0cListAdapters\x12!.chameleon.v1.ListAdaptersRequest\x1a\".chameleon.v1.ListAdaptersResponse\x12R\n\x0bLoadAdapter\x12 .chameleon.v1.LoadAdapterRequest\x1a!.chameleon.v1.LoadAdapterResponse\x12Z\n\rUnloadAdapter\x12#.chameleon.v1.OffloadAdapterRequest\x1a$.chameleon.v1.OffloadAdapterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,33 +34,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTREJECTION']._serialized_start=33
   _globals['_REQUESTREJECTION']._serialized_end=87
   _globals['_HEADROOM']._serialized_start=90
-  _globals['_HEADROOM']._serialized_end=318
-  _globals['_POOLLAYOUT']._serialized_start=321
-  _globals['_POOLLAYOUT']._serialized_end=476
-  _globals['_SHARDINFO']._serialized_start=479
-  _globals['_SHARDINFO']._serialized_end=687
-  _globals['_ADAPTERINFO']._serialized_start=690
-  _globals['_ADAPTERINFO']._serialized_end=839
-  _globals['_LOADADAPTERREQUEST']._serialized_start=841
-  _globals['_LOADADAPTERREQUEST']._serialized_end=896
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=898
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=1022
-  _globals['_OFFLOADADAPTERREQUEST']._serialized_start=1024
-  _globals['_OFFLOADADAPTERREQUEST']._serialized_end=1067
-  _globals['_OFFLOADADAPTERRESPONSE']._serialized_start=1069
-  _globals['_OFFLOADADAPTERRESPONSE']._serialized_end=1157
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1159
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1180
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1182
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1249
-  _globals['_HEADROOMREQUEST']._serialized_start=1251
-  _globals['_HEADROOMREQUEST']._serialized_end=1268
-  _globals['_CHOOSEREXTRAS']._serialized_start=1270
-  _globals['_CHOOSEREXTRAS']._serialized_end=1345
-  _globals['_STOPPINGEXTRAS']._serialized_start=1347
-  _globals['_STOPPINGEXTRAS']._serialized_end=1387
-  _globals['_ADAPTERSERVICE']._serialized_start=1390
-  _globals['_ADAPTERSERVICE']._serialized_end=1740
-  _globals['_ADAPTERADMIN']._serialized_start=1743
-  _globals['_ADAPTERADMIN']._serialized_end=2020
+  _globals['_HEADROOM']._serialized_end=446
+  _globals['_RESIZEPOOLREQUEST']._serialized_start=448
+  _globals['_RESIZEPOOLREQUEST']._serialized_end=486
+  _globals['_RESIZEPOOLRESPONSE']._serialized_start=489
+  _globals['_RESIZEPOOLRESPONSE']._serialized_end=638
+  _globals['_POOLLAYOUT']._serialized_start=641
+  _globals['_POOLLAYOUT']._serialized_end=796
+  _globals['_SHARDINFO']._serialized_start=799
+  _globals['_SHARDINFO']._serialized_end=1007
+  _globals['_ADAPTERINFO']._serialized_start=1010
+  _globals['_ADAPTERINFO']._serialized_end=1159
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1161
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1216
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=1218
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=1342
+  _globals['_OFFLOADADAPTERREQUEST']._serialized_start=1344
+  _globals['_OFFLOADADAPTERREQUEST']._serialized_end=1387
+  _globals['_OFFLOADADAPTERRESPONSE']._serialized_start=1389
+  _globals['_OFFLOADADAPTERRESPONSE']._serialized_end=1477
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1479
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1500
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1502
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1569
+  _globals['_HEADROOMREQUEST']._serialized_start=1571
+  _globals['_HEADROOMREQUEST']._serialized_end=1588
+  _globals['_CHOOSEREXTRAS']._serialized_start=1590
+  _globals['_CHOOSEREXTRAS']._serialized_end=1665
+  _globals['_STOPPINGEXTRAS']._serialized_start=1667
+  _globals['_STOPPINGEXTRAS']._serialized_end=1707
+  _globals['_ADAPTERSERVICE']._serialized_start=1710
+  _globals['_ADAPTERSERVICE']._serialized_end=2141
+  _globals['_ADAPTERADMIN']._serialized_start=2144
+  _globals['_ADAPTERADMIN']._serialized_end=2421
 # @@protoc_insertion_point(module_scope)

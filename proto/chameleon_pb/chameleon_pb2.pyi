@@ -15,7 +15,7 @@ class RequestRejection(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Headroom(_message.Message):
-    __slots__ = ("rank", "free_device_bytes", "total_device_bytes", "pool_pages_total", "pool_pages_used", "kv_pages_used", "adapter_pages_used", "page_bytes", "resident_adapters")
+    __slots__ = ("rank", "free_device_bytes", "total_device_bytes", "pool_pages_total", "pool_pages_used", "kv_pages_used", "adapter_pages_used", "page_bytes", "resident_adapters", "resident_bytes", "pool_pages_allocated", "pool_allocated_bytes", "segment_pages", "free_source")
     RANK_FIELD_NUMBER: _ClassVar[int]
     FREE_DEVICE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_DEVICE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,11 @@ class Headroom(_message.Message):
     ADAPTER_PAGES_USED_FIELD_NUMBER: _ClassVar[int]
     PAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    POOL_PAGES_ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    POOL_ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_PAGES_FIELD_NUMBER: _ClassVar[int]
+    FREE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     rank: int
     free_device_bytes: int
     total_device_bytes: int
@@ -34,7 +39,32 @@ class Headroom(_message.Message):
     adapter_pages_used: int
     page_bytes: int
     resident_adapters: int
-    def __init__(self, rank: _Optional[int] = ..., free_device_bytes: _Optional[int] = ..., total_device_bytes: _Optional[int] = ..., pool_pages_total: _Optional[int] = ..., pool_pages_used: _Optional[int] = ..., kv_pages_used: _Optional[int] = ..., adapter_pages_used: _Optional[int] = ..., page_bytes: _Optional[int] = ..., resident_adapters: _Optional[int] = ...) -> None: ...
+    resident_bytes: int
+    pool_pages_allocated: int
+    pool_allocated_bytes: int
+    segment_pages: int
+    free_source: str
+    def __init__(self, rank: _Optional[int] = ..., free_device_bytes: _Optional[int] = ..., total_device_bytes: _Optional[int] = ..., pool_pages_total: _Optional[int] = ..., pool_pages_used: _Optional[int] = ..., kv_pages_used: _Optional[int] = ..., adapter_pages_used: _Optional[int] = ..., page_bytes: _Optional[int] = ..., resident_adapters: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., pool_pages_allocated: _Optional[int] = ..., pool_allocated_bytes: _Optional[int] = ..., segment_pages: _Optional[int] = ..., free_source: _Optional[str] = ...) -> None: ...
+
+class ResizePoolRequest(_message.Message):
+    __slots__ = ("num_pages",)
+    NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
+    num_pages: int
+    def __init__(self, num_pages: _Optional[int] = ...) -> None: ...
+
+class ResizePoolResponse(_message.Message):
+    __slots__ = ("num_pages", "released_bytes", "allocated_bytes", "resize_ns", "headroom")
+    NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_NS_FIELD_NUMBER: _ClassVar[int]
+    HEADROOM_FIELD_NUMBER: _ClassVar[int]
+    num_pages: int
+    released_bytes: int
+    allocated_bytes: int
+    resize_ns: int
+    headroom: Headroom
+    def __init__(self, num_pages: _Optional[int] = ..., released_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., resize_ns: _Optional[int] = ..., headroom: _Optional[_Union[Headroom, _Mapping]] = ...) -> None: ...
 
 class PoolLayout(_message.Message):
     __slots__ = ("page_bytes", "num_pages", "block_size", "kv_bytes_per_token", "activation_reserve_bytes", "weight_bytes")

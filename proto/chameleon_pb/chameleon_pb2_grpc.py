@@ -54,6 +54,11 @@ class AdapterServiceStub:
                 request_serializer=chameleon__pb2.HeadroomRequest.SerializeToString,
                 response_deserializer=chameleon__pb2.Headroom.FromString,
                 _registered_method=True)
+        self.ResizePool = channel.unary_unary(
+                '/chameleon.v1.AdapterService/ResizePool',
+                request_serializer=chameleon__pb2.ResizePoolRequest.SerializeToString,
+                response_deserializer=chameleon__pb2.ResizePoolResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterServiceServicer:
@@ -87,6 +92,15 @@ class AdapterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResizePool(self, request, context):
+        """Elastic pool: keep pages [0, num_pages) allocated, releasing whole segments above (to the OS or
+        the device) or allocating them again. Refused (FAILED_PRECONDITION) while a page being released
+        holds KV of a cached batch or a resident adapter; page ids of resident pages never change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdapterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +123,11 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     servicer.GetHeadroom,
                     request_deserializer=chameleon__pb2.HeadroomRequest.FromString,
                     response_serializer=chameleon__pb2.Headroom.SerializeToString,
+            ),
+            'ResizePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizePool,
+                    request_deserializer=chameleon__pb2.ResizePoolRequest.FromString,
+                    response_serializer=chameleon__pb2.ResizePoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +238,33 @@ class AdapterService:
             '/chameleon.v1.AdapterService/GetHeadroom',
             chameleon__pb2.HeadroomRequest.SerializeToString,
             chameleon__pb2.Headroom.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chameleon.v1.AdapterService/ResizePool',
+            chameleon__pb2.ResizePoolRequest.SerializeToString,
+            chameleon__pb2.ResizePoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

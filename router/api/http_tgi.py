@@ -185,4 +185,5 @@ def info_json(s: ApiService) -> dict[str, Any]:
         "num_shard": info.world_size,
         "shard_protocol": info.shard_protocol,
         "warnings": list(info.warnings),
+        "memory_headroom": getattr(info, "memory_headroom", "off"),
     }

@@ -49,6 +49,7 @@ class AdapterSync:
         shards refused (the loop fails the requests that want them)."""
         evicted = [a for adm in plan.admissions.values() for a in adm.evicted]
         await self._residency.offload([*memory.take_offloads(), *evicted])
+        await self.relocate(memory)
         bad: dict[str, ShardError] = {}
         for req in plan.admit:
             aid = req.adapter_id
@@ -69,6 +70,7 @@ class AdapterSync:
         """Flush offloads, then load queued requests' adapters into free pages (never evicting), keeping
         the head request's KV need free."""
         await self._residency.offload(memory.take_offloads())
+        await self.relocate(memory)
         if not waiting:
             return
         reserve = memory.kv_pages_for(waiting[0])
@@ -82,6 +84,25 @@ class AdapterSync:
                 entry = memory.cache.get(aid)
                 if entry is not None and entry.refcount == 0:
                     memory.evict(aid, now)
+
+    async def relocate(self, memory: MemoryManager) -> None:
+        """Adapters a pool shrink moved below the new limit: offload them from their old pages (freed,
+        maybe reused), load them at the new ones. One the shards refuse now is dropped."""
+        moved = memory.take_relocations()
+        await self._residency.offload([aid for aid, _ in moved])
+        for aid, pages in moved:
+            try:
+                await self._residency.ensure(aid, pages, memory.adapters(aid).nbytes)
+            except ShardError as exc:
+                if not exc.is_request_error:
+                    raise
+                entry = memory.cache.get(aid)
+                if entry is not None and entry.refcount == 0:
+                    memory.evict(aid, time.monotonic())
+
+    def take_headroom(self) -> list[Any]:
+        """Headroom from the adapter calls since the last call (chameleon.v1.Headroom, last per rank)."""
+        return self._residency.take_headroom()
 
     async def prewarm(self, memory: MemoryManager, spec: AdapterSpec) -> None:
         """Make the adapter resident on every rank now (into free pages; idle cache is not evicted)."""

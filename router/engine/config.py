@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from chameleon.core.headroom import DEFAULT_HEADROOM, HeadroomTarget
+
 SCHEDULERS: tuple[str, ...] = ("chameleon", "fifo", "sjf")
 ADAPTER_CACHES: tuple[str, ...] = ("chameleon", "lru", "fairshare", "none")
 
@@ -29,6 +31,9 @@ class EngineConfig:
     connect_timeout_s: float = 60.0
     recovery_timeout_s: float = 60.0  # queued requests wait this long for failed shards to come back
     seed: int = 0
+    # free memory kept for co-tenants and activation spikes (chameleon/core/headroom.py); None: the
+    # pool stays as warmed up
+    memory_headroom: HeadroomTarget | None = DEFAULT_HEADROOM
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

@@ -94,7 +94,8 @@ class Engine:
         self.loop = ServingLoop(self.client, policies, self.info.num_pages,
                                 make_residency(self.info.shard_protocol, self.client), recover=self._recover,
                                 recovery_timeout_s=cfg.recovery_timeout_s,
-                                on_adapter_refused=self._forget_adapter, step_observers=self.step_observers)
+                                on_adapter_refused=self._forget_adapter, step_observers=self.step_observers,
+                                memory_headroom=None if self._v3_only else cfg.memory_headroom)
         self._task = asyncio.create_task(self.loop.run(), name="chameleon-serving-loop")
 
     async def _recover(self) -> RecoveryResult | None:

@@ -11,8 +11,11 @@ Per iteration (`now` = time.monotonic(), passed to the policy core):
      their router-assigned pages (adapter_sync.py; an adapter the shard refuses fails only its requests);
   6. Prefill the admitted as a new batch, then Decode every running batch together (steps.py);
   7. route each Generation to its request's stream; finish -> scheduler.finish + memory.release;
-  8. flush offloads, prefetch queued requests' adapters into free pages.
-Headroom in every reply goes to memory.on_headroom. A failed shard RPC fails the requests that were
+  8. flush offloads, prefetch queued requests' adapters into free pages;
+  9. elastic pool: when the memory manager asks for it (headroom below or well above the target, see
+     chameleon/core/headroom.py and elastic.py), ResizePool on every rank.
+Headroom in every reply (steps, adapter loads/offloads, resizes) goes to memory.on_headroom.
+A failed shard RPC fails the requests that were
 running with EngineError("generation"), ClearCache, forgets what the shards held, marks unhealthy; the
 loop then calls `recover` about twice a second and applies the `RecoveryResult` it returns.
 """
@@ -28,10 +31,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from chameleon.core.adapters import AdapterSpec
+from chameleon.core.headroom import HeadroomTarget
 from chameleon.core.sched import Plan, ScheduleContext
 from router.engine.health import HealthState
 from router.engine.live import Live
 from router.engine.policies import Policies
+from router.engine.pool_resize import PoolResizer
 from router.engine.recovery import RecoveryResult
 from router.engine.residency import Residency
 from router.engine.shard_client import ShardClient, ShardError
@@ -59,8 +64,11 @@ class ServingLoop(BatchSteps):
     def __init__(self, client: ShardClient, policies: Policies, num_pages: int, residency: Residency, *,
                  prefetch_depth: int = 32, recover: Recover | None = None,
                  recovery_timeout_s: float = 60.0, on_adapter_refused: Callable[[str], None] | None = None,
-                 step_observers: Sequence[StepObserver] = ()) -> None:
-        super().__init__(client, policies, num_pages, residency, step_observers, on_adapter_refused)
+                 step_observers: Sequence[StepObserver] = (),
+                 memory_headroom: HeadroomTarget | None = None) -> None:
+        super().__init__(client, policies, num_pages, residency, step_observers, on_adapter_refused,
+                         memory_headroom)
+        self._resizer = PoolResizer(poll=memory_headroom is not None)
         self._recover, self._recovery_timeout_s = recover, recovery_timeout_s
         self._prefetch_depth = prefetch_depth
         self._schedule_s = self._schedule_max_s = 0.0
@@ -159,14 +167,22 @@ class ServingLoop(BatchSteps):
             "scheduler": sched.stats(),
             "cache": mem.stats(),
             "pool": {"num_pages": mem.pool.num_pages, "by_tenant": mem.pool.used_by_tenant(),
-                     "free": mem.pool.free_pages()},
+                     "free": mem.pool.free_pages(), **self._pool_bytes()},
             "adapters": self._sync.stats(mem),
             "headroom": headroom_stats(self._headroom),
             "loop": {"steps": self._steps, "schedule_seconds_last": self._schedule_s,
                      "schedule_seconds_max": self._schedule_max_s, "est_step_seconds": self._est_step_s,
                      "healthy": self._health.healthy, "replay_divergences": self._replay_divergences,
-                     "shard_faults": self._shard_faults},
+                     "shard_faults": self._shard_faults, **self._resizer.stats()},
         }
+
+    def _pool_bytes(self) -> dict[str, int]:
+        """The elastic pool in bytes of one rank (from the reports' page size; {} before any report)."""
+        page = max((h.page_bytes for h in self._headroom.values()), default=0)
+        if not page:
+            return {}
+        el = self._memory.elastic
+        return {"budget_bytes": el.budget * page, "allocated_bytes": el.allocated * page}
 
     def samples(self, clear: bool = False) -> dict[str, list[float]]:
         """Recent schedule() durations and host times per iteration (seconds); `clear` empties them."""
@@ -191,7 +207,7 @@ class ServingLoop(BatchSteps):
                 err = EngineError("generation", f"internal router error: {exc!r}")
                 await self._fail_running(err, repr(exc))
             if not progressed and not self._stopping:
-                timeout = 0.05 if self._scheduler.num_waiting() else None
+                timeout = 0.05 if self._scheduler.num_waiting() else (1.0 if self._resizer.poll else None)
                 if not self._health.healthy:
                     timeout = 0.5
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -228,6 +244,11 @@ class ServingLoop(BatchSteps):
             await self._decode()
         waiting = self._scheduler.waiting(self._prefetch_depth)
         await self._sync.prefetch(self._memory, waiting, time.monotonic())
+        self._on_headroom(self._sync.take_headroom(), time.monotonic())
+        if not self._batches:
+            rooms = await self._resizer.idle_headroom(self._client, self._last_report)
+            self._on_headroom(rooms, time.monotonic())
+        self._on_headroom(await self._resizer.resize(self._client, self._memory), time.monotonic())
         if plan.admit or self._batches:
             self._host_samples.append(time.perf_counter() - t0 - (self._client.rpc_s - rpc0))
         return work or bool(plan.admit or self._batches)
@@ -280,6 +301,7 @@ class ServingLoop(BatchSteps):
         scheduler when the pool size changed (its quotas depend on it)."""
         changed = num_pages != self._memory.pool.num_pages
         self._memory = self._policies.new_memory(num_pages)
+        self._memory.set_headroom(self._memory_headroom)
         if changed:
             waiting, self._scheduler = self._scheduler.waiting(), self._policies.new_scheduler()
             for req in waiting:

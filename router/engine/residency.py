@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from chameleon_pb import chameleon_pb2
+
 from router.engine.shard_client import ShardClient, ShardError
 
 
@@ -26,6 +28,7 @@ class Residency(Protocol):
     load_s: float
 
     def holds(self, adapter_id: str, pages: Sequence[int]) -> bool: ...
+    def take_headroom(self) -> list[chameleon_pb2.Headroom]: ...
     def resident(self) -> dict[str, tuple[int, ...]]: ...
     def rebind(self, client: ShardClient) -> None: ...
     def forget_all(self) -> None: ...
@@ -42,6 +45,17 @@ class ShardAdapters:
         self.offloads = 0
         self.bytes_loaded = 0
         self.load_s = 0.0
+        self._headroom: list[chameleon_pb2.Headroom] = []
+
+    def take_headroom(self) -> list[chameleon_pb2.Headroom]:
+        """Headroom carried by the LoadAdapter/OffloadAdapter replies since the last call (last per rank)."""
+        out = {h.rank: h for h in self._headroom}
+        self._headroom = []
+        return list(out.values())
+
+    def _keep_headroom(self, replies: object) -> None:
+        if isinstance(replies, list):
+            self._headroom += [r.headroom for r in replies if r.HasField("headroom")]
 
     def holds(self, adapter_id: str, pages: Sequence[int]) -> bool:
         return self._on.get(adapter_id) == tuple(pages)
@@ -71,6 +85,7 @@ class ShardAdapters:
         results = await asyncio.gather(*calls, return_exceptions=True)
         self.offloads += len(ids)
         for res in results:
+            self._keep_headroom(res)
             if isinstance(res, ShardError) and not res.is_request_error:
                 raise res
             if isinstance(res, BaseException) and not isinstance(res, ShardError):
@@ -89,7 +104,7 @@ class ShardAdapters:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         try:
-            await self._client.load_adapter(adapter_id, pages)
+            self._keep_headroom(await self._client.load_adapter(adapter_id, pages))
         except ShardError:
             await asyncio.gather(self._client.offload_adapter(adapter_id), return_exceptions=True)
             raise

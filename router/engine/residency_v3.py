@@ -34,6 +34,10 @@ class SelfLoadingShards:
     def holds(self, adapter_id: str, pages: Sequence[int]) -> bool:
         return adapter_id in self._proven
 
+    def take_headroom(self) -> list:
+        """v3-only shards report no headroom."""
+        return []
+
     def resident(self) -> dict[str, tuple[int, ...]]:
         """No adapter holds router pages (the shards keep theirs in their own memory)."""
         return {}

@@ -194,6 +194,11 @@ class ShardClient:
             return protocol
         return CHAMELEON_V1
 
+    async def resize_pool(self, num_pages: int) -> list[chameleon_pb2.ResizePoolResponse]:
+        """Elastic pool: every rank keeps pages [0, num_pages) allocated (chameleon.v1.ResizePool)."""
+        req = chameleon_pb2.ResizePoolRequest(num_pages=num_pages)
+        return await self._fan("ResizePool", lambda r: r.ad.ResizePool(req, timeout=self._timeout))
+
     async def headroom(self) -> list[chameleon_pb2.Headroom]:
         req = chameleon_pb2.HeadroomRequest()
         return await self._fan("GetHeadroom", lambda r: r.ad.GetHeadroom(req, timeout=self._timeout))

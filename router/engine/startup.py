@@ -126,7 +126,8 @@ def _facts(cfg: EngineConfig, first: generate_pb2.InfoResponse,
         num_pages=num_pages, max_input_tokens=max_input, max_total_tokens=total,
         max_batch_prefill_tokens=cfg.max_batch_prefill_tokens,
         max_concurrent_requests=cfg.max_concurrent_requests,
-        max_supported_total_tokens=supported or usable, page_bytes=warm[0].pool.page_bytes)
+        max_supported_total_tokens=supported or usable, page_bytes=warm[0].pool.page_bytes,
+        memory_headroom=cfg.memory_headroom.describe() if cfg.memory_headroom is not None else "off")
     return ShardFacts(info=info, dtype_bytes=dtype_bytes(first.dtype), max_position_embeddings=max_pos,
                       adapter_dtype=first.chameleon.adapter_dtype or "model")
 

@@ -10,8 +10,10 @@ shards (`engine_stats`). Keys:
   pool       num_pages, page_bytes, by_tenant {kv, adapter}, free
   adapters   resident {adapter_id: pages on every rank}, loads, offloads, bytes_loaded, load_seconds
   headroom   {rank: {free_device_bytes, total_device_bytes, pool_pages_total, pool_pages_used,
-             kv_pages_used, adapter_pages_used, page_bytes, resident_adapters}}; {} from shards that
-             speak only generate.v3
+             kv_pages_used, adapter_pages_used, page_bytes, resident_adapters, resident_bytes,
+             pool_pages_allocated, pool_allocated_bytes, segment_pages}}; {} from shards that
+             speak only generate.v3 (cache adds the elastic pool: budget_pages, limit_pages,
+             allocated_pages, resize_events, pages_given_back, headroom_target_bytes, ...)
   loop       steps, schedule_seconds_last, schedule_seconds_max, est_step_seconds, healthy,
              replay_divergences (squashed re-runs that produced other tokens than already streamed),
              shard_faults (failures that put the loop into recovery),
@@ -29,7 +31,8 @@ from chameleon_pb import chameleon_pb2
 from router.engine.types import EngineInfo
 
 HEADROOM_FIELDS = ("free_device_bytes", "total_device_bytes", "pool_pages_total", "pool_pages_used",
-                   "kv_pages_used", "adapter_pages_used", "page_bytes", "resident_adapters")
+                   "kv_pages_used", "adapter_pages_used", "page_bytes", "resident_adapters",
+                   "resident_bytes", "pool_pages_allocated", "pool_allocated_bytes", "segment_pages")
 
 
 def headroom_stats(headroom: Mapping[int, chameleon_pb2.Headroom]) -> dict[int, dict[str, int]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from chameleon_pb import chameleon_pb2, generate_pb2
 
-from chameleon.core.headroom import HeadroomReport
+from chameleon.core.headroom import HeadroomReport, HeadroomTarget
 from chameleon.core.sched import Plan
 from router.engine.adapter_sync import AdapterSync, refused_error
 from router.engine.batches import prefill_batch
@@ -41,11 +41,14 @@ class BatchSteps:
 
     def __init__(self, client: ShardClient, policies: Policies, num_pages: int, residency: Residency,
                  step_observers: Sequence[StepObserver] = (),
-                 on_adapter_refused: Callable[[str], None] | None = None) -> None:
+                 on_adapter_refused: Callable[[str], None] | None = None,
+                 memory_headroom: HeadroomTarget | None = None) -> None:
         self._client, self._health = client, HealthState(client)
         self._policies = policies
         self._scheduler = policies.new_scheduler()
+        self._memory_headroom = memory_headroom
         self._memory = policies.new_memory(num_pages)
+        self._memory.set_headroom(memory_headroom)
         self._sync = AdapterSync(residency)
         self._block_size = policies.block_size
         self._step_observers = step_observers  # the caller's list: observers it adds later count too
@@ -53,6 +56,7 @@ class BatchSteps:
         self._lives: dict[int, Live] = {}
         self._batches: list[generate_pb2.CachedBatch] = []
         self._headroom: dict[int, chameleon_pb2.Headroom] = {}
+        self._last_report = 0.0  # time.monotonic() of the last headroom report
         self._est_step_s = 0.05
         self._est_prefill_s_per_token = 0.0  # EMA of prefill time / prompt tokens (0: none measured yet)
         self._steps = 0
@@ -268,12 +272,15 @@ class BatchSteps:
     def _on_headroom(self, rooms: Sequence[chameleon_pb2.Headroom], now: float) -> None:
         if not rooms:
             return
+        self._last_report = now
         for h in rooms:
             self._headroom[h.rank] = h
         self._memory.on_headroom([HeadroomReport(
             rank=h.rank, free_device_bytes=h.free_device_bytes, pool_pages_total=h.pool_pages_total,
             pool_pages_used=h.pool_pages_used, page_bytes=h.page_bytes, kv_pages_used=h.kv_pages_used,
-            adapter_pages_used=h.adapter_pages_used) for h in rooms], now)
+            adapter_pages_used=h.adapter_pages_used, total_device_bytes=h.total_device_bytes,
+            pool_pages_allocated=h.pool_pages_allocated, segment_pages=h.segment_pages,
+            resident_bytes=h.resident_bytes) for h in rooms], now)
 
 
 class _Unsendable(ValueError):

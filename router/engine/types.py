@@ -143,6 +143,7 @@ class EngineInfo:
     page_bytes: int
     shard_protocol: ShardProtocol = CHAMELEON_V1
     warnings: tuple[str, ...] = ()
+    memory_headroom: str = "off"  # the headroom target (--memory-headroom), as /info shows it
 
 
 @dataclass(frozen=True, slots=True)

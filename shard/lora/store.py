@@ -24,6 +24,7 @@ is exact); `AdapterInfo.extra_bytes` reports such copies.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,14 @@ class AdapterStore:
         del self._infos[adapter_id], self._weights[adapter_id]
         self.version += 1
         return info.pages
+
+    def rebase(self, move: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """The pool buffer moved (a CUDA resize, shard.model.pool): re-point every A/B view with
+        `move` (tensors that are not views of the old buffer come back unchanged)."""
+        for aid, w in list(self._weights.items()):
+            layers = tuple({m: (move(a), move(b)) for m, (a, b) in layer.items()} for layer in w.layers)
+            self._weights[aid] = dataclasses.replace(w, layers=layers)
+        self.version += 1
 
     def _check_pages(self, header: AdapterHeader, pages: list[int]) -> list[int]:
         pool = self._pool()

@@ -25,7 +25,7 @@ from shard.model.cuda_graphs import DecodeGraphs
 from shard.model.dist import DistContext
 from shard.model.llama import LlamaForCausalLM
 from shard.model.loader import load_weights
-from shard.model.pool import ShardPagePool
+from shard.model.pool import ShardPagePool, rebase_view
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +178,25 @@ class ModelRunner:
         self.pool = ShardPagePool(self.shape, num_pages, self.block_size, self.dtype, self.device,
                              self.dist.world_size, self.dist.rank)
         self.graphs = DecodeGraphs.capture(self, self.cuda_graph_max_batch)  # None where they do not apply
+
+    def resize_pool(self, num_pages: int) -> int:
+        """Keep pool pages [0, num_pages) allocated (shard.model.pool: elastic segments); returns the bytes
+        released (negative when grown). The caller checks that nothing lives in released pages."""
+        if self.pool is None:
+            raise RuntimeError("allocate_pool() before resize_pool()")
+
+        moved = False
+
+        def move(old: torch.Tensor, new: torch.Tensor) -> None:  # CUDA: views into the buffer follow it
+            nonlocal moved
+            self.adapter_store.rebase(lambda t: rebase_view(t, old, new))
+            self._concat = ConcatCache()
+            self.graphs, moved = None, True  # captured graphs read the old buffer's addresses
+
+        released = self.pool.resize(num_pages, move)
+        if moved:
+            self.graphs = DecodeGraphs.capture(self, self.cuda_graph_max_batch)
+        return released
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ForwardOutput:

@@ -106,7 +106,8 @@ class ShardCore:
         pages, _ = self.busy()
         resident = self.adapter_manager.store.resident()
         return measure_headroom(self.options.memory, self.rank, self.runner.num_pages or 0,
-                                self.runner.page_bytes, pages, resident, self.serving_bytes(resident))
+                                self.runner.page_bytes, pages, resident, self.serving_bytes(resident),
+                                pool=self.runner.pool)
 
     def serving_bytes(self, resident: list) -> int:
         """Bytes of the serving tensors: weights, the pool, adapter copies outside the pool."""

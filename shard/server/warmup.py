@@ -2,7 +2,8 @@
 
 Pool bytes = free memory after the weights are loaded - the measured activation peak of a
 `max_prefill_tokens` forward. CPU: free = `--memory-budget` - the weights' bytes (the budget covers the
-serving tensors, see headroom.py); CUDA: free device memory (times `memory_fraction`). The same page
+serving tensors), capped by `memory_fraction` of the measured free memory (shard/server/free_memory.py);
+CUDA: free device memory (times `memory_fraction`). The same page
 count is used on every rank (minimum over ranks), since page ids are shared. The top `adapter_pages`
 pages form the shard's own adapter region (plain-TGI mode) and are not offered to the router as KV:
 max_supported_total_tokens = kv_pages * block_size.
@@ -60,7 +61,11 @@ def free_bytes_for_pool(mem: DeviceMemory, memory_fraction: float, weight_bytes:
     if mem.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(mem.device)
         return int(free * memory_fraction)
-    return mem.budget_bytes - weight_bytes
+    budget = mem.budget_bytes - weight_bytes
+    if not mem.measured:
+        return budget
+    measured, _ = mem.measure(0)  # never carve more than the machine (or the cgroup) has free
+    return min(budget, int(measured.free_bytes * memory_fraction))
 
 
 def plan_pool(free_bytes: int, activation_bytes: int, page_bytes: int, adapter_pages: int) -> PoolPlan:

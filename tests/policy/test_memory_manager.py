@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chameleon.core.adapters import AdapterSpec
-from chameleon.core.headroom import HeadroomReport
+from chameleon.core.headroom import HeadroomReport, HeadroomTarget
 from tests.policy.helpers import memory, req
 
 SPECS = [AdapterSpec("big", 64, 40_000, 40), AdapterSpec("mid", 16, 20_000, 20),
@@ -94,16 +94,24 @@ def test_adapter_fits_counts_idle_but_not_pinned():
 
 def test_headroom_shrinks_and_grows_back():
     mem = memory(100, SPECS, block_size=1)
-    mem.device_reserve_bytes = 1000
+    mem.set_headroom(HeadroomTarget(1000, 0.0))
     mem.try_admit(req(1, "mid", inp=5, max_new=5), 0.0)
     mem.release(1, 1.0)  # 20 idle adapter pages, 80 free
-    report = HeadroomReport(rank=0, free_device_bytes=0, pool_pages_total=101, pool_pages_used=20,
-                            page_bytes=10)
-    mem.on_headroom(report, 2.0)  # 1000 bytes missing = 100 pages withheld: evict everything idle
-    assert mem.withheld == 100 and "mid" not in mem.cache and mem.take_offloads() == ["mid"]
-    assert mem.try_admit(req(2, None, inp=1, max_new=1), 3.0) is None
-    mem.on_headroom([report.__class__(0, 5000, 101, 1, 10), report.__class__(1, 5000, 101, 4, 10)], 4.0)
+    report = HeadroomReport(rank=0, free_device_bytes=0, pool_pages_total=101, pool_pages_used=21,
+                            page_bytes=10, total_device_bytes=10_000, segment_pages=1)
+    mem.on_headroom(report, 2.0)  # 1000 bytes missing = 100 pages: the budget drops to page 0 alone
+    assert mem.pool.limit == 1 and "mid" not in mem.cache and mem.take_offloads() == ["mid"]
+    assert mem.try_admit(req(2, None, inp=1, max_new=1), 3.0) is None  # no new page until it recovers
+    assert mem.resize_request() == 1  # nothing lives above page 0: the shards may release the rest
+    mem.resized(1)
+    roomy = HeadroomReport(0, 5000, 101, 1, 10, total_device_bytes=10_000, pool_pages_allocated=1,
+                           segment_pages=1)
+    mem.on_headroom([roomy, HeadroomReport(1, 5000, 101, 4, 10, total_device_bytes=10_000,
+                                           pool_pages_allocated=1, segment_pages=1)], 4.0)
     assert mem.withheld == 3  # rank 1 sees 3 pages in use beyond reserved page 0 that the router does not
+    assert mem.pool.limit == 1 and mem.resize_request() == 101  # grow: the shards first
+    mem.resized(101)
+    assert mem.pool.limit == 101
     assert mem.try_admit(req(3, "mid", inp=5, max_new=5), 5.0) is not None
     mem.check_integrity()
 

@@ -92,6 +92,7 @@ def reference(setup: dict[str, Any]) -> list[str]:
         assert _list_adapters_code(shard) == grpc.StatusCode.OK
         info = _info(ref)
         assert info["shard_protocol"] == "chameleon.v1" and info["warnings"] == []
+        assert info["memory_headroom"] == "0.05 of total"  # --memory-headroom default
         texts = _texts(ref)
         assert metric(ref, ADAPTER_PAGES) > 0  # the adapters sit in router-assigned pages
     assert texts[0] != texts[1]  # the adapter changes the output: the comparison below sees it

@@ -9,6 +9,7 @@ integrity once the load is over. Exit 0 when the soak passes:
   - every process ends within --memory-tolerance (10%) of its settled memory;
   - the allocator is intact: no KV page or refcount held, adapter pages = resident adapters (router
     and shards).
+With --co-tenant it runs the headroom scenario instead (chameleon/tools/bench/soak_co_tenant.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chameleon.tools.bench import soak_co_tenant
 from chameleon.tools.bench.loadgen import CANCELLED, replay, server_info
 from chameleon.tools.bench.soak_watch import MemoryWatch, integrity, read_metrics
 from chameleon.tools.bench.stats import RequestRecord
@@ -58,6 +60,7 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log", type=Path, default=Path("soak-launch.log"), help="the launched system's log")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    soak_co_tenant.add_flags(p)
     return p
 
 
@@ -229,6 +232,9 @@ def format_report(r: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.co_tenant:
+        prepare_outputs(files=(args.json, args.log))
+        return soak_co_tenant.run(args)
     try:
         if not args.trace:
             raise ValueError("--trace is required (e.g. ../shared/data/traces/azure_llm_2023_conv.csv)")

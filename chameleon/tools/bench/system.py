@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,13 +89,17 @@ def launch_argv(spec: SystemSpec, scheduler: str, cache: str, http_port: int, gr
 
 def start(spec: SystemSpec, scheduler: str, cache: str, log: Path,
           env_drop: Sequence[str] = ("PORT", "GRPC_PORT", "MODEL_ID", "HOSTNAME", "SCHEDULER",
-                                     "ADAPTER_CACHE", "NUM_SHARD")) -> System:
+                                     "ADAPTER_CACHE", "NUM_SHARD"),
+          wrap: Callable[[list[str]], list[str]] | None = None) -> System:
     """Start the system and wait until it is healthy; a launcher that exits or a timeout raises
-    RuntimeError with the tail of its log."""
+    RuntimeError with the tail of its log. `wrap` rewrites the launcher's command line (e.g. to run it
+    inside a memory cgroup: chameleon/tools/bench/cgroup.py)."""
     http_port, grpc_port = free_port(), free_port()
     sock_dir = Path(tempfile.mkdtemp(prefix="chb-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k not in env_drop}
     argv = launch_argv(spec, scheduler, cache, http_port, grpc_port, f"{sock_dir}/s")
+    if wrap is not None:
+        argv = wrap(argv)
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     system = System(proc, http_port, grpc_port, log, sock_dir)

@@ -62,6 +62,9 @@ FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--tls-cert", "router", help="PEM certificate chain: the router serves gRPC over TLS"),
     Forwarded("--tls-key", "router", help="PEM private key of --tls-cert"),
     Forwarded("--tls-client-ca", "router", help="PEM CA: the router's gRPC requires client certificates"),
+    Forwarded("--memory-headroom", "router", str,
+              help="BYTES|FRACTION: free memory each rank keeps for co-tenants (measured); below it the "
+              "adapter cache shrinks and the shards release pool memory (router's default: 0.05 of total)"),
 )
 
 

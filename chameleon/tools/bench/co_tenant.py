@@ -3,12 +3,20 @@ next to the shards; the headroom loop must give memory back (the shards' residen
 fail no request and kill no process, and when the co-tenant exits the cache budget and hit rate come
 back. Used by `chameleon soak --co-tenant` (minutes, several cycles) and tests/reliability.
 
-Making the shards feel the co-tenant without exhausting a shared machine: on CPU the system runs in
-a memory cgroup of its own (cgroup.py) and, once warm, the cgroup's limit is set to its working set +
-the headroom target + `slack`: the shards measure limit - usage, so free memory sits just above the
-target, and a co-tenant in the same cgroup taking N bytes leaves the target N - slack bytes short
-(the limit is never reached: the co-tenant fits in target + slack). On CUDA (`device="cuda:0"`) the
-device is the shared resource: the co-tenant takes (free - target) + N bytes of device memory.
+Making the shards feel the co-tenant, three kinds of pressure (`Target.pressure`):
+- "cgroup" (CPU, where a memory cgroup can be created): the system runs in a memory cgroup of its own
+  (cgroup.py) and, once warm, the cgroup's limit is set to its working set + the headroom target +
+  `slack`: the shards measure limit - usage, so free memory sits just above the target, and a
+  co-tenant in the same cgroup taking N bytes leaves the target N - slack bytes short (the limit is
+  never reached: the co-tenant fits in target + slack). Nothing else on the host disturbs it.
+- "host" (CPU, no cgroup needed): the shards measure the host's MemAvailable; the target was set just
+  below the free memory measured at warm (co_tenant_host.py, which says why the room is about a fifth
+  of it) and the co-tenant takes (free - target) + N bytes of host memory, refused unless the host has
+  3 times that available. Other processes move the host's free memory too: the drift is measured
+  (co_tenant_host.held_bytes) and a drift upwards lowers the shortfall the shards must cover.
+- "device" (CUDA, `device="cuda:0"`): the device is the shared resource: the co-tenant takes
+  (free - target) + N bytes of device memory.
+`choose_pressure` picks cgroup or host ("auto": the cgroup where one can be created).
 
 Timings are measured and reported (release_s: from the co-tenant's start to the shards' memory having
 dropped by what is required; also relative to the moment the co-tenant held all its bytes, negative
@@ -27,10 +35,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chameleon.tools.bench.cgroup import MemoryCgroup
+from chameleon.tools.bench.co_tenant_host import (
+    check_room,
+    grow_threshold,
+    held_bytes,
+    meminfo_available,
+    oom_kills,
+)
 from chameleon.tools.bench.co_tenant_load import Sampler, SteadyLoad
 from chameleon.tools.bench.soak_watch import integrity, read_metrics, rss_bytes
 
 GIB, MIB = 1 << 30, 1 << 20
+PRESSURES = ("auto", "cgroup", "host")
 POOL_END = (("budget_pages", "chameleon_cache_budget_pages"),
             ("allocated_pages", "chameleon_pool_allocated_pages"),
             ("resizes", "chameleon_pool_resizes_total"),
@@ -39,7 +55,7 @@ POOL_END = (("budget_pages", "chameleon_cache_budget_pages"),
 
 @dataclass(frozen=True, slots=True)
 class CoTenantOptions:
-    nbytes: int = GIB              # the shortfall the co-tenant creates (its size on CPU, about)
+    nbytes: int = GIB              # the shortfall the co-tenant creates (its size with a cgroup, about)
     device: str = "cpu"            # or a CUDA device: the co-tenant takes device memory
     cycles: int = 1
     hold_s: float = 10.0           # the co-tenant holds its memory this long under load
@@ -53,7 +69,8 @@ class CoTenantOptions:
 
 @dataclass(slots=True)
 class Target:
-    """The running system: its router port, the shard processes, the router's pid, the cgroup."""
+    """The running system: its router port, the shard processes, the router's pid, the cgroup (None on
+    CPU: host pressure)."""
 
     http_port: int
     shard_pids: list[int]
@@ -66,6 +83,24 @@ class Target:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/metrics"
+
+    def pressure(self, device: str) -> str:
+        """"device" (CUDA), "cgroup" or "host" (module docstring)."""
+        return "device" if device != "cpu" else ("cgroup" if self.cgroup is not None else "host")
+
+
+def choose_pressure(choice: str, name: str) -> MemoryCgroup | None:
+    """The memory cgroup the CPU scenario runs in: a new one for "cgroup" (ValueError where none can be
+    created), None for "host", and for "auto" a new one where possible, else None (host pressure)."""
+    if choice not in PRESSURES:
+        raise ValueError(f"pressure must be one of {', '.join(PRESSURES)}, got {choice!r}")
+    if choice == "host":
+        return None
+    cg = MemoryCgroup.create(name)
+    if cg is None and choice == "cgroup":
+        raise ValueError("no writable memory cgroup here (cgroup v1 memory hierarchy, or v2 with the "
+                         "memory controller delegated, is needed for cgroup pressure; 'host' needs none)")
+    return cg
 
 
 def _metric_sum(m: dict[str, float], prefix: str) -> float:
@@ -84,8 +119,8 @@ def _hit_rate(m0: dict[str, float], m1: dict[str, float]) -> float | None:
 
 
 class CoTenant:
-    """`python -m shard.co_tenant BYTES` (in the cgroup when there is one); `wait_ready` returns the
-    monotonic time at which it held its memory."""
+    """`python -m shard.co_tenant BYTES` (in the cgroup when there is one); `ready_at` is the monotonic
+    time at which it said it held its memory (None before), `wait_ready` waits for it."""
 
     def __init__(self, target: Target, nbytes: int, device: str) -> None:
         argv = [target.python, "-m", "shard.co_tenant", str(nbytes), "--device", device]
@@ -94,21 +129,27 @@ class CoTenant:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.line = ""
+        self.ready_at: float | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True, name="co-tenant-out")
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self.line.startswith("ready"):
+            line = self.proc.stdout.readline()
+            if not line:
+                return
+            self.line = line
+        self.ready_at = time.monotonic()
+
+    def rss(self) -> int:
+        return rss_bytes(self.proc.pid) or 0
 
     def wait_ready(self, timeout_s: float) -> float:
-        def read() -> None:
-            while not self.line.startswith("ready"):
-                line = self.proc.stdout.readline()
-                if not line:
-                    return
-                self.line = line
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        if not self.line.startswith("ready"):
+        self._reader.join(timeout_s)
+        if self.ready_at is None:
             self.proc.kill()
             raise RuntimeError(f"the co-tenant did not take its memory: {self.line!r}")
-        return time.monotonic()
+        return self.ready_at
 
     def release(self, timeout_s: float) -> int:
         """Let it exit (stdin closes); its exit status (0 = it was not killed)."""
@@ -125,6 +166,8 @@ class Scenario:
     def __init__(self, target: Target, opts: CoTenantOptions) -> None:
         self.t, self.o = target, opts
         self.cuda = opts.device != "cpu"
+        self.pressure = target.pressure(opts.device)
+        self.host = self.pressure == "host"
         self.co_pid: int | None = None
 
     def metrics(self) -> dict[str, float]:
@@ -158,24 +201,40 @@ class Scenario:
         m = self.metrics()
         free_before, page = _free_min(m), m.get("chameleon_pool_page_bytes", 0.0)
         idle_bytes = m.get("chameleon_cache_idle_pages", 0.0) * page
-        nbytes = self.o.nbytes + (max(int(free_before) - self.t.headroom_bytes, 0) if self.cuda else 0)
-        short = max(nbytes - max(free_before - self.t.headroom_bytes, 0), 0)
-        required = max(min(nbytes, idle_bytes), 0.9 * short)
+        room = max(int(free_before) - self.t.headroom_bytes, 0)
+        nbytes = self.o.nbytes + (room if self.cuda or self.host else 0)
+        short = max(nbytes - room, 0)
+        if self.host:
+            check_room(nbytes, free_before)
         before = self.shard_memory(m)
-        lowest = [before]
+        held0 = held_bytes(free_before, before)
+        lowest, drift = [before], [0.0]
+
+        def required() -> float:
+            """What the shards must give back: a drift upwards (host) lowers the shortfall."""
+            return max(min(nbytes, idle_bytes), 0.9 * max(short - max(drift[-1], 0.0), 0.0))
         spawned = time.monotonic()
         co = CoTenant(self.t, nbytes, self.o.device)
         self.co_pid = co.proc.pid
 
         def dropped() -> bool:
+            if self.host and co.ready_at is not None:  # the co-tenant holds still: drift is measurable
+                drift.append(self.drift(held0, co))
             lowest.append(self.shard_memory())
-            return before - lowest[-1] >= required
+            return before - lowest[-1] >= required()
         release_s = self.wait_for(dropped)  # from the co-tenant's start: it may still be taking memory
         ready = co.wait_ready(self.o.wait_s)
         after_ready = None if release_s is None else round(spawned + release_s - ready, 2)
         time.sleep(self.o.hold_s)
+        if self.host:
+            drift.append(self.drift(held0, co))
         lowest.append(self.shard_memory())
         at_hold = self.metrics()
+        regrow_margin = None
+        if self.host:  # free memory once the co-tenant is gone (pool still shrunk) - the growth threshold
+            seg = max((v for k, v in at_hold.items() if k.startswith("chameleon_shard_segment_pages{")),
+                      default=0.0) * page
+            regrow_margin = held0 + drift[-1] - lowest[-1] - grow_threshold(self.t.headroom_bytes, int(seg))
         rc = co.release(self.o.wait_s)
         self.co_pid = None
         exited = time.monotonic()
@@ -184,13 +243,21 @@ class Scenario:
         time.sleep(self.o.window_s)
         rate_after = _hit_rate(m0, self.metrics())
         return {"co_tenant_bytes": nbytes, "free_before": free_before, "idle_adapter_bytes": idle_bytes,
-                "shortfall_bytes": short, "required_drop_bytes": required, "shard_memory_before": before,
+                "shortfall_bytes": short, "host_drift_bytes": drift[-1] if self.host else None,
+                "effective_shortfall_bytes": max(short - max(drift[-1], 0.0), 0.0),
+                "required_drop_bytes": required(), "shard_memory_before": before,
                 "shard_memory_lowest": min(lowest), "dropped_bytes": before - min(lowest),
                 "release_s": release_s, "release_after_co_tenant_ready_s": after_ready,
                 "co_tenant_take_s": round(ready - spawned, 2), "ready_to_exit_s": round(exited - ready, 2),
                 "budget_pages_under_pressure": at_hold.get("chameleon_cache_budget_pages"),
                 "free_under_pressure": _free_min(at_hold), "co_tenant_exit": rc, "regrow_s": regrow_s,
-                "hit_rate_before": baseline_rate, "hit_rate_after": rate_after}
+                "hit_rate_before": baseline_rate, "hit_rate_after": rate_after,
+                "regrow_margin_bytes": regrow_margin}
+
+    def drift(self, held0: float, co: CoTenant) -> float:
+        """How much more the rest of the host leaves now than at the cycle's start (host pressure)."""
+        free = _free_min(self.metrics())
+        return held_bytes(free, self.shard_memory() + co.rss()) - held0
 
     def _full(self, full: tuple[float, float]) -> bool:
         m = self.metrics()
@@ -200,7 +267,11 @@ class Scenario:
     def run(self) -> dict[str, object]:
         load = SteadyLoad(self.t.http_port, self.t.adapters, self.o.clients, self.o.max_new_tokens)
         cg = self.t.cgroup
-        sampler = Sampler(self.t.metrics_url, self.pids, cg.working_set if cg else None, self.o.sample_s)
+        gauges = {"cgroup_working_set": cg.working_set} if cg else {}
+        if self.host:
+            gauges["host_available"] = meminfo_available
+        sampler = Sampler(self.t.metrics_url, self.pids, gauges, self.o.sample_s)
+        kills0 = oom_kills()
         load.start()
         sampler.start()
         try:
@@ -217,15 +288,20 @@ class Scenario:
             rows = sampler.stop()
         self.wait_for(lambda: self.metrics().get("chameleon_requests_in_flight") == 0, step_s=0.5)
         end = self.metrics()
-        return self.report(cycles, counts, rows, end)
+        return self.report(cycles, counts, rows, end, oom_kills() - kills0)
 
-    def report(self, cycles: list[dict], counts, rows, end: dict[str, float]) -> dict[str, object]:
+    def report(self, cycles: list[dict], counts, rows, end: dict[str, float],
+               host_kills: int = 0) -> dict[str, object]:
         alive = {role: rss_bytes(pid) is not None for role, pid in self.pids().items()}
         shard_alloc = [v for k, v in end.items() if k.startswith("chameleon_shard_pool_pages_allocated{")]
         allocated = end.get("chameleon_pool_allocated_pages")
         pool_ok = bool(shard_alloc) and all(v == allocated for v in shard_alloc)
-        events = self.t.cgroup.events() if self.t.cgroup is not None else {}
-        report = {"device": self.o.device, "headroom_target_bytes": self.t.headroom_bytes,
+        if self.t.cgroup is not None:
+            events = self.t.cgroup.events()
+        else:  # the kernel's OOM kills anywhere on the host while the scenario ran
+            events = {"host_oom_kills": host_kills, "oom_kills": host_kills if self.host else 0}
+        report = {"device": self.o.device, "pressure": self.pressure,
+                  "headroom_target_bytes": self.t.headroom_bytes,
                   "cgroup": str(self.t.cgroup.path) if self.t.cgroup else None, "cgroup_events": events,
                   "requests": {"sent": counts.sent, "ok": counts.ok, "failed": dict(counts.failed)},
                   "cycles": cycles, "processes_alive": alive, "integrity": integrity(end),
@@ -239,7 +315,8 @@ def verdict(r: dict) -> dict[str, bool]:
     cycles = r["cycles"]
     checks = {
         "no_request_failed": r["requests"]["sent"] > 0 and not r["requests"]["failed"],
-        "memory_given_back": all(c["release_s"] is not None for c in cycles),
+        "memory_given_back": all(c["release_s"] is not None
+                                 and c["dropped_bytes"] >= c["required_drop_bytes"] for c in cycles),
         "budget_came_back": all(c["regrow_s"] is not None for c in cycles),
         "hit_rate_came_back": all(c["hit_rate_before"] is None or c["hit_rate_after"] is None
                                   or c["hit_rate_after"] >= c["hit_rate_before"] - 0.1 for c in cycles),
@@ -252,17 +329,24 @@ def verdict(r: dict) -> dict[str, bool]:
 
 def format_report(r: dict) -> str:
     req = r["requests"]
-    lines = [f"co-tenant scenario on {r['device']}: headroom target {r['headroom_target_bytes'] / MIB:.0f} "
-             f"MiB, cgroup {r['cgroup'] or '(none)'} {r['cgroup_events']}",
+    lines = [f"co-tenant scenario on {r['device']} ({r['pressure']} pressure): headroom target "
+             f"{r['headroom_target_bytes'] / MIB:.0f} MiB, cgroup {r['cgroup'] or '(none)'} "
+             f"{r['cgroup_events']}",
              f"requests: sent {req['sent']}  ok {req['ok']}  failed {req['failed']}"]
     for k, c in enumerate(r["cycles"]):
         rel = "never" if c["release_s"] is None else \
             f"{c['release_s']:.2f} s of the co-tenant's start (it took {c['co_tenant_take_s']:.2f} s to " \
             f"take its memory; {c['release_after_co_tenant_ready_s']:+.2f} s after it held it)"
         back = "never" if c["regrow_s"] is None else f"{c['regrow_s']:.2f} s"
+        if c.get("regrow_margin_bytes") is not None:
+            back += f" (free above the growth threshold by {c['regrow_margin_bytes'] / MIB:.0f} MiB, est.)"
+        drift = "" if c["host_drift_bytes"] is None else \
+            f", host drift {c['host_drift_bytes'] / MIB:+.0f} MiB: effective " \
+            f"{c['effective_shortfall_bytes'] / MIB:.0f} MiB"
         lines.append(
             f"cycle {k}: co-tenant {c['co_tenant_bytes'] / MIB:.0f} MiB (shortfall "
-            f"{c['shortfall_bytes'] / MIB:.0f} MiB, idle adapters {c['idle_adapter_bytes'] / MIB:.1f} MiB); "
+            f"{c['shortfall_bytes'] / MIB:.0f} MiB{drift}, idle adapters "
+            f"{c['idle_adapter_bytes'] / MIB:.1f} MiB); "
             "shard memory "
             f"{c['shard_memory_before'] / MIB:.0f} -> {c['shard_memory_lowest'] / MIB:.0f} MiB (dropped "
             f"{c['dropped_bytes'] / MIB:.0f}, required {c['required_drop_bytes'] / MIB:.0f}) in {rel}; "
@@ -281,7 +365,7 @@ def memory_table(rows: list[dict[str, float]], every: int = 0) -> str:
     if not rows:
         return "(no samples)"
     keys = sorted({k for row in rows for k in row if k.startswith("rss_")})
-    extra = [k for k in ("cgroup_working_set", "free_min") if any(k in row for row in rows)]
+    extra = [k for k in ("cgroup_working_set", "host_available", "free_min") if any(k in row for row in rows)]
     every = every or max(1, len(rows) // 40)
     head = "   t s " + "".join(f"{k[4:]:>11}" for k in keys) + "".join(f"{k[:11]:>12}" for k in extra) \
         + "  budget  alloc"
@@ -296,12 +380,9 @@ def memory_table(rows: list[dict[str, float]], every: int = 0) -> str:
 
 def prepare_cgroup(target: Target, opts: CoTenantOptions) -> None:
     """CPU with a cgroup: limit = working set + target + slack, so free memory sits just above the
-    target (see the module docstring). Without a cgroup on CPU the co-tenant would have to outgrow the
-    whole host's free memory: refused (ValueError)."""
-    if opts.device != "cpu":
+    target (see the module docstring). Host pressure and CUDA: nothing to do (the target was planned
+    from the free memory measured at warm: co_tenant_host.plan_target)."""
+    if opts.device != "cpu" or target.cgroup is None:
         return
-    if target.cgroup is None:
-        raise ValueError("the CPU co-tenant scenario needs a writable memory cgroup (cgroup v1 memory "
-                         "hierarchy, or v2 with the memory controller delegated) to share memory with")
     target.cgroup.set_limit(target.cgroup.working_set() + target.headroom_bytes + opts.slack)
     time.sleep(1.0)  # a report or two under the new limit

@@ -1,7 +1,8 @@
 """What the co-tenant scenario runs beside the co-tenant: a steady closed-loop load over HTTP
 (`SteadyLoad`: a few clients, each sending the next request when its last one answered, cycling over
-the adapters) and a `Sampler` recording, every `every_s`, each process's resident memory, the cgroup's
-working set and the router's pool figures (the report's memory-over-time table and the README figure).
+the adapters) and a `Sampler` recording, every `every_s`, each process's resident memory, gauges such
+as the cgroup's working set or the host's MemAvailable, and the router's pool figures (the report's
+memory-over-time table and the README figure).
 """
 
 from __future__ import annotations
@@ -84,11 +85,12 @@ POOL_METRICS = {"budget_pages": "chameleon_cache_budget_pages",
 
 class Sampler:
     """Samples every `every_s` in a thread: RSS of the named processes (`pids()` is asked each time, so
-    a co-tenant that comes and goes is followed), the cgroup's working set, the pool figures."""
+    a co-tenant that comes and goes is followed), each of `gauges` (name -> bytes: the cgroup's working
+    set, the host's MemAvailable), the pool figures."""
 
     def __init__(self, metrics_url: str, pids: Callable[[], dict[str, int]],
-                 cgroup_usage: Callable[[], int] | None, every_s: float = 0.5) -> None:
-        self.metrics_url, self.pids, self.cgroup_usage = metrics_url, pids, cgroup_usage
+                 gauges: dict[str, Callable[[], int]], every_s: float = 0.5) -> None:
+        self.metrics_url, self.pids, self.gauges = metrics_url, pids, gauges
         self.every_s = every_s
         self.rows: list[dict[str, float]] = []
         self.origin = time.monotonic()
@@ -107,8 +109,8 @@ class Sampler:
         row: dict[str, float] = {"t": round(time.monotonic() - self.origin, 2)}
         for role, pid in self.pids().items():
             row[f"rss_{role}"] = float(rss_bytes(pid) or 0)
-        if self.cgroup_usage is not None:
-            row["cgroup_working_set"] = float(self.cgroup_usage())
+        for name, gauge in self.gauges.items():
+            row[name] = float(gauge())
         try:
             m = read_metrics(self.metrics_url, timeout_s=5)
         except OSError:

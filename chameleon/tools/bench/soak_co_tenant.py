@@ -1,8 +1,11 @@
 """`chameleon soak --co-tenant`: the co-tenant scenario (chameleon/tools/bench/co_tenant.py) for
-minutes: launch the system (on CPU inside a memory cgroup of its own), put it under a steady load,
-and let a real co-tenant take memory and give it back, cycle after cycle; report the memory of every
-process over time, the pool's resizes and the losses (zero to pass). `--device cuda` runs the CUDA
-variant (the co-tenant takes device memory; shards on the GPU), for the GPU check:
+minutes: launch the system, put it under a steady load, and let a real co-tenant take memory and give
+it back, cycle after cycle; report the memory of every process over time, the pool's resizes and the
+losses (zero to pass). On CPU the pressure (`--co-tenant-pressure`) comes from a memory cgroup of its
+own where one can be created, else from the host: the system is launched once to measure the free
+memory at warm, then again with the headroom target planned from it (co_tenant_host.py).
+`--device cuda` runs the CUDA variant (the co-tenant takes device memory; shards on the GPU), for the
+GPU check:
     chameleon demo-assets --tiny /tmp/tiny
     chameleon soak --co-tenant --device cuda --model-id /tmp/tiny/model --adapter-dir /tmp/tiny/adapters
 """
@@ -14,16 +17,19 @@ import asyncio
 import json
 import shlex
 
-from chameleon.tools.bench.cgroup import MemoryCgroup, unique_name
+from chameleon.tools.bench.cgroup import unique_name
 from chameleon.tools.bench.co_tenant import (
     GIB,
     MIB,
+    PRESSURES,
     CoTenantOptions,
     Scenario,
     Target,
+    choose_pressure,
     format_report,
     prepare_cgroup,
 )
+from chameleon.tools.bench.co_tenant_host import HostRoomError, plan_target, warm_free
 from chameleon.tools.bench.loadgen import server_info
 from chameleon.tools.bench.soak_watch import MemoryWatch
 from chameleon.tools.bench.system import SystemSpec, start
@@ -35,23 +41,29 @@ def add_flags(p: EnvArgumentParser) -> None:
                    help="run the co-tenant scenario instead of the trace replay (no --trace needed): a "
                         "process takes memory next to the shards and gives it back, cycle after cycle")
     p.add_argument("--co-tenant-bytes", type=int, default=GIB,
-                   help="co-tenant: the shortfall it creates below the headroom target, bytes (>= 1 GiB)")
+                   help="co-tenant: the shortfall it creates below the headroom target, bytes (>= 1 GiB; "
+                        "with host pressure it also takes the room above the target)")
     p.add_argument("--device", default="cpu",
-                   help="co-tenant: 'cpu' (host memory, in a memory cgroup) or a CUDA device ('cuda', "
+                   help="co-tenant: 'cpu' (host memory; see --co-tenant-pressure) or a CUDA device ('cuda', "
                         "'cuda:0': device memory, shards on the GPU)")
+    p.add_argument("--co-tenant-pressure", choices=PRESSURES, default="auto",
+                   help="co-tenant on CPU: 'cgroup' (the system and the co-tenant share a memory cgroup of "
+                        "their own; needs a writable v1 memory hierarchy or a delegated v2 controller), "
+                        "'host' (no cgroup: the target is set just below the host free memory measured at "
+                        "warm and the co-tenant takes a few GiB of host memory, at most a third of "
+                        "MemAvailable), 'auto' (cgroup where one can be created, else host)")
     p.add_argument("--hold", type=float, default=20.0, help="co-tenant: seconds it holds memory per cycle")
     p.add_argument("--co-tenant-headroom", type=int, default=None,
                    help="co-tenant: the router's --memory-headroom in bytes (default: co-tenant bytes + "
-                        "256 MiB on CPU, 2 GiB on CUDA)")
+                        "256 MiB with a cgroup, planned from the free memory at warm on the host, 2 GiB on "
+                        "CUDA)")
 
 
 def _cycles(args: argparse.Namespace, window_s: float) -> int:
     return max(1, int(args.minutes * 60 // (args.hold + 2 * window_s + 10)))
 
 
-def run(args: argparse.Namespace) -> int:
-    cpu = args.device == "cpu"
-    headroom = args.co_tenant_headroom or (args.co_tenant_bytes + 256 * MIB if cpu else 2 * GIB)
+def _extra(args: argparse.Namespace, cpu: bool) -> tuple[str, ...]:
     extra = tuple(shlex.split(args.launch_args))
     if cpu and "--memory-budget" not in extra:
         extra += ("--memory-budget", str(2 * GIB))  # the pool the co-tenant competes with
@@ -59,12 +71,37 @@ def run(args: argparse.Namespace) -> int:
         # a CUDA resize re-allocates the pool, copying the kept pages through host memory (see
         # shard/model/pool.py): a quarter of the device keeps that copy to seconds
         extra += ("--shard-args", "--memory-fraction 0.25")
-    extra += ("--memory-headroom", str(headroom))
-    cg = MemoryCgroup.create(unique_name()) if cpu else None
-    if cpu and cg is None:
-        print("chameleon soak --co-tenant: no writable memory cgroup here (v1 memory hierarchy or "
-              "delegated v2 needed) for the CPU scenario", flush=True)
+    return extra
+
+
+def _host_headroom(args: argparse.Namespace, extra: tuple[str, ...]) -> int:
+    """Host pressure: launch once with a harmless 1 MiB target, read the free memory the shards measure
+    once warm, stop, and plan the target from it (co_tenant_host.plan_target)."""
+    probe = start(SystemSpec(args.model_id, args.adapter_dir, (*extra, "--memory-headroom", str(MIB))),
+                  "chameleon", "chameleon", args.log)
+    try:
+        plan = plan_target(warm_free(probe.metrics_url), args.co_tenant_bytes)
+    finally:
+        probe.stop()
+    print(plan.describe(), flush=True)
+    return plan.target
+
+
+def run(args: argparse.Namespace) -> int:
+    cpu = args.device == "cpu"
+    extra = _extra(args, cpu)
+    try:
+        cg = choose_pressure(args.co_tenant_pressure, unique_name()) if cpu else None
+    except ValueError as exc:
+        print(f"chameleon soak --co-tenant: {exc}", flush=True)
         return 2
+    try:
+        headroom = args.co_tenant_headroom or (
+            2 * GIB if not cpu else args.co_tenant_bytes + 256 * MIB if cg else _host_headroom(args, extra))
+    except HostRoomError as exc:
+        print(f"chameleon soak --co-tenant: {exc}", flush=True)
+        return 2
+    extra += ("--memory-headroom", str(headroom))
     window_s = 6.0
     opts = CoTenantOptions(nbytes=args.co_tenant_bytes, device="cpu" if cpu else _cuda(args.device),
                            hold_s=args.hold, cycles=_cycles(args, window_s), window_s=window_s,
@@ -81,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
                         cg, [*names, None])
         prepare_cgroup(target, opts)
         report = Scenario(target, opts).run()
+    except HostRoomError as exc:  # a cycle found the host too short of memory to run the co-tenant
+        print(f"chameleon soak --co-tenant: {exc}", flush=True)
+        return 2
     finally:
         if system is not None:
             system.stop()

@@ -69,7 +69,9 @@ def meminfo(path: Path = Path("/proc/meminfo")) -> FreeMemory:
 
 
 def _cgroup_dirs(proc_cgroup: Path, root: Path) -> list[tuple[Path, str]]:
-    """(directory of this process's memory cgroup, version) candidates, v2 first."""
+    """(directory of this process's memory cgroup, version) candidates, v2 first. A v2 leaf counts even
+    without memory.max (memory controller not enabled for it) or when missing (a container without its
+    own cgroup namespace sees its cgroup at the mount's root): cgroup_free walks up to the limits."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
@@ -80,7 +82,7 @@ def _cgroup_dirs(proc_cgroup: Path, root: Path) -> list[tuple[Path, str]]:
         rel = rel.lstrip("/")
         if controllers == "":
             for base in (root, root / "unified"):
-                if (base / rel / "memory.max").exists():
+                if (base / "cgroup.controllers").exists() or (base / rel / "memory.max").exists():
                     out.append((base / rel, "cgroup-v2"))
                     break
         elif "memory" in controllers.split(","):

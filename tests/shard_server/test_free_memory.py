@@ -33,6 +33,20 @@ def test_cgroup_v2_limit_minus_working_set(tmp_path: Path) -> None:
     assert (got.free_bytes, got.total_bytes) == (1024 * MIB - 200 * MIB, 1024 * MIB)
 
 
+def test_cgroup_v2_limit_above_a_leaf_without_one(tmp_path: Path) -> None:
+    """The leaf has no memory.max (controller not enabled for it) or does not exist under the mount (a
+    container without a cgroup namespace): the enclosing limit still applies."""
+    root = tmp_path / "cg"
+    _write(root, cgroup_controllers="cpu memory")
+    _write(root / "ct", memory_max=2048 * MIB, memory_current=500 * MIB)
+    (root / "ct" / "job").mkdir()
+    proc = tmp_path / "cgroup"
+    for leaf in ("/ct/job", "/ct/gone/job"):
+        proc.write_text(f"0::{leaf}\n")
+        got = cgroup_free(proc, root)
+        assert got is not None and (got.free_bytes, got.total_bytes) == (1548 * MIB, 2048 * MIB), leaf
+
+
 def test_cgroup_v1_tightest_ancestor_wins(tmp_path: Path) -> None:
     root = tmp_path / "cg"
     mem = root / "memory"

@@ -107,22 +107,25 @@ class HostPlan:
 MIN_SLACK, MAX_SLACK = 512 * MIB, 1536 * MIB
 
 
-def plan_target(free_at_warm: int, shortfall: int, min_room: int = 256 * MIB) -> HostPlan:
+def plan_target(free_at_warm: int, shortfall: int, min_room: int = 256 * MIB,
+                available: int | None = None) -> HostPlan:
     """Target = free at warm - room, the room chosen so that the co-tenant's exit clears the headroom
     rule's margin by a slack (module docstring): the largest in [MIN_SLACK, MAX_SLACK] that keeps the
     co-tenant within a third of the free memory (F/3 = R + S with 1.25 R = F/4 + slack - S gives slack
     = F/6 - S/4), less 512 MiB: free memory may rise by 600 MiB before the cycle (the co-tenant grows as
-    much) and the co-tenant still fits. HostRoomError when even MIN_SLACK does not fit safely."""
+    much) and the co-tenant still fits. HostRoomError when even MIN_SLACK does not fit safely
+    (`available`: MemAvailable, read when None)."""
     slack = min(max(free_at_warm // 6 - shortfall // 4 - 512 * MIB, MIN_SLACK), MAX_SLACK)
     room = max(int((free_at_warm / 4 + slack - shortfall) / 1.25), min_room)
     plan = HostPlan(free_at_warm, free_at_warm - room, shortfall)
-    check_room(plan.co_tenant_bytes, free_at_warm)
+    check_room(plan.co_tenant_bytes, free_at_warm, available)
     return plan
 
 
-def check_room(nbytes: int, measured_free: float) -> None:
-    """HostRoomError unless MemAvailable and the shards' measured free memory are >= SAFETY x nbytes."""
-    available = meminfo_available()
+def check_room(nbytes: int, measured_free: float, available: int | None = None) -> None:
+    """HostRoomError unless MemAvailable (read when None) and the shards' measured free memory are
+    >= SAFETY x nbytes."""
+    available = meminfo_available() if available is None else available
     have = min(available, int(measured_free))
     if have < SAFETY * nbytes:
         raise HostRoomError(

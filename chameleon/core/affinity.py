@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -125,27 +125,23 @@ def rank(views: Sequence[ReplicaView], adapter_id: str | None, config: AffinityC
     return sorted(views, key=key)
 
 
-@dataclass(slots=True)
-class _Sent:
-    count: int = 0
-    adapters: set[str] = field(default_factory=set)
-
-
 class AffinityRouter:
     """Views of the replicas plus what was sent to each since its last report.
 
-    `update(view)` replaces a replica's view (a new report: what was sent before it is now inside
-    it); `choose()` ranks, and `assigned()` records a request sent (one more waiting request of
-    that adapter there, until the next report)."""
+    `update(view, as_of)` takes a new report measured at time `as_of`: what was sent before that is
+    inside it, what was sent later is still counted on top (a report measured before a request
+    arrived must not make the router forget it). `choose()` ranks; `assigned(replica, adapter, now)`
+    records a request sent (one more waiting request of that adapter there)."""
 
     def __init__(self, config: AffinityConfig | None = None) -> None:
         self.config = config or AffinityConfig()
         self._views: dict[str, ReplicaView] = {}
-        self._sent: dict[str, _Sent] = {}
+        self._sent: dict[str, list[tuple[float, str | None]]] = {}
 
-    def update(self, view: ReplicaView) -> None:
+    def update(self, view: ReplicaView, as_of: float = math.inf) -> None:
         self._views[view.replica_id] = view
-        self._sent.pop(view.replica_id, None)
+        later = [e for e in self._sent.get(view.replica_id, ()) if e[0] >= as_of]
+        self._sent[view.replica_id] = later
 
     def forget(self, replica_id: str) -> None:
         self._views.pop(replica_id, None)
@@ -155,11 +151,12 @@ class AffinityRouter:
         """The last report with what was sent since added (an empty view before any report)."""
         base = self._views.get(replica_id, ReplicaView(replica_id))
         sent = self._sent.get(replica_id)
-        if sent is None:
+        if not sent:
             return base
         queues = list(base.queue_lengths) or [0]
-        queues[-1] += sent.count
-        return replace(base, pending=base.pending | sent.adapters, queue_lengths=tuple(queues))
+        queues[-1] += len(sent)
+        adapters = frozenset(a for _, a in sent if a is not None)
+        return replace(base, pending=base.pending | adapters, queue_lengths=tuple(queues))
 
     def choose(self, candidates: Iterable[str], adapter_id: str | None, pages: int = 1,
                qclass: int | None = None) -> list[str]:
@@ -167,8 +164,5 @@ class AffinityRouter:
         views = [self.view(r) for r in candidates]
         return [v.replica_id for v in rank(views, adapter_id, self.config, pages, qclass)]
 
-    def assigned(self, replica_id: str, adapter_id: str | None) -> None:
-        sent = self._sent.setdefault(replica_id, _Sent())
-        sent.count += 1
-        if adapter_id is not None:
-            sent.adapters.add(adapter_id)
+    def assigned(self, replica_id: str, adapter_id: str | None, now: float = 0.0) -> None:
+        self._sent.setdefault(replica_id, []).append((now, adapter_id))

@@ -103,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = config_from(args)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     _start_ray(args, cfg)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.hostname, "port": args.port})
         serve.run(build_app(cfg), name="chameleon", route_prefix="/")

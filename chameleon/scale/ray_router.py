@@ -10,6 +10,7 @@ rank: Ray takes the first that accepts (queue below max_ongoing_requests). Repli
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
@@ -30,7 +31,7 @@ class AdapterAffinityRequestRouter(FIFOMixin, RequestRouter):
         ts = stats.get("ts")
         if isinstance(ts, (int, float)) and ts != self.report_ts.get(rid):
             self.report_ts[rid] = float(ts)
-            self.affinity.update(ReplicaView.from_stats(rid, stats))
+            self.affinity.update(ReplicaView.from_stats(rid, stats), as_of=float(ts))
         return stats.get("healthy", True) is not False
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
@@ -45,7 +46,8 @@ class AdapterAffinityRequestRouter(FIFOMixin, RequestRouter):
         return [[by_id[rid]] for rid in order] + ([sick] if sick else [])
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
-        self.affinity.assigned(replica_id.unique_id, pending_request.metadata.multiplexed_model_id or None)
+        adapter = pending_request.metadata.multiplexed_model_id or None
+        self.affinity.assigned(replica_id.unique_id, adapter, time.time())
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

@@ -128,9 +128,9 @@ class ReplicaDriver:
         if w.arrival >= self.next_report:
             for r in self.replicas:
                 r.advance(w.arrival)
-                self.router.update(r.view())
+                self.router.update(r.view(), as_of=w.arrival)
             self.next_report = w.arrival + self.period
         pages = self.replicas[0].pages.get(w.adapter_id, 1) if w.adapter_id is not None else 1
         best = self.router.choose(self.by_id, w.adapter_id, pages)[0]
-        self.router.assigned(best, w.adapter_id)
+        self.router.assigned(best, w.adapter_id, w.arrival)
         return self.by_id[best]

@@ -68,3 +68,13 @@ def test_stats_round_trip_and_tolerate_garbage():
     assert ReplicaView.from_stats("r0", view.to_stats()) == view
     junk = ReplicaView.from_stats("r9", {"resident": "x", "free_pages": float("nan"), "queue_lengths": [-1]})
     assert junk == ReplicaView("r9", queue_lengths=(0,))
+
+
+def test_a_report_measured_before_a_request_was_sent_does_not_erase_it():
+    router = AffinityRouter(CFG)
+    router.update(ReplicaView("r0", free_pages=10), as_of=0.0)
+    router.assigned("r0", "a", now=5.0)
+    router.update(ReplicaView("r0", free_pages=10), as_of=4.0)  # measured before the request arrived
+    assert "a" in router.view("r0").pending and router.view("r0").waiting == 1
+    router.update(ReplicaView("r0", resident=frozenset({"a"})), as_of=6.0)
+    assert router.view("r0").pending == frozenset() and router.view("r0").waiting == 0

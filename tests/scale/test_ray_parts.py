@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,5 +98,6 @@ def test_request_router_counts_sent_requests_until_a_new_report():
     assert first.name == "w"
     # 4 sent to w, none reported yet: mean load (4 + 0 + 1) / 2, bound max(1.25 x 2.5, 2.5 + 2) = 4.5 < 5
     assert asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name == "c"
-    warm.routing_stats = {**warm.routing_stats, "ts": 2.0}  # a new report: w is idle again
+    # a report measured after those requests were sent: they are inside it, w is idle again
+    warm.routing_stats = {**warm.routing_stats, "ts": time.time() + 1}
     assert asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name == "w"

@@ -7,6 +7,7 @@ router reconnects). It runs in its own session; `stop()` (the replica's shutdown
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -58,7 +59,10 @@ class LaunchedGroup:
         return [*argv, *s.launch_args]
 
     def start(self) -> None:
+        """Start the launcher; `endpoint.json` in the workdir names the router's addresses (bench-ray)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        endpoint = {"http": self.url, "grpc": f"127.0.0.1:{self.grpc_port}"}
+        (self.workdir / "endpoint.json").write_text(json.dumps(endpoint) + "\n")
         env = {k: v for k, v in os.environ.items() if k not in ("PORT", "GRPC_PORT", "HOSTNAME")}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,

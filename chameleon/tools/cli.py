@@ -37,6 +37,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "simulate N replicas behind adapter-affinity or Ray's default routing"),
     Subcommand("serve-ray", "chameleon.scale.ray_cli:main",
                "deploy N replicas (router + shard group each) on Ray Serve with adapter-affinity routing"),
+    Subcommand("bench-ray", "chameleon.scale.bench_http:main",
+               "chameleon bench's replay over HTTP against serve-ray's endpoint, cache figures per replica"),
 )
 
 

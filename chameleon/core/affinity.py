@@ -126,37 +126,42 @@ def rank(views: Sequence[ReplicaView], adapter_id: str | None, config: AffinityC
 
 
 class AffinityRouter:
-    """Views of the replicas plus what was sent to each since its last report.
+    """Views of the replicas plus what this router did since each replica's last report.
 
-    `update(view, as_of)` takes a new report measured at time `as_of`: what was sent before that is
-    inside it, what was sent later is still counted on top (a report measured before a request
-    arrived must not make the router forget it). `choose()` ranks; `assigned(replica, adapter, now)`
-    records a request sent (one more waiting request of that adapter there)."""
+    `assigned(replica, adapter, now, key)` records a request sent there (one more waiting request of
+    that adapter); `completed(replica, key, now)` a request that finished there (no longer counted as
+    load; its adapter counts as resident). `update(view, as_of)` takes a report measured at `as_of`:
+    what happened before that is inside it, what happened later is still added on top (a report
+    measured before a request arrived must not make the router forget it)."""
 
     def __init__(self, config: AffinityConfig | None = None) -> None:
         self.config = config or AffinityConfig()
         self._views: dict[str, ReplicaView] = {}
-        self._sent: dict[str, list[tuple[float, str | None]]] = {}
+        self._sent: dict[str, dict[object, tuple[float, str | None]]] = {}
+        self._done: dict[str, list[tuple[float, str]]] = {}
+        self._anonymous = 0  # keys of requests sent without one
 
     def update(self, view: ReplicaView, as_of: float = math.inf) -> None:
-        self._views[view.replica_id] = view
-        later = [e for e in self._sent.get(view.replica_id, ()) if e[0] >= as_of]
-        self._sent[view.replica_id] = later
+        rid = view.replica_id
+        self._views[rid] = view
+        self._sent[rid] = {k: e for k, e in self._sent.get(rid, {}).items() if e[0] >= as_of}
+        self._done[rid] = [e for e in self._done.get(rid, ()) if e[0] >= as_of]
 
     def forget(self, replica_id: str) -> None:
-        self._views.pop(replica_id, None)
-        self._sent.pop(replica_id, None)
+        for table in (self._views, self._sent, self._done):
+            table.pop(replica_id, None)
 
     def view(self, replica_id: str) -> ReplicaView:
-        """The last report with what was sent since added (an empty view before any report)."""
+        """The last report with what happened since added (an empty view before any report)."""
         base = self._views.get(replica_id, ReplicaView(replica_id))
-        sent = self._sent.get(replica_id)
-        if not sent:
+        sent, done = self._sent.get(replica_id, {}), self._done.get(replica_id, ())
+        if not sent and not done:
             return base
         queues = list(base.queue_lengths) or [0]
         queues[-1] += len(sent)
-        adapters = frozenset(a for _, a in sent if a is not None)
-        return replace(base, pending=base.pending | adapters, queue_lengths=tuple(queues))
+        pending = frozenset(a for _, a in sent.values() if a is not None)
+        return replace(base, resident=base.resident | {a for _, a in done}, pending=base.pending | pending,
+                       queue_lengths=tuple(queues))
 
     def choose(self, candidates: Iterable[str], adapter_id: str | None, pages: int = 1,
                qclass: int | None = None) -> list[str]:
@@ -164,5 +169,14 @@ class AffinityRouter:
         views = [self.view(r) for r in candidates]
         return [v.replica_id for v in rank(views, adapter_id, self.config, pages, qclass)]
 
-    def assigned(self, replica_id: str, adapter_id: str | None, now: float = 0.0) -> None:
-        self._sent.setdefault(replica_id, []).append((now, adapter_id))
+    def assigned(self, replica_id: str, adapter_id: str | None, now: float = 0.0,
+                 key: object | None = None) -> None:
+        sent = self._sent.setdefault(replica_id, {})
+        self._anonymous += 1
+        sent[key if key is not None else ("anonymous", self._anonymous)] = (now, adapter_id)
+
+    def completed(self, replica_id: str, key: object, now: float) -> None:
+        """The request sent with `key` finished (unknown keys are ignored)."""
+        entry = self._sent.get(replica_id, {}).pop(key, None)
+        if entry is not None and entry[1] is not None:
+            self._done.setdefault(replica_id, []).append((now, entry[1]))

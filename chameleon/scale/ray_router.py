@@ -46,8 +46,12 @@ class AdapterAffinityRequestRouter(FIFOMixin, RequestRouter):
         return [[by_id[rid]] for rid in order] + ([sick] if sick else [])
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
-        adapter = pending_request.metadata.multiplexed_model_id or None
-        self.affinity.assigned(replica_id.unique_id, adapter, time.time())
+        meta = pending_request.metadata
+        self.affinity.assigned(replica_id.unique_id, meta.multiplexed_model_id or None, time.time(),
+                               key=meta.internal_request_id)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self.affinity.completed(replica_id.unique_id, internal_request_id, time.time())
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

@@ -93,6 +93,7 @@ class ChameleonReplica:
         self.group.start()
         self.group.wait_healthy()
         self._session: aiohttp.ClientSession | None = None
+        self._last: dict[str, Any] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -100,15 +101,20 @@ class ChameleonReplica:
         return self._session
 
     async def record_routing_stats(self) -> dict[str, Any]:
-        ts, quick = time.time(), aiohttp.ClientTimeout(total=2)
+        """A new report; the last one again (same `ts`: routers ignore it) when the router is merely
+        slow to answer on a busy machine, `healthy: false` when it refuses or says so."""
+        ts, limit = time.time(), aiohttp.ClientTimeout(total=4)
         try:
-            async with self._client().get(self.group.url + "/health", timeout=quick) as reply:
+            async with self._client().get(self.group.url + "/health", timeout=limit) as reply:
                 healthy = reply.status == 200
-            async with self._client().get(self.group.url + "/metrics", timeout=quick) as reply:
+            async with self._client().get(self.group.url + "/metrics", timeout=limit) as reply:
                 text = await reply.text()
-            return routing_stats(view_from_metrics(self.replica_id, text), healthy, ts)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return unhealthy_stats(ts)
+            self._last = routing_stats(view_from_metrics(self.replica_id, text), healthy, ts)
+        except asyncio.TimeoutError:
+            pass
+        except (aiohttp.ClientError, ValueError):
+            self._last = unhealthy_stats(ts)
+        return self._last
 
     def check_health(self) -> None:
         proc = self.group.proc

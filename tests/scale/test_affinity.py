@@ -78,3 +78,17 @@ def test_a_report_measured_before_a_request_was_sent_does_not_erase_it():
     assert "a" in router.view("r0").pending and router.view("r0").waiting == 1
     router.update(ReplicaView("r0", resident=frozenset({"a"})), as_of=6.0)
     assert router.view("r0").pending == frozenset() and router.view("r0").waiting == 0
+
+
+def test_completion_moves_a_request_from_load_to_residency():
+    router = AffinityRouter(CFG)
+    router.update(ReplicaView("r0"), as_of=0.0)
+    router.assigned("r0", "a", now=1.0, key="k1")
+    router.assigned("r0", None, now=1.0, key="k2")
+    assert router.view("r0").waiting == 2
+    router.completed("r0", "k1", now=2.0)
+    router.completed("r0", "unknown", now=2.0)
+    view = router.view("r0")
+    assert view.waiting == 1 and view.resident == {"a"} and view.pending == frozenset()
+    router.update(ReplicaView("r0"), as_of=3.0)  # the report after it knows better (evicted, say)
+    assert router.view("r0") == ReplicaView("r0")

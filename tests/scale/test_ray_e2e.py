@@ -6,6 +6,7 @@ down (Ray, replicas, their launchers, routers and shards)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -135,7 +136,7 @@ def test_two_replicas_route_by_adapter_survive_a_shard_kill_and_tear_down(
         wait_until(lambda: set(procs_of(f"{victim_dir}/s", "chameleon shard")) - set(shards) != set(),
                    "the victim's launcher restarted its shard", child=serve)
         wait_until(lambda: healthy(router_url(victim_dir)), "the victim's router recovered", child=serve)
-        fresh = iter(later * 2)  # new adapters tie on both replicas: their rendezvous homes split them
+        fresh = itertools.cycle(later)  # new adapters tie on both replicas: their rendezvous homes split them
 
         def lands_on_victim() -> bool:
             a = next(fresh)

@@ -64,6 +64,7 @@ class FakeReplica:
 @dataclass
 class FakeMeta:
     multiplexed_model_id: str
+    internal_request_id: str = ""
 
 
 @dataclass
@@ -92,12 +93,26 @@ def test_request_router_counts_sent_requests_until_a_new_report():
     warm = FakeReplica("w", {"resident": ["a"], "queue_lengths": [0], "healthy": True, "ts": 1.0})
     cold = FakeReplica("c", {"queue_lengths": [0], "healthy": True, "ts": 1.0})
     pending = FakePending(FakeMeta("a"))
-    for _ in range(4):
-        first = asyncio.run(router.choose_replicas([warm, cold], pending))[0][0]
-        router.on_request_routed(pending, first.replica_id, None)
+    for i in range(4):  # still running: never completed
+        sent = FakePending(FakeMeta("a", f"req-{i}"))
+        first = asyncio.run(router.choose_replicas([warm, cold], sent))[0][0]
+        router.on_request_routed(sent, first.replica_id, None)
     assert first.name == "w"
     # 4 sent to w, none reported yet: mean load (4 + 0 + 1) / 2, bound max(1.25 x 2.5, 2.5 + 2) = 4.5 < 5
     assert asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name == "c"
     # a report measured after those requests were sent: they are inside it, w is idle again
     warm.routing_stats = {**warm.routing_stats, "ts": time.time() + 1}
     assert asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name == "w"
+
+
+def test_completed_requests_stop_counting_as_load_and_keep_their_adapter_warm():
+    router = make_router()
+    warm = FakeReplica("w", {"queue_lengths": [0], "healthy": True, "ts": 1.0})
+    cold = FakeReplica("c", {"queue_lengths": [0], "healthy": True, "ts": 1.0})
+    for i in range(8):  # sequential: each finishes before the next is sent, no report in between
+        pending = FakePending(FakeMeta("a", f"req-{i}"))
+        first = asyncio.run(router.choose_replicas([warm, cold], pending))[0][0]
+        router.on_request_routed(pending, first.replica_id, None)
+        router.on_request_completed(first.replica_id, f"req-{i}")
+        assert first.name == asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name
+    assert router.affinity.view(first.name).load == 0 and "a" in router.affinity.view(first.name).resident

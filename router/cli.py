@@ -15,6 +15,7 @@ from pathlib import Path
 from chameleon.core.limits import Limits, derive_limits, read_max_position_embeddings
 from chameleon.tools.cliargs import EnvArgumentParser
 from chameleon.tools.logs import setup_logging
+from chameleon.tools.mlqargs import add_mlq_flags, mlq_options
 from router.api.auth import Secret, TlsFiles
 from router.engine.config import ADAPTER_CACHES, SCHEDULERS, EngineConfig
 from router.engine.entry import Engine
@@ -99,6 +100,7 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the engine's random choices")
     p.add_argument("--json-output", action="store_true", help="log one JSON object per line")
     p.add_argument("--log-level", default="INFO")
+    add_mlq_flags(p)
     return p
 
 
@@ -122,7 +124,8 @@ def engine_config(args: argparse.Namespace, limits: Limits | None = None) -> Eng
         adapter_dir=args.adapter_dir, scheduler=args.scheduler, adapter_cache=args.adapter_cache,
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=limits.max_input_tokens,
         max_total_tokens=limits.max_total_tokens, max_batch_prefill_tokens=limits.max_batch_prefill_tokens,
-        max_batch_size=args.max_batch_size, connect_timeout_s=args.connect_timeout, seed=args.seed)
+        max_batch_size=args.max_batch_size, connect_timeout_s=args.connect_timeout, seed=args.seed,
+        mlq=mlq_options(args))
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:

@@ -29,6 +29,7 @@ class EngineConfig:
     connect_timeout_s: float = 60.0
     recovery_timeout_s: float = 60.0  # queued requests wait this long for failed shards to come back
     seed: int = 0
+    mlq: tuple[tuple[str, object], ...] = ()  # MlqConfig fields set on the command line (--mlq-*)
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from chameleon.core.memory import ADAPTER_DTYPE_POLICIES
 from chameleon.tools.cliargs import EnvArgumentParser
+from chameleon.tools.mlqargs import MLQ_FLAGS
 
 SCHEDULERS = ("chameleon", "fifo", "sjf")
 ADAPTER_CACHES = ("chameleon", "lru", "fairshare", "none")
@@ -57,6 +58,8 @@ FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--tls-cert", "router", help="PEM certificate chain: the router serves gRPC over TLS"),
     Forwarded("--tls-key", "router", help="PEM private key of --tls-cert"),
     Forwarded("--tls-client-ca", "router", help="PEM CA: the router's gRPC requires client certificates"),
+    # the MLQ scheduler's settings (chameleon.tools.mlqargs), handed to the router as given
+    *(Forwarded(f.flag, "router", f.kind, f.choices, f.help) for f in MLQ_FLAGS),
 )
 
 

@@ -35,11 +35,11 @@ MLQ_FLAGS: tuple[MlqFlag, ...] = (
     MlqFlag("--mlq-need", "need", str, "quota charge of a request: reserved (In + max_new_tokens + adapter, "
             "default) or predicted (the paper's In + Out_pred + adapter)", ("reserved", "predicted")),
     MlqFlag("--mlq-prefill-share", "prefill_share", str, "each queue's share of the per-step prefill "
-            "budget: none (default; the paper: memory quotas only), offered or quota",
+            "budget: offered (default), quota, or none (the paper: memory quotas only)",
             ("offered", "quota", "none")),
     MlqFlag("--mlq-starve-factor", "starve_factor", float, "starvation bound: a queue head that waited "
-            "more than this x its queue's expected wait (the SLO) is admitted first, within memory; "
-            "0 = off; default 1"),
+            "more than this x the expected wait (moving mean of admission waits), or longer than the "
+            "SLO, is admitted first, within memory; 0 = off; default 3"),
 )
 
 

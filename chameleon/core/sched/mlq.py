@@ -10,10 +10,11 @@ iteration, Algorithm 1:
   phase 2: queues small to large, while leftover > 0: admit more heads with own + borrowed quota.
 Opportunistic bypass (bypass.py) lets a younger request pass a head whose adapter cannot fit, and
 squashes it when the head's memory frees before it finishes.
-Beyond the paper (issue 17; MlqConfig.prefill_share, starve_factor): each queue also owns a share of
-the per-step prefill token budget (shares.py; phase 1 spends it, phase 2 hands out what is left), and
-a starved queue head (waited > starve_factor x its queue's expected wait) is admitted first, within
-memory (starvation.py). Where memory binds, the memory quotas decide as in the paper.
+Beyond the paper (issue 17; MlqConfig.prefill_share, starve_factor): each queue also owns a share of the
+per-step prefill token budget (shares.py; phase 1 spends it, phase 2 hands out what is left), and a
+starved queue head (waited > starve_factor x the expected wait, or past the SLO) is admitted first,
+within memory (starvation.py). Quota charges with need "reserved" are in whole KV pages (config.py).
+Where memory binds, the memory quotas decide as in the paper.
 Step cost: a request is classified when it arrives (once a schedule() has shown the memory view), and
 a refresh is resumable work spread over steps (`_refresh_job`, MlqConfig.refresh_step_work), so no
 schedule() step does O(queued) or O(window) Python work at once: a burst of 1,000 arrivals or a
@@ -129,8 +130,10 @@ class ChameleonScheduler(Scheduler):
         atok = memory.adapter_tokens(req.adapter_id)
         self._adapter_tokens[req.id] = atok
         self.model.observe(req.input_tokens, req.predicted_output, atok)
-        out = req.max_new_tokens if self.config.need == "reserved" else req.predicted_output
-        req.need_tokens = req.input_tokens + out + atok
+        if self.config.need == "reserved":  # exactly the KV it will hold: whole pages (see MlqConfig.need)
+            req.need_tokens = memory.kv_pages_for(req) * memory.block_size + atok
+        else:
+            req.need_tokens = req.input_tokens + req.predicted_output + atok
         self.window.arrivals.append(Sample(req.arrival, req.input_tokens, req.predicted_output, atok,
                                            req.need_tokens))
         req.wrs = self.model.wrs(req.input_tokens, req.predicted_output, atok)
@@ -303,20 +306,24 @@ class ChameleonScheduler(Scheduler):
         return plan
 
     def _admit_starved(self, now: float, ctx: ScheduleContext, budget: BatchBudget, plan: Plan) -> bool:
-        """Admit starved queue heads, oldest first, charged to their own queue whatever its quota.
-        False when one does not fit now and `starve_block`: then nothing newer is admitted in this step."""
-        waits = self.waits
-        starved = sorted((dq[0].seq, q) for q, dq in enumerate(self._queues)
-                         if dq and waits.starved(q, now - dq[0].arrival))
-        for _, q in starved:
-            head = self._queues[q][0]
+        """Admit starved queue heads, oldest first (a queue's next request too once it is the head and
+        starved), charged to their own queue whatever its quota. False when one does not fit now and
+        `starve_block`: then nothing newer is admitted in this step."""
+        waits, queues = self.waits, self._queues
+        while not budget.exhausted:
+            starved = [(dq[0].seq, q) for q, dq in enumerate(queues)
+                       if dq and waits.starved(q, now - dq[0].arrival)]
+            if not starved:
+                return True
+            q = min(starved)[1]
+            head = queues[q][0]
             need = self.need_in(q, head)
-            if budget.exhausted or not self._admit(head, now, ctx, budget, plan):
+            if not self._admit(head, now, ctx, budget, plan):
                 return not self.config.starve_block
             waits.starved_total += 1
             self.shares.spend(q, head.input_tokens)
             self.charge_admitted(self._pop(q), q, [(q, need)])
-        return True
+        return not self.config.starve_block
 
     def _phase1(self, now: float, ctx: ScheduleContext, budget: BatchBudget,
                 plan: Plan) -> list[list[int]]:

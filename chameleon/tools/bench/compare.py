@@ -26,10 +26,10 @@ from chameleon.tools.bench.profile import measure
 from chameleon.tools.bench.ramp import ramp, ramp_steps, warp
 from chameleon.tools.bench.ramp import unit_time as ramp_unit_time
 from chameleon.tools.bench.stats import BASELINE, misses_slo, slo_from_low_load, summarise, sweep_stops
-from chameleon.tools.bench.workload import lengths, plan, population
+from chameleon.tools.bench.workload import lengths, load_records, plan, population
 from chameleon.tools.cliargs import EnvArgumentParser, prepare_outputs
 from chameleon.tools.launch.args import ADAPTER_CACHES, SCHEDULERS
-from chameleon.workload import LengthScale, TraceError, TraceRecord, read_trace
+from chameleon.workload import LengthScale, TraceError, TraceRecord
 
 DEFAULT_CONFIGS = "fifo/none,sjf/none,chameleon/chameleon,chameleon/none,fifo/chameleon"
 # sweep = these x the highest rate the probe's ramp sustained: from light load to well past saturation, so
@@ -289,9 +289,7 @@ def _with_slo(rows: list[dict], slo_s: float) -> list[dict]:
 
 async def compare(args) -> dict:
     configs = parse_configs(args.configs)
-    if not args.trace:
-        raise ValueError("--trace is required (e.g. ../shared/data/traces/azure_llm_2023_conv.csv)")
-    records = read_trace(args.trace)
+    records = load_records(args)
     prepare_outputs(files=(args.json, args.plot, args.profile_out), folders=(args.log_dir,))
     launch = tuple(shlex.split(args.launch_args))
     spec = system.SystemSpec(args.model_id, args.adapter_dir, launch)
@@ -318,7 +316,8 @@ async def compare(args) -> dict:
     preds = await asyncio.to_thread(_predictions, args, records, rows, ctx, launch, slo_s)
     steady = await asyncio.to_thread(_steady, args, records, configs, high.get("high_load_rps"), ctx, launch,
                                      slo_s)
-    meta = {"trace": str(args.trace), "configs": configs, "rates": ctx.rates, "duration_s": args.duration,
+    meta = {"trace": str(args.trace), "workload": args.workload, "preset": args.preset,
+            "configs": configs, "rates": ctx.rates, "duration_s": args.duration,
             "adapters": args.adapters, "length_scale": args.length_scale, "seed": args.seed,
             "slo_s": slo_s, "slo_basis": "given" if args.slo_s is not None else
             f"5 x mean request time of {configs[0]} at {ctx.rates[0]} rps", **high,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from chameleon.core.sched import MlqConfig
 from chameleon.sim.config import SimConfig
 from chameleon.sim.profile import Profile
 from chameleon.sim.profiles import SHIPPED, load_profile
@@ -75,12 +76,43 @@ def _engine_args(p: EnvArgumentParser) -> None:
                    "request time of fifo at --slo-rate)")
     p.add_argument("--slo-rate", type=float, default=None,
                    help="the low load that defines the SLO (default: the lowest swept rate)")
+    p.add_argument("--mlq", default="", help="MlqConfig fields for the chameleon/static4 policies, "
+                   "comma-separated NAME=VALUE (ablations; e.g. starve_factor=0,prefill_share=none)")
     p.add_argument("--max-batch-size", type=int, default=256, help="running requests per batch")
     p.add_argument("--max-prefill-tokens", type=int, default=4096, help="prompt tokens admitted per step")
     p.add_argument("--no-prefetch", action="store_true", help="do not prefetch queued requests' adapters")
     p.add_argument("--seed", type=int, default=0, help="workload and predictor seed")
     p.add_argument("--workers", type=int, default=2, help="parallel simulation processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def mlq_overrides(text: str) -> tuple[tuple[str, object], ...]:
+    """`NAME=VALUE,...` -> MlqConfig overrides (numbers, true/false, null = None, else strings)."""
+    out: list[tuple[str, object]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, raw = part.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"--mlq {part!r}: expected NAME=VALUE")
+        out.append((name.strip(), _value(raw.strip())))
+    try:
+        MlqConfig(**dict(out))
+    except TypeError as exc:
+        raise ValueError(f"--mlq: {exc}") from None
+    return tuple(out)
+
+
+def _value(raw: str) -> object:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "null":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def _sources(args) -> list[tuple[str, tuple, str, tuple[float, ...], int, float, float]]:
@@ -108,7 +140,8 @@ def _spec(args, profile: Profile, source: tuple) -> SweepSpec:
     _, records, arrivals, _, n_adapters, exponent, own_scale = source
     scale = args.length_scale if args.length_scale is not None else (own_scale or profile.length_scale)
     base = SimConfig(predictor=args.predictor, max_batch_size=args.max_batch_size,
-                     max_prefill_tokens=args.max_prefill_tokens, prefetch=not args.no_prefetch)
+                     max_prefill_tokens=args.max_prefill_tokens, prefetch=not args.no_prefetch,
+                     mlq=mlq_overrides(args.mlq))
     ranks = tuple(int(r) for r in _floats(args.ranks))
     lengths = LengthScale(scale, scale, args.max_input, args.max_output)
     return SweepSpec(records=records, profile=profile, base=base,

@@ -88,9 +88,11 @@ async def run_bench(target: str, records: Sequence[TraceRecord], n_adapters: int
     recs = await replay(target, items, seed=opts.seed, drain_timeout_s=drain_timeout_s)
     load_after = machine.loadavg_1m()
     after = await asyncio.to_thread(scrape.snapshot, metrics_url)
-    summary = {"rate": opts.rate, "duration_s": opts.duration_s, **summarise(recs, slo_s),
-               **scrape.delta(before, after), "loadavg_1m_before": load_before,
-               "loadavg_1m_after": load_after, "cpus": machine.cpu_count()}
+    counters = scrape.delta(before, after)
+    loads, used = counters.get("adapter_loads"), len({w.adapter_id for w in items} - {None})
+    summary = {"rate": opts.rate, "duration_s": opts.duration_s, **summarise(recs, slo_s), **counters,
+               "reloads_min": None if loads is None else max(0.0, loads - used),
+               "loadavg_1m_before": load_before, "loadavg_1m_after": load_after, "cpus": machine.cpu_count()}
     return Run(summary, recs)
 
 

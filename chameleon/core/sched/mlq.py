@@ -301,8 +301,8 @@ class ChameleonScheduler(Scheduler):
                                    [dq[0].input_tokens if dq else 0 for dq in self._queues])
         if self.waits.enabled and not self._admit_starved(now, ctx, budget, plan):
             return plan
-        leftover = self._phase1(now, ctx, budget, plan)
-        self._phase2(leftover, now, ctx, budget, plan)
+        leftover, refused = self._phase1(now, ctx, budget, plan)
+        self._phase2(leftover, refused, now, ctx, budget, plan)
         return plan
 
     def _admit_starved(self, now: float, ctx: ScheduleContext, budget: BatchBudget, plan: Plan) -> bool:
@@ -326,11 +326,13 @@ class ChameleonScheduler(Scheduler):
         return not self.config.starve_block
 
     def _phase1(self, now: float, ctx: ScheduleContext, budget: BatchBudget,
-                plan: Plan) -> list[list[int]]:
-        """Returns the donors: [queue, unused quota] of every queue left empty."""
+                plan: Plan) -> tuple[list[list[int]], set[int]]:
+        """Returns the donors ([queue, unused quota] of every queue left empty) and the queues whose head
+        memory refused (phase 2 would only ask again: memory is no emptier later in the step)."""
         ledger, shares, waits = self.ledger, self.shares, self.waits
         metered = self.config.prefill_share != "none"
         donors: list[list[int]] = []
+        refused: set[int] = set()
         for q in shares.order() if metered else range(len(self._queues)):
             dq = self._queues[q]
             while dq and not budget.exhausted:
@@ -342,6 +344,7 @@ class ChameleonScheduler(Scheduler):
                 if not budget.allows(head) or (metered and not shares.covers(q, head.input_tokens)):
                     break
                 if not self._admit(head, now, ctx, budget, plan):
+                    refused.add(q)
                     if self.config.bypass:
                         self.bypass.try_bypass(self, q, now, ctx, budget, plan)
                     break
@@ -350,15 +353,15 @@ class ChameleonScheduler(Scheduler):
                 self.charge_admitted(self._pop(q), q, [(q, charge)])
             if not dq and ledger.available(q) > 0:
                 donors.append([q, ledger.available(q)])
-        return donors
+        return donors, refused
 
-    def _phase2(self, donors: list[list[int]], now: float, ctx: ScheduleContext, budget: BatchBudget,
-                plan: Plan) -> None:
+    def _phase2(self, donors: list[list[int]], refused: set[int], now: float, ctx: ScheduleContext,
+                budget: BatchBudget, plan: Plan) -> None:
         """Leftover: memory quota donated by emptied queues, and the step's prefill budget that phase 1
         left (queues held back by their prefill credit take it small to large, within memory quota)."""
         ledger = self.ledger
         for q, dq in enumerate(self._queues):
-            while dq and not budget.exhausted:
+            while dq and not budget.exhausted and q not in refused:
                 leftover = sum(d[1] for d in donors)
                 head = dq[0]
                 own, need = ledger.available(q), self.need_in(q, head)

@@ -257,8 +257,8 @@ def _forbidden(module: str, banned: frozenset[str]) -> bool:
 def test_each_folder_imports_only_what_it_may():
     """The policy core, the simulator and the workload are pure Python (no torch, grpc, asyncio,
     subprocess, generated stubs, router, shard or tools); the tools and the scale-out package never import
-    torch, router or shard (the CLI reaches them by module name at call time, replicas over HTTP); router never imports torch or shard; shard
-    never imports router."""
+    torch, router or shard (the CLI reaches them by module name at call time, replicas over HTTP); router
+    never imports torch or shard; shard never imports router."""
     found = []
     for folder, banned in FOLDER_RULES.items():
         for path in sorted((ROOT / folder).rglob("*.py")):

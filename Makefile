@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d
 
 help:
 	@echo "make demo   - install, build the demo assets if missing, serve the demo model"
-	@echo "make test   - install (dev + shard extras), ruff check, pytest"
+	@echo "make test   - install (dev + shard + ray extras), ruff check, pytest"
 	@echo "make proto  - regenerate the gRPC stubs from proto/*.proto"
 
 $(PY):
@@ -23,7 +23,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev,shard]"
+	$(PIP) install --quiet -e ".[dev,shard,ray]"
 	$(PIP) install --quiet --no-deps "text-generation==0.7.0"
 	rm -f $(VENV)/.installed-*
 	touch $@

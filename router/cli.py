@@ -16,6 +16,7 @@ from chameleon.core.headroom import DEFAULT_HEADROOM, DEFAULT_HEADROOM_FRACTION,
 from chameleon.core.limits import Limits, derive_limits, read_max_position_embeddings
 from chameleon.tools.cliargs import EnvArgumentParser
 from chameleon.tools.logs import setup_logging
+from chameleon.tools.mlqargs import add_mlq_flags, mlq_options
 from router.api.auth import Secret, TlsFiles
 from router.engine.config import ADAPTER_CACHES, SCHEDULERS, EngineConfig
 from router.engine.entry import Engine
@@ -118,6 +119,7 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the engine's random choices")
     p.add_argument("--json-output", action="store_true", help="log one JSON object per line")
     p.add_argument("--log-level", default="INFO")
+    add_mlq_flags(p)
     return p
 
 
@@ -142,7 +144,7 @@ def engine_config(args: argparse.Namespace, limits: Limits | None = None) -> Eng
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=limits.max_input_tokens,
         max_total_tokens=limits.max_total_tokens, max_batch_prefill_tokens=limits.max_batch_prefill_tokens,
         max_batch_size=args.max_batch_size, connect_timeout_s=args.connect_timeout, seed=args.seed,
-        memory_headroom=_headroom_or_off(args.memory_headroom))
+        memory_headroom=_headroom_or_off(args.memory_headroom), mlq=mlq_options(args))
 
 
 def _headroom_or_off(target: HeadroomTarget) -> HeadroomTarget | None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from router.engine.types import FinalEvent
 from router.metrics_engine import EngineStatsCollector
+from router.metrics_ie import InferenceExtensionCollector
 
 _DURATION = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -66,6 +67,7 @@ class RouterMetrics:
         self,
         engine_stats: Callable[[], Mapping[str, Any]] | None = None,
         block_size: Callable[[], int] = lambda: 1,
+        model_name: str = "",
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.counters = _Counters()
@@ -91,6 +93,8 @@ class RouterMetrics:
                                        ["method"], buckets=_STEP, registry=self.registry)
         if engine_stats is not None:
             self.registry.register(EngineStatsCollector(engine_stats, block_size))
+            # the Gateway API Inference Extension's model-server series (router/metrics_ie.py)
+            self.registry.register(InferenceExtensionCollector(engine_stats, block_size, lambda: model_name))
 
     def _histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, doc, buckets=buckets, registry=self.registry)

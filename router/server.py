@@ -73,7 +73,7 @@ def build_service(engine: EngineLike, tokenizer: RouterTokenizer, cfg: ServerCon
         unknown_adapter=cfg.unknown_adapter,
         base_names=base_model_names(name, info.model_id, tokenizer.model_dir.name),
     )
-    metrics = RouterMetrics(engine.stats, block_size=lambda: info.block_size)
+    metrics = RouterMetrics(engine.stats, block_size=lambda: info.block_size, model_name=name)
     observers = getattr(engine, "step_observers", None)  # optional engine hook: per-step timings
     if isinstance(observers, list):
         observers.append(metrics.observe_batch)

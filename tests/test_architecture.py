@@ -232,6 +232,7 @@ PURE_FORBIDDEN = frozenset({"torch", "grpc", "asyncio", "subprocess", "aiohttp",
 FOLDER_RULES: dict[str, frozenset[str]] = {
     **{folder: PURE_FORBIDDEN for folder in PURE_FOLDERS},
     "chameleon/tools": frozenset({"torch", "router", "shard"}),  # reaches router/shard by name only
+    "chameleon/scale": frozenset({"torch", "router", "shard"}),  # replicas are processes it talks HTTP to
     "router": frozenset({"torch", "shard"}),
     "shard": frozenset({"router"}),
 }
@@ -255,9 +256,9 @@ def _forbidden(module: str, banned: frozenset[str]) -> bool:
 
 def test_each_folder_imports_only_what_it_may():
     """The policy core, the simulator and the workload are pure Python (no torch, grpc, asyncio,
-    subprocess, generated stubs, router, shard or tools); the tools never import torch, router or shard
-    (the CLI reaches them by module name at call time); router never imports torch or shard; shard
-    never imports router."""
+    subprocess, generated stubs, router, shard or tools); the tools and the scale-out package never import
+    torch, router or shard (the CLI reaches them by module name at call time, replicas over HTTP); router
+    never imports torch or shard; shard never imports router."""
     found = []
     for folder, banned in FOLDER_RULES.items():
         for path in sorted((ROOT / folder).rglob("*.py")):

@@ -16,6 +16,7 @@ class SimConfig:
     Chameleon both do). slo_s: the TTFT SLO handed to the MLQ quota sizing.
     max_idle_skip_s: while requests wait, schedule() runs at least this often (besides every arrival
     and every finish), so time-driven scheduler logic (queue refresh) is not starved.
+    mlq: extra MlqConfig fields (name, value) for the chameleon and static4 schedulers (ablations).
     """
 
     scheduler: str = "fifo"
@@ -29,6 +30,7 @@ class SimConfig:
     cache_window_s: float = 300.0
     max_idle_skip_s: float = 0.25
     seed: int = 0
+    mlq: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_idle_skip_s <= 0 or self.slo_s <= 0 or self.cache_window_s <= 0:

@@ -46,7 +46,8 @@ class Simulator:
         self.nbytes = {s.adapter_id: s.nbytes for s in specs}
         cache = make_cache(config.cache, config.cache_window_s)
         self.memory = MemoryManager(PagePool(profile.num_pages), cache, profile.block_size, spec_table(specs))
-        mlq = {"slo_s": config.slo_s} if config.scheduler in ("chameleon", "static4") else {}
+        mlq_sched = config.scheduler in ("chameleon", "static4")
+        mlq = {"slo_s": config.slo_s, **dict(config.mlq)} if mlq_sched else {}
         predictor = make_sim_predictor(config.predictor, config.seed)
         self.sched = make_scheduler(config.scheduler, predictor=predictor,
                                     max_batch_size=config.max_batch_size,

@@ -33,6 +33,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "launch each policy config and compare"),
     Subcommand("soak", "chameleon.tools.bench.soak:main",
                "long run with a shard restart; reports losses and memory"),
+    Subcommand("simulate-replicas", "chameleon.scale.simulate:main",
+               "simulate N replicas behind adapter-affinity or Ray's default routing"),
+    Subcommand("serve-ray", "chameleon.scale.ray_cli:main",
+               "deploy N replicas (router + shard group each) on Ray Serve with adapter-affinity routing"),
+    Subcommand("bench-ray", "chameleon.scale.bench_http:main",
+               "chameleon bench's replay over HTTP against serve-ray's endpoint, cache figures per replica"),
 )
 
 

@@ -34,6 +34,7 @@ class EngineConfig:
     # free memory kept for co-tenants and activation spikes (chameleon/core/headroom.py); None: the
     # pool stays as warmed up
     memory_headroom: HeadroomTarget | None = DEFAULT_HEADROOM
+    mlq: tuple[tuple[str, object], ...] = ()  # MlqConfig fields set on the command line (--mlq-*)
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

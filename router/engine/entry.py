@@ -90,7 +90,7 @@ class Engine:
         cfg = self.config
         policies = Policies(scheduler, "none" if self._v3_only else cache,  # v3-only: no router-side cache
                             self.info.block_size, self._spec, cfg.max_batch_prefill_tokens,
-                            cfg.max_batch_size, make)
+                            cfg.max_batch_size, make, mlq=cfg.mlq)
         self.loop = ServingLoop(self.client, policies, self.info.num_pages,
                                 make_residency(self.info.shard_protocol, self.client), recover=self._recover,
                                 recovery_timeout_s=cfg.recovery_timeout_s,

@@ -162,8 +162,14 @@ class ServingLoop(BatchSteps):
         """The loop's part of `Engine.stats()` (keys in router/engine/stats.py)."""
         mem, sched = self._memory, self._scheduler
         running = sum(1 for lv in self._lives.values() if lv.batch_id is not None)
+        by_state: dict[bool, set[str]] = {True: set(), False: set()}  # in a batch -> adapter ids
+        for lv in self._lives.values():
+            if lv.core.adapter_id is not None:
+                by_state[lv.batch_id is not None].add(lv.core.adapter_id)
         return {
-            "requests": {"in_flight": len(self._lives), "queued": sched.num_waiting(), "running": running},
+            "requests": {"in_flight": len(self._lives), "queued": sched.num_waiting(), "running": running,
+                         "running_adapters": sorted(by_state[True]),
+                         "waiting_adapters": sorted(by_state[False])},
             "scheduler": sched.stats(),
             "cache": mem.stats(),
             "pool": {"num_pages": mem.pool.num_pages, "by_tenant": mem.pool.used_by_tenant(),

@@ -19,7 +19,8 @@ from chameleon.core.sched import Scheduler, make_scheduler
 @dataclass(frozen=True, slots=True)
 class Policies:
     """`spec` gives an adapter's size facts (the engine's registry); `max_batch_size` None = the
-    scheduler's default; `make` overrides the scheduler by name (experiments, tests)."""
+    scheduler's default; `make` overrides the scheduler by name (experiments, tests); `mlq`: MlqConfig
+    fields (name, value) for the chameleon scheduler (the router's --mlq-* flags)."""
 
     scheduler: str
     adapter_cache: str
@@ -28,6 +29,7 @@ class Policies:
     max_prefill_tokens: int
     max_batch_size: int | None = None
     make: Callable[[], Scheduler] | None = None
+    mlq: tuple[tuple[str, object], ...] = ()
 
     def new_scheduler(self) -> Scheduler:
         if self.make is not None:
@@ -35,7 +37,8 @@ class Policies:
         limits = {"max_prefill_tokens": self.max_prefill_tokens}
         if self.max_batch_size is not None:
             limits["max_batch_size"] = self.max_batch_size
-        return make_scheduler(self.scheduler, **limits)
+        mlq = dict(self.mlq) if self.scheduler in ("chameleon", "static4") else {}
+        return make_scheduler(self.scheduler, **limits, **mlq)
 
     def new_memory(self, num_pages: int) -> MemoryManager:
         """A fresh pool of `num_pages` (page 0 reserved for the liveness check) and an empty cache."""

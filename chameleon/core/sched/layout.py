@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from chameleon.core.sched.config import MlqConfig
 from chameleon.core.sched.kmeans import SortedValues, boundaries, elbow_k, lloyd
 from chameleon.core.sched.quotas import QueueLoad, size_quotas, size_statistic
+from chameleon.core.sched.shares import prefill_weights
 from chameleon.core.sched.window import Sample
 
-Job = Generator[None, None, tuple[list[float], list[int]]]
+Job = Generator[None, None, tuple[list[float], list[int], list[float]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,8 @@ class Meter:
 
 
 def layout_job(snap: Snapshot, cfg: MlqConfig, meter: Meter) -> Job:
-    """K-means boundaries over the snapshot's WRS and quotas from the per-queue loads."""
+    """K-means boundaries over the snapshot's WRS, quotas from the per-queue loads, and the queues'
+    prefill-budget weights (offered prompt tokens, or the quotas: `MlqConfig.prefill_share`)."""
     arrivals, maxima, ab = snap.arrivals, snap.maxima, snap.wrs_ab
     wrs: list[float] = []
     runs: list[float] = []
@@ -116,11 +118,13 @@ def layout_job(snap: Snapshot, cfg: MlqConfig, meter: Meter) -> Job:
     k = len(bounds) + 1
     needs: list[list[int]] = [[] for _ in range(k)]
     guesses: list[list[float]] = [[] for _ in range(k)]
+    offered = [0.0] * k
     step, prefill = snap.cost_model
     for i, j in meter.slices(len(arrivals), 2):
         for s, w in zip(arrivals[i:j], wrs[i:j], strict=True):
             q = bisect_right(bounds, w)
             needs[q].append(s.need)
+            offered[q] += s.input_tokens
             guesses[q].append(s.input_tokens * prefill + s.output_tokens * step)
         if meter.spend(2 * (j - i)):
             yield
@@ -141,5 +145,6 @@ def layout_job(snap: Snapshot, cfg: MlqConfig, meter: Meter) -> Job:
         else:
             d = cfg.default_service_s
         loads.append(QueueLoad(size_statistic(needs[q], cfg.size_stat), d, len(needs[q]) / snap.span_s))
-    return bounds, size_quotas(loads, snap.capacity, cfg.slo_s, cfg.extra_weights,
-                               cfg.rest_split == "proportional")
+    quotas = size_quotas(loads, snap.capacity, cfg.slo_s, cfg.extra_weights, cfg.rest_split == "proportional")
+    weights = [float(x) for x in quotas] if cfg.prefill_share == "quota" else offered
+    return bounds, quotas, prefill_weights(weights, cfg.prefill_floor)

@@ -10,6 +10,11 @@ iteration, Algorithm 1:
   phase 2: queues small to large, while leftover > 0: admit more heads with own + borrowed quota.
 Opportunistic bypass (bypass.py) lets a younger request pass a head whose adapter cannot fit, and
 squashes it when the head's memory frees before it finishes.
+Beyond the paper (issue 17; MlqConfig.prefill_share, starve_factor): each queue also owns a share of the
+per-step prefill token budget (shares.py; phase 1 spends it, phase 2 hands out what is left), and a
+starved queue head (waited > starve_factor x the expected wait, or past the SLO) is admitted first,
+within memory (starvation.py). Quota charges with need "reserved" are in whole KV pages (config.py).
+Where memory binds, the memory quotas decide as in the paper.
 Step cost: a request is classified when it arrives (once a schedule() has shown the memory view), and
 a refresh is resumable work spread over steps (`_refresh_job`, MlqConfig.refresh_step_work), so no
 schedule() step does O(queued) or O(window) Python work at once: a burst of 1,000 arrivals or a
@@ -35,6 +40,8 @@ from chameleon.core.sched.config import MlqConfig
 from chameleon.core.sched.layout import Job, Meter, Snapshot, layout_job
 from chameleon.core.sched.ledger import QuotaLedger
 from chameleon.core.sched.quotas import split_quotas
+from chameleon.core.sched.shares import PrefillShares
+from chameleon.core.sched.starvation import WaitTracker
 from chameleon.core.sched.window import Sample, SampleWindow, WrsModel
 
 
@@ -51,6 +58,8 @@ class ChameleonScheduler(Scheduler):
         self.boundaries: list[float] = []
         self.ledger = QuotaLedger([1])  # replaced at the first schedule, once the capacity is known
         self.accounts = AdapterAccounts(cfg.adapter_charge == "shared")
+        self.shares = PrefillShares([1.0])
+        self.waits = WaitTracker(1, cfg.starve_factor, cfg.starve_floor_s, cfg.starve_basis, cfg.slo_s)
         self._started = False
         self._queues: list[deque[Request]] = [deque()]
         self._incoming: deque[Request] = deque()
@@ -64,6 +73,7 @@ class ChameleonScheduler(Scheduler):
         self._job_new: list[Request] | None = None  # queued while the job's rebuild runs
         self._job_gone: list[Request] | None = None  # left the queues meanwhile
         self.refreshes = 0
+        self.quota_stops = 0  # phase 1 stopped a queue on its memory quota
 
     # ---- queue membership --------------------------------------------------------------------------
     def _enqueue(self, req: Request, now: float) -> None:
@@ -120,8 +130,10 @@ class ChameleonScheduler(Scheduler):
         atok = memory.adapter_tokens(req.adapter_id)
         self._adapter_tokens[req.id] = atok
         self.model.observe(req.input_tokens, req.predicted_output, atok)
-        out = req.max_new_tokens if self.config.need == "reserved" else req.predicted_output
-        req.need_tokens = req.input_tokens + out + atok
+        if self.config.need == "reserved":  # exactly the KV it will hold: whole pages (see MlqConfig.need)
+            req.need_tokens = memory.kv_pages_for(req) * memory.block_size + atok
+        else:
+            req.need_tokens = req.input_tokens + req.predicted_output + atok
         self.window.arrivals.append(Sample(req.arrival, req.input_tokens, req.predicted_output, atok,
                                            req.need_tokens))
         req.wrs = self.model.wrs(req.input_tokens, req.predicted_output, atok)
@@ -169,12 +181,13 @@ class ChameleonScheduler(Scheduler):
         m.reset_to(maxima if arrivals else None)
         snap = Snapshot(arrivals, completions, maxima, (m.a, m.b, m.base_factor), self._cost_model,
                         span, capacity)
-        bounds, quotas = yield from self._layout_job(snap, meter)
+        bounds, quotas, weights = yield from self._layout_job(snap, meter)
         yield from self._rebuild_job(bounds, quotas, meter)
+        self._relayout_shares(weights)
         self.refreshes += 1
 
     def _layout_job(self, snap: Snapshot, meter: Meter) -> Job:
-        """New (boundaries, quotas) from the window; the Chameleon way: K-means + M/M/1."""
+        """New (boundaries, quotas, prefill weights) from the window; the Chameleon way: K-means + M/M/1."""
         return layout_job(snap, self.config, meter)
 
     def _rebuild_job(self, bounds: list[float], quotas: list[int], meter: Meter) -> Iterator[None]:
@@ -242,8 +255,13 @@ class ChameleonScheduler(Scheduler):
         self.accounts.relayout(self.ledger, quotas, {rid: bisect_right(bounds, r.wrs) for rid, r in running},
                                {rid: (r.adapter_id, atok.get(rid, 0)) for rid, r in running})
 
-    def set_layout(self, bounds: list[float], quotas: list[int]) -> None:
-        """Impose queue boundaries and quotas (experiments, tests); the next refresh recomputes them."""
+    def _relayout_shares(self, weights: list[float]) -> None:
+        self.shares.relayout(weights)
+        self.waits.relayout(len(weights))
+
+    def set_layout(self, bounds: list[float], quotas: list[int], prefill: list[float] | None = None) -> None:
+        """Impose queue boundaries and quotas (experiments, tests); the next refresh recomputes them.
+        prefill: the queues' prefill-budget weights (default: in proportion to the quotas)."""
         if len(quotas) != len(bounds) + 1 or min(quotas) < 1 or sorted(bounds) != list(bounds):
             raise ValueError("need sorted boundaries and len(bounds)+1 quotas, each >= 1")
         if not self._started:
@@ -251,6 +269,7 @@ class ChameleonScheduler(Scheduler):
             self.ledger = QuotaLedger(list(quotas))
         self._job = self._job_new = self._job_gone = None  # a refresh in progress would undo this
         self._rebuild(list(bounds), list(quotas))
+        self._relayout_shares(list(prefill) if prefill is not None else [float(q) for q in quotas])
 
     def _initial_ledger(self, capacity: int) -> QuotaLedger:
         """Cold start: one queue with the whole capacity."""
@@ -263,6 +282,7 @@ class ChameleonScheduler(Scheduler):
             self._started = True
             self.ledger = self._initial_ledger(capacity)
             self._queues = [deque() for _ in self.ledger.quotas]
+            self._relayout_shares([float(q) for q in self.ledger.quotas])
         self._memory = ctx.memory
         while self._incoming:
             self._classify(self._incoming.popleft(), ctx.memory)
@@ -276,45 +296,80 @@ class ChameleonScheduler(Scheduler):
         if self.config.bypass:
             self.bypass.admit_retries(self, now, ctx, budget, plan)
             self.bypass.check_squashes(self, now, ctx, plan)
-        leftover = self._phase1(now, ctx, budget, plan)
-        if leftover:
-            self._phase2(leftover, now, ctx, budget, plan)
+        if self.config.prefill_share != "none":
+            self.shares.start_step(self.limits.max_prefill_tokens,
+                                   [dq[0].input_tokens if dq else 0 for dq in self._queues])
+        if self.waits.enabled and not self._admit_starved(now, ctx, budget, plan):
+            return plan
+        leftover, refused = self._phase1(now, ctx, budget, plan)
+        self._phase2(leftover, refused, now, ctx, budget, plan)
         return plan
 
+    def _admit_starved(self, now: float, ctx: ScheduleContext, budget: BatchBudget, plan: Plan) -> bool:
+        """Admit starved queue heads, oldest first (a queue's next request too once it is the head and
+        starved), charged to their own queue whatever its quota. False when one does not fit now and
+        `starve_block`: then nothing newer is admitted in this step."""
+        waits, queues = self.waits, self._queues
+        while not budget.exhausted:
+            starved = [(dq[0].seq, q) for q, dq in enumerate(queues)
+                       if dq and waits.starved(q, now - dq[0].arrival)]
+            if not starved:
+                return True
+            q = min(starved)[1]
+            head = queues[q][0]
+            need = self.need_in(q, head)
+            if not self._admit(head, now, ctx, budget, plan):
+                return not self.config.starve_block
+            waits.starved_total += 1
+            self.shares.spend(q, head.input_tokens)
+            self.charge_admitted(self._pop(q), q, [(q, need)])
+        return not self.config.starve_block
+
     def _phase1(self, now: float, ctx: ScheduleContext, budget: BatchBudget,
-                plan: Plan) -> list[list[int]]:
-        """Returns the donors: [queue, unused quota] of every queue left empty."""
-        ledger = self.ledger
+                plan: Plan) -> tuple[list[list[int]], set[int]]:
+        """Returns the donors ([queue, unused quota] of every queue left empty) and the queues whose head
+        memory refused (phase 2 would only ask again: memory is no emptier later in the step)."""
+        ledger, shares, waits = self.ledger, self.shares, self.waits
+        metered = self.config.prefill_share != "none"
         donors: list[list[int]] = []
-        for q, dq in enumerate(self._queues):
+        refused: set[int] = set()
+        for q in shares.order() if metered else range(len(self._queues)):
+            dq = self._queues[q]
             while dq and not budget.exhausted:
                 head = dq[0]
                 charge = ledger.own_charge(q, self.need_in(q, head))
                 if charge is None:
+                    self.quota_stops += 1
                     break
-                if not budget.allows(head):
+                if not budget.allows(head) or (metered and not shares.covers(q, head.input_tokens)):
                     break
                 if not self._admit(head, now, ctx, budget, plan):
+                    refused.add(q)
                     if self.config.bypass:
                         self.bypass.try_bypass(self, q, now, ctx, budget, plan)
                     break
+                waits.observe(q, now - head.arrival)
+                shares.spend(q, head.input_tokens)
                 self.charge_admitted(self._pop(q), q, [(q, charge)])
             if not dq and ledger.available(q) > 0:
                 donors.append([q, ledger.available(q)])
-        return donors
+        return donors, refused
 
-    def _phase2(self, donors: list[list[int]], now: float, ctx: ScheduleContext, budget: BatchBudget,
-                plan: Plan) -> None:
+    def _phase2(self, donors: list[list[int]], refused: set[int], now: float, ctx: ScheduleContext,
+                budget: BatchBudget, plan: Plan) -> None:
+        """Leftover: memory quota donated by emptied queues, and the step's prefill budget that phase 1
+        left (queues held back by their prefill credit take it small to large, within memory quota)."""
         ledger = self.ledger
         for q, dq in enumerate(self._queues):
-            while dq and not budget.exhausted:
+            while dq and not budget.exhausted and q not in refused:
                 leftover = sum(d[1] for d in donors)
                 head = dq[0]
                 own, need = ledger.available(q), self.need_in(q, head)
-                if leftover <= 0 or need > own + leftover:
+                if need > own + leftover:
                     break
                 if not self._admit(head, now, ctx, budget, plan):
                     break
+                self.waits.observe(q, now - head.arrival)
                 self.charge_admitted(self._pop(q), q, self._borrow(q, own, need, donors))
 
     @staticmethod
@@ -397,7 +452,8 @@ class ChameleonScheduler(Scheduler):
         out = super().stats()
         out.update(queues=len(self._queues), boundaries=list(self.boundaries), lengths=self.queue_lengths(),
                    incoming=len(self._incoming), refreshes=self.refreshes, bypasses=self.bypass.total,
-                   quotas=list(self.ledger.quotas), used=list(self.ledger.used))
+                   quotas=list(self.ledger.quotas), used=list(self.ledger.used), quota_stops=self.quota_stops,
+                   starved=self.waits.starved_total, prefill_weights=list(self.shares.weights))
         return out
 
 
@@ -414,5 +470,5 @@ class StaticQueuesScheduler(ChameleonScheduler):
 
     def _layout_job(self, snap: Snapshot, meter: Meter) -> Job:
         equal = [1.0] * self.n_queues
-        return list(self.boundaries), split_quotas(equal, snap.capacity, equal)
+        return list(self.boundaries), split_quotas(equal, snap.capacity, equal), equal
         yield  # a generator that finishes at once

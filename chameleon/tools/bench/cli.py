@@ -16,15 +16,18 @@ from chameleon.sim.report import json_safe
 from chameleon.tools.bench import machine, scrape
 from chameleon.tools.bench.loadgen import grpc_address, replay, server_info
 from chameleon.tools.bench.stats import summarise
-from chameleon.tools.bench.workload import DEFAULT_LENGTH_SCALE, BenchOptions, plan, population
+from chameleon.tools.bench.workload import DEFAULT_LENGTH_SCALE, BenchOptions, load_records, plan, population
 from chameleon.tools.cliargs import EnvArgumentParser, prepare_outputs
-from chameleon.workload import TraceError, TraceRecord, read_trace
+from chameleon.workload import WORKLOADS, TraceError, TraceRecord
 
 
 def add_workload_flags(p: EnvArgumentParser) -> None:
     """Flags shared with `chameleon bench-compare`."""
     p.add_argument("--trace", required=False, help="trace CSV/JSONL (the shared Azure trace lives at "
                    "../shared/data/traces/azure_llm_2023_conv.csv)")
+    p.add_argument("--workload", choices=WORKLOADS, default=None,
+                   help="a synthetic workload class instead of --trace (chameleon.workload.classes; its "
+                   "arrival process and popularity, lengths in trace units so --length-scale applies)")
     p.add_argument("--adapters", type=int, default=100, help="how many of the served adapters to use")
     p.add_argument("--arrivals", choices=("poisson", "trace"), default="poisson",
                    help="Poisson at --rate, or the trace's timestamps (warped to --rate if given)")
@@ -32,7 +35,8 @@ def add_workload_flags(p: EnvArgumentParser) -> None:
                    help="trace lengths x this, then capped at the server's limits")
     p.add_argument("--max-input", type=int, default=0, help="cap on prompt tokens (0 = server's limit)")
     p.add_argument("--max-output", type=int, default=0, help="cap on output tokens (0 = server's limit)")
-    p.add_argument("--popularity-exponent", type=float, default=1.0, help="power law within a rank class")
+    p.add_argument("--popularity-exponent", type=float, default=None,
+                   help="power law within a rank class (default 1.0, or the --workload class's)")
     p.add_argument("--base-fraction", type=float, default=0.0, help="share of base-model requests")
     p.add_argument("--seed", type=int, default=0, help="workload seed (same seed = same requests)")
     p.add_argument("--slo-s", type=float, default=None, help="TTFT SLO in seconds")
@@ -84,9 +88,11 @@ async def run_bench(target: str, records: Sequence[TraceRecord], n_adapters: int
     recs = await replay(target, items, seed=opts.seed, drain_timeout_s=drain_timeout_s)
     load_after = machine.loadavg_1m()
     after = await asyncio.to_thread(scrape.snapshot, metrics_url)
-    summary = {"rate": opts.rate, "duration_s": opts.duration_s, **summarise(recs, slo_s),
-               **scrape.delta(before, after), "loadavg_1m_before": load_before,
-               "loadavg_1m_after": load_after, "cpus": machine.cpu_count()}
+    counters = scrape.delta(before, after)
+    loads, used = counters.get("adapter_loads"), len({w.adapter_id for w in items} - {None})
+    summary = {"rate": opts.rate, "duration_s": opts.duration_s, **summarise(recs, slo_s), **counters,
+               "reloads_min": None if loads is None else max(0.0, loads - used),
+               "loadavg_1m_before": load_before, "loadavg_1m_after": load_after, "cpus": machine.cpu_count()}
     return Run(summary, recs)
 
 
@@ -125,12 +131,10 @@ def default_metrics_url(target: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
-        if not args.trace:
-            raise ValueError("--trace is required (e.g. ../shared/data/traces/azure_llm_2023_conv.csv)")
+        records = load_records(args)
         if args.arrivals == "poisson" and args.rate is None:
             raise ValueError("Poisson arrivals need --rate (requests/s), or use --arrivals trace")
         opts = options(args, args.rate, args.duration)
-        records = read_trace(args.trace)
         prepare_outputs(files=(args.json,))
         run = asyncio.run(run_bench(args.target, records, args.adapters, opts,
                                     metrics_url=args.metrics_url or default_metrics_url(args.target),

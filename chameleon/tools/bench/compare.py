@@ -26,10 +26,10 @@ from chameleon.tools.bench.profile import measure
 from chameleon.tools.bench.ramp import ramp, ramp_steps, warp
 from chameleon.tools.bench.ramp import unit_time as ramp_unit_time
 from chameleon.tools.bench.stats import BASELINE, misses_slo, slo_from_low_load, summarise, sweep_stops
-from chameleon.tools.bench.workload import lengths, plan, population
+from chameleon.tools.bench.workload import lengths, load_records, plan, population
 from chameleon.tools.cliargs import EnvArgumentParser, prepare_outputs
 from chameleon.tools.launch.args import ADAPTER_CACHES, SCHEDULERS
-from chameleon.workload import LengthScale, TraceError, TraceRecord, read_trace
+from chameleon.workload import LengthScale, TraceError, TraceRecord
 
 DEFAULT_CONFIGS = "fifo/none,sjf/none,chameleon/chameleon,chameleon/none,fifo/chameleon"
 # sweep = these x the highest rate the probe's ramp sustained: from light load to well past saturation, so
@@ -39,6 +39,16 @@ RAMP_START_RPS, RAMP_GROWTH = 0.3, 1.35     # the probe's ramp: 0.3 rps for 12 s
 RAMP_FIRST_STEP_S, RAMP_STEP_S = 12.0, 8.0
 EXTEND_GROWTH = 1.3  # rates past the sweep for a configuration that never missed the SLO (--extend)
 DEFAULT_LAUNCH = "--memory-budget 4294967296 --max-batch-prefill-tokens 1024 --max-concurrent-requests 4096"
+# Presets: the `chameleon launch` flags of each (--launch-args replaces them). "memory-bound": on the
+# SmolLM2 demo a 1.2 GB budget leaves a pool of about 660 pages of 720 KiB (weights and activations take
+# the rest): the 100 adapters need about 1,500 pages, so beside a busy batch's KV (~200 pages) about 30%
+# of them fit; adapters are evicted and reloaded, queued-adapter protection, bypass and the MLQ quotas
+# bind, and KV pressure shrinks the cache (the paper's regime on a GPU).
+PRESETS = {
+    "default": DEFAULT_LAUNCH,
+    "memory-bound": "--memory-budget 1200000000 --max-batch-prefill-tokens 1024 "
+                    "--max-concurrent-requests 4096",
+}
 
 
 def build_parser() -> EnvArgumentParser:
@@ -66,7 +76,13 @@ def build_parser() -> EnvArgumentParser:
                    "of a lower bound (0 = never)")
     p.add_argument("--drain-timeout", type=float, default=45.0,
                    help="after the last arrival of a rate, wait this long, then cancel what is left")
-    p.add_argument("--launch-args", default=DEFAULT_LAUNCH, help="further `chameleon launch` flags")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                   help="system setting: default (a 4 GiB pool: all 100 demo adapters fit) or memory-bound "
+                   "(a 1.2 GB budget: about 30%% of them fit beside a busy batch, so the cache evicts and "
+                   "reloads, quotas bind and KV pressure shrinks the cache)")
+    p.add_argument("--launch-args", default=None,
+                   help="further `chameleon launch` flags (default: the --preset's: "
+                   + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()) + ")")
     p.add_argument("--plot", default=None, help="P99 TTFT vs rate and TTFT CDFs (PNG)")
     p.add_argument("--json", default=None, help="write the comparison here")
     p.add_argument("--profile-out", default=None,
@@ -172,6 +188,7 @@ async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[
     sched, _, cache = config.partition("/")
     log = args.log_dir / f"bench-compare-{sched}-{cache}.log"
     t0 = time.perf_counter()
+    spec = with_slo(spec, sched, ctx.slo_s)
     sysm = await asyncio.to_thread(system.start, spec, sched, cache, log)
     print(f"[{config}] up in {time.perf_counter() - t0:.0f} s (log {log})", flush=True)
     try:
@@ -218,6 +235,15 @@ async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[
     finally:
         await asyncio.to_thread(sysm.stop)
     return rows
+
+
+def with_slo(spec: system.SystemSpec, scheduler: str, slo_s: float | None) -> system.SystemSpec:
+    """The comparison's SLO handed to a Chameleon system it launches (--mlq-slo-s: its quota sizing and
+    starvation bound), once known (given, or from the baseline's low-load run, which runs first);
+    --mlq-slo-s in --launch-args wins."""
+    if scheduler != "chameleon" or slo_s is None or "--mlq-slo-s" in spec.extra:
+        return spec
+    return replace(spec, extra=(*spec.extra, "--mlq-slo-s", f"{slo_s:.3f}"))
 
 
 def _with_extension(rates: Sequence[float], rows: list[dict], ctx: Context, extend: int) -> Iterator[float]:
@@ -289,11 +315,9 @@ def _with_slo(rows: list[dict], slo_s: float) -> list[dict]:
 
 async def compare(args) -> dict:
     configs = parse_configs(args.configs)
-    if not args.trace:
-        raise ValueError("--trace is required (e.g. ../shared/data/traces/azure_llm_2023_conv.csv)")
-    records = read_trace(args.trace)
+    records = load_records(args)
     prepare_outputs(files=(args.json, args.plot, args.profile_out), folders=(args.log_dir,))
-    launch = tuple(shlex.split(args.launch_args))
+    launch = tuple(shlex.split(args.launch_args if args.launch_args is not None else PRESETS[args.preset]))
     spec = system.SystemSpec(args.model_id, args.adapter_dir, launch)
     ctx = Context(parse_rates(args.rates), slo_s=args.slo_s)
     load_start = machine.loadavg_1m()
@@ -318,7 +342,8 @@ async def compare(args) -> dict:
     preds = await asyncio.to_thread(_predictions, args, records, rows, ctx, launch, slo_s)
     steady = await asyncio.to_thread(_steady, args, records, configs, high.get("high_load_rps"), ctx, launch,
                                      slo_s)
-    meta = {"trace": str(args.trace), "configs": configs, "rates": ctx.rates, "duration_s": args.duration,
+    meta = {"trace": str(args.trace), "workload": args.workload, "preset": args.preset,
+            "configs": configs, "rates": ctx.rates, "duration_s": args.duration,
             "adapters": args.adapters, "length_scale": args.length_scale, "seed": args.seed,
             "slo_s": slo_s, "slo_basis": "given" if args.slo_s is not None else
             f"5 x mean request time of {configs[0]} at {ctx.rates[0]} rps", **high,
@@ -350,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = _document(out)
     print()
     print(report.format_runs(doc["runs"]))
+    print()
+    print(report.format_counters(doc["runs"]))
     print()
     print(report.format_summary(doc["summary"], out["meta"], doc["meta"]["slo_s"]))
     if out["predictions"]:

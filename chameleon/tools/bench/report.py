@@ -73,6 +73,29 @@ def format_runs(runs: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+COUNTER_COLUMNS = (("evict", "evictions"), ("loads", "adapter_loads"), ("reload>=", "reloads_min"),
+                   ("GB load", "adapter_bytes_loaded"), ("prefetch", "prefetches"),
+                   ("quota st", "quota_stops"), ("bypass", "bypasses"), ("squash", "squashes"),
+                   ("starved", "starved"))
+
+
+def format_counters(runs: Sequence[dict]) -> str:
+    """The router's memory and scheduler counters over each run (Prometheus deltas, chameleon/tools/bench/
+    scrape.py): adapter evictions, loads, reloads (at least loads - adapters used), bytes loaded,
+    prefetches, MLQ quota stops, bypasses, squashes, starvation-bound admissions."""
+    head = f"{'config':<20} {'rps':>5} " + " ".join(f"{name:>8}" for name, _ in COUNTER_COLUMNS)
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        vals = []
+        for name, key in COUNTER_COLUMNS:
+            v = r.get(key)
+            vals.append("-" if v is None else (f"{v / 1e9:.2f}" if name == "GB load" else f"{v:.0f}"))
+        lines.append(f"{r['config']:<20} {r['rate']:>5.2f} " + " ".join(f"{v:>8}" for v in vals))
+    lines.append("(reload>=: adapter loads beyond one per distinct adapter the run used, a lower bound on "
+                 "reloads after eviction; '-': the router does not report it, e.g. no MLQ)")
+    return "\n".join(lines)
+
+
 def _count(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 

@@ -8,7 +8,10 @@ import urllib.request
 
 COUNTERS = ("chameleon_cache_hits_total", "chameleon_cache_misses_total", "chameleon_adapter_loads_total",
             "chameleon_adapter_bytes_loaded_total", "chameleon_adapter_load_seconds_total",
-            "chameleon_scheduler_squashes_total", "chameleon_scheduler_refreshes_total")
+            "chameleon_scheduler_squashes_total", "chameleon_scheduler_refreshes_total",
+            "chameleon_cache_evictions_total", "chameleon_cache_prefetches_total",
+            "chameleon_scheduler_bypasses_total", "chameleon_scheduler_quota_stops_total",
+            "chameleon_scheduler_starved_total")
 
 
 def parse_metrics(text: str, names: tuple[str, ...] = COUNTERS) -> dict[str, float]:
@@ -49,6 +52,11 @@ def delta(before: dict[str, float] | None, after: dict[str, float] | None) -> di
             "adapter_bytes_loaded": d["chameleon_adapter_bytes_loaded_total"],
             "adapter_load_s": d["chameleon_adapter_load_seconds_total"],
             "squashes": d["chameleon_scheduler_squashes_total"],
+            "evictions": d["chameleon_cache_evictions_total"],
+            "prefetches": d["chameleon_cache_prefetches_total"],
+            "bypasses": d["chameleon_scheduler_bypasses_total"],
+            "quota_stops": d["chameleon_scheduler_quota_stops_total"],
+            "starved": d["chameleon_scheduler_starved_total"],
             # MLQ queue-layout refreshes during the run and since the start: 0 since the start means
             # the Chameleon scheduler still had its one cold-start queue (FIFO order)
             "scheduler_refreshes": d["chameleon_scheduler_refreshes_total"],

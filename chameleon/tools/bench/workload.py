@@ -16,13 +16,20 @@ from dataclasses import dataclass
 from chameleon.workload import (
     AdapterInfo,
     LengthScale,
+    TraceError,
     TraceRecord,
     WorkItem,
     WorkloadOptions,
     build_workload,
+    make_workload,
+    read_trace,
 )
 
 DEFAULT_LENGTH_SCALE = 1 / 16   # Azure conversation (mean 1155 in / 211 out) -> ~72 / ~13 tokens
+# A synthetic class's lengths are in the simulator's A40 units (the Azure trace x 1/6); x 6 puts them in
+# trace units, so the same --length-scale gives the same request sizes as the trace (chat ~75 / ~15).
+WORKLOAD_TO_TRACE = 6
+WORKLOAD_REQUESTS = 20_000
 
 # Short common English words: one token each for byte-level BPE vocabularies with a leading space.
 _WORD_TEXT = (
@@ -106,3 +113,24 @@ def prompt_text(item_id: int, n_tokens: int, seed: int = 0) -> str:
     server to truncate it to exactly `n_tokens` (`truncate_input_tokens`)."""
     rng = random.Random(seed * 1_000_003 + item_id)
     return " ".join(rng.choice(_WORDS) for _ in range(n_tokens + 8))
+
+
+def load_records(args) -> list[TraceRecord]:
+    """The records a bench replays: `--trace`, or the synthetic class `--workload` (lengths x
+    WORKLOAD_TO_TRACE). A workload also sets the arrivals (bursty: its on/off timestamps, warped to
+    --rate) and the popularity exponent when --popularity-exponent is not given."""
+    if getattr(args, "workload", None) and args.trace:
+        raise ValueError("give --trace or --workload, not both")
+    if getattr(args, "workload", None):
+        w = make_workload(args.workload, WORKLOAD_REQUESTS, args.seed)
+        args.arrivals = w.arrivals
+        if args.popularity_exponent is None:
+            args.popularity_exponent = w.exponent
+        k = WORKLOAD_TO_TRACE
+        return [TraceRecord(r.timestamp, r.input_tokens * k, r.output_tokens * k) for r in w.records]
+    if not args.trace:
+        raise TraceError("--trace or --workload is required (e.g. "
+                         "../shared/data/traces/azure_llm_2023_conv.csv)")
+    if args.popularity_exponent is None:
+        args.popularity_exponent = 1.0
+    return read_trace(args.trace)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from chameleon.core.memory import ADAPTER_DTYPE_POLICIES
 from chameleon.tools.cliargs import EnvArgumentParser
+from chameleon.tools.mlqargs import MLQ_FLAGS
 
 SCHEDULERS = ("chameleon", "fifo", "sjf")
 ADAPTER_CACHES = ("chameleon", "lru", "fairshare", "none")
@@ -65,6 +66,8 @@ FORWARDED: tuple[Forwarded, ...] = (
     Forwarded("--memory-headroom", "router", str,
               help="BYTES|FRACTION: free memory each rank keeps for co-tenants (measured); below it the "
               "adapter cache shrinks and the shards release pool memory (router's default: 0.05 of total)"),
+    # the MLQ scheduler's settings (chameleon.tools.mlqargs), handed to the router as given
+    *(Forwarded(f.flag, "router", f.kind, f.choices, f.help) for f in MLQ_FLAGS),
 )
 
 

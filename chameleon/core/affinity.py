@@ -1,0 +1,182 @@
+"""Adapter-affinity routing over replicas (each replica = one router + its shard group), with bounded load.
+
+Pure policy, shared by the Ray Serve request router (chameleon/scale/) and the multi-replica simulator
+(chameleon/sim/replicas.py). It sees each replica through a `ReplicaView`: a snapshot of what that
+replica's router reported (Ray's routing-stats hook; the simulator takes the same snapshot on the same
+period), plus what this router itself sent there since that snapshot (`AffinityRouter.assigned`).
+
+Ranking for a request of adapter `a` (best first):
+  1. bounded load: replicas whose load (queued + running) is above `load_factor` x the mean load and
+     `load_slack` above it get nothing new while some replica is below that bound (consistent hashing
+     with bounded loads, Mirrokni et al. 2018): a hot adapter spreads over several replicas under load
+     instead of melting one, and stays on one replica otherwise;
+  2. affinity tier: `a` resident (0) < `a` queued for or loading there (1) < free pages for `a` (2) <
+     it would have to evict (3);
+  3. queue depth ahead of the request: the requests waiting in its MLQ class and the classes before it
+     (all waiting requests when the class is unknown);
+  4. load; 5. a rendezvous hash of (adapter, replica): every router picks the same home for a new
+     adapter, so two routers do not each load it on a different replica.
+Base-model requests (adapter None) have tier 0 everywhere: least depth wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """What one replica reported. `free_pages`: pages a new adapter could take without evicting
+    (free pool pages; idle cached adapters count as evictable, not free). `queue_lengths`: requests
+    waiting per MLQ class, smallest class first (one entry under FIFO/SJF)."""
+
+    replica_id: str
+    resident: frozenset[str] = frozenset()
+    pending: frozenset[str] = frozenset()
+    free_pages: int = 0
+    queue_lengths: tuple[int, ...] = ()
+    running: int = 0
+
+    @property
+    def waiting(self) -> int:
+        return sum(self.queue_lengths)
+
+    @property
+    def load(self) -> int:
+        return self.running + self.waiting
+
+    def depth(self, qclass: int | None) -> int:
+        """Requests waiting ahead of a request of MLQ class `qclass` (None: all waiting)."""
+        if qclass is None or not self.queue_lengths:
+            return self.waiting
+        return sum(self.queue_lengths[: qclass + 1])
+
+    def to_stats(self) -> dict[str, Any]:
+        """A JSON-able dict (Ray's routing stats); `from_stats` reads it back."""
+        return {"resident": sorted(self.resident), "pending": sorted(self.pending),
+                "free_pages": self.free_pages, "queue_lengths": list(self.queue_lengths),
+                "running": self.running}
+
+    @classmethod
+    def from_stats(cls, replica_id: str, stats: Mapping[str, Any]) -> ReplicaView:
+        """Tolerant of missing or malformed keys (a replica that has not reported yet: empty view)."""
+        def ids(key: str) -> frozenset[str]:
+            value = stats.get(key)
+            return frozenset(str(v) for v in value) if isinstance(value, (list, tuple, set)) else frozenset()
+
+        def count(value: Any) -> int:
+            return max(0, int(value)) if isinstance(value, (int, float)) and math.isfinite(value) else 0
+
+        queues = stats.get("queue_lengths")
+        lengths = tuple(count(q) for q in queues) if isinstance(queues, (list, tuple)) else ()
+        return cls(replica_id, ids("resident"), ids("pending"), count(stats.get("free_pages")), lengths,
+                   count(stats.get("running")))
+
+
+@dataclass(frozen=True, slots=True)
+class AffinityConfig:
+    """`load_factor` (c >= 1) and `load_slack` (requests) set the load bound: max(c x mean, mean + slack)
+    where mean counts the request being placed."""
+
+    load_factor: float = 1.25
+    load_slack: int = 4
+
+    def __post_init__(self) -> None:
+        if self.load_factor < 1.0 or self.load_slack < 0:
+            raise ValueError("load_factor must be >= 1 and load_slack >= 0")
+
+
+def rendezvous(adapter_id: str | None, replica_id: str) -> int:
+    """Deterministic hash weight of (adapter, replica), the same in every process."""
+    digest = hashlib.blake2b(f"{adapter_id}\x00{replica_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def tier(view: ReplicaView, adapter_id: str | None, pages: int) -> int:
+    """0 resident, 1 queued/loading, 2 fits in free pages, 3 would evict (base model: 0)."""
+    if adapter_id is None or adapter_id in view.resident:
+        return 0
+    if adapter_id in view.pending:
+        return 1
+    return 2 if view.free_pages >= pages else 3
+
+
+def load_bound(views: Sequence[ReplicaView], config: AffinityConfig) -> float:
+    mean = (sum(v.load for v in views) + 1) / len(views)
+    return max(config.load_factor * mean, mean + config.load_slack)
+
+
+def rank(views: Sequence[ReplicaView], adapter_id: str | None, config: AffinityConfig,
+         pages: int = 1, qclass: int | None = None) -> list[ReplicaView]:
+    """`views` best first (see the module docstring); empty in, empty out."""
+    if not views:
+        return []
+    bound = load_bound(views, config)
+
+    def key(v: ReplicaView) -> tuple[int, int, int, int, int]:
+        over = 1 if v.load + 1 > bound else 0
+        home = -rendezvous(adapter_id, v.replica_id)
+        return (over, tier(v, adapter_id, pages), v.depth(qclass), v.load, home)
+
+    return sorted(views, key=key)
+
+
+class AffinityRouter:
+    """Views of the replicas plus what this router did since each replica's last report.
+
+    `assigned(replica, adapter, now, key)` records a request sent there (one more waiting request of
+    that adapter); `completed(replica, key, now)` a request that finished there (no longer counted as
+    load; its adapter counts as resident). `update(view, as_of)` takes a report measured at `as_of`:
+    what happened before that is inside it, what happened later is still added on top (a report
+    measured before a request arrived must not make the router forget it)."""
+
+    def __init__(self, config: AffinityConfig | None = None) -> None:
+        self.config = config or AffinityConfig()
+        self._views: dict[str, ReplicaView] = {}
+        self._sent: dict[str, dict[object, tuple[float, str | None]]] = {}
+        self._done: dict[str, list[tuple[float, str]]] = {}
+        self._anonymous = 0  # keys of requests sent without one
+
+    def update(self, view: ReplicaView, as_of: float = math.inf) -> None:
+        rid = view.replica_id
+        self._views[rid] = view
+        self._sent[rid] = {k: e for k, e in self._sent.get(rid, {}).items() if e[0] >= as_of}
+        self._done[rid] = [e for e in self._done.get(rid, ()) if e[0] >= as_of]
+
+    def forget(self, replica_id: str) -> None:
+        for table in (self._views, self._sent, self._done):
+            table.pop(replica_id, None)
+
+    def view(self, replica_id: str) -> ReplicaView:
+        """The last report with what happened since added (an empty view before any report)."""
+        base = self._views.get(replica_id, ReplicaView(replica_id))
+        sent, done = self._sent.get(replica_id, {}), self._done.get(replica_id, ())
+        if not sent and not done:
+            return base
+        queues = list(base.queue_lengths) or [0]
+        queues[-1] += len(sent)
+        pending = frozenset(a for _, a in sent.values() if a is not None)
+        return replace(base, resident=base.resident | {a for _, a in done}, pending=base.pending | pending,
+                       queue_lengths=tuple(queues))
+
+    def choose(self, candidates: Iterable[str], adapter_id: str | None, pages: int = 1,
+               qclass: int | None = None) -> list[str]:
+        """Candidate replica ids best first (nothing is recorded: call `assigned` with the pick)."""
+        views = [self.view(r) for r in candidates]
+        return [v.replica_id for v in rank(views, adapter_id, self.config, pages, qclass)]
+
+    def assigned(self, replica_id: str, adapter_id: str | None, now: float = 0.0,
+                 key: object | None = None) -> None:
+        sent = self._sent.setdefault(replica_id, {})
+        self._anonymous += 1
+        sent[key if key is not None else ("anonymous", self._anonymous)] = (now, adapter_id)
+
+    def completed(self, replica_id: str, key: object, now: float) -> None:
+        """The request sent with `key` finished (unknown keys are ignored)."""
+        entry = self._sent.get(replica_id, {}).pop(key, None)
+        if entry is not None and entry[1] is not None:
+            self._done.setdefault(replica_id, []).append((now, entry[1]))

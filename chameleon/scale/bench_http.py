@@ -1,0 +1,161 @@
+"""`chameleon bench-ray`: `chameleon bench`'s open-loop replay over HTTP (TGI `/generate_stream`),
+for an endpoint that speaks only HTTP: Ray Serve's proxy in front of `chameleon serve-ray`.
+
+Same workload (`chameleon.tools.bench.workload.plan`: trace lengths, Zipf-like popularity, the same
+requests for the same seed) and statistics (`stats.summarise`) as `chameleon bench`. Cache figures
+come from every replica's own router: `serve-ray` writes each replica's router URL into
+`<workdir>/<replica>/endpoint.json`; hits, misses and adapter loads are summed over replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from chameleon.sim.report import json_safe
+from chameleon.tools.bench.cli import add_workload_flags, format_summary, options
+from chameleon.tools.bench.stats import RequestRecord, summarise
+from chameleon.tools.bench.workload import plan, population, prompt_text
+from chameleon.tools.cliargs import EnvArgumentParser, prepare_outputs
+from chameleon.workload import TraceError, WorkItem, read_trace
+
+COUNTERS = ("chameleon_cache_hits_total", "chameleon_cache_misses_total", "chameleon_adapter_loads_total",
+            "chameleon_cache_prefetches_total")
+
+
+def build_parser() -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="chameleon bench-ray", description=__doc__)
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="HTTP endpoint (Ray Serve's proxy)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/chameleon-ray"),
+                   help="serve-ray's --workdir: where the replicas' router URLs are (cache figures)")
+    p.add_argument("--rate", type=float, required=True, help="requests/s (Poisson)")
+    p.add_argument("--duration", type=float, default=60.0, help="replay requests arriving in this many s")
+    p.add_argument("--drain-timeout", type=float, default=120.0, help="then cancel what still runs")
+    p.add_argument("--json", default=None, help="write the summary and every request here")
+    add_workload_flags(p)
+    return p
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+def replica_counters(workdir: Path) -> dict[str, float]:
+    """Sum of COUNTERS over the replicas whose endpoint.json is under `workdir`."""
+    total = dict.fromkeys(COUNTERS, 0.0)
+    for ep in sorted(workdir.glob("*/endpoint.json")):
+        url = json.loads(ep.read_text())["http"]
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name in total:
+                    total[s.name] += s.value
+    return total
+
+
+async def stream_one(session: aiohttp.ClientSession, url: str, item: WorkItem, rec: RequestRecord,
+                     start: float, seed: int) -> None:
+    params: dict[str, Any] = {"max_new_tokens": item.output_tokens, "do_sample": True, "temperature": 1.0,
+                              "seed": seed * 1_000_003 + item.id, "truncate": item.input_tokens,
+                              "adapter_id": item.adapter_id}
+    body = {"inputs": prompt_text(item.id, item.input_tokens, seed), "parameters": params}
+    await asyncio.sleep(max(0.0, start + item.arrival - time.perf_counter()))
+    sent = time.perf_counter()
+    rec.sent_s, last = sent - start, None
+    try:
+        async with session.post(url + "/generate_stream", json=body) as reply:
+            if reply.status != 200:
+                rec.error = f"HTTP {reply.status}"
+                return
+            async for line in reply.content:
+                if not line.startswith(b"data:"):
+                    continue
+                event, now = json.loads(line[5:]), time.perf_counter()
+                if "error" in event:
+                    rec.error = str(event.get("error_type", "error"))
+                    return
+                if last is None:
+                    rec.ttft_s = now - sent
+                else:
+                    rec.gaps_s.append(now - last)
+                last = now
+                rec.generated_tokens += 1
+                details = event.get("details") or {}
+                rec.stop_reason = str(details.get("finish_reason", rec.stop_reason))
+                rec.prompt_tokens = int(details.get("input_length", rec.prompt_tokens) or 0)
+        rec.e2e_s = time.perf_counter() - sent
+    except (aiohttp.ClientError, ValueError) as exc:
+        rec.error = type(exc).__name__
+
+
+async def replay(url: str, items: Sequence[WorkItem], seed: int,
+                 drain_timeout_s: float) -> list[RequestRecord]:
+    records = [RequestRecord(w.id, w.adapter_id, w.input_tokens, w.output_tokens, w.arrival) for w in items]
+    start = time.perf_counter() + 0.2
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
+        tasks = [asyncio.ensure_future(stream_one(session, url, w, r, start, seed))
+                 for w, r in zip(items, records, strict=True)]
+        last = max(w.arrival for w in items)
+        wait = max(0.0, start + last + drain_timeout_s - time.perf_counter())
+        _, pending = await asyncio.wait(tasks, timeout=wait)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    for r in records:
+        if r.error is None and r.ttft_s is None:
+            r.error = "cancelled" if r.e2e_s is None else "no token"
+    return records
+
+
+def run(args) -> dict[str, Any]:
+    info = _get(args.url + "/info")
+    models = _get(args.url + "/v1/models")["data"]
+    served = [(m["id"], int(m["rank"])) for m in models if "rank" in m]
+    pop = population(served, args.adapters)
+    max_total = int(info["max_total_tokens"])
+    opts = options(args, args.rate, args.duration)
+    items = plan(read_trace(args.trace), pop, opts, max_total, max_total - 1)
+    if not items:
+        raise ValueError("no request arrives within --duration at this rate")
+    before = replica_counters(args.workdir)
+    records = asyncio.run(replay(args.url, items, args.seed, args.drain_timeout))
+    after = replica_counters(args.workdir)
+    d = {k: after[k] - before[k] for k in COUNTERS}
+    looked = d["chameleon_cache_hits_total"] + d["chameleon_cache_misses_total"]
+    summary = {"rate": args.rate, "duration_s": args.duration, **summarise(records, args.slo_s),
+               "cache_hit_rate": d["chameleon_cache_hits_total"] / looked if looked else None,
+               "adapter_loads_per_request": (d["chameleon_adapter_loads_total"] / len(records)),
+               "replicas": len(list(args.workdir.glob("*/endpoint.json")))}
+    return {"summary": summary, "records": records}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        if not args.trace:
+            raise ValueError("--trace is required")
+        prepare_outputs(files=(args.json,))
+        out = run(args)
+    except (ValueError, TraceError, OSError, KeyError) as exc:
+        print(f"chameleon bench-ray: {exc}", file=sys.stderr)
+        return 2
+    s = out["summary"]
+    print(format_summary(s))
+    print(f"adapter loads per request {s['adapter_loads_per_request']:.3f} over {s['replicas']} replicas")
+    if args.json:
+        doc = {"summary": json_safe(s), "requests": [json_safe(asdict(r)) for r in out["records"]]}
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    return 0

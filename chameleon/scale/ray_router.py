@@ -1,0 +1,59 @@
+"""Ray Serve request router with adapter affinity (Ray's request-router extension point).
+
+Configured on the replica deployment by `request_router_config` (chameleon/scale/ray_serve.py). For a
+request it reads the adapter id from Ray's multiplexed model id, ranks the healthy candidate replicas
+with `chameleon.core.affinity` (views = what each replica last reported through its
+`record_routing_stats` hook, plus what this router sent there since) and hands Ray one replica per
+rank: Ray takes the first that accepts (queue below max_ongoing_requests). Replicas that report
+`healthy: false` (their shards are recovering) go last, so requests route around them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from chameleon.core.affinity import AffinityConfig, AffinityRouter, ReplicaView
+
+
+class AdapterAffinityRequestRouter(FIFOMixin, RequestRouter):
+    def initialize_state(self, load_factor: float = 1.25, load_slack: int = 4, **kwargs: Any) -> None:
+        """Ray calls this with `request_router_kwargs`."""
+        self.affinity = AffinityRouter(AffinityConfig(load_factor, load_slack))
+        self.report_ts: dict[str, float] = {}
+
+    def _refresh(self, replica: RunningReplica) -> bool:
+        """Take a new report of `replica` into the views; True when it reports itself healthy."""
+        stats = replica.routing_stats or {}
+        rid = replica.replica_id.unique_id
+        ts = stats.get("ts")
+        if isinstance(ts, (int, float)) and ts != self.report_ts.get(rid):
+            self.report_ts[rid] = float(ts)
+            self.affinity.update(ReplicaView.from_stats(rid, stats), as_of=float(ts))
+        return stats.get("healthy", True) is not False
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        healthy = [r for r in candidate_replicas if self._refresh(r)]
+        sick = [r for r in candidate_replicas if r not in healthy]
+        adapter = pending_request.metadata.multiplexed_model_id if pending_request is not None else ""
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        order = self.affinity.choose([r.replica_id.unique_id for r in healthy], adapter or None)
+        return [[by_id[rid]] for rid in order] + ([sick] if sick else [])
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        meta = pending_request.metadata
+        self.affinity.assigned(replica_id.unique_id, meta.multiplexed_model_id or None, time.time(),
+                               key=meta.internal_request_id)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self.affinity.completed(replica_id.unique_id, internal_request_id, time.time())
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.affinity.forget(replica_id.unique_id)
+        self.report_ts.pop(replica_id.unique_id, None)

@@ -1,0 +1,94 @@
+"""chameleon.core.affinity: tiers, queue depth, bounded load, stickiness and the local bookkeeping."""
+
+from __future__ import annotations
+
+from chameleon.core.affinity import AffinityConfig, AffinityRouter, ReplicaView, rank, rendezvous, tier
+
+CFG = AffinityConfig(load_factor=1.25, load_slack=2)
+
+
+def ids(views: list[ReplicaView]) -> list[str]:
+    return [v.replica_id for v in views]
+
+
+def test_tiers_resident_then_pending_then_free_pages_then_evict():
+    resident = ReplicaView("r0", resident=frozenset({"a"}))
+    pending = ReplicaView("r1", pending=frozenset({"a"}))
+    roomy = ReplicaView("r2", free_pages=8)
+    full = ReplicaView("r3", free_pages=1)
+    assert [tier(v, "a", 4) for v in (resident, pending, roomy, full)] == [0, 1, 2, 3]
+    assert ids(rank([full, roomy, pending, resident], "a", CFG, pages=4)) == ["r0", "r1", "r2", "r3"]
+    assert tier(full, None, 4) == 0  # the base model is everywhere
+
+
+def test_queue_depth_of_the_request_class_breaks_ties_before_total_load():
+    # same tier; r0 has more waiting in total but fewer in the classes up to class 0
+    r0 = ReplicaView("r0", resident=frozenset({"a"}), queue_lengths=(0, 3), running=1)
+    r1 = ReplicaView("r1", resident=frozenset({"a"}), queue_lengths=(1, 0), running=1)
+    assert ids(rank([r1, r0], "a", AffinityConfig(load_slack=10), qclass=0)) == ["r0", "r1"]
+    assert ids(rank([r0, r1], "a", AffinityConfig(load_slack=10))) == ["r1", "r0"]
+
+
+def test_bounded_load_spreads_a_hot_adapter():
+    hot = ReplicaView("r0", resident=frozenset({"a"}), queue_lengths=(6,), running=6)
+    cold = ReplicaView("r1", queue_lengths=(0,), running=2)
+    # mean (12 + 2 + 1) / 2 = 7.5, bound max(9.4, 9.5): r0 at 13 is over it
+    assert ids(rank([hot, cold], "a", CFG)) == ["r1", "r0"]
+    light = ReplicaView("r0", resident=frozenset({"a"}), running=3)
+    assert ids(rank([light, cold], "a", CFG)) == ["r0", "r1"]  # under the bound affinity wins
+
+
+def test_every_router_picks_the_same_home_for_a_new_adapter():
+    views = [ReplicaView(f"r{i}", free_pages=10) for i in range(8)]
+    first = ids(rank(views, "new", CFG))
+    assert ids(rank(list(reversed(views)), "new", CFG)) == first
+    assert first[0] == max(views, key=lambda v: rendezvous("new", v.replica_id)).replica_id
+    homes = {ids(rank(views, f"ad{i}", CFG))[0] for i in range(40)}
+    assert len(homes) > 4  # different adapters get different homes
+
+
+def test_router_counts_what_it_sent_until_the_next_report():
+    router = AffinityRouter(CFG)
+    for r in ("r0", "r1"):
+        router.update(ReplicaView(r, free_pages=10, queue_lengths=(0,)))
+    home = router.choose(["r0", "r1"], "a")[0]
+    router.assigned(home, "a")
+    assert "a" in router.view(home).pending and router.view(home).waiting == 1
+    assert router.choose(["r0", "r1"], "a")[0] == home  # queued there now: tier 1
+    for _ in range(6):
+        router.assigned(home, "a")
+    other = next(r for r in ("r0", "r1") if r != home)
+    assert router.choose(["r0", "r1"], "a")[0] == other  # 7 sent: over the bound
+    router.update(ReplicaView(home, resident=frozenset({"a"}), running=1))
+    assert router.view(home).waiting == 0 and router.view(home).pending == frozenset()
+
+
+def test_stats_round_trip_and_tolerate_garbage():
+    view = ReplicaView("r0", frozenset({"a", "b"}), frozenset({"c"}), 12, (1, 2, 0), 3)
+    assert ReplicaView.from_stats("r0", view.to_stats()) == view
+    junk = ReplicaView.from_stats("r9", {"resident": "x", "free_pages": float("nan"), "queue_lengths": [-1]})
+    assert junk == ReplicaView("r9", queue_lengths=(0,))
+
+
+def test_a_report_measured_before_a_request_was_sent_does_not_erase_it():
+    router = AffinityRouter(CFG)
+    router.update(ReplicaView("r0", free_pages=10), as_of=0.0)
+    router.assigned("r0", "a", now=5.0)
+    router.update(ReplicaView("r0", free_pages=10), as_of=4.0)  # measured before the request arrived
+    assert "a" in router.view("r0").pending and router.view("r0").waiting == 1
+    router.update(ReplicaView("r0", resident=frozenset({"a"})), as_of=6.0)
+    assert router.view("r0").pending == frozenset() and router.view("r0").waiting == 0
+
+
+def test_completion_moves_a_request_from_load_to_residency():
+    router = AffinityRouter(CFG)
+    router.update(ReplicaView("r0"), as_of=0.0)
+    router.assigned("r0", "a", now=1.0, key="k1")
+    router.assigned("r0", None, now=1.0, key="k2")
+    assert router.view("r0").waiting == 2
+    router.completed("r0", "k1", now=2.0)
+    router.completed("r0", "unknown", now=2.0)
+    view = router.view("r0")
+    assert view.waiting == 1 and view.resident == {"a"} and view.pending == frozenset()
+    router.update(ReplicaView("r0"), as_of=3.0)  # the report after it knows better (evicted, say)
+    assert router.view("r0") == ReplicaView("r0")

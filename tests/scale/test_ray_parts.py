@@ -1,0 +1,118 @@
+"""The Ray Serve pieces that run without a Ray cluster: the adapter of a request, replica statistics
+from a router's /metrics, and the request router's ranking over stand-in replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from chameleon.scale.ray_router import AdapterAffinityRequestRouter
+from chameleon.scale.ray_serve import adapter_of, is_streaming
+from chameleon.scale.replica_stats import routing_stats, view_from_metrics
+from router.metrics import RouterMetrics
+
+
+def test_adapter_of_tgi_and_openai_requests():
+    tgi = json.dumps({"inputs": "x", "parameters": {"adapter_id": "a1"}}).encode()
+    assert adapter_of("/generate", tgi, ()) == adapter_of("/generate_stream", tgi, ()) == "a1"
+    assert adapter_of("/generate", b'{"inputs": "x"}', ()) is None
+    chat = json.dumps({"model": "a2", "messages": []}).encode()
+    assert adapter_of("/v1/chat/completions", chat, ()) == "a2"
+    assert adapter_of("/v1/completions", json.dumps({"model": "base"}).encode(), ("base",)) is None
+    for body in (b"not json", b"[1]", b'{"parameters": 3}'):
+        assert adapter_of("/generate", body, ()) is None
+    assert adapter_of("/info", tgi, ()) is None
+    assert is_streaming("/generate_stream", b"") and is_streaming("/v1/completions", b'{"stream": true}')
+    assert not is_streaming("/v1/completions", b'{"stream": false}') and not is_streaming("/generate", b"x")
+
+
+def test_replica_view_from_a_router_metrics_text():
+    stats = {
+        "requests": {"queued": 4, "running": 2, "running_adapters": ["a"], "waiting_adapters": ["a", "c"]},
+        "scheduler": {"lengths": [1, 2]},
+        "cache": {"kv_pages": 10, "adapter_pages": 6, "resident_adapters": 2},
+        "pool": {"num_pages": 100, "by_tenant": {"kv": 10, "adapter": 6}},
+        "adapters": {"resident": {"a": 2, "b": 4}},
+    }
+    text = RouterMetrics(lambda: stats, model_name="m").render().decode()
+    view = view_from_metrics("r0", text)
+    assert view.resident == {"a", "b"} and view.pending == {"c"}
+    assert view.free_pages == 84 and view.running == 2
+    assert view.queue_lengths == (1, 3)  # one waiting request not in a queue yet counts in the last
+    out = routing_stats(view, True, 12.5)
+    assert out["healthy"] is True and out["ts"] == 12.5 and out["resident"] == ["a", "b"]
+
+
+@dataclass(frozen=True)
+class FakeId:
+    unique_id: str
+
+
+@dataclass
+class FakeReplica:
+    name: str
+    routing_stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def replica_id(self) -> FakeId:
+        return FakeId(self.name)
+
+
+@dataclass
+class FakeMeta:
+    multiplexed_model_id: str
+    internal_request_id: str = ""
+
+
+@dataclass
+class FakePending:
+    metadata: FakeMeta
+
+
+def make_router() -> AdapterAffinityRequestRouter:
+    router = object.__new__(AdapterAffinityRequestRouter)  # no Ray deployment behind it
+    router.initialize_state(load_factor=1.25, load_slack=2)
+    return router
+
+
+def test_request_router_prefers_residency_and_puts_sick_replicas_last():
+    router = make_router()
+    warm = FakeReplica("w", {"resident": ["a"], "free_pages": 0, "queue_lengths": [0], "running": 1,
+                             "healthy": True, "ts": 1.0})
+    cold = FakeReplica("c", {"free_pages": 50, "queue_lengths": [0], "healthy": True, "ts": 1.0})
+    sick = FakeReplica("s", {"resident": ["a"], "healthy": False, "ts": 1.0})
+    ranks = asyncio.run(router.choose_replicas([sick, cold, warm], FakePending(FakeMeta("a"))))
+    assert [[r.name for r in rank] for rank in ranks] == [["w"], ["c"], ["s"]]
+
+
+def test_request_router_counts_sent_requests_until_a_new_report():
+    router = make_router()
+    warm = FakeReplica("w", {"resident": ["a"], "queue_lengths": [0], "healthy": True, "ts": 1.0})
+    cold = FakeReplica("c", {"queue_lengths": [0], "healthy": True, "ts": 1.0})
+    pending = FakePending(FakeMeta("a"))
+    for i in range(4):  # still running: never completed
+        sent = FakePending(FakeMeta("a", f"req-{i}"))
+        first = asyncio.run(router.choose_replicas([warm, cold], sent))[0][0]
+        router.on_request_routed(sent, first.replica_id, None)
+    assert first.name == "w"
+    # 4 sent to w, none reported yet: mean load (4 + 0 + 1) / 2, bound max(1.25 x 2.5, 2.5 + 2) = 4.5 < 5
+    assert asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name == "c"
+    # a report measured after those requests were sent: they are inside it, w is idle again
+    warm.routing_stats = {**warm.routing_stats, "ts": time.time() + 1}
+    assert asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name == "w"
+
+
+def test_completed_requests_stop_counting_as_load_and_keep_their_adapter_warm():
+    router = make_router()
+    warm = FakeReplica("w", {"queue_lengths": [0], "healthy": True, "ts": 1.0})
+    cold = FakeReplica("c", {"queue_lengths": [0], "healthy": True, "ts": 1.0})
+    for i in range(8):  # sequential: each finishes before the next is sent, no report in between
+        pending = FakePending(FakeMeta("a", f"req-{i}"))
+        first = asyncio.run(router.choose_replicas([warm, cold], pending))[0][0]
+        router.on_request_routed(pending, first.replica_id, None)
+        router.on_request_completed(first.replica_id, f"req-{i}")
+        assert first.name == asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name
+    assert router.affinity.view(first.name).load == 0 and "a" in router.affinity.view(first.name).resident

@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from chameleon.sim.report import json_safe
 from chameleon.tools.bench.cli import add_workload_flags, format_summary, options
 from chameleon.tools.bench.stats import RequestRecord, summarise
-from chameleon.tools.bench.workload import plan, population, prompt_text
+from chameleon.tools.bench.workload import load_records, plan, population, prompt_text
 from chameleon.tools.cliargs import EnvArgumentParser, prepare_outputs
-from chameleon.workload import TraceError, WorkItem, read_trace
+from chameleon.workload import TraceError, WorkItem
 
 COUNTERS = ("chameleon_cache_hits_total", "chameleon_cache_misses_total", "chameleon_adapter_loads_total",
             "chameleon_cache_prefetches_total")
@@ -126,8 +126,9 @@ def run(args) -> dict[str, Any]:
     served = [(m["id"], int(m["rank"])) for m in models if "rank" in m]
     pop = population(served, args.adapters)
     max_total = int(info["max_total_tokens"])
+    trace = load_records(args)  # --trace or --workload; resolves the popularity exponent first
     opts = options(args, args.rate, args.duration)
-    items = plan(read_trace(args.trace), pop, opts, max_total, max_total - 1)
+    items = plan(trace, pop, opts, max_total, max_total - 1)
     if not items:
         raise ValueError("no request arrives within --duration at this rate")
     before = replica_counters(args.workdir)

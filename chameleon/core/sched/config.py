@@ -92,6 +92,7 @@ class MlqConfig:
     fcfs_refusal: str = "mlq"
     fcfs_switch: bool = True
     waiting_fifo: bool = False
+    starve_memory_block: bool = True
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -115,7 +116,7 @@ class MlqConfig:
             raise ValueError(f"prefill_share must be offered, quota or none, got {self.prefill_share!r}")
         if not 0.0 <= self.prefill_floor <= 1.0:
             raise ValueError(f"prefill_floor must be in [0, 1], got {self.prefill_floor}")
-        if self.starve_basis not in ("slo", "queue", "global", "both"):
+        if self.starve_basis not in ("slo", "queue", "global", "both") and not self.starve_basis.startswith("p"):
             raise ValueError(f"starve_basis must be slo, queue, global or both, got {self.starve_basis!r}")
         if self.starve_factor < 0 or self.starve_floor_s < 0:
             raise ValueError("starve_factor and starve_floor_s must be >= 0 (starve_factor 0 = off)")

@@ -376,8 +376,13 @@ class ChameleonScheduler(Scheduler):
             head = queues[q][0]
             need = self.need_in(q, head)
             if not self._admit(head, now, ctx, budget, plan):
+                if budget.allows(head) and not self.config.starve_memory_block:
+                    return True  # memory refused it: the MLQ's phases may pass it (memory HOL)
                 return not self.config.starve_block
             waits.starved_total += 1
+            if waits.basis.startswith("p"):
+                waits.recent.append(now - head.arrival)
+                waits._dirty += 1
             self.shares.spend(q, head.input_tokens)
             self.charge_admitted(self._pop(q), q, [(q, need)])
         return not self.config.starve_block

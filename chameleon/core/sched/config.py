@@ -88,11 +88,6 @@ class MlqConfig:
     starve_floor_s: float = 1.0
     starve_basis: str = "both"
     starve_block: bool = True
-    fcfs_horizon_s: float | None = 0.0
-    fcfs_refusal: str = "mlq"
-    fcfs_switch: bool = True
-    waiting_fifo: bool = False
-    starve_memory_block: bool = True
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -116,11 +111,9 @@ class MlqConfig:
             raise ValueError(f"prefill_share must be offered, quota or none, got {self.prefill_share!r}")
         if not 0.0 <= self.prefill_floor <= 1.0:
             raise ValueError(f"prefill_floor must be in [0, 1], got {self.prefill_floor}")
-        if self.starve_basis not in ("slo", "queue", "global", "both") and not self.starve_basis.startswith("p"):
+        if self.starve_basis not in ("slo", "queue", "global", "both"):
             raise ValueError(f"starve_basis must be slo, queue, global or both, got {self.starve_basis!r}")
         if self.starve_factor < 0 or self.starve_floor_s < 0:
             raise ValueError("starve_factor and starve_floor_s must be >= 0 (starve_factor 0 = off)")
-        if self.fcfs_horizon_s is not None and self.fcfs_horizon_s < 0:
-            raise ValueError(f"fcfs_horizon_s must be >= 0 or None, got {self.fcfs_horizon_s}")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:
             raise ValueError("bypass_lookahead must be >= 0 and window_max_samples >= 1")

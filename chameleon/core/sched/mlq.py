@@ -35,8 +35,7 @@ from chameleon.core.predictor import OutputPredictor
 from chameleon.core.request import Request
 from chameleon.core.sched.accounts import AdapterAccounts
 from chameleon.core.sched.base import BatchBudget, Plan, ScheduleContext, Scheduler, SchedulerLimits
-from chameleon.core.sched.binding import BindingMonitor
-from chameleon.core.sched.bypass import BypassTracker, predict_free_s
+from chameleon.core.sched.bypass import BypassTracker
 from chameleon.core.sched.config import MlqConfig
 from chameleon.core.sched.layout import Job, Meter, Snapshot, layout_job
 from chameleon.core.sched.ledger import QuotaLedger
@@ -61,9 +60,7 @@ class ChameleonScheduler(Scheduler):
         self.accounts = AdapterAccounts(cfg.adapter_charge == "shared")
         self.shares = PrefillShares([1.0])
         self.waits = WaitTracker(1, cfg.starve_factor, cfg.starve_floor_s, cfg.starve_basis, cfg.slo_s)
-        self.binding = BindingMonitor(cfg.slo_s if cfg.fcfs_horizon_s is None else cfg.fcfs_horizon_s)
         self._started = False
-        self._in_order = False  # the last step admitted in arrival order (`binding`); also `waiting`'s order
         self._queues: list[deque[Request]] = [deque()]
         self._incoming: deque[Request] = deque()
         self._where: dict[int, int] = {}  # queued request id -> queue index (-1: not yet classified)
@@ -302,65 +299,11 @@ class ChameleonScheduler(Scheduler):
         if self.config.prefill_share != "none":
             self.shares.start_step(self.limits.max_prefill_tokens,
                                    [dq[0].input_tokens if dq else 0 for dq in self._queues])
-        self._in_order = not self.binding.memory_binds(now)
-        if self._in_order and self._admit_in_order(now, ctx, budget, plan):
-            return plan
         if self.waits.enabled and not self._admit_starved(now, ctx, budget, plan):
             return plan
         leftover, refused = self._phase1(now, ctx, budget, plan)
         self._phase2(leftover, refused, now, ctx, budget, plan)
         return plan
-
-    def _admit_in_order(self, now: float, ctx: ScheduleContext, budget: BatchBudget, plan: Plan) -> bool:
-        """While memory does not bind (`binding`): admit queue heads oldest first (FIFO across queues),
-        charged to their own queue. True: the step is done (budget spent, or nothing queued); False: a
-        memory event (memory refused the oldest head) ended the arrival order, and the step goes on
-        with Algorithm 1."""
-        queues = self._queues
-        while not budget.exhausted:
-            heads = [(dq[0].seq, q) for q, dq in enumerate(queues) if dq]
-            if not heads:
-                return True
-            q = min(heads)[1]
-            head = queues[q][0]
-            need = self.need_in(q, head)
-            if not budget.allows(head):
-                return True
-            if not self._admit(head, now, ctx, budget, plan):
-                if self.config.fcfs_switch:
-                    self.binding.event(now)
-                mode = self.config.fcfs_refusal
-                if mode == "mlq":
-                    return False
-                if mode == "backfill":
-                    self._backfill(head, now, ctx, budget, plan)
-                return True
-            self.binding.fcfs_admissions += 1
-            self.waits.observe(q, now - head.arrival)
-            self.shares.spend(q, head.input_tokens)
-            self.charge_admitted(self._pop(q), q, [(q, need)])
-        return True
-
-    def _backfill(self, blocked: Request, now: float, ctx: ScheduleContext, budget: BatchBudget,
-                  plan: Plan) -> None:
-        """EASY backfilling: younger requests pass the blocked oldest head only when predicted to finish
-        before running requests free the head's memory (so they do not delay it)."""
-        running = list(ctx.running) if ctx.running else self.running()
-        t_free = predict_free_s(blocked, ctx, running)
-        look = self.config.bypass_lookahead
-        cands = sorted((r.seq, q, r) for q, dq in enumerate(self._queues) for r in islice(dq, look)
-                       if r is not blocked)
-        for _, q, r in cands:
-            if budget.exhausted:
-                return
-            if ctx.remaining_s(r) >= t_free or not budget.allows(r):
-                continue
-            if self._admit(r, now, ctx, budget, plan):
-                self.binding.fcfs_admissions += 1
-                self.waits.observe(q, now - r.arrival)
-                self.shares.spend(q, r.input_tokens)
-                dq = self._queues[q]
-                self.charge_admitted(self._pop(q, dq.index(r)), q, [(q, self.need_in(q, r))])
 
     def _admit_starved(self, now: float, ctx: ScheduleContext, budget: BatchBudget, plan: Plan) -> bool:
         """Admit starved queue heads, oldest first (a queue's next request too once it is the head and
@@ -376,13 +319,8 @@ class ChameleonScheduler(Scheduler):
             head = queues[q][0]
             need = self.need_in(q, head)
             if not self._admit(head, now, ctx, budget, plan):
-                if budget.allows(head) and not self.config.starve_memory_block:
-                    return True  # memory refused it: the MLQ's phases may pass it (memory HOL)
                 return not self.config.starve_block
             waits.starved_total += 1
-            if waits.basis.startswith("p"):
-                waits.recent.append(now - head.arrival)
-                waits._dirty += 1
             self.shares.spend(q, head.input_tokens)
             self.charge_admitted(self._pop(q), q, [(q, need)])
         return not self.config.starve_block
@@ -407,7 +345,6 @@ class ChameleonScheduler(Scheduler):
                     break
                 if not self._admit(head, now, ctx, budget, plan):
                     refused.add(q)
-                    self.binding.event(now)
                     if self.config.bypass:
                         self.bypass.try_bypass(self, q, now, ctx, budget, plan)
                     break
@@ -491,13 +428,9 @@ class ChameleonScheduler(Scheduler):
 
     # ---- views ---------------------------------------------------------------------------------------
     def waiting(self, limit: int | None = None) -> list[Request]:
-        """Round-robin over queues (small first) by position, then the not yet classified arrivals; in
-        arrival order while the MLQ admits in arrival order (memory does not bind, `binding`)."""
+        """Round-robin over queues (small first) by position, then the not yet classified arrivals."""
         out: list[Request] = []
         cap = limit if limit is not None else self.num_waiting()
-        if self._in_order or self.config.waiting_fifo:
-            out = list(islice(merge(*self._queues, key=attrgetter("seq")), cap))
-            return out + list(islice(self._incoming, cap - len(out)))
         depth = 0
         while len(out) < cap and any(depth < len(dq) for dq in self._queues):
             out.extend(dq[depth] for dq in self._queues if depth < len(dq))
@@ -520,8 +453,7 @@ class ChameleonScheduler(Scheduler):
         out.update(queues=len(self._queues), boundaries=list(self.boundaries), lengths=self.queue_lengths(),
                    incoming=len(self._incoming), refreshes=self.refreshes, bypasses=self.bypass.total,
                    quotas=list(self.ledger.quotas), used=list(self.ledger.used), quota_stops=self.quota_stops,
-                   starved=self.waits.starved_total, memory_events=self.binding.events,
-                   in_order=self.binding.fcfs_admissions, prefill_weights=list(self.shares.weights))
+                   starved=self.waits.starved_total, prefill_weights=list(self.shares.weights))
         return out
 
 

@@ -19,8 +19,6 @@ FIFO's P99 at every load below saturation (the SLO basis alone let it rise to th
 
 from __future__ import annotations
 
-from collections import deque
-
 
 class WaitTracker:
     """Per-queue expected wait (EWMA of admission waits) and the starvation threshold."""
@@ -31,9 +29,6 @@ class WaitTracker:
         self.expected: list[float] = [0.0] * k
         self.overall = 0.0
         self.starved_total = 0
-        self.recent: deque[float] = deque(maxlen=512)
-        self._pct: float | None = None
-        self._dirty = 0
 
     @property
     def enabled(self) -> bool:
@@ -48,16 +43,8 @@ class WaitTracker:
         e = self.expected[q]
         self.expected[q] = wait_s if e == 0.0 else e + self.alpha * (wait_s - e)
         self.overall = wait_s if self.overall == 0.0 else self.overall + self.alpha * (wait_s - self.overall)
-        self.recent.append(wait_s)
-        self._dirty += 1
 
     def threshold(self, q: int) -> float:
-        if self.basis.startswith("p"):
-            if self._pct is None or self._dirty >= 32:
-                xs = sorted(self.recent)
-                self._pct = xs[min(len(xs) - 1, int(len(xs) * float(self.basis[1:]) / 100))] if xs else 0.0
-                self._dirty = 0
-            return min(self.factor * max(self._pct, self.floor_s), self.slo_s)
         if self.basis == "slo":
             return self.factor * max(self.slo_s, self.floor_s)
         expected = self.expected[q] if self.basis == "queue" else self.overall

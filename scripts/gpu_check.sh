@@ -10,12 +10,15 @@
 #            older, they are installed (no index) from the carried folder .gpu-wheels/ into WORK/site
 #   assets   `chameleon demo-assets --random-llama 7b` (random weights, 40 adapters ranks 8..128), built
 #            in the background while the tests run (CPU work)
-#   tests    pytest -m gpu tests/gpu tests/shard_kernels (servicer on CUDA, PEFT agreement fp32/bf16,
+#   tests    pytest -m gpu tests/gpu tests/shard_kernels tests/shard_model/test_elastic_pool.py (servicer on
+#            CUDA, PEFT agreement fp32/bf16, the elastic pool's CUDA resize,
 #            TP=2 on one GPU, the Triton kernels against their references) -> gpu_tests.xml
 #   kernels  python -m shard.kernels.bench (Llama-7B-shaped kernel timings and errors) -> kernels.json
 #   bench    chameleon bench-shard on CUDA, bf16, batch 32: bandwidth floor, 32 adapters vs base-only,
 #            vs transformers+PEFT -> bench.json
-# Results (at most 8 files, for the device tool): OUT_DIR/{env.json, gpu_tests.xml, kernels.json,
+#   co-tenant  chameleon soak --co-tenant --device cuda (1 min, tiny model): the headroom loop with CUDA
+#            memory -> co_tenant.json
+# Results (at most 8 files, for the device tool): OUT_DIR/{env.json, gpu_tests.xml, kernels.json, co_tenant.json,
 # bench.json, summary.json, gpu_check.log}; summary.json has every stage's exit code and seconds, the
 # test counts and the issue's targets. OUT_DIR: the argument, else $OUT, else ./gpu-check-out.
 #
@@ -111,7 +114,7 @@ else
     PRESET=7b
     ASSET_ARGS=(--random-llama 7b)
     TEST_CMD=("$PY" -m pytest -q -p no:cacheprovider -m gpu -o timeout=150 --junitxml "$OUT_DIR/gpu_tests.xml"
-              tests/gpu tests/shard_kernels)
+              tests/gpu tests/shard_kernels tests/shard_model/test_elastic_pool.py)
     KERNEL_ARGS=(--device cuda --dtype bfloat16)
     BENCH_ARGS=(--dtype bfloat16 --requests 32 --floor-batch 32 --prompt-tokens 64 --new-tokens 32)
 fi
@@ -149,6 +152,14 @@ if ((ASSET_RC == 0)); then
 else
     printf '%s\t%s\t%s\t%s\n' bench skipped 0 0 >>"$STAGES"
 fi
+
+# the headroom scenario with CUDA memory (issue 19): a co-tenant process takes device memory beside a tiny
+# shard under load; the shard's elastic pool gives it back and regrows (the dry run does it on CPU)
+TINY="$WORK/assets-cotenant"
+if ((DRY)); then CT_DEVICE=cpu; else CT_DEVICE=cuda; fi
+stage co-tenant-assets 60 - "$PY" -m chameleon demo-assets --tiny --no-progress "$TINY"
+stage co-tenant 150 - "$PY" -m chameleon soak --co-tenant --device "$CT_DEVICE" \
+    --minutes 1 --model-id "$TINY/model" --adapter-dir "$TINY/adapters" --json "$OUT_DIR/co_tenant.json"
 
 "$PY" "$ROOT/scripts/gpu_check_summary.py" "$OUT_DIR" "$STAGES" $([[ $DRY == 1 ]] && echo --dry-run) | tee -a "$LOG"
 exit "${PIPESTATUS[0]}"

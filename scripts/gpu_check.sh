@@ -18,8 +18,8 @@
 #            vs transformers+PEFT -> bench.json
 #   co-tenant  chameleon soak --co-tenant --device cuda (1 min, tiny model): the headroom loop with CUDA
 #            memory -> co_tenant.json
-# Results (at most 8 files, for the device tool): OUT_DIR/{env.json, gpu_tests.xml, kernels.json, co_tenant.json,
-# bench.json, summary.json, gpu_check.log}; summary.json has every stage's exit code and seconds, the
+# Results (at most 8 files, for the device tool): OUT_DIR/{env.json, gpu_tests.xml, kernels.json,
+# bench.json, co_tenant.json, co_tenant_launch.log, summary.json, gpu_check.log}; summary.json has every stage's exit code and seconds, the
 # test counts and the targets. OUT_DIR: the argument, else $OUT, else ./gpu-check-out.
 #
 # --dry-run: the same stages on CPU (CUDA hidden, TRITON_INTERPRET=1) with the tiny random Llama, the
@@ -159,7 +159,8 @@ TINY="$WORK/assets-cotenant"
 if ((DRY)); then CT_DEVICE=cpu; else CT_DEVICE=cuda; fi
 stage co-tenant-assets 60 - "$PY" -m chameleon demo-assets --tiny --no-progress "$TINY"
 stage co-tenant 150 - "$PY" -m chameleon soak --co-tenant --device "$CT_DEVICE" \
-    --minutes 1 --model-id "$TINY/model" --adapter-dir "$TINY/adapters" --json "$OUT_DIR/co_tenant.json"
+    --minutes 1 --model-id "$TINY/model" --adapter-dir "$TINY/adapters" --json "$OUT_DIR/co_tenant.json" \
+    --log "$OUT_DIR/co_tenant_launch.log"
 
 "$PY" "$ROOT/scripts/gpu_check_summary.py" "$OUT_DIR" "$STAGES" $([[ $DRY == 1 ]] && echo --dry-run) | tee -a "$LOG"
 exit "${PIPESTATUS[0]}"

@@ -85,6 +85,19 @@ def _start_ray(args: argparse.Namespace, cfg) -> None:
              include_dashboard=False, object_store_memory=args.object_store_mb << 20, log_to_driver=False)
 
 
+def last_replica_error(workdir: Path) -> str:
+    """The last ERROR line of the replicas' launch logs (`WORKDIR/<replica>/launch.log`) from the router or a
+    rank (else the launcher's), for a deploy that failed: Ray reports only that the deployment did not
+    start, the launch log says why."""
+    logs = sorted(Path(workdir).glob("*/launch.log"), key=lambda p: p.stat().st_mtime)
+    for log in reversed(logs):
+        errors = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
+        causes = [line for line in errors if "[launcher]" not in line]  # the router's or a rank's reason
+        if errors:
+            return f"; {log}: {(causes or errors)[-1]}"
+    return f"; the replicas' logs: {workdir}/*/launch.log"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
@@ -108,7 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.hostname, "port": args.port})
-        serve.run(build_app(cfg), name="chameleon", route_prefix="/")
+        try:
+            serve.run(build_app(cfg), name="chameleon", route_prefix="/")
+        except RuntimeError as exc:  # Ray Serve: "Deploying application chameleon failed: ..."
+            why = last_replica_error(args.workdir)
+            print(f"chameleon serve-ray: the replicas did not start ({exc}){why}", file=sys.stderr)
+            return 1
         print(f"chameleon serve-ray: {cfg.replicas} replicas ({cfg.routing} routing) at "
               f"http://{args.hostname}:{args.port}", flush=True)
         stop.wait()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chameleon.scale.ray_router import AdapterAffinityRequestRouter
@@ -116,3 +117,18 @@ def test_completed_requests_stop_counting_as_load_and_keep_their_adapter_warm():
         router.on_request_completed(first.replica_id, f"req-{i}")
         assert first.name == asyncio.run(router.choose_replicas([warm, cold], pending))[0][0].name
     assert router.affinity.view(first.name).load == 0 and "a" in router.affinity.view(first.name).resident
+
+
+def test_a_failed_deploy_names_the_replica_log_and_its_last_error(tmp_path: Path) -> None:
+    from chameleon.scale.ray_cli import last_replica_error
+
+    assert str(tmp_path) in last_replica_error(tmp_path)  # no log yet: where the logs will be
+    log = tmp_path / "r1" / "launch.log"
+    log.parent.mkdir()
+    log.write_text("08:41:18,595 INFO [shard-0] up\n"
+                   "08:41:18,596 ERROR [router] chameleon.router: cannot start: not enough memory\n"
+                   "08:41:18,866 ERROR [launcher] chameleon.tools.launch: router exited with code 1\n")
+    why = last_replica_error(tmp_path)
+    assert str(log) in why and "cannot start: not enough memory" in why  # the cause, not the launcher's echo
+    log.write_text("08:41:18,866 ERROR [launcher] chameleon.tools.launch: router exited with code 1\n")
+    assert "router exited with code 1" in last_replica_error(tmp_path)

@@ -225,3 +225,28 @@ class RouterProc(Child):
 
     def wait_healthy(self, timeout_s: float = START_S) -> None:
         self.wait_http_ok(self.http + "/health", timeout_s)
+
+
+def run_ranks(target: Callable[..., None], world: int, *args: object, timeout_s: float = 240.0
+              ) -> list[int | None]:
+    """Start `world` spawned processes `target(rank, world, free_port, *args)` (a tensor-parallel group),
+    wait for them (killing any still alive after `timeout_s`) and return their exit codes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(rank, world, port, *args)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=timeout_s)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return [proc.exitcode for proc in procs]
+
+
+def rank_errors(errors_dir: Path) -> str:
+    """What the failed ranks of a `run_ranks` group wrote into `errors_dir/*.err` (assertion messages)."""
+    return "\n".join(f.read_text() for f in sorted(errors_dir.glob("*.err")))

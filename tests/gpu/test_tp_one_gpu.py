@@ -4,8 +4,6 @@ under TP, Triton attention)."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,32 +11,16 @@ import torch
 
 from shard.model.dist import DistContext
 from tests.gpu.tp_worker import run_scenario, worker
+from tests.procs import rank_errors, run_ranks
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 SEED = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tp2_on_one_gpu_equals_tp1(gpu_tiny_root: Path, tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=worker, args=(r, 2, port, str(gpu_tiny_root), str(tmp_path), SEED))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    errors = "\n".join(f.read_text() for f in sorted(tmp_path.glob("*.err")))
-    assert [p.exitcode for p in procs] == [0, 0], f"a TP rank failed:\n{errors}"
+    codes = run_ranks(worker, 2, str(gpu_tiny_root), str(tmp_path), SEED)
+    assert codes == [0, 0], f"a TP rank failed:\n{rank_errors(tmp_path)}"
     single = run_scenario(gpu_tiny_root, DistContext.single(), SEED)
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")

@@ -12,6 +12,7 @@ import torch
 
 from shard.model.dist import DistContext
 from shard.model.runner import ModelRunner
+from tests.gpu.replays import count_replays
 from tests.shard_model.harness import BLOCK, Harness
 from tests.shard_model.tiny import Reference
 
@@ -25,15 +26,7 @@ def _runner(root: Path, dtype: torch.dtype) -> tuple[ModelRunner, dict[str, int]
                          num_pages=NUM_PAGES, block_size=BLOCK, adapter_dtype="model",
                          cuda_graph_max_batch=16)
     assert runner.backend.name == "triton" and runner.graphs is not None
-    replays = {"n": 0}
-    run = runner.graphs.run
-
-    def counted(fb: object) -> torch.Tensor | None:
-        out = run(fb)  # type: ignore[arg-type]
-        replays["n"] += out is not None
-        return out
-
-    runner.graphs.run = counted  # type: ignore[method-assign]
+    replays = count_replays(runner.graphs)
     return runner, replays
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from chameleon_pb import generate_pb2
 
 from router.engine.startup import warmup_request
 from shard.cli import build_core, eos_token_ids
 from shard.server.servicer import TextGenerationService
+from tests.gpu.replays import count_replays
 from tests.shard_server.reference import PeftReference
 
 pytestmark = pytest.mark.gpu
@@ -65,15 +65,7 @@ def _run(assets: Path, dtype: str) -> tuple[dict, list[tuple[str, str | None]], 
     adapters = sorted(p.name for p in (assets / "adapters").iterdir() if p.is_dir())[:4]
     service.core.adapter_manager.ensure_resident(adapters, set(), set())
     plan = [(p, adapters[i % 4] if i % 3 else None) for i, p in enumerate(PROMPTS)]
-    replays = {"n": 0}
-    run = runner.graphs.run
-
-    def counted(fb: object) -> torch.Tensor | None:
-        out = run(fb)  # type: ignore[arg-type]
-        replays["n"] += out is not None
-        return out
-
-    runner.graphs.run = counted  # type: ignore[method-assign]
+    replays = count_replays(runner.graphs)
     got = _generate(service, plan, warm.max_supported_total_tokens // BLOCK)
     return got, plan, replays["n"]
 

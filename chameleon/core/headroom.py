@@ -13,9 +13,14 @@ give the same answer:
   - otherwise (inside the dead band [target, target + margin]): no change.
 The margin (hysteresis) is at least two segments and a quarter of the target: after a shrink free sits
 within a segment above the target, after a growth about one segment above it, both inside the dead
-band, so neither reads as a reason to move again; only a change of more than the margin does. A
-co-tenant that leaves gives back what it took, and the budget returns to where it was (up to the
-segment kept free).
+band, so neither reads as a reason to move again; only a change of more than the margin does.
+Growth phase: a growth is sized from one reading, and memory that is being freed (a co-tenant still
+exiting, a driver releasing its cache) shows in later readings, by then inside the dead band: the
+budget would stop short of where it was, for good. So for `settle_s` after each growth the threshold
+to grow is only target + two segments (room for one whole segment beyond the one kept free): the
+budget follows free memory up while it is still rising. A shrink ends the phase; without a growth for
+`settle_s` the full margin applies again. A co-tenant that leaves gives back what it took, and the
+budget returns to where it was (up to the segment kept free).
 """
 
 from __future__ import annotations
@@ -99,40 +104,50 @@ class HeadroomTarget:
         return f"{self.fraction:g} of total" if self.fraction else f"{self.nbytes} bytes"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HeadroomPolicy:
-    """The page budget rule (module docstring). `num_pages`: the pool's full size (the ceiling)."""
+    """The page budget rule (module docstring). `num_pages`: the pool's full size (the ceiling);
+    `settle_s`: how long after a growth the growth phase lasts. Its one piece of state, the end of the
+    growth phase, belongs to the MemoryManager that owns the policy."""
 
     target: HeadroomTarget
     num_pages: int
+    settle_s: float = 3.0
+    grow_until: float = float("-inf")
 
     def margin_bytes(self, target: int, segment_bytes: int) -> int:
         return max(2 * segment_bytes, target // 4)
 
-    def budget(self, reports: Iterable[HeadroomReport], current: int) -> int:
+    def budget(self, reports: Iterable[HeadroomReport], current: int, now: float = 0.0) -> int:
         """The page count the shards should have allocated; `current` when nothing should change
-        (no report, a report without page size, or every rank inside its dead band)."""
+        (no report, a report without page size, or every rank inside its dead band). `now`: seconds
+        on any monotonic clock (the growth phase is measured on it)."""
         reps = [r for r in reports if r.page_bytes > 0 and r.total_device_bytes > 0]
         if not reps:
             return current
         seg = max(max(r.segment_pages for r in reps), 1)
         allocated = min(r.allocated for r in reps)
+        growing = now < self.grow_until
         short, room = 0, None
         for r in reps:
             target = self.target.for_total(r.total_device_bytes)
             if r.free_device_bytes < target:
                 short = max(short, -(-(target - r.free_device_bytes) // r.page_bytes))
             seg_bytes = seg * r.page_bytes
-            if r.free_device_bytes > target + self.margin_bytes(target, seg_bytes):
+            margin = 2 * seg_bytes if growing else self.margin_bytes(target, seg_bytes)
+            if r.free_device_bytes > target + margin:
                 pages = (r.free_device_bytes - target - seg_bytes) // r.page_bytes
             else:
                 pages = 0
             room = pages if room is None else min(room, pages)
         if short > 0:
+            self.grow_until = float("-inf")
             return max(0, (allocated - short) // seg * seg)
         if room and allocated < self.num_pages:
-            grown = (allocated + room) // seg * seg
-            return min(max(grown, allocated), self.num_pages)
+            grown = min((allocated + room) // seg * seg, self.num_pages)
+            if grown > allocated:
+                self.grow_until = now + self.settle_s
+            return max(grown, allocated)
         return current
 
 

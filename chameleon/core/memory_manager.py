@@ -301,7 +301,7 @@ class MemoryManager(ElasticMemory):
         if self._policy is None or not reports:
             return
         self.elastic.learn(min(r.allocated for r in reports), max(r.segment_pages for r in reports))
-        self.set_budget(self._policy.budget(reports, self.elastic.budget), now)
+        self.set_budget(self._policy.budget(reports, self.elastic.budget, now), now)
 
     # ---- observability -------------------------------------------------------------------------
     def stats(self) -> dict[str, float]:

@@ -47,17 +47,35 @@ def test_target_is_the_larger_of_bytes_and_fraction():
 
 def test_budget_shrinks_by_whole_segments_then_holds_in_the_dead_band():
     policy = HeadroomPolicy(HeadroomTarget(100, 0.0), num_pages=64)
-    assert policy.budget([rep(95, 64)], 64) == 56  # 5 pages short -> give back 2 whole segments of 4
+    assert policy.budget([rep(95, 64)], 64, 0.0) == 56  # 5 pages short -> give back 2 whole segments of 4
     # after the release free rose by 8: inside [target, target + margin] -> nothing changes
-    assert policy.budget([rep(103, 56)], 56) == 56
+    assert policy.budget([rep(103, 56)], 56, 1.0) == 56
     # the same short report repeated before the shards released gives the same answer (idempotent)
-    assert policy.budget([rep(95, 64)], 56) == 56
+    assert policy.budget([rep(95, 64)], 56, 2.0) == 56
     # plenty of room: grow back, capped at the pool
-    assert policy.budget([rep(900, 56)], 56) == 64
-    # growth is triggered beyond target + margin (at least 2 segments and a quarter of the target) ...
-    assert policy.budget([rep(125, 56)], 56) == 56
+    assert policy.budget([rep(900, 56)], 56, 3.0) == 64
+    # once the growth phase is over (settle_s after the growth), growth is triggered beyond target +
+    # margin (at least 2 segments and a quarter of the target) ...
+    assert policy.budget([rep(125, 56)], 56, 10.0) == 56
     # ... and then leaves target + one segment free: 100 + 4 of 130 -> 24 more pages, cut to a segment
-    assert policy.budget([rep(130, 32)], 32) == 56
+    assert policy.budget([rep(130, 32)], 32, 20.0) == 56
+
+
+def test_growth_phase_follows_free_memory_that_is_still_rising():
+    """A co-tenant exits slowly: the first growth is sized from a reading taken while it still held
+    memory. While the phase lasts, a rise of more than two segments over the target grows on; after it,
+    the same reading sits in the dead band and nothing moves; a shrink ends the phase at once."""
+    policy = HeadroomPolicy(HeadroomTarget(100, 0.0), num_pages=64, settle_s=3.0)
+    assert policy.budget([rep(130, 32)], 32, 0.0) == 56  # the co-tenant half gone: 24 pages more
+    assert policy.budget([rep(115, 56)], 56, 1.0) == 64  # the rest freed: 115 > 100 + 2 x 4 -> grow on
+    fresh = HeadroomPolicy(HeadroomTarget(100, 0.0), num_pages=64, settle_s=3.0)
+    assert fresh.budget([rep(115, 56)], 56, 1.0) == 56  # no phase: 115 is inside the dead band [100, 125]
+    assert policy.budget([rep(130, 32)], 32, 10.0) == 56
+    assert policy.budget([rep(115, 56)], 56, 13.5) == 56  # the phase is over: dead band again
+    assert policy.budget([rep(130, 32)], 32, 20.0) == 56
+    assert policy.budget([rep(99, 56)], 56, 20.5) == 52  # short: shrink, the phase ends
+    assert policy.budget([rep(115, 52)], 52, 21.0) == 52
+    assert policy.budget([rep(107, 52)], 52, 21.0) == 52  # in the phase, not above target + 2 segments
 
 
 def test_budget_takes_the_tightest_rank_and_ignores_empty_reports():
@@ -74,9 +92,9 @@ def test_no_oscillation_when_the_co_tenant_is_steady(cotenant, jitter):
     bytes, small noise on top. Once settled, the budget never moves back and forth."""
     policy = HeadroomPolicy(HeadroomTarget(60, 0.0), num_pages=100)
     allocated, history = 100, []
-    for noise in [0, 0, 0, *jitter]:
+    for now, noise in enumerate([0, 0, 0, *jitter]):
         free = max(200 - allocated - cotenant - 40 + noise, 0)
-        allocated = policy.budget([rep(free, allocated, total=200, seg=4, pages=100)], allocated)
+        allocated = policy.budget([rep(free, allocated, total=200, seg=4, pages=100)], allocated, now)
         history.append(allocated)
     settled = history[3:]
     changes = sum(1 for x, y in itertools.pairwise(settled) if x != y)

@@ -66,7 +66,9 @@ def _cycles(args: argparse.Namespace, window_s: float) -> int:
 def _extra(args: argparse.Namespace, cpu: bool) -> tuple[str, ...]:
     extra = tuple(shlex.split(args.launch_args))
     if cpu and "--memory-budget" not in extra:
-        extra += ("--memory-budget", str(2 * GIB))  # the pool the co-tenant competes with
+        # weights + activations of the demo model (about 2 GiB at its derived prefill budget) + a pool of
+        # about 2 GiB for the co-tenant to compete with; a larger model takes --launch-args
+        extra += ("--memory-budget", str(4 * GIB))
     if not cpu and "--shard-args" not in extra:
         # a CUDA resize re-allocates the pool, copying the kept pages through host memory (see
         # shard/model/pool.py): a quarter of the device keeps that copy to seconds
@@ -101,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     except HostRoomError as exc:
         print(f"chameleon soak --co-tenant: {exc}", flush=True)
         return 2
+    except RuntimeError as exc:  # the probe system did not start
+        return _not_started(exc)
     extra += ("--memory-headroom", str(headroom))
     window_s = 6.0
     opts = CoTenantOptions(nbytes=args.co_tenant_bytes, device="cpu" if cpu else _cuda(args.device),
@@ -121,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     except HostRoomError as exc:  # a cycle found the host too short of memory to run the co-tenant
         print(f"chameleon soak --co-tenant: {exc}", flush=True)
         return 2
+    except RuntimeError as exc:  # the system did not start (e.g. the model does not fit the budget)
+        return _not_started(exc)
     finally:
         if system is not None:
             system.stop()
@@ -130,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0 if report["verdict"]["pass"] else 1
+
+
+def _not_started(exc: RuntimeError) -> int:
+    print(f"chameleon soak --co-tenant: {exc}\n(pass launch flags with --launch-args, e.g. "
+          "--launch-args '--memory-budget 8589934592')", flush=True)
+    return 2
 
 
 def _cuda(device: str) -> str:

@@ -104,3 +104,15 @@ def test_short_soak_with_a_shard_kill(tiny_assets: Path, tmp_path: Path, capsys:
     assert report["integrity"]["ok"], report["integrity"]
     assert {p["role"] for p in report["memory"]} >= {"launcher", "router", "shard-0"}
     assert code == 0
+
+
+@pytest.mark.slow
+def test_co_tenant_soak_that_cannot_start_says_why(tiny_assets: Path, tmp_path: Path, capsys) -> None:
+    """A system that cannot start (here: a budget too small for the model) is a message naming the
+    launch flag to change and exit code 2, not a traceback."""
+    rc = main(["--co-tenant", "--co-tenant-pressure", "host", "--minutes", "0.1",
+               "--model-id", str(tiny_assets / "model"), "--adapter-dir", str(tiny_assets / "adapters"),
+               "--log", str(tmp_path / "launch.log"), "--launch-args", "--memory-budget 1000"])
+    out = capsys.readouterr().out
+    assert rc == 2, out
+    assert "chameleon soak --co-tenant:" in out and "--memory-budget" in out and "Traceback" not in out

@@ -123,6 +123,28 @@ def test_sigkilled_shard_restarts_group_and_sigterm_drains_router_first(sock_dir
     assert all(c.exited() for c in [*sup.shards, sup.router])
 
 
+def test_sigterm_while_the_router_starts_drains_it_before_the_shards(sock_dir):
+    """A stop that arrives after the router was started but before it listens: the router still gets
+    its SIGTERM first, while the shards serve (it may already be answering clients that polled it)."""
+    drained, started = sock_dir / "drained", sock_dir / "started"
+    plan = _plan(sock_dir, router_extra=("--on-term", str(drained), f"{sock_dir}/s-0",
+                                         "--listen-after", "600", str(started)))
+    sup = Supervisor(plan, Timeouts(startup=STARTUP_S, drain=60, stop=30, poll=0.05))
+
+    def stop_once_started() -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_once_started, daemon=True).start()
+    assert sup.run() == 0
+    assert started.exists(), "the stand-in router never started"
+    assert drained.exists() and drained.read_text() == "shards-up", \
+        "the router must be drained (SIGTERM) while the shards are still up"
+    assert all(c.exited() for c in [*sup.shards, sup.router])
+
+
 def _gone(pid: int) -> bool:
     """Exited: no such process, or a zombie nobody has reaped yet."""
     try:

@@ -99,7 +99,9 @@ class Supervisor:
         try:
             self.start_shards()
             if self.plan.router is not None:
-                self.router = self._start_and_wait((self.plan.router,), "router")[0]
+                # owned before it is ready: a stop while it starts drains it like a serving one
+                self.router = self._start((self.plan.router,))[0]
+                self._wait([self.router], "router")
             self.on_serving()
             return self.watch()
         except Interrupted:
@@ -117,12 +119,18 @@ class Supervisor:
         for spec in specs:
             if spec.unix_socket:
                 remove_stale_socket(spec.unix_socket)
-        self.shards = self._start_and_wait(specs, "shards ready")
+        self.shards = self._start(specs)  # owned before they are ready: a stop meanwhile stops them
+        self._wait(self.shards, "shards ready")
 
-    def _start_and_wait(self, specs: tuple[ProcSpec, ...], desc: str) -> list[Child]:
+    @staticmethod
+    def _start(specs: tuple[ProcSpec, ...]) -> list[Child]:
         children = [Child(spec) for spec in specs]
         for child in children:
             child.start()
+        return children
+
+    def _wait(self, children: list[Child], desc: str) -> None:
+        """Until every child listens (Interrupted on a stop request, LaunchError on a failure)."""
         with self.progress(len(children), desc) as bar:
 
             def ready(child: Child) -> None:
@@ -132,7 +140,6 @@ class Supervisor:
 
             wait_ready(children, self.timeouts.startup, abort=lambda: self.stops.count > 0,
                        on_ready=ready, poll_s=self.timeouts.poll)
-        return children
 
     def watch(self) -> int:
         """Supervise until a stop is requested (0) or the router dies (1)."""

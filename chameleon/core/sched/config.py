@@ -88,6 +88,12 @@ class MlqConfig:
     starve_floor_s: float = 1.0
     starve_basis: str = "both"
     starve_block: bool = True
+    starve_quantile: float = 0.99
+    starve_window: int = 256
+    starve_peers: str = "others"
+    starve_tail_starved: bool = True
+    compute_fcfs: float = 0.0
+    compute_alpha: float = 0.02
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -111,8 +117,14 @@ class MlqConfig:
             raise ValueError(f"prefill_share must be offered, quota or none, got {self.prefill_share!r}")
         if not 0.0 <= self.prefill_floor <= 1.0:
             raise ValueError(f"prefill_floor must be in [0, 1], got {self.prefill_floor}")
-        if self.starve_basis not in ("slo", "queue", "global", "both"):
-            raise ValueError(f"starve_basis must be slo, queue, global or both, got {self.starve_basis!r}")
+        if self.starve_basis not in ("slo", "queue", "global", "both", "tail"):
+            raise ValueError(f"starve_basis must be slo, queue, global, both or tail: {self.starve_basis!r}")
+        if not 0.0 < self.starve_quantile <= 1.0 or self.starve_window < 1:
+            raise ValueError("starve_quantile must be in (0, 1] and starve_window >= 1")
+        if not 0.0 <= self.compute_fcfs <= 1.0:
+            raise ValueError(f"compute_fcfs must be in [0, 1] (0 = off), got {self.compute_fcfs}")
+        if self.starve_peers not in ("others", "smaller"):
+            raise ValueError(f"starve_peers must be others or smaller, got {self.starve_peers!r}")
         if self.starve_factor < 0 or self.starve_floor_s < 0:
             raise ValueError("starve_factor and starve_floor_s must be >= 0 (starve_factor 0 = off)")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:

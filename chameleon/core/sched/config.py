@@ -123,7 +123,7 @@ class MlqConfig:
             raise ValueError("starve_quantile must be in (0, 1] and starve_window >= 1")
         if not 0.0 <= self.compute_fcfs <= 1.0:
             raise ValueError(f"compute_fcfs must be in [0, 1] (0 = off), got {self.compute_fcfs}")
-        if self.starve_peers not in ("others", "smaller"):
+        if self.starve_peers not in ("others", "smaller", "larger"):
             raise ValueError(f"starve_peers must be others or smaller, got {self.starve_peers!r}")
         if self.starve_factor < 0 or self.starve_floor_s < 0:
             raise ValueError("starve_factor and starve_floor_s must be >= 0 (starve_factor 0 = off)")

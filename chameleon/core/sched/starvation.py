@@ -93,17 +93,23 @@ class WaitTracker:
     def peer_tail(self, q: int) -> float | None:
         """The largest recent tail wait of the queues that pass queue q (all others, or the smaller
         ones: tail_peers); None while none has enough samples."""
-        peers = range(q) if self.tail_peers == "smaller" and q > 0 else \
-            (p for p in range(len(self.tails)) if p != q)
+        if self.tail_peers == "larger":
+            peers = range(q + 1, len(self.tails))
+        else:
+            peers = range(q) if self.tail_peers == "smaller" and q > 0 else \
+                (p for p in range(len(self.tails)) if p != q)
         tails = [t for t in (self.tails[p].tail() for p in peers) if t is not None]
         return max(tails) if tails else None
 
     def threshold(self, q: int) -> float:
         if self.basis == "tail":
             peer = self.peer_tail(q)
+            both = min(3.0 * max(self.overall, 1.0), self.slo_s)
+            if self.tail_peers == "larger":
+                return both if peer is None else min(both, self.factor * max(peer, self.floor_s))
             if peer is not None:
                 return min(self.factor * max(peer, self.floor_s), self.slo_s)
-            return min(3.0 * max(self.overall, 1.0), self.slo_s)  # no history yet: the "both" default
+            return both  # no history yet: the "both" default
         if self.basis == "slo":
             return self.factor * max(self.slo_s, self.floor_s)
         expected = self.expected[q] if self.basis == "queue" else self.overall

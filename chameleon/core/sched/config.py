@@ -60,6 +60,11 @@ class MlqConfig:
     (pages x block_size + adapter tokens), the unit memory allocates: with raw token counts the page
     rounding lets memory fill before the quotas do, and then the small-request queue takes every
     freed page (simulated long-tail class: P99 TTFT 33 s vs 4.4 s with page-rounded charges).
+    compute_fcfs / compute_alpha (beyond the paper, see `binding`): while the share of recent steps
+    (exponentially weighted, weight compute_alpha per step that leaves requests queued) in which the
+    per-step prefill budget, not memory or a quota, stopped admission is at least compute_fcfs, the MLQ
+    admits in arrival order (every queue head counts as starved) and `waiting()` is arrival order; it
+    returns to the queues once the share falls below half of that. 0 disables the mode.
     """
 
     t_refresh_s: float = 300.0
@@ -88,11 +93,7 @@ class MlqConfig:
     starve_floor_s: float = 1.0
     starve_basis: str = "both"
     starve_block: bool = True
-    starve_quantile: float = 0.99
-    starve_window: int = 256
-    starve_peers: str = "others"
-    starve_tail_starved: bool = True
-    compute_fcfs: float = 0.0
+    compute_fcfs: float = 0.3
     compute_alpha: float = 0.02
 
     def __post_init__(self) -> None:
@@ -117,14 +118,11 @@ class MlqConfig:
             raise ValueError(f"prefill_share must be offered, quota or none, got {self.prefill_share!r}")
         if not 0.0 <= self.prefill_floor <= 1.0:
             raise ValueError(f"prefill_floor must be in [0, 1], got {self.prefill_floor}")
-        if self.starve_basis not in ("slo", "queue", "global", "both", "tail"):
-            raise ValueError(f"starve_basis must be slo, queue, global, both or tail: {self.starve_basis!r}")
-        if not 0.0 < self.starve_quantile <= 1.0 or self.starve_window < 1:
-            raise ValueError("starve_quantile must be in (0, 1] and starve_window >= 1")
-        if not 0.0 <= self.compute_fcfs <= 1.0:
-            raise ValueError(f"compute_fcfs must be in [0, 1] (0 = off), got {self.compute_fcfs}")
-        if self.starve_peers not in ("others", "smaller", "larger"):
-            raise ValueError(f"starve_peers must be others or smaller, got {self.starve_peers!r}")
+        if self.starve_basis not in ("slo", "queue", "global", "both"):
+            raise ValueError(f"starve_basis must be slo, queue, global or both, got {self.starve_basis!r}")
+        if not 0.0 <= self.compute_fcfs <= 1.0 or not 0.0 < self.compute_alpha <= 1.0:
+            raise ValueError(f"compute_fcfs must be in [0, 1] (0 = off) and compute_alpha in (0, 1], got "
+                             f"{self.compute_fcfs}, {self.compute_alpha}")
         if self.starve_factor < 0 or self.starve_floor_s < 0:
             raise ValueError("starve_factor and starve_floor_s must be >= 0 (starve_factor 0 = off)")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:

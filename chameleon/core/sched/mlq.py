@@ -60,9 +60,7 @@ class ChameleonScheduler(Scheduler):
         self.ledger = QuotaLedger([1])  # replaced at the first schedule, once the capacity is known
         self.accounts = AdapterAccounts(cfg.adapter_charge == "shared")
         self.shares = PrefillShares([1.0])
-        self.waits = WaitTracker(1, cfg.starve_factor, cfg.starve_floor_s, cfg.starve_basis, cfg.slo_s,
-                                 tail_quantile=cfg.starve_quantile, tail_window=cfg.starve_window,
-                                 tail_peers=cfg.starve_peers, tail_starved=cfg.starve_tail_starved)
+        self.waits = WaitTracker(1, cfg.starve_factor, cfg.starve_floor_s, cfg.starve_basis, cfg.slo_s)
         self.binding = BindingTracker(cfg.compute_fcfs, cfg.compute_alpha)
         self._started = False
         self._queues: list[deque[Request]] = [deque()]
@@ -333,7 +331,7 @@ class ChameleonScheduler(Scheduler):
             if every:
                 waits.observe(q, now - head.arrival)  # arrival order is this mode's normal admission
             else:
-                waits.observe_starved(q, now - head.arrival)
+                waits.starved_total += 1
             self.shares.spend(q, head.input_tokens)
             self.charge_admitted(self._pop(q), q, [(q, need)])
         return not self.config.starve_block

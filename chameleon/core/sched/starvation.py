@@ -19,52 +19,16 @@ FIFO's P99 at every load below saturation (the SLO basis alone let it rise to th
 
 from __future__ import annotations
 
-from collections import deque
-
-TAIL_MIN_SAMPLES = 8    # a queue's recent tail counts once it has this many admissions in its window
-TAIL_REFRESH = 16       # recompute a queue's tail quantile after this many new admissions
-
-
-class TailWindow:
-    """The last `size` admission waits of one queue and their `quantile`, recomputed every
-    TAIL_REFRESH additions (sorting `size` floats: a few microseconds, amortised)."""
-
-    __slots__ = ("_dirty", "_tail", "quantile", "waits")
-
-    def __init__(self, size: int, quantile: float) -> None:
-        self.waits: deque[float] = deque(maxlen=size)
-        self.quantile = quantile
-        self._tail: float | None = None
-        self._dirty = 0
-
-    def add(self, wait_s: float) -> None:
-        self.waits.append(wait_s)
-        self._dirty += 1
-
-    def tail(self) -> float | None:
-        """The quantile of the recent waits; None while fewer than TAIL_MIN_SAMPLES were seen."""
-        if len(self.waits) < TAIL_MIN_SAMPLES:
-            return None
-        if self._tail is None or self._dirty >= TAIL_REFRESH:
-            xs = sorted(self.waits)
-            self._tail = xs[min(len(xs) - 1, int(self.quantile * len(xs)))]
-            self._dirty = 0
-        return self._tail
-
 
 class WaitTracker:
     """Per-queue expected wait (EWMA of admission waits) and the starvation threshold."""
 
     def __init__(self, k: int, factor: float, floor_s: float, basis: str = "both", slo_s: float = 5.0,
-                 alpha: float = 0.05, tail_quantile: float = 0.99, tail_window: int = 256,
-                 tail_peers: str = "others", tail_starved: bool = True) -> None:
+                 alpha: float = 0.05) -> None:
         self.factor, self.floor_s, self.alpha, self.basis, self.slo_s = factor, floor_s, alpha, basis, slo_s
-        self.tail_quantile, self.tail_window = tail_quantile, tail_window
-        self.tail_peers, self.tail_starved = tail_peers, tail_starved
         self.expected: list[float] = [0.0] * k
         self.overall = 0.0
         self.starved_total = 0
-        self.tails = [TailWindow(tail_window, tail_quantile) for _ in range(k)]
 
     @property
     def enabled(self) -> bool:
@@ -74,42 +38,13 @@ class WaitTracker:
         """New queues: every queue starts from the mean expectation of the old ones."""
         mean = sum(self.expected) / len(self.expected) if self.expected else 0.0
         self.expected = [mean] * k
-        if len(self.tails) != k:  # same K: queue i keeps its history (the boundaries move a little)
-            self.tails = [TailWindow(self.tail_window, self.tail_quantile) for _ in range(k)]
 
     def observe(self, q: int, wait_s: float) -> None:
         e = self.expected[q]
         self.expected[q] = wait_s if e == 0.0 else e + self.alpha * (wait_s - e)
         self.overall = wait_s if self.overall == 0.0 else self.overall + self.alpha * (wait_s - self.overall)
-        self.tails[q].add(wait_s)
-
-    def observe_starved(self, q: int, wait_s: float) -> None:
-        """A starved admission: not in the means (they would drift up with the waits they bound), but
-        part of its queue's recent tail (with tail_starved), which is what the other queues compare to."""
-        self.starved_total += 1
-        if self.tail_starved:
-            self.tails[q].add(wait_s)
-
-    def peer_tail(self, q: int) -> float | None:
-        """The largest recent tail wait of the queues that pass queue q (all others, or the smaller
-        ones: tail_peers); None while none has enough samples."""
-        if self.tail_peers == "larger":
-            peers = range(q + 1, len(self.tails))
-        else:
-            peers = range(q) if self.tail_peers == "smaller" and q > 0 else \
-                (p for p in range(len(self.tails)) if p != q)
-        tails = [t for t in (self.tails[p].tail() for p in peers) if t is not None]
-        return max(tails) if tails else None
 
     def threshold(self, q: int) -> float:
-        if self.basis == "tail":
-            peer = self.peer_tail(q)
-            both = min(3.0 * max(self.overall, 1.0), self.slo_s)
-            if self.tail_peers == "larger":
-                return both if peer is None else min(both, self.factor * max(peer, self.floor_s))
-            if peer is not None:
-                return min(self.factor * max(peer, self.floor_s), self.slo_s)
-            return both  # no history yet: the "both" default
         if self.basis == "slo":
             return self.factor * max(self.slo_s, self.floor_s)
         expected = self.expected[q] if self.basis == "queue" else self.overall

@@ -13,7 +13,9 @@ squashes it when the head's memory frees before it finishes.
 Beyond the paper (issue 17; MlqConfig.prefill_share, starve_factor): each queue also owns a share of the
 per-step prefill token budget (shares.py; phase 1 spends it, phase 2 hands out what is left), and a
 starved queue head (waited > starve_factor x the expected wait, or past the SLO) is admitted first,
-within memory (starvation.py). Quota charges with need "reserved" are in whole KV pages (config.py).
+within memory (starvation.py). While the per-step prefill budget, not memory, is what stops admission
+(binding.py, MlqConfig.compute_fcfs) the MLQ admits and prefetches in arrival order.
+Quota charges with need "reserved" are in whole KV pages (config.py).
 Where memory binds, the memory quotas decide as in the paper.
 Step cost: a request is classified when it arrives (once a schedule() has shown the memory view), and
 a refresh is resumable work spread over steps (`_refresh_job`, MlqConfig.refresh_step_work), so no
@@ -315,8 +317,9 @@ class ChameleonScheduler(Scheduler):
                        every: bool = False) -> bool:
         """Admit starved queue heads, oldest first (a queue's next request too once it is the head and
         starved), charged to their own queue whatever its quota. False when one does not fit now and
-        `starve_block`: then nothing newer is admitted in this step. every: all heads count as starved
-        (arrival order, the compute-bound mode of `binding`; they stay out of the wait statistics)."""
+        `starve_block`: then nothing newer is admitted in this step. every: all heads count as starved,
+        i.e. arrival order, stopping at the first that does not fit as FIFO does (the compute-bound mode
+        of `binding`; these admissions feed the wait means like phase 1's)."""
         waits, queues = self.waits, self._queues
         while not budget.exhausted:
             starved = [(dq[0].seq, q) for q, dq in enumerate(queues)

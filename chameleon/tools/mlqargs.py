@@ -40,6 +40,9 @@ MLQ_FLAGS: tuple[MlqFlag, ...] = (
     MlqFlag("--mlq-starve-factor", "starve_factor", float, "starvation bound: a queue head that waited "
             "more than this x the expected wait (moving mean of admission waits), or longer than the "
             "SLO, is admitted first, within memory; 0 = off; default 3"),
+    MlqFlag("--mlq-compute-fcfs", "compute_fcfs", float, "admit in arrival order while at least this share "
+            "of recent steps were stopped by the per-step prefill budget (compute binds, not memory); "
+            "back to the queues below half of it; 0 = off; default 0.3"),
 )
 
 

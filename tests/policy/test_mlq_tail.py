@@ -54,7 +54,7 @@ def test_prefill_share_gives_the_large_queue_its_turn() -> None:
     goes first once it covers its prompt."""
     def run(share: str) -> int | None:
         s = mlq([100_000, 100_000], [0.5], [1.0, 1.0], SchedulerLimits(max_prefill_tokens=4096),
-                prefill_share=share, starve_factor=0)
+                prefill_share=share, starve_factor=0, compute_fcfs=0)
         mem = memory(1_000_000)
         s.add(req(999, inp=3000, out=900, t=0.0), 0.0)
         rid = 0

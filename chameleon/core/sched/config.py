@@ -60,6 +60,11 @@ class MlqConfig:
     (pages x block_size + adapter tokens), the unit memory allocates: with raw token counts the page
     rounding lets memory fill before the quotas do, and then the small-request queue takes every
     freed page (simulated long-tail class: P99 TTFT 33 s vs 4.4 s with page-rounded charges).
+    compute_fcfs / compute_alpha (beyond the paper, see `binding`): while the share of recent steps
+    (exponentially weighted, weight compute_alpha per step that leaves requests queued) in which the
+    per-step prefill budget, not memory or a quota, stopped admission is at least compute_fcfs, the MLQ
+    admits in arrival order (every queue head counts as starved) and `waiting()` is arrival order; it
+    returns to the queues once the share falls below half of that. 0 disables the mode.
     """
 
     t_refresh_s: float = 300.0
@@ -88,6 +93,8 @@ class MlqConfig:
     starve_floor_s: float = 1.0
     starve_basis: str = "both"
     starve_block: bool = True
+    compute_fcfs: float = 0.3
+    compute_alpha: float = 0.02
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -113,6 +120,9 @@ class MlqConfig:
             raise ValueError(f"prefill_floor must be in [0, 1], got {self.prefill_floor}")
         if self.starve_basis not in ("slo", "queue", "global", "both"):
             raise ValueError(f"starve_basis must be slo, queue, global or both, got {self.starve_basis!r}")
+        if not 0.0 <= self.compute_fcfs <= 1.0 or not 0.0 < self.compute_alpha <= 1.0:
+            raise ValueError(f"compute_fcfs must be in [0, 1] (0 = off) and compute_alpha in (0, 1], got "
+                             f"{self.compute_fcfs}, {self.compute_alpha}")
         if self.starve_factor < 0 or self.starve_floor_s < 0:
             raise ValueError("starve_factor and starve_floor_s must be >= 0 (starve_factor 0 = off)")
         if self.bypass_lookahead < 0 or self.window_max_samples < 1:

@@ -13,7 +13,9 @@ squashes it when the head's memory frees before it finishes.
 Beyond the paper (issue 17; MlqConfig.prefill_share, starve_factor): each queue also owns a share of the
 per-step prefill token budget (shares.py; phase 1 spends it, phase 2 hands out what is left), and a
 starved queue head (waited > starve_factor x the expected wait, or past the SLO) is admitted first,
-within memory (starvation.py). Quota charges with need "reserved" are in whole KV pages (config.py).
+within memory (starvation.py). While the per-step prefill budget, not memory, is what stops admission
+(binding.py, MlqConfig.compute_fcfs) the MLQ admits and prefetches in arrival order.
+Quota charges with need "reserved" are in whole KV pages (config.py).
 Where memory binds, the memory quotas decide as in the paper.
 Step cost: a request is classified when it arrives (once a schedule() has shown the memory view), and
 a refresh is resumable work spread over steps (`_refresh_job`, MlqConfig.refresh_step_work), so no
@@ -35,6 +37,7 @@ from chameleon.core.predictor import OutputPredictor
 from chameleon.core.request import Request
 from chameleon.core.sched.accounts import AdapterAccounts
 from chameleon.core.sched.base import BatchBudget, Plan, ScheduleContext, Scheduler, SchedulerLimits
+from chameleon.core.sched.binding import BindingTracker
 from chameleon.core.sched.bypass import BypassTracker
 from chameleon.core.sched.config import MlqConfig
 from chameleon.core.sched.layout import Job, Meter, Snapshot, layout_job
@@ -60,6 +63,7 @@ class ChameleonScheduler(Scheduler):
         self.accounts = AdapterAccounts(cfg.adapter_charge == "shared")
         self.shares = PrefillShares([1.0])
         self.waits = WaitTracker(1, cfg.starve_factor, cfg.starve_floor_s, cfg.starve_basis, cfg.slo_s)
+        self.binding = BindingTracker(cfg.compute_fcfs, cfg.compute_alpha)
         self._started = False
         self._queues: list[deque[Request]] = [deque()]
         self._incoming: deque[Request] = deque()
@@ -299,20 +303,27 @@ class ChameleonScheduler(Scheduler):
         if self.config.prefill_share != "none":
             self.shares.start_step(self.limits.max_prefill_tokens,
                                    [dq[0].input_tokens if dq else 0 for dq in self._queues])
-        if self.waits.enabled and not self._admit_starved(now, ctx, budget, plan):
-            return plan
-        leftover, refused = self._phase1(now, ctx, budget, plan)
-        self._phase2(leftover, refused, now, ctx, budget, plan)
+        if self.binding.compute_bound:
+            self._admit_starved(now, ctx, budget, plan, every=True)
+        elif not self.waits.enabled or self._admit_starved(now, ctx, budget, plan):
+            leftover, refused = self._phase1(now, ctx, budget, plan)
+            self._phase2(leftover, refused, now, ctx, budget, plan)
+        if self.binding.enabled:
+            self.binding.observe(budget.admitted, budget.prefill_left,
+                                 [dq[0].input_tokens for dq in self._queues if dq])
         return plan
 
-    def _admit_starved(self, now: float, ctx: ScheduleContext, budget: BatchBudget, plan: Plan) -> bool:
+    def _admit_starved(self, now: float, ctx: ScheduleContext, budget: BatchBudget, plan: Plan,
+                       every: bool = False) -> bool:
         """Admit starved queue heads, oldest first (a queue's next request too once it is the head and
         starved), charged to their own queue whatever its quota. False when one does not fit now and
-        `starve_block`: then nothing newer is admitted in this step."""
+        `starve_block`: then nothing newer is admitted in this step. every: all heads count as starved,
+        i.e. arrival order, stopping at the first that does not fit as FIFO does (the compute-bound mode
+        of `binding`; these admissions feed the wait means like phase 1's)."""
         waits, queues = self.waits, self._queues
         while not budget.exhausted:
             starved = [(dq[0].seq, q) for q, dq in enumerate(queues)
-                       if dq and waits.starved(q, now - dq[0].arrival)]
+                       if dq and (every or waits.starved(q, now - dq[0].arrival))]
             if not starved:
                 return True
             q = min(starved)[1]
@@ -320,7 +331,10 @@ class ChameleonScheduler(Scheduler):
             need = self.need_in(q, head)
             if not self._admit(head, now, ctx, budget, plan):
                 return not self.config.starve_block
-            waits.starved_total += 1
+            if every:
+                waits.observe(q, now - head.arrival)  # arrival order is this mode's normal admission
+            else:
+                waits.starved_total += 1
             self.shares.spend(q, head.input_tokens)
             self.charge_admitted(self._pop(q), q, [(q, need)])
         return not self.config.starve_block
@@ -428,19 +442,26 @@ class ChameleonScheduler(Scheduler):
 
     # ---- views ---------------------------------------------------------------------------------------
     def waiting(self, limit: int | None = None) -> list[Request]:
-        """Round-robin over queues (small first) by position, then the not yet classified arrivals."""
-        out: list[Request] = []
+        """Round-robin over queues (small first) by position, then the not yet classified arrivals;
+        in the compute-bound mode (`binding`) arrival order across queues."""
         cap = limit if limit is not None else self.num_waiting()
-        depth = 0
-        while len(out) < cap and any(depth < len(dq) for dq in self._queues):
-            out.extend(dq[depth] for dq in self._queues if depth < len(dq))
-            depth += 1
-        out = out[:cap]
+        out = self._arrival_order(cap) if self.binding.compute_bound else self._round_robin(cap)
         for req in self._incoming:
             if len(out) >= cap:
                 break
             out.append(req)
         return out
+
+    def _round_robin(self, cap: int) -> list[Request]:
+        out: list[Request] = []
+        depth = 0
+        while len(out) < cap and any(depth < len(dq) for dq in self._queues):
+            out.extend(dq[depth] for dq in self._queues if depth < len(dq))
+            depth += 1
+        return out[:cap]
+
+    def _arrival_order(self, cap: int) -> list[Request]:
+        return list(islice(merge(*self._queues, key=attrgetter("seq")), cap))
 
     def num_waiting(self) -> int:
         return len(self._where)
@@ -453,7 +474,8 @@ class ChameleonScheduler(Scheduler):
         out.update(queues=len(self._queues), boundaries=list(self.boundaries), lengths=self.queue_lengths(),
                    incoming=len(self._incoming), refreshes=self.refreshes, bypasses=self.bypass.total,
                    quotas=list(self.ledger.quotas), used=list(self.ledger.used), quota_stops=self.quota_stops,
-                   starved=self.waits.starved_total, prefill_weights=list(self.shares.weights))
+                   starved=self.waits.starved_total, prefill_weights=list(self.shares.weights),
+                   prefill_bound_share=self.binding.share, compute_fcfs=self.binding.compute_bound)
         return out
 
 

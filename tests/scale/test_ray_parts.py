@@ -198,3 +198,38 @@ def test_bench_breakdown_per_replica():
                                        "load_s_total": 0.4, "queue_s_mean": 0.5, "prefill_s_total": 2.0,
                                        "prefill_s_per_token": 0.005})
     assert out["r1"]["load_s_mean"] is None and out["r1"]["routed"] == 0.0
+
+
+def test_bench_replay_records_the_replica_that_answered():
+    from aiohttp import web
+
+    from chameleon.scale.bench_http import REPLICA_HEADER, replay
+    from chameleon.workload import WorkItem
+    from tests.procs import free_port
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        reply = web.StreamResponse(headers={REPLICA_HEADER: f"rep-{body['parameters']['adapter_id']}"})
+        await reply.prepare(request)
+        await reply.write(b'data: {"token": {"id": 1, "text": "x"}, "details": {"finish_reason": "length"}}'
+                          b"\n\n")
+        return reply
+
+    async def main() -> tuple[list, dict[int, str]]:
+        app = web.Application()
+        app.router.add_post("/generate_stream", stream)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        items = [WorkItem(i, 0.01 * i, f"a{i}", 4, 1) for i in range(3)]
+        where: dict[int, str] = {}
+        try:
+            records = await replay(f"http://127.0.0.1:{port}", items, 0, 10.0, where)
+        finally:
+            await runner.cleanup()
+        return records, where
+
+    records, where = asyncio.run(main())
+    assert [r.ttft_s is not None for r in records] == [True] * 3
+    assert where == {0: "rep-a0", 1: "rep-a1", 2: "rep-a2"}

@@ -233,3 +233,26 @@ def test_bench_replay_records_the_replica_that_answered():
     records, where = asyncio.run(main())
     assert [r.ttft_s is not None for r in records] == [True] * 3
     assert where == {0: "rep-a0", 1: "rep-a1", 2: "rep-a2"}
+
+
+def test_ray_pairs_summary_ratios_medians_and_pooled(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import runpy
+
+    def run(loads: float, p99: float, ttfts: list[float]) -> dict[str, Any]:
+        summary = {"requests": len(ttfts), "errors": 0, "cache_hit_rate": 0.5,
+                   "adapter_loads_per_request": loads, "ttft_p50_s": 0.1, "ttft_p90_s": 0.2,
+                   "ttft_p99_s": p99, "throughput_rps": 2.0,
+                   "per_replica": {"r0": {"requests": len(ttfts), "load_s_mean": 0.05, "queue_s_mean": 0.1,
+                                          "prefill_s_per_token": 0.004}}}
+        return {"summary": summary, "requests": [{"ttft_s": t} for t in ttfts]}
+
+    for seed, (d99, a99) in enumerate([(1.0, 0.5), (2.0, 3.0), (1.0, 0.9)]):
+        (tmp_path / f"s{seed}-default.json").write_text(json.dumps(run(0.6, d99, [d99] * 3)))
+        (tmp_path / f"s{seed}-affinity.json").write_text(json.dumps(run(0.2, a99, [a99] * 3)))
+    (tmp_path / "s9-default.json").write_text(json.dumps(run(0.6, 9.0, [9.0])))  # no partner: not a pair
+    main = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "ray_pairs_summary.py"))["main"]
+    assert main(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "median loads fewer: 3.00 (range 3.00-3.00, 3 pairs)" in out
+    assert "median P99: 0.90 (range 0.50-1.50, 3 pairs)" in out
+    assert "pooled default: 9 requests" in out and "pooled affinity: 9 requests" in out

@@ -9,6 +9,9 @@
 # Environment (defaults: CPU, the SmolLM2 demo model with its 100 adapters, memory-bound pools):
 #   ASSETS        `chameleon demo-assets` folder (model/, adapters/)   ~/.cache/chameleon/assets/smollm2-seed0
 #   RATE DUR      requests/s (Poisson) and seconds of arrivals per run   2.0 180
+#   WARMUP        seconds of other requests (seed + 1000) first, not counted: the caches reach their
+#                 steady state, so cold-start loads (the same floor for any routing) do not dilute the
+#                 comparison; 0 = measure from cold                          60
 #   SEEDS         one pair per seed                                      "1 2 3"
 #   REPLICAS      replicas                                               2
 #   SERVE_ARGS    more serve-ray flags (GPU: "--gpus-per-rank 0.5")     ""
@@ -21,7 +24,7 @@
 set -u
 OUT=${1:-./ray-pairs-out}
 ASSETS=${ASSETS:-$HOME/.cache/chameleon/assets/smollm2-seed0}
-RATE=${RATE:-2.0}; DUR=${DUR:-180}; SEEDS=${SEEDS:-1 2 3}; REPLICAS=${REPLICAS:-2}; PORT=${PORT:-8000}
+RATE=${RATE:-2.0}; DUR=${DUR:-180}; WARMUP=${WARMUP:-60}; SEEDS=${SEEDS:-1 2 3}; REPLICAS=${REPLICAS:-2}; PORT=${PORT:-8000}
 SERVE_ARGS=${SERVE_ARGS:-}
 LAUNCH_ARGS=${LAUNCH_ARGS:-"--shard-args '--threads 1' --memory-budget 1200000000 --max-batch-prefill-tokens 1024"}
 TRACE=${TRACE:-../shared/data/traces/azure_llm_2023_conv.csv}
@@ -40,6 +43,11 @@ run_one() {  # routing seed tag
   pid=$!
   for _ in $(seq 1 300); do curl -sf "localhost:$PORT/health" > /dev/null 2>&1 && break; sleep 2; done
   sleep 5
+  if [ "$WARMUP" != 0 ]; then
+    # shellcheck disable=SC2086
+    $CHAMELEON bench-ray --url "http://127.0.0.1:$PORT" --workdir "$WD" --trace "$TRACE" --rate "$RATE" \
+        --duration "$WARMUP" --adapters 100 --seed $((seed + 1000)) > "$OUT/warmup-$tag-$routing.txt" 2>&1
+  fi
   uptime > "$OUT/bench-$tag-$routing.txt"
   # shellcheck disable=SC2086
   $CHAMELEON bench-ray --url "http://127.0.0.1:$PORT" --workdir "$WD" --trace "$TRACE" --rate "$RATE" \

@@ -19,7 +19,7 @@
 #                 "--shard-args '--threads 1' --memory-budget 1200000000 --max-batch-prefill-tokens 1024"
 #   TRACE         trace CSV                                              ../shared/data/traces/azure_llm_2023_conv.csv
 #   PORT          Ray Serve's HTTP port                                  8000
-#   CHAMELEON     how to run chameleon                                   "python -m chameleon"
+#   PYTHON        the Python with chameleon-serve[ray] installed         python
 # Each run starts serve-ray, waits for /health, replays, stops it (SIGTERM) and runs `ray stop`.
 set -u
 OUT=${1:-./ray-pairs-out}
@@ -28,8 +28,9 @@ RATE=${RATE:-2.0}; DUR=${DUR:-180}; WARMUP=${WARMUP:-60}; SEEDS=${SEEDS:-1 2 3};
 SERVE_ARGS=${SERVE_ARGS:-}
 LAUNCH_ARGS=${LAUNCH_ARGS:-"--shard-args '--threads 1' --memory-budget 1200000000 --max-batch-prefill-tokens 1024"}
 TRACE=${TRACE:-../shared/data/traces/azure_llm_2023_conv.csv}
-CHAMELEON=${CHAMELEON:-python -m chameleon}
-RAY=${RAY:-$(dirname "$(command -v python)")/ray}
+PYTHON=${PYTHON:-python}
+CHAMELEON="$PYTHON -m chameleon"
+RAY=$(dirname "$(command -v "$PYTHON")")/ray
 mkdir -p "$OUT"
 WD=$(mktemp -d /tmp/raypairs-XXXX)  # short: unix socket paths live under it
 
@@ -66,4 +67,4 @@ for seed in $SEEDS; do
   i=$((i + 1))
 done
 rm -rf "$WD"
-python "$(dirname "$0")/ray_pairs_summary.py" "$OUT"
+"$PYTHON" "$(dirname "$0")/ray_pairs_summary.py" "$OUT"

@@ -35,7 +35,7 @@ REPLICA_HEADER = "x-chameleon-replica"  # serve-ray's answers name their replica
 # per replica, where a request's time went (summed series; `/prefill` = the prefill steps' histogram)
 BREAKDOWN = ("chameleon_adapter_load_seconds_total", "tgi_request_queue_duration_sum",
              "tgi_request_queue_duration_count", "tgi_request_input_length_sum",
-             "tgi_batch_inference_duration_sum/prefill", "tgi_batch_inference_duration_count/prefill")
+             "tgi_batch_inference_duration_sum/prefill", "tgi_batch_inference_duration_sum/decode")
 
 
 def build_parser() -> EnvArgumentParser:
@@ -84,7 +84,7 @@ def breakdown(before: dict[str, dict[str, float]], after: dict[str, dict[str, fl
               routed: dict[str, int]) -> dict[str, dict[str, float | None]]:
     """Per replica over the run: requests (finished there, and as routed by the response header),
     adapter loads and their mean cost, mean queueing (arrival to admission), prefill seconds per prompt
-    token (prefill steps' time / prompt tokens)."""
+    token (prefill steps' time / prompt tokens), and the time of its prefill and decode steps."""
     def ratio(a: float, b: float) -> float | None:
         return a / b if b else None
 
@@ -99,6 +99,7 @@ def breakdown(before: dict[str, dict[str, float]], after: dict[str, dict[str, fl
                     "queue_s_mean": ratio(d["tgi_request_queue_duration_sum"],
                                           d["tgi_request_queue_duration_count"]),
                     "prefill_s_total": d["tgi_batch_inference_duration_sum/prefill"],
+                    "decode_s_total": d["tgi_batch_inference_duration_sum/decode"],
                     "prefill_s_per_token": ratio(d["tgi_batch_inference_duration_sum/prefill"],
                                                  d["tgi_request_input_length_sum"])}
     return out
@@ -195,7 +196,8 @@ def format_breakdown(b: dict[str, float | None]) -> str:
     return (f"requests {b['requests']:.0f} (routed {b['routed']:.0f})  loads {b['loads']:.0f} "
             f"(mean {ms(b['load_s_mean'])}, total {b['load_s_total']:.2f} s)  "
             f"queue mean {ms(b['queue_s_mean'])}  "
-            f"prefill {b['prefill_s_total']:.2f} s, {ms(b['prefill_s_per_token'])}/token")
+            f"prefill {b['prefill_s_total']:.2f} s, {ms(b['prefill_s_per_token'])}/token  "
+            f"decode {b['decode_s_total']:.2f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

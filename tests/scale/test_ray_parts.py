@@ -189,14 +189,15 @@ def test_request_router_spills_a_deep_queue_when_costs_are_reported():
 def test_bench_breakdown_per_replica():
     keys = ("chameleon_adapter_loads_total", "chameleon_adapter_load_seconds_total",
             "tgi_request_queue_duration_sum", "tgi_request_queue_duration_count",
-            "tgi_request_input_length_sum", "tgi_batch_inference_duration_sum/prefill")
+            "tgi_request_input_length_sum", "tgi_batch_inference_duration_sum/prefill",
+            "tgi_batch_inference_duration_sum/decode")
     before = {"r0": dict.fromkeys(keys, 1.0)}
-    after = {"r0": dict(zip(keys, (5.0, 1.4, 3.0, 5.0, 401.0, 3.0), strict=True)),
-             "r1": dict(zip(keys, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0), strict=True))}
+    after = {"r0": dict(zip(keys, (5.0, 1.4, 3.0, 5.0, 401.0, 3.0, 7.0), strict=True)),
+             "r1": dict.fromkeys(keys, 0.0)}
     out = breakdown(before, after, {"r0": 4})
     assert out["r0"] == pytest.approx({"requests": 4.0, "routed": 4.0, "loads": 4.0, "load_s_mean": 0.1,
                                        "load_s_total": 0.4, "queue_s_mean": 0.5, "prefill_s_total": 2.0,
-                                       "prefill_s_per_token": 0.005})
+                                       "prefill_s_per_token": 0.005, "decode_s_total": 6.0})
     assert out["r1"]["load_s_mean"] is None and out["r1"]["routed"] == 0.0
 
 

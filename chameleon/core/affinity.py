@@ -12,8 +12,11 @@ Ranking for a request of adapter `a` (best first):
   2. estimated TTFT there (`est_ttft`), when every replica reported its costs (`ReplicaView.costed`):
      the work queued ahead (a step in progress, the prefill of the requests waiting in the request's
      MLQ class and the classes before it, the loads of their adapters) + the request's own prefill +
-     one adapter load when `a` is neither resident nor already queued for there. So affinity wins
-     where a load costs more than the difference in queued work, and a hot adapter spreads otherwise;
+     one adapter load (x `miss_weight`) when `a` is neither resident nor already queued for there;
+     the request's own prefill and load are priced at the replicas' mean rates (the same request costs
+     about the same anywhere; noise in the measured rates must not break ties: the tiers and the hash
+     do). So affinity wins where a load costs more than the difference in queued work, and a hot
+     adapter spreads otherwise;
   3. affinity tier: `a` resident (0) < `a` queued for or loading there (1) < free pages for `a` (2) <
      it would have to evict (3);
   4. queue depth ahead of the request: the requests waiting in its MLQ class and the classes before it
@@ -138,17 +141,21 @@ def tier(view: ReplicaView, adapter_id: str | None, pages: int) -> int:
 
 
 def est_ttft(view: ReplicaView, adapter_id: str | None, pages: int = 1, qclass: int | None = None,
-             tokens: float | None = None, miss_weight: float = 1.0) -> float:
+             tokens: float | None = None, miss_weight: float = 1.0,
+             own_rates: tuple[float, float] | None = None) -> float:
     """Estimated time to first token of a request of `tokens` prompt tokens (None: the replica's mean)
     there: a step in progress when busy, the prefill of the `depth` requests waiting ahead and a load
     for each adapter queued there but not resident, its own prefill, and one load (x `miss_weight`)
-    unless `adapter_id` is resident or already queued for there. Needs `view.costed`."""
+    unless `adapter_id` is resident or already queued for there. The request's own prefill and load are
+    priced at `own_rates` = (seconds per prompt token, seconds per load) when given, else at the
+    replica's. Needs `view.costed`."""
     own_tokens = view.tokens_per_request if tokens is None else tokens
+    per_token, per_load = own_rates if own_rates is not None else (view.prefill_s_per_token, view.load_s)
     busy = view.step_s if view.load > 0 else 0.0
     ahead = view.depth(qclass) * view.tokens_per_request * view.prefill_s_per_token
     loads_ahead = len(view.pending - view.resident) * view.load_s
-    own_load = view.load_s * miss_weight if tier(view, adapter_id, pages) >= 2 else 0.0
-    return busy + ahead + loads_ahead + own_tokens * view.prefill_s_per_token + own_load
+    own_load = per_load * miss_weight if tier(view, adapter_id, pages) >= 2 else 0.0
+    return busy + ahead + loads_ahead + own_tokens * per_token + own_load
 
 
 def load_bound(views: Sequence[ReplicaView], config: AffinityConfig) -> float:
@@ -163,10 +170,15 @@ def rank(views: Sequence[ReplicaView], adapter_id: str | None, config: AffinityC
         return []
     bound = load_bound(views, config)
     costed = config.miss_weight > 0 and all(v.costed for v in views)
+    n = len(views)  # the same request costs about the same anywhere: noise in the rates must not break ties
+    own_tokens = sum(v.tokens_per_request for v in views) / n if tokens is None else tokens
+    own_rates = (sum(v.prefill_s_per_token for v in views) / n, sum(v.load_s for v in views) / n)
 
     def key(v: ReplicaView) -> tuple[int, float, int, int, int, int]:
         over = 1 if v.load + 1 > bound else 0
-        cost = est_ttft(v, adapter_id, pages, qclass, tokens, config.miss_weight) if costed else 0.0
+        cost = 0.0
+        if costed:
+            cost = est_ttft(v, adapter_id, pages, qclass, own_tokens, config.miss_weight, own_rates)
         home = -rendezvous(adapter_id, v.replica_id)
         return (over, cost, tier(v, adapter_id, pages), v.depth(qclass), v.load, home)
 

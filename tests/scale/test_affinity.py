@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from chameleon.core.affinity import (
@@ -150,3 +152,14 @@ def test_costs_round_trip_through_stats_and_garbage_reads_as_unknown():
     assert bad == ReplicaView("r0")
     with pytest.raises(ValueError):
         AffinityConfig(miss_weight=-1)
+
+
+def test_noise_in_the_measured_rates_does_not_decide_where_a_new_adapter_lives():
+    cfg = AffinityConfig(load_slack=10, miss_weight=8)
+    fast = replace(costed("r0", free_pages=50), prefill_s_per_token=0.0009, load_s=0.045)
+    slow = replace(costed("r1", free_pages=50), prefill_s_per_token=0.0011, load_s=0.055)
+    homes = {ids(rank([fast, slow], f"ad{i}", cfg))[0] for i in range(20)}
+    assert homes == {"r0", "r1"}  # idle replicas tie: the rendezvous hash splits new adapters
+    # queued work is still priced at each replica's own rate: 3 waiting requests at 1.1 ms vs 0.9 ms/token
+    busy_fast, busy_slow = replace(fast, queue_lengths=(3,)), replace(slow, queue_lengths=(3,))
+    assert ids(rank([busy_slow, busy_fast], "new", cfg))[0] == "r0"

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from chameleon.core.affinity import DEFAULT_MISS_WEIGHT
+from chameleon.core.affinity import DEFAULT_MISS_WEIGHT, AffinityConfig
 from chameleon.scale.replica_proc import GroupSpec
 from chameleon.tools.cliargs import EnvArgumentParser
 
@@ -105,6 +105,10 @@ def last_replica_error(workdir: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        AffinityConfig(args.load_factor, args.load_slack, args.miss_weight)
+    except ValueError as exc:
+        parser.error(f"--load-factor/--load-slack/--miss-weight: {exc}")
     if args.model_id is not None and not (args.model_id / "config.json").is_file():
         parser.error(f"--model-id {args.model_id}: no config.json there")
     if args.adapter_dir is not None and not args.adapter_dir.is_dir():

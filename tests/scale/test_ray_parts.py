@@ -257,3 +257,11 @@ def test_ray_pairs_summary_ratios_medians_and_pooled(tmp_path: Path, capsys: pyt
     assert "median loads fewer: 3.00 (range 3.00-3.00, 3 pairs)" in out
     assert "median P99: 0.90 (range 0.50-1.50, 3 pairs)" in out
     assert "pooled default: 9 requests" in out and "pooled affinity: 9 requests" in out
+
+
+def test_serve_ray_refuses_a_bad_affinity_setting(capsys: pytest.CaptureFixture[str]):
+    from chameleon.scale.ray_cli import main as serve_ray_main
+
+    with pytest.raises(SystemExit) as info:
+        serve_ray_main(["--miss-weight", "-1"])
+    assert info.value.code == 2 and "miss_weight >= 0" in capsys.readouterr().err

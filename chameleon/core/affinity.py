@@ -8,15 +8,23 @@ period), plus what this router itself sent there since that snapshot (`AffinityR
 Ranking for a request of adapter `a` (best first):
   1. bounded load: replicas whose load (queued + running) is above `load_factor` x the mean load and
      `load_slack` above it get nothing new while some replica is below that bound (consistent hashing
-     with bounded loads, Mirrokni et al. 2018): a hot adapter spreads over several replicas under load
-     instead of melting one, and stays on one replica otherwise;
-  2. affinity tier: `a` resident (0) < `a` queued for or loading there (1) < free pages for `a` (2) <
+     with bounded loads, Mirrokni et al. 2018): a safety net, so no replica melts whatever the estimates;
+  2. estimated TTFT there (`est_ttft`), when every replica reported its costs (`ReplicaView.costed`):
+     the work queued ahead (a step in progress, the prefill of the requests waiting in the request's
+     MLQ class and the classes before it, the loads of their adapters) + the request's own prefill +
+     one adapter load (x `miss_weight`) when `a` is neither resident nor already queued for there;
+     the request's own prefill and load are priced at the replicas' mean rates (the same request costs
+     about the same anywhere; noise in the measured rates must not break ties: the tiers and the hash
+     do). So affinity wins where a load costs more than the difference in queued work, and a hot
+     adapter spreads otherwise;
+  3. affinity tier: `a` resident (0) < `a` queued for or loading there (1) < free pages for `a` (2) <
      it would have to evict (3);
-  3. queue depth ahead of the request: the requests waiting in its MLQ class and the classes before it
+  4. queue depth ahead of the request: the requests waiting in its MLQ class and the classes before it
      (all waiting requests when the class is unknown);
-  4. load; 5. a rendezvous hash of (adapter, replica): every router picks the same home for a new
+  5. load; 6. a rendezvous hash of (adapter, replica): every router picks the same home for a new
      adapter, so two routers do not each load it on a different replica.
-Base-model requests (adapter None) have tier 0 everywhere: least depth wins.
+Without cost figures (a replica that has not reported them yet) step 2 is skipped: pure affinity under
+the load bound. Base-model requests (adapter None) have tier 0 everywhere: least work wins.
 """
 
 from __future__ import annotations
@@ -32,7 +40,11 @@ from typing import Any
 class ReplicaView:
     """What one replica reported. `free_pages`: pages a new adapter could take without evicting
     (free pool pages; idle cached adapters count as evictable, not free). `queue_lengths`: requests
-    waiting per MLQ class, smallest class first (one entry under FIFO/SJF)."""
+    waiting per MLQ class, smallest class first (one entry under FIFO/SJF).
+
+    Costs, as measured there recently (0 = not known yet): `prefill_s_per_token` (prefill step time
+    per prompt token), `tokens_per_request` (mean prompt tokens), `load_s` (mean adapter load time),
+    `step_s` (a decode step: what a new request waits for when the replica is busy)."""
 
     replica_id: str
     resident: frozenset[str] = frozenset()
@@ -40,6 +52,15 @@ class ReplicaView:
     free_pages: int = 0
     queue_lengths: tuple[int, ...] = ()
     running: int = 0
+    prefill_s_per_token: float = 0.0
+    tokens_per_request: float = 0.0
+    load_s: float = 0.0
+    step_s: float = 0.0
+
+    @property
+    def costed(self) -> bool:
+        """Reports the costs `est_ttft` needs (a prefill rate and a request size)."""
+        return self.prefill_s_per_token > 0 and self.tokens_per_request > 0
 
     @property
     def waiting(self) -> int:
@@ -59,7 +80,7 @@ class ReplicaView:
         """A JSON-able dict (Ray's routing stats); `from_stats` reads it back."""
         return {"resident": sorted(self.resident), "pending": sorted(self.pending),
                 "free_pages": self.free_pages, "queue_lengths": list(self.queue_lengths),
-                "running": self.running}
+                "running": self.running, **{k: getattr(self, k) for k in COSTS}}
 
     @classmethod
     def from_stats(cls, replica_id: str, stats: Mapping[str, Any]) -> ReplicaView:
@@ -71,23 +92,37 @@ class ReplicaView:
         def count(value: Any) -> int:
             return max(0, int(value)) if isinstance(value, (int, float)) and math.isfinite(value) else 0
 
+        def seconds(value: Any) -> float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return max(0.0, float(value)) if ok else 0.0
+
         queues = stats.get("queue_lengths")
         lengths = tuple(count(q) for q in queues) if isinstance(queues, (list, tuple)) else ()
         return cls(replica_id, ids("resident"), ids("pending"), count(stats.get("free_pages")), lengths,
-                   count(stats.get("running")))
+                   count(stats.get("running")), *(seconds(stats.get(k)) for k in COSTS))
+
+
+COSTS = ("prefill_s_per_token", "tokens_per_request", "load_s", "step_s")
+
+
+DEFAULT_MISS_WEIGHT = 8.0
 
 
 @dataclass(frozen=True, slots=True)
 class AffinityConfig:
     """`load_factor` (c >= 1) and `load_slack` (requests) set the load bound: max(c x mean, mean + slack)
-    where mean counts the request being placed."""
+    where mean counts the request being placed. `miss_weight` (w): within the bound, rank by estimated
+    TTFT when the replicas report costs, a load charged w times its measured time: its own time and
+    what breaking affinity costs later (the adapter copied to a second replica, whose next requests
+    there miss too, or an adapter evicted); 0 = tier first (pure affinity within the bound)."""
 
     load_factor: float = 1.25
     load_slack: int = 4
+    miss_weight: float = DEFAULT_MISS_WEIGHT
 
     def __post_init__(self) -> None:
-        if self.load_factor < 1.0 or self.load_slack < 0:
-            raise ValueError("load_factor must be >= 1 and load_slack >= 0")
+        if self.load_factor < 1.0 or self.load_slack < 0 or not self.miss_weight >= 0:
+            raise ValueError("load_factor must be >= 1, load_slack >= 0 and miss_weight >= 0")
 
 
 def rendezvous(adapter_id: str | None, replica_id: str) -> int:
@@ -105,22 +140,47 @@ def tier(view: ReplicaView, adapter_id: str | None, pages: int) -> int:
     return 2 if view.free_pages >= pages else 3
 
 
+def est_ttft(view: ReplicaView, adapter_id: str | None, pages: int = 1, qclass: int | None = None,
+             tokens: float | None = None, miss_weight: float = 1.0,
+             own_rates: tuple[float, float] | None = None) -> float:
+    """Estimated time to first token of a request of `tokens` prompt tokens (None: the replica's mean)
+    there: a step in progress when busy, the prefill of the `depth` requests waiting ahead and a load
+    for each adapter queued there but not resident, its own prefill, and one load (x `miss_weight`)
+    unless `adapter_id` is resident or already queued for there. The request's own prefill and load are
+    priced at `own_rates` = (seconds per prompt token, seconds per load) when given, else at the
+    replica's. Needs `view.costed`."""
+    own_tokens = view.tokens_per_request if tokens is None else tokens
+    per_token, per_load = own_rates if own_rates is not None else (view.prefill_s_per_token, view.load_s)
+    busy = view.step_s if view.load > 0 else 0.0
+    ahead = view.depth(qclass) * view.tokens_per_request * view.prefill_s_per_token
+    loads_ahead = len(view.pending - view.resident) * view.load_s
+    own_load = per_load * miss_weight if tier(view, adapter_id, pages) >= 2 else 0.0
+    return busy + ahead + loads_ahead + own_tokens * per_token + own_load
+
+
 def load_bound(views: Sequence[ReplicaView], config: AffinityConfig) -> float:
     mean = (sum(v.load for v in views) + 1) / len(views)
     return max(config.load_factor * mean, mean + config.load_slack)
 
 
 def rank(views: Sequence[ReplicaView], adapter_id: str | None, config: AffinityConfig,
-         pages: int = 1, qclass: int | None = None) -> list[ReplicaView]:
+         pages: int = 1, qclass: int | None = None, tokens: float | None = None) -> list[ReplicaView]:
     """`views` best first (see the module docstring); empty in, empty out."""
     if not views:
         return []
     bound = load_bound(views, config)
+    costed = config.miss_weight > 0 and all(v.costed for v in views)
+    n = len(views)  # the same request costs about the same anywhere: noise in the rates must not break ties
+    own_tokens = sum(v.tokens_per_request for v in views) / n if tokens is None else tokens
+    own_rates = (sum(v.prefill_s_per_token for v in views) / n, sum(v.load_s for v in views) / n)
 
-    def key(v: ReplicaView) -> tuple[int, int, int, int, int]:
+    def key(v: ReplicaView) -> tuple[int, float, int, int, int, int]:
         over = 1 if v.load + 1 > bound else 0
+        cost = 0.0
+        if costed:
+            cost = est_ttft(v, adapter_id, pages, qclass, own_tokens, config.miss_weight, own_rates)
         home = -rendezvous(adapter_id, v.replica_id)
-        return (over, tier(v, adapter_id, pages), v.depth(qclass), v.load, home)
+        return (over, cost, tier(v, adapter_id, pages), v.depth(qclass), v.load, home)
 
     return sorted(views, key=key)
 
@@ -164,10 +224,10 @@ class AffinityRouter:
                        queue_lengths=tuple(queues))
 
     def choose(self, candidates: Iterable[str], adapter_id: str | None, pages: int = 1,
-               qclass: int | None = None) -> list[str]:
+               qclass: int | None = None, tokens: float | None = None) -> list[str]:
         """Candidate replica ids best first (nothing is recorded: call `assigned` with the pick)."""
         views = [self.view(r) for r in candidates]
-        return [v.replica_id for v in rank(views, adapter_id, self.config, pages, qclass)]
+        return [v.replica_id for v in rank(views, adapter_id, self.config, pages, qclass, tokens)]
 
     def assigned(self, replica_id: str, adapter_id: str | None, now: float = 0.0,
                  key: object | None = None) -> None:

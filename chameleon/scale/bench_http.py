@@ -31,6 +31,11 @@ from chameleon.workload import TraceError, WorkItem
 
 COUNTERS = ("chameleon_cache_hits_total", "chameleon_cache_misses_total", "chameleon_adapter_loads_total",
             "chameleon_cache_prefetches_total")
+REPLICA_HEADER = "x-chameleon-replica"  # serve-ray's answers name their replica (ray_serve.py; no ray here)
+# per replica, where a request's time went (summed series; `/prefill` = the prefill steps' histogram)
+BREAKDOWN = ("chameleon_adapter_load_seconds_total", "tgi_request_queue_duration_sum",
+             "tgi_request_queue_duration_count", "tgi_request_input_length_sum",
+             "tgi_batch_inference_duration_sum/prefill", "tgi_batch_inference_duration_sum/decode")
 
 
 def build_parser() -> EnvArgumentParser:
@@ -51,22 +56,58 @@ def _get(url: str) -> Any:
         return json.loads(reply.read())
 
 
-def replica_counters(workdir: Path) -> dict[str, float]:
-    """Sum of COUNTERS over the replicas whose endpoint.json is under `workdir`."""
-    total = dict.fromkeys(COUNTERS, 0.0)
+def replica_series(workdir: Path) -> dict[str, dict[str, float]]:
+    """COUNTERS and BREAKDOWN of each replica whose endpoint.json is under `workdir`, by its folder name
+    (the Ray replica id)."""
+    out: dict[str, dict[str, float]] = {}
     for ep in sorted(workdir.glob("*/endpoint.json")):
         url = json.loads(ep.read_text())["http"]
         with urllib.request.urlopen(url + "/metrics", timeout=30) as reply:
             text = reply.read().decode()
+        values = dict.fromkeys((*COUNTERS, *BREAKDOWN), 0.0)
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
-                if s.name in total:
-                    total[s.name] += s.value
-    return total
+                name = f"{s.name}/{s.labels['method']}" if "method" in s.labels else s.name
+                if name in values:
+                    values[name] += s.value
+        out[ep.parent.name] = values
+    return out
+
+
+def replica_counters(workdir: Path) -> dict[str, float]:
+    """Sum of COUNTERS over the replicas whose endpoint.json is under `workdir`."""
+    per = replica_series(workdir).values()
+    return {k: sum(v[k] for v in per) for k in COUNTERS}
+
+
+def breakdown(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+              routed: dict[str, int]) -> dict[str, dict[str, float | None]]:
+    """Per replica over the run: requests (finished there, and as routed by the response header),
+    adapter loads and their mean cost, mean queueing (arrival to admission), prefill seconds per prompt
+    token (prefill steps' time / prompt tokens), and the time of its prefill and decode steps."""
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b else None
+
+    out: dict[str, dict[str, float | None]] = {}
+    for rid, now in after.items():
+        d = {k: now[k] - before.get(rid, {}).get(k, 0.0) for k in now}
+        loads = d["chameleon_adapter_loads_total"]
+        out[rid] = {"requests": d["tgi_request_queue_duration_count"], "routed": float(routed.get(rid, 0)),
+                    "loads": loads,
+                    "load_s_mean": ratio(d["chameleon_adapter_load_seconds_total"], loads),
+                    "load_s_total": d["chameleon_adapter_load_seconds_total"],
+                    "queue_s_mean": ratio(d["tgi_request_queue_duration_sum"],
+                                          d["tgi_request_queue_duration_count"]),
+                    "prefill_s_total": d["tgi_batch_inference_duration_sum/prefill"],
+                    "decode_s_total": d["tgi_batch_inference_duration_sum/decode"],
+                    "prefill_s_per_token": ratio(d["tgi_batch_inference_duration_sum/prefill"],
+                                                 d["tgi_request_input_length_sum"])}
+    return out
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, item: WorkItem, rec: RequestRecord,
-                     start: float, seed: int) -> None:
+                     start: float, seed: int, replicas: dict[int, str] | None = None) -> None:
+    """Replay `item` into `rec`; `replicas[item.id]` = the replica that answered (serve-ray's header)."""
     params: dict[str, Any] = {"max_new_tokens": item.output_tokens, "do_sample": True, "temperature": 1.0,
                               "seed": seed * 1_000_003 + item.id, "truncate": item.input_tokens,
                               "adapter_id": item.adapter_id}
@@ -76,6 +117,8 @@ async def stream_one(session: aiohttp.ClientSession, url: str, item: WorkItem, r
     rec.sent_s, last = sent - start, None
     try:
         async with session.post(url + "/generate_stream", json=body) as reply:
+            if replicas is not None and REPLICA_HEADER in reply.headers:
+                replicas[item.id] = reply.headers[REPLICA_HEADER]
             if reply.status != 200:
                 rec.error = f"HTTP {reply.status}"
                 return
@@ -100,13 +143,13 @@ async def stream_one(session: aiohttp.ClientSession, url: str, item: WorkItem, r
         rec.error = type(exc).__name__
 
 
-async def replay(url: str, items: Sequence[WorkItem], seed: int,
-                 drain_timeout_s: float) -> list[RequestRecord]:
+async def replay(url: str, items: Sequence[WorkItem], seed: int, drain_timeout_s: float,
+                 replicas: dict[int, str] | None = None) -> list[RequestRecord]:
     records = [RequestRecord(w.id, w.adapter_id, w.input_tokens, w.output_tokens, w.arrival) for w in items]
     start = time.perf_counter() + 0.2
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        tasks = [asyncio.ensure_future(stream_one(session, url, w, r, start, seed))
+        tasks = [asyncio.ensure_future(stream_one(session, url, w, r, start, seed, replicas))
                  for w, r in zip(items, records, strict=True)]
         last = max(w.arrival for w in items)
         wait = max(0.0, start + last + drain_timeout_s - time.perf_counter())
@@ -131,16 +174,30 @@ def run(args) -> dict[str, Any]:
     items = plan(trace, pop, opts, max_total, max_total - 1)
     if not items:
         raise ValueError("no request arrives within --duration at this rate")
-    before = replica_counters(args.workdir)
-    records = asyncio.run(replay(args.url, items, args.seed, args.drain_timeout))
-    after = replica_counters(args.workdir)
-    d = {k: after[k] - before[k] for k in COUNTERS}
+    before, replicas = replica_series(args.workdir), {}
+    records = asyncio.run(replay(args.url, items, args.seed, args.drain_timeout, replicas))
+    after = replica_series(args.workdir)
+    d = {k: sum(v[k] for v in after.values()) - sum(v[k] for v in before.values()) for k in COUNTERS}
+    routed: dict[str, int] = {}
+    for rid in replicas.values():
+        routed[rid] = routed.get(rid, 0) + 1
     looked = d["chameleon_cache_hits_total"] + d["chameleon_cache_misses_total"]
     summary = {"rate": args.rate, "duration_s": args.duration, **summarise(records, args.slo_s),
                "cache_hit_rate": d["chameleon_cache_hits_total"] / looked if looked else None,
                "adapter_loads_per_request": (d["chameleon_adapter_loads_total"] / len(records)),
-               "replicas": len(list(args.workdir.glob("*/endpoint.json")))}
-    return {"summary": summary, "records": records}
+               "replicas": len(after), "per_replica": breakdown(before, after, routed)}
+    return {"summary": summary, "records": records, "replica_of": replicas}
+
+
+def format_breakdown(b: dict[str, float | None]) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.1f} ms"
+
+    return (f"requests {b['requests']:.0f} (routed {b['routed']:.0f})  loads {b['loads']:.0f} "
+            f"(mean {ms(b['load_s_mean'])}, total {b['load_s_total']:.2f} s)  "
+            f"queue mean {ms(b['queue_s_mean'])}  "
+            f"prefill {b['prefill_s_total']:.2f} s, {ms(b['prefill_s_per_token'])}/token  "
+            f"decode {b['decode_s_total']:.2f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,7 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = out["summary"]
     print(format_summary(s))
     print(f"adapter loads per request {s['adapter_loads_per_request']:.3f} over {s['replicas']} replicas")
+    for rid, b in s["per_replica"].items():
+        print(f"  {rid}: {format_breakdown(b)}")
     if args.json:
-        doc = {"summary": json_safe(s), "requests": [json_safe(asdict(r)) for r in out["records"]]}
+        where = out["replica_of"]
+        doc = {"summary": json_safe(s),
+               "requests": [json_safe({**asdict(r), "replica": where.get(r.id)}) for r in out["records"]]}
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 0

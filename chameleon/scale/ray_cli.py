@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from chameleon.core.affinity import DEFAULT_MISS_WEIGHT, AffinityConfig
 from chameleon.scale.replica_proc import GroupSpec
 from chameleon.tools.cliargs import EnvArgumentParser
 
@@ -49,6 +50,9 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--stats-period", type=float, default=1.0, help="seconds between routing-stats reports")
     p.add_argument("--load-factor", type=float, default=1.25, help="affinity load bound: x the mean load")
     p.add_argument("--load-slack", type=int, default=4, help="affinity load bound: at least mean + this")
+    p.add_argument("--miss-weight", type=float, default=DEFAULT_MISS_WEIGHT,
+                   help="affinity: rank by estimated TTFT, an adapter load counted this many times its "
+                        "measured cost (0: resident adapter first, pure affinity within the load bound)")
     p.add_argument("--launch-args", default="",
                    help="extra `chameleon launch` flags, one shell-quoted string")
     p.add_argument("--startup-timeout", type=float, default=600.0,
@@ -70,7 +74,7 @@ def config_from(args: argparse.Namespace):  # -> RayServeConfig (imported with r
                           cpus_per_rank=args.cpus_per_rank, gpus_per_rank=args.gpus_per_rank,
                           max_ongoing_requests=args.max_ongoing_requests, stats_period_s=args.stats_period,
                           load_factor=args.load_factor, load_slack=args.load_slack,
-                          workdir=str(args.workdir), base_names=names)
+                          miss_weight=args.miss_weight, workdir=str(args.workdir), base_names=names)
 
 
 def _start_ray(args: argparse.Namespace, cfg) -> None:
@@ -101,6 +105,10 @@ def last_replica_error(workdir: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        AffinityConfig(args.load_factor, args.load_slack, args.miss_weight)
+    except ValueError as exc:
+        parser.error(f"--load-factor/--load-slack/--miss-weight: {exc}")
     if args.model_id is not None and not (args.model_id / "config.json").is_file():
         parser.error(f"--model-id {args.model_id}: no config.json there")
     if args.adapter_dir is not None and not args.adapter_dir.is_dir():

@@ -15,13 +15,14 @@ from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from chameleon.core.affinity import AffinityConfig, AffinityRouter, ReplicaView
+from chameleon.core.affinity import DEFAULT_MISS_WEIGHT, AffinityConfig, AffinityRouter, ReplicaView
 
 
 class AdapterAffinityRequestRouter(FIFOMixin, RequestRouter):
-    def initialize_state(self, load_factor: float = 1.25, load_slack: int = 4, **kwargs: Any) -> None:
+    def initialize_state(self, load_factor: float = 1.25, load_slack: int = 4,
+                         miss_weight: float = DEFAULT_MISS_WEIGHT, **kwargs: Any) -> None:
         """Ray calls this with `request_router_kwargs`."""
-        self.affinity = AffinityRouter(AffinityConfig(load_factor, load_slack))
+        self.affinity = AffinityRouter(AffinityConfig(load_factor, load_slack, miss_weight))
         self.report_ts: dict[str, float] = {}
 
     def _refresh(self, replica: RunningReplica) -> bool:

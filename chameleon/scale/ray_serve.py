@@ -30,9 +30,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from chameleon.core.affinity import DEFAULT_MISS_WEIGHT
 from chameleon.scale.ray_router import AdapterAffinityRequestRouter
 from chameleon.scale.replica_proc import GroupSpec, LaunchedGroup
-from chameleon.scale.replica_stats import routing_stats, unhealthy_stats, view_from_metrics
+from chameleon.scale.replica_stats import CostMeter, routing_stats, unhealthy_stats, view_from_metrics
 
 # not copied from one hop to the next (the next server sets its own)
 HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host", "date",
@@ -53,6 +54,7 @@ class RayServeConfig:
     stats_period_s: float = 1.0
     load_factor: float = 1.25
     load_slack: int = 4
+    miss_weight: float = DEFAULT_MISS_WEIGHT
     workdir: str = "/tmp/chameleon-ray"
     base_names: tuple[str, ...] = ()  # OpenAI `model` values that mean the base model
 
@@ -94,6 +96,7 @@ class ChameleonReplica:
         self.group.wait_healthy()
         self._session: aiohttp.ClientSession | None = None
         self._last: dict[str, Any] = {}
+        self._meter = CostMeter()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -109,7 +112,7 @@ class ChameleonReplica:
                 healthy = reply.status == 200
             async with self._client().get(self.group.url + "/metrics", timeout=limit) as reply:
                 text = await reply.text()
-            self._last = routing_stats(view_from_metrics(self.replica_id, text), healthy, ts)
+            self._last = routing_stats(view_from_metrics(self.replica_id, text, self._meter, ts), healthy, ts)
         except asyncio.TimeoutError:
             pass
         except (aiohttp.ClientError, ValueError):
@@ -191,7 +194,8 @@ def build_app(cfg: RayServeConfig) -> Any:
     if cfg.routing == "affinity":
         options["request_router_config"] = RequestRouterConfig(
             request_router_class=AdapterAffinityRequestRouter,
-            request_router_kwargs={"load_factor": cfg.load_factor, "load_slack": cfg.load_slack},
+            request_router_kwargs={"load_factor": cfg.load_factor, "load_slack": cfg.load_slack,
+                                   "miss_weight": cfg.miss_weight},
             request_routing_stats_period_s=cfg.stats_period_s, request_routing_stats_timeout_s=5.0)
     elif cfg.routing != "default":
         raise ValueError(f"routing must be 'affinity' or 'default', got {cfg.routing!r}")

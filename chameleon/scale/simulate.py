@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from chameleon.core.affinity import AffinityConfig
+from chameleon.core.affinity import DEFAULT_MISS_WEIGHT, AffinityConfig
 from chameleon.sim.profiles import SHIPPED, load_profile
 from chameleon.sim.replica_runner import ReplicaSpec, ReplicaSummary, run_replicas
 from chameleon.sim.replicas import REPLICA_POLICIES
@@ -45,6 +45,9 @@ def build_parser() -> EnvArgumentParser:
                    help="seconds between the replicas' routing-stats reports (affinity)")
     p.add_argument("--load-factor", type=float, default=1.25, help="affinity's load bound: x the mean load")
     p.add_argument("--load-slack", type=int, default=4, help="affinity's load bound: at least mean + this")
+    p.add_argument("--miss-weight", type=float, default=DEFAULT_MISS_WEIGHT,
+                   help="affinity: rank by estimated TTFT, an adapter load counted this many times its "
+                        "cost (0: resident adapter first, pure affinity within the load bound)")
     p.add_argument("--seed", type=int, default=0, help="workload and routing seed")
     p.add_argument("--json", default=None, help="write the rows as JSON here")
     return p
@@ -60,7 +63,7 @@ def _spec(args) -> ReplicaSpec:
         requests_per_replica=args.requests_per_replica, adapters=args.adapters,
         adapters_per_replica=args.adapters_per_replica, exponent=args.popularity_exponent,
         scale=LengthScale(scale, scale), stats_period_s=args.stats_period,
-        affinity=AffinityConfig(args.load_factor, args.load_slack), seed=args.seed)
+        affinity=AffinityConfig(args.load_factor, args.load_slack, args.miss_weight), seed=args.seed)
 
 
 def format_table(rows: Sequence[ReplicaSummary]) -> str:
@@ -98,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         doc = {"meta": {"trace": args.trace, "profile": spec.profile.name, "seed": spec.seed,
                         "stats_period_s": spec.stats_period_s, "load_factor": args.load_factor,
-                        "load_slack": args.load_slack},
+                        "load_slack": args.load_slack, "miss_weight": args.miss_weight},
                "rows": [r.row() for r in rows]}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0

@@ -7,9 +7,11 @@ looked at can lag behind safely), asks the policy for a replica, and hands the r
 Policies:
   pow2      Ray Serve's default request router: two replicas drawn at random, the one with fewer
             requests queued + running wins (fresh figures, as Ray probes queue lengths).
-  affinity  chameleon.core.affinity: adapter resident > queued/loading > free pages > evict, queue
-            depth, bounded load. It sees each replica as last reported (every `stats_period_s`, as
-            Ray's routing-stats hook) plus what it sent there since.
+  affinity  chameleon.core.affinity: bounded load, then estimated TTFT (queued prefill work + a load
+            when the adapter is not there), then adapter resident > queued/loading > free pages >
+            evict. It sees each replica as last reported (every `stats_period_s`, as Ray's
+            routing-stats hook; costs from the profile's cost model, as a live replica measures them)
+            plus what it sent there since.
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ class ReplicaSim(Simulator):
         self.served: list[WorkItem] = []
         self.inbox: deque[Request] = deque()
         self.now = 0.0
+        self.prompt_tokens = 0
+        self.open: set[int] = set()  # local ids submitted and not seen finished by `take_finished`
+        loads = [self.cost.load_time(n) for n in self.nbytes.values()]
+        self.mean_load_s = sum(loads) / len(loads) if loads else 0.0
 
     def submit(self, w: WorkItem) -> None:
         """Queue `w` (arrival >= every earlier submission's)."""
         local = len(self.served)
         self.served.append(w)
+        self.prompt_tokens += w.input_tokens
+        self.open.add(local)
         for series in (self.res.ttft, self.res.e2e, self.res.load_s):
             series.append(0.0)
         self.inbox.append(Request(local, w.adapter_id, w.input_tokens, w.output_tokens, w.arrival,
@@ -69,6 +77,12 @@ class ReplicaSim(Simulator):
                 continue
             self.now = self._iteration(self.now, min(next_arrival, until))
 
+    def take_finished(self) -> list[int]:
+        """Global ids of the requests that finished since the last call (what Ray's router hears)."""
+        done = [i for i in self.open if self.res.e2e[i] > 0.0]
+        self.open.difference_update(done)
+        return [self.served[i].id for i in sorted(done)]
+
     @property
     def load(self) -> int:
         return len(self.running) + self.sched.num_waiting() + len(self.inbox)
@@ -83,8 +97,12 @@ class ReplicaSim(Simulator):
         unclassified = self.sched.num_waiting() - sum(queues) + len(self.inbox)
         queues = (*queues[:-1], (queues[-1] if queues else 0) + unclassified)
         resident = frozenset(e.adapter_id for e in self.memory.cache.entries())
+        tokens = self.prompt_tokens / len(self.served) if self.served else 0.0
+        per_token = self.cost.prefill_time(max(1, round(tokens))) / tokens if tokens else 0.0
         return ReplicaView(self.replica_id, resident, frozenset(pending) - resident,
-                           self.memory.pool.free_pages(), queues, len(self.running))
+                           self.memory.pool.free_pages(), queues, len(self.running),
+                           prefill_s_per_token=per_token, tokens_per_request=tokens, load_s=self.mean_load_s,
+                           step_s=self.est_step)
 
     def finish(self) -> SimResult:
         self.advance(float("inf"))
@@ -125,12 +143,16 @@ class ReplicaDriver:
             for r in pair:
                 r.advance(w.arrival)
             return min(pair, key=lambda r: r.load)
-        if w.arrival >= self.next_report:
-            for r in self.replicas:
-                r.advance(w.arrival)
+        report = w.arrival >= self.next_report
+        for r in self.replicas:  # the router hears of every completion at once (Ray's on_request_completed)
+            r.advance(w.arrival)
+            for gid in r.take_finished():
+                self.router.completed(r.replica_id, gid, w.arrival)
+            if report:
                 self.router.update(r.view(), as_of=w.arrival)
+        if report:
             self.next_report = w.arrival + self.period
         pages = self.replicas[0].pages.get(w.adapter_id, 1) if w.adapter_id is not None else 1
         best = self.router.choose(self.by_id, w.adapter_id, pages)[0]
-        self.router.assigned(best, w.adapter_id, w.arrival)
+        self.router.assigned(best, w.adapter_id, w.arrival, key=w.id)
         return self.by_id[best]

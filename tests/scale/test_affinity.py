@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from chameleon.core.affinity import AffinityConfig, AffinityRouter, ReplicaView, rank, rendezvous, tier
+from dataclasses import replace
+
+import pytest
+
+from chameleon.core.affinity import (
+    AffinityConfig,
+    AffinityRouter,
+    ReplicaView,
+    est_ttft,
+    rank,
+    rendezvous,
+    tier,
+)
 
 CFG = AffinityConfig(load_factor=1.25, load_slack=2)
 
@@ -92,3 +104,62 @@ def test_completion_moves_a_request_from_load_to_residency():
     assert view.waiting == 1 and view.resident == {"a"} and view.pending == frozenset()
     router.update(ReplicaView("r0"), as_of=3.0)  # the report after it knows better (evicted, say)
     assert router.view("r0") == ReplicaView("r0")
+
+
+def costed(rid: str, **kw) -> ReplicaView:
+    """A replica that reports costs: 100-token requests at 1 ms/token (0.1 s), 50 ms loads, 20 ms steps."""
+    return ReplicaView(rid, prefill_s_per_token=0.001, tokens_per_request=100, load_s=0.05, step_s=0.02, **kw)
+
+
+def test_est_ttft_adds_the_work_ahead_the_own_prefill_and_a_weighted_load():
+    v = costed("r0", resident=frozenset({"a"}), pending=frozenset({"b"}), queue_lengths=(1, 2), running=1)
+    # busy step 0.02 + 1 waiting ahead in class 0 (0.1) + the load of b ahead (0.05) + own prefill 0.1
+    assert est_ttft(v, "a", qclass=0) == pytest.approx(0.27)
+    assert est_ttft(v, "b", qclass=0) == pytest.approx(0.27)  # queued there already: no second load
+    assert est_ttft(v, "c", qclass=0, miss_weight=3) == pytest.approx(0.27 + 0.15)
+    assert est_ttft(v, "a") == pytest.approx(0.47)  # class unknown: all 3 waiting requests are ahead
+    assert est_ttft(costed("r1"), "c", tokens=400) == pytest.approx(0.4 + 0.05)  # idle: no step to wait for
+
+
+def test_affinity_holds_while_a_load_costs_more_than_the_queue_difference_and_spreads_after():
+    cfg = AffinityConfig(load_slack=10, miss_weight=2)  # a miss is charged 2 x 50 ms
+    idle = costed("r1")  # 0.1 prefill + 0.1 charged load = 0.2
+    short = costed("r0", resident=frozenset({"a"}), running=1)  # 0.02 + 0.1 = 0.12
+    deep = costed("r0", resident=frozenset({"a"}), queue_lengths=(2,), running=1)  # 0.02 + 0.2 + 0.1 = 0.32
+    assert ids(rank([idle, short], "a", cfg)) == ["r0", "r1"]
+    assert ids(rank([idle, deep], "a", cfg)) == ["r1", "r0"]
+    heavier = AffinityConfig(load_slack=10, miss_weight=5)  # charged 0.25: the load outweighs 2 requests
+    assert ids(rank([idle, deep], "a", heavier)) == ["r0", "r1"]
+    tier_first = AffinityConfig(load_slack=10, miss_weight=0)  # pure affinity within the bound
+    assert ids(rank([idle, deep], "a", tier_first)) == ["r0", "r1"]
+    # the load bound still comes first: r0 over max(1.25 x mean, mean + 1) loses whatever the costs
+    tight = AffinityConfig(load_slack=1, miss_weight=100)
+    assert ids(rank([idle, costed("r0", resident=frozenset({"a"}), running=3)], "a", tight)) == ["r1", "r0"]
+
+
+def test_costs_count_only_when_every_replica_reports_them():
+    cfg = AffinityConfig(load_slack=10, miss_weight=2)
+    deep = costed("r0", resident=frozenset({"a"}), queue_lengths=(2,), running=1)
+    assert ids(rank([ReplicaView("r1"), deep], "a", cfg)) == ["r0", "r1"]  # r1 has no costs: tier first
+    assert not ReplicaView("r1", load_s=0.1).costed and costed("r1").costed
+
+
+def test_costs_round_trip_through_stats_and_garbage_reads_as_unknown():
+    view = costed("r0", resident=frozenset({"a"}), queue_lengths=(1,))
+    assert ReplicaView.from_stats("r0", view.to_stats()) == view
+    bad = ReplicaView.from_stats("r0", {"load_s": True, "step_s": float("inf"), "prefill_s_per_token": -1,
+                                        "tokens_per_request": "100"})
+    assert bad == ReplicaView("r0")
+    with pytest.raises(ValueError):
+        AffinityConfig(miss_weight=-1)
+
+
+def test_noise_in_the_measured_rates_does_not_decide_where_a_new_adapter_lives():
+    cfg = AffinityConfig(load_slack=10, miss_weight=8)
+    fast = replace(costed("r0", free_pages=50), prefill_s_per_token=0.0009, load_s=0.045)
+    slow = replace(costed("r1", free_pages=50), prefill_s_per_token=0.0011, load_s=0.055)
+    homes = {ids(rank([fast, slow], f"ad{i}", cfg))[0] for i in range(20)}
+    assert homes == {"r0", "r1"}  # idle replicas tie: the rendezvous hash splits new adapters
+    # queued work is still priced at each replica's own rate: 3 waiting requests at 1.1 ms vs 0.9 ms/token
+    busy_fast, busy_slow = replace(fast, queue_lengths=(3,)), replace(slow, queue_lengths=(3,))
+    assert ids(rank([busy_slow, busy_fast], "new", cfg))[0] == "r0"

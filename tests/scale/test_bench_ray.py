@@ -54,6 +54,11 @@ def test_bench_ray_replays_over_http_and_sums_replica_counters(served: tuple[Rou
     assert s["requests"] == len(doc["requests"]) > 5 and s["errors"] == 0 and s["replicas"] == 1
     assert 0.0 <= s["cache_hit_rate"] <= 1.0 and s["adapter_loads_per_request"] > 0
     assert all(r["generated_tokens"] > 0 and r["ttft_s"] is not None for r in doc["requests"])
+    # the router's own breakdown of the run; no Ray proxy in front, so no replica header to record
+    (r0,) = s["per_replica"].values()
+    assert r0["requests"] == s["requests"] and r0["prefill_s_per_token"] > 0 and r0["routed"] == 0
+    assert r0["loads"] == round(s["adapter_loads_per_request"] * s["requests"])
+    assert all(r["replica"] is None for r in doc["requests"])
 
 
 def test_serve_ray_refuses_a_model_folder_without_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

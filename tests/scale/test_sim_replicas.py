@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from chameleon.core.affinity import AffinityConfig
 from chameleon.sim.config import SimConfig
 from chameleon.sim.engine import Simulator
 from chameleon.sim.paper_a40 import build
@@ -77,3 +78,14 @@ def test_cli_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert [(r["replicas"], r["policy"]) for r in rows] == [(1, "pow2"), (2, "pow2"), (2, "affinity")]
     bad = chameleon_main(["simulate-replicas", "--trace", str(trace), "--replica-policies", "random"])
     assert bad == 2 and "unknown replica policies" in capsys.readouterr().err
+
+
+def test_affinity_weighs_the_costs_each_replica_reports(a40: Profile):
+    spec = ReplicaSpec(records(300), a40, rate_per_replica=8.0, requests_per_replica=300,
+                       adapters_per_replica=40)
+    greedy = run_replicas(replace(spec, affinity=AffinityConfig(miss_weight=1.0)), 6, "affinity")
+    pure = run_replicas(replace(spec, affinity=AffinityConfig(miss_weight=0.0)), 6, "affinity")
+    # a load charged at its bare cost loses to any queue difference: requests spread, hits fall
+    assert greedy.hit_rate < pure.hit_rate and greedy.loads_per_request > pure.loads_per_request
+    view = ReplicaSim("r0", make_population(4), a40, SimConfig()).view()
+    assert view.load_s > 0 and view.step_s > 0 and not view.costed  # no request yet: no prompt size

@@ -205,8 +205,8 @@ def test_bench_replay_records_the_replica_that_answered():
     from aiohttp import web
 
     from chameleon.scale.bench_http import REPLICA_HEADER, replay
+    from chameleon.tools.launch.plan import free_port
     from chameleon.workload import WorkItem
-    from tests.procs import free_port
 
     async def stream(request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import shlex
+from collections.abc import Callable
 
 from chameleon.tools.bench.cgroup import unique_name
 from chameleon.tools.bench.co_tenant import (
@@ -32,7 +33,7 @@ from chameleon.tools.bench.co_tenant import (
 from chameleon.tools.bench.co_tenant_host import HostRoomError, plan_target, warm_free
 from chameleon.tools.bench.loadgen import server_info
 from chameleon.tools.bench.soak_watch import MemoryWatch
-from chameleon.tools.bench.system import SystemSpec, start
+from chameleon.tools.bench.system import System, SystemSpec, start
 from chameleon.tools.cliargs import EnvArgumentParser
 
 
@@ -79,8 +80,7 @@ def _extra(args: argparse.Namespace, cpu: bool) -> tuple[str, ...]:
 def _host_headroom(args: argparse.Namespace, extra: tuple[str, ...]) -> int:
     """Host pressure: launch once with a harmless 1 MiB target, read the free memory the shards measure
     once warm, stop, and plan the target from it (co_tenant_host.plan_target)."""
-    probe = start(SystemSpec(args.model_id, args.adapter_dir, (*extra, "--memory-headroom", str(MIB))),
-                  "chameleon", "chameleon", args.log)
+    probe = _launch(args, (*extra, "--memory-headroom", str(MIB)))
     try:
         plan = plan_target(warm_free(probe.metrics_url), args.co_tenant_bytes)
     finally:
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     except HostRoomError as exc:
         print(f"chameleon soak --co-tenant: {exc}", flush=True)
         return 2
-    except RuntimeError as exc:  # the probe system did not start
+    except NotStarted as exc:
         return _not_started(exc)
     extra += ("--memory-headroom", str(headroom))
     window_s = 6.0
@@ -112,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
                            sample_s=min(args.sample_every, 1.0))
     system = None
     try:
-        system = start(SystemSpec(args.model_id, args.adapter_dir, extra), "chameleon", "chameleon", args.log,
-                       wrap=cg.join_argv if cg is not None else None)
+        system = _launch(args, extra, cg.join_argv if cg is not None else None)
         watch = MemoryWatch(system.proc.pid)
         info = asyncio.run(server_info(system.target))
         names: list[str | None] = [a for a, _, _ in info.adapters][:args.adapters or 8]
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     except HostRoomError as exc:  # a cycle found the host too short of memory to run the co-tenant
         print(f"chameleon soak --co-tenant: {exc}", flush=True)
         return 2
-    except RuntimeError as exc:  # the system did not start (e.g. the model does not fit the budget)
+    except NotStarted as exc:
         return _not_started(exc)
     finally:
         if system is not None:
@@ -138,7 +137,21 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["verdict"]["pass"] else 1
 
 
-def _not_started(exc: RuntimeError) -> int:
+class NotStarted(RuntimeError):
+    """The system under test did not start (e.g. the model does not fit the budget)."""
+
+
+def _launch(args: argparse.Namespace, extra: tuple[str, ...],
+            wrap: Callable[[list[str]], list[str]] | None = None) -> System:
+    """`start` with its failure to start told apart from errors later in the scenario."""
+    try:
+        return start(SystemSpec(args.model_id, args.adapter_dir, extra), "chameleon", "chameleon", args.log,
+                     wrap=wrap)
+    except RuntimeError as exc:
+        raise NotStarted(str(exc)) from exc
+
+
+def _not_started(exc: NotStarted) -> int:
     print(f"chameleon soak --co-tenant: {exc}\n(pass launch flags with --launch-args, e.g. "
           "--launch-args '--memory-budget 8589934592')", flush=True)
     return 2

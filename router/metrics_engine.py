@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 # (section, key, metric name, kind, help); kind "gauge" or "counter" (exported with `_total`)
 SCALARS: tuple[tuple[str, str, str, str, str], ...] = (
     ("requests", "queued", "tgi_queue_size", "gauge", "Requests waiting in the scheduler's queues"),
+    ("requests", "queued_prompt_tokens", "chameleon_queue_prompt_tokens", "gauge",
+     "Prompt tokens of the requests waiting (the prefill work queued; what replica routing weighs)"),
     ("requests", "running", "tgi_batch_current_size", "gauge", "Requests in the running batch"),
     ("requests", "in_flight", "chameleon_requests_in_flight", "gauge", "Requests queued or running"),
     ("cache", "hits", "chameleon_cache_hits", "counter", "Admissions whose adapter was resident"),

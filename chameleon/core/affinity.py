@@ -10,8 +10,10 @@ Ranking for a request of adapter `a` (best first):
      `load_slack` above it get nothing new while some replica is below that bound (consistent hashing
      with bounded loads, Mirrokni et al. 2018): a safety net, so no replica melts whatever the estimates;
   2. estimated TTFT there (`est_ttft`), when every replica reported its costs (`ReplicaView.costed`):
-     the work queued ahead (a step in progress, the prefill of the requests waiting in the request's
-     MLQ class and the classes before it, the loads of their adapters) + the request's own prefill +
+     the work queued ahead (a step in progress, the prefill of the prompt tokens waiting there, or
+     of the requests waiting in the request's MLQ class and the classes before it at a mean size when
+     the replica does not report its queued tokens, the loads of their adapters) + the request's own
+     prefill (its prompt tokens when the caller knows or estimates them) +
      one adapter load (x `miss_weight`) when `a` is neither resident nor already queued for there;
      the request's own prefill and load are priced at the replicas' mean rates (the same request costs
      about the same anywhere; noise in the measured rates must not break ties: the tiers and the hash
@@ -44,7 +46,11 @@ class ReplicaView:
 
     Costs, as measured there recently (0 = not known yet): `prefill_s_per_token` (prefill step time
     per prompt token), `tokens_per_request` (mean prompt tokens), `load_s` (mean adapter load time),
-    `step_s` (a decode step: what a new request waits for when the replica is busy)."""
+    `step_s` (a decode step: what a new request waits for when the replica is busy).
+    `queued_tokens`: prompt tokens of the waiting requests (None: not reported). The prefill a new
+    request waits for is what predicts its TTFT (on the live CPU runs of benchmarks/README.md it
+    explained about twice the variance the number of waiting requests did), so a replica that reports
+    it is weighed by it rather than by queue depth x a mean size."""
 
     replica_id: str
     resident: frozenset[str] = frozenset()
@@ -56,6 +62,7 @@ class ReplicaView:
     tokens_per_request: float = 0.0
     load_s: float = 0.0
     step_s: float = 0.0
+    queued_tokens: float | None = None
 
     @property
     def costed(self) -> bool:
@@ -76,11 +83,19 @@ class ReplicaView:
             return self.waiting
         return sum(self.queue_lengths[: qclass + 1])
 
+    def tokens_ahead(self, qclass: int | None) -> float:
+        """Prompt tokens waiting ahead of a request of MLQ class `qclass`: the reported queued tokens
+        when known and the class is not (or there is one queue), else depth x the mean request."""
+        if self.queued_tokens is not None and (qclass is None or len(self.queue_lengths) <= 1):
+            return self.queued_tokens
+        return self.depth(qclass) * self.tokens_per_request
+
     def to_stats(self) -> dict[str, Any]:
         """A JSON-able dict (Ray's routing stats); `from_stats` reads it back."""
         return {"resident": sorted(self.resident), "pending": sorted(self.pending),
                 "free_pages": self.free_pages, "queue_lengths": list(self.queue_lengths),
-                "running": self.running, **{k: getattr(self, k) for k in COSTS}}
+                "running": self.running, **{k: getattr(self, k) for k in COSTS},
+                **({} if self.queued_tokens is None else {"queued_tokens": self.queued_tokens})}
 
     @classmethod
     def from_stats(cls, replica_id: str, stats: Mapping[str, Any]) -> ReplicaView:
@@ -98,8 +113,11 @@ class ReplicaView:
 
         queues = stats.get("queue_lengths")
         lengths = tuple(count(q) for q in queues) if isinstance(queues, (list, tuple)) else ()
+        queued = stats.get("queued_tokens")
+        known = isinstance(queued, (int, float)) and not isinstance(queued, bool) and math.isfinite(queued)
         return cls(replica_id, ids("resident"), ids("pending"), count(stats.get("free_pages")), lengths,
-                   count(stats.get("running")), *(seconds(stats.get(k)) for k in COSTS))
+                   count(stats.get("running")), *(seconds(stats.get(k)) for k in COSTS),
+                   queued_tokens=max(0.0, float(queued)) if known else None)
 
 
 COSTS = ("prefill_s_per_token", "tokens_per_request", "load_s", "step_s")
@@ -144,7 +162,8 @@ def est_ttft(view: ReplicaView, adapter_id: str | None, pages: int = 1, qclass: 
              tokens: float | None = None, miss_weight: float = 1.0,
              own_rates: tuple[float, float] | None = None) -> float:
     """Estimated time to first token of a request of `tokens` prompt tokens (None: the replica's mean)
-    there: a step in progress when busy, the prefill of the `depth` requests waiting ahead and a load
+    there: a step in progress when busy, the prefill of the prompt tokens waiting ahead
+    (`ReplicaView.tokens_ahead`) and a load
     for each adapter queued there but not resident, its own prefill, and one load (x `miss_weight`)
     unless `adapter_id` is resident or already queued for there. The request's own prefill and load are
     priced at `own_rates` = (seconds per prompt token, seconds per load) when given, else at the
@@ -152,7 +171,7 @@ def est_ttft(view: ReplicaView, adapter_id: str | None, pages: int = 1, qclass: 
     own_tokens = view.tokens_per_request if tokens is None else tokens
     per_token, per_load = own_rates if own_rates is not None else (view.prefill_s_per_token, view.load_s)
     busy = view.step_s if view.load > 0 else 0.0
-    ahead = view.depth(qclass) * view.tokens_per_request * view.prefill_s_per_token
+    ahead = view.tokens_ahead(qclass) * view.prefill_s_per_token
     loads_ahead = len(view.pending - view.resident) * view.load_s
     own_load = per_load * miss_weight if tier(view, adapter_id, pages) >= 2 else 0.0
     return busy + ahead + loads_ahead + own_tokens * per_token + own_load
@@ -188,16 +207,17 @@ def rank(views: Sequence[ReplicaView], adapter_id: str | None, config: AffinityC
 class AffinityRouter:
     """Views of the replicas plus what this router did since each replica's last report.
 
-    `assigned(replica, adapter, now, key)` records a request sent there (one more waiting request of
-    that adapter); `completed(replica, key, now)` a request that finished there (no longer counted as
-    load; its adapter counts as resident). `update(view, as_of)` takes a report measured at `as_of`:
+    `assigned(replica, adapter, now, key, tokens)` records a request sent there (one more waiting
+    request of that adapter, with `tokens` prompt tokens: None = the replica's mean);
+    `completed(replica, key, now)` a request that finished there (no longer counted as load; its
+    adapter counts as resident). `update(view, as_of)` takes a report measured at `as_of`:
     what happened before that is inside it, what happened later is still added on top (a report
     measured before a request arrived must not make the router forget it)."""
 
     def __init__(self, config: AffinityConfig | None = None) -> None:
         self.config = config or AffinityConfig()
         self._views: dict[str, ReplicaView] = {}
-        self._sent: dict[str, dict[object, tuple[float, str | None]]] = {}
+        self._sent: dict[str, dict[object, tuple[float, str | None, float | None]]] = {}
         self._done: dict[str, list[tuple[float, str]]] = {}
         self._anonymous = 0  # keys of requests sent without one
 
@@ -219,9 +239,12 @@ class AffinityRouter:
             return base
         queues = list(base.queue_lengths) or [0]
         queues[-1] += len(sent)
-        pending = frozenset(a for _, a in sent.values() if a is not None)
+        pending = frozenset(a for _, a, _ in sent.values() if a is not None)
+        queued = base.queued_tokens
+        if queued is not None:
+            queued += sum(base.tokens_per_request if t is None else t for _, _, t in sent.values())
         return replace(base, resident=base.resident | {a for _, a in done}, pending=base.pending | pending,
-                       queue_lengths=tuple(queues))
+                       queue_lengths=tuple(queues), queued_tokens=queued)
 
     def choose(self, candidates: Iterable[str], adapter_id: str | None, pages: int = 1,
                qclass: int | None = None, tokens: float | None = None) -> list[str]:
@@ -230,10 +253,10 @@ class AffinityRouter:
         return [v.replica_id for v in rank(views, adapter_id, self.config, pages, qclass, tokens)]
 
     def assigned(self, replica_id: str, adapter_id: str | None, now: float = 0.0,
-                 key: object | None = None) -> None:
+                 key: object | None = None, tokens: float | None = None) -> None:
         sent = self._sent.setdefault(replica_id, {})
         self._anonymous += 1
-        sent[key if key is not None else ("anonymous", self._anonymous)] = (now, adapter_id)
+        sent[key if key is not None else ("anonymous", self._anonymous)] = (now, adapter_id, tokens)
 
     def completed(self, replica_id: str, key: object, now: float) -> None:
         """The request sent with `key` finished (unknown keys are ignored)."""

@@ -8,6 +8,7 @@ The figures `chameleon.core.affinity.ReplicaView` needs, from the series the rou
   queue_lengths  chameleon_scheduler_queue_length{queue} by queue index; waiting requests not in a queue
                  yet (tgi_queue_size - their sum) count in the last one
   running        tgi_batch_current_size
+  queued_tokens  chameleon_queue_prompt_tokens (None when the router does not export it)
 and the costs (`CostMeter`, recent: increments of the counters between reports, decayed):
   prefill_s_per_token  tgi_batch_inference_duration_sum{method="prefill"} / tgi_request_input_length_sum
   tokens_per_request   tgi_request_input_length_sum / _count
@@ -32,6 +33,8 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 CUMULATIVE = (("tgi_batch_inference_duration_sum", "prefill"), ("tgi_request_input_length_sum", ""),
               ("tgi_request_input_length_count", ""), ("chameleon_adapter_load_seconds_total", ""),
               ("chameleon_adapter_loads_total", ""))
+
+QUEUED_TOKENS = "chameleon_queue_prompt_tokens"
 
 
 @dataclass
@@ -109,8 +112,9 @@ def view_from_metrics(replica_id: str, text: str, meter: CostMeter | None = None
     lengths = [v for _, v in by_queue] or [0]
     lengths[-1] += max(0, total - sum(lengths))  # arrivals not yet classified wait behind every queue
     queues = tuple(lengths)
+    queued_tokens = max(0.0, _one(s, QUEUED_TOKENS)) if QUEUED_TOKENS in s else None
     view = ReplicaView(replica_id, resident, frozenset(waiting) - resident, free, queues,
-                       int(_one(s, "tgi_batch_current_size")))
+                       int(_one(s, "tgi_batch_current_size")), queued_tokens=queued_tokens)
     if meter is None:
         return view
     costs = meter.update(cumulative(s), ts)

@@ -7,11 +7,12 @@ looked at can lag behind safely), asks the policy for a replica, and hands the r
 Policies:
   pow2      Ray Serve's default request router: two replicas drawn at random, the one with fewer
             requests queued + running wins (fresh figures, as Ray probes queue lengths).
-  affinity  chameleon.core.affinity: bounded load, then estimated TTFT (queued prefill work + a load
-            when the adapter is not there), then adapter resident > queued/loading > free pages >
-            evict. It sees each replica as last reported (every `stats_period_s`, as Ray's
-            routing-stats hook; costs from the profile's cost model, as a live replica measures them)
-            plus what it sent there since.
+  affinity  chameleon.core.affinity: bounded load, then estimated TTFT (the prompt tokens queued
+            there + the request's own, a load when the adapter is not there; the live router
+            estimates a prompt's tokens from its text, the simulator knows them), then adapter
+            resident > queued/loading > free pages > evict. It sees each replica as last reported
+            (every `stats_period_s`, as Ray's routing-stats hook; costs from the profile's cost model,
+            as a live replica measures them) plus what it sent there since.
 """
 
 from __future__ import annotations
@@ -97,12 +98,13 @@ class ReplicaSim(Simulator):
         unclassified = self.sched.num_waiting() - sum(queues) + len(self.inbox)
         queues = (*queues[:-1], (queues[-1] if queues else 0) + unclassified)
         resident = frozenset(e.adapter_id for e in self.memory.cache.entries())
+        queued = sum(r.input_tokens for r in self.sched.waiting()) + sum(r.input_tokens for r in self.inbox)
         tokens = self.prompt_tokens / len(self.served) if self.served else 0.0
         per_token = self.cost.prefill_time(max(1, round(tokens))) / tokens if tokens else 0.0
         return ReplicaView(self.replica_id, resident, frozenset(pending) - resident,
                            self.memory.pool.free_pages(), queues, len(self.running),
                            prefill_s_per_token=per_token, tokens_per_request=tokens, load_s=self.mean_load_s,
-                           step_s=self.est_step)
+                           step_s=self.est_step, queued_tokens=float(queued))
 
     def finish(self) -> SimResult:
         self.advance(float("inf"))
@@ -153,6 +155,6 @@ class ReplicaDriver:
         if report:
             self.next_report = w.arrival + self.period
         pages = self.replicas[0].pages.get(w.adapter_id, 1) if w.adapter_id is not None else 1
-        best = self.router.choose(self.by_id, w.adapter_id, pages)[0]
-        self.router.assigned(best, w.adapter_id, w.arrival, key=w.id)
+        best = self.router.choose(self.by_id, w.adapter_id, pages, tokens=w.input_tokens)[0]
+        self.router.assigned(best, w.adapter_id, w.arrival, key=w.id, tokens=w.input_tokens)
         return self.by_id[best]

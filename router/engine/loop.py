@@ -163,11 +163,13 @@ class ServingLoop(BatchSteps):
         mem, sched = self._memory, self._scheduler
         running = sum(1 for lv in self._lives.values() if lv.batch_id is not None)
         by_state: dict[bool, set[str]] = {True: set(), False: set()}  # in a batch -> adapter ids
+        queued_tokens = sum(lv.core.input_tokens for lv in self._lives.values() if lv.batch_id is None)
         for lv in self._lives.values():
             if lv.core.adapter_id is not None:
                 by_state[lv.batch_id is not None].add(lv.core.adapter_id)
         return {
             "requests": {"in_flight": len(self._lives), "queued": sched.num_waiting(), "running": running,
+                         "queued_prompt_tokens": queued_tokens,
                          "running_adapters": sorted(by_state[True]),
                          "waiting_adapters": sorted(by_state[False])},
             "scheduler": sched.stats(),

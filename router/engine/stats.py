@@ -2,8 +2,9 @@
 
 The serving loop reports its part (`ServingLoop.stats()`); the engine adds what it knows about the
 shards (`engine_stats`). Keys:
-  requests   in_flight, queued, running; running_adapters / waiting_adapters (sorted adapter ids of the
-             requests in a batch / not yet in one; the Inference Extension's LoRA series)
+  requests   in_flight, queued, running, queued_prompt_tokens (prompt tokens of the queued);
+             running_adapters / waiting_adapters (sorted adapter ids of the requests in a batch / not
+             yet in one; the Inference Extension's LoRA series)
   scheduler  the scheduler's own stats() (name, waiting, running, admitted, squashes; the chameleon
              scheduler adds queue count, boundaries, quotas and lengths per queue)
   cache      the MemoryManager's stats() (hits, misses, hit_rate, evictions, prefetches, refused,

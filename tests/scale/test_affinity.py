@@ -163,3 +163,33 @@ def test_noise_in_the_measured_rates_does_not_decide_where_a_new_adapter_lives()
     # queued work is still priced at each replica's own rate: 3 waiting requests at 1.1 ms vs 0.9 ms/token
     busy_fast, busy_slow = replace(fast, queue_lengths=(3,)), replace(slow, queue_lengths=(3,))
     assert ids(rank([busy_slow, busy_fast], "new", cfg))[0] == "r0"
+
+
+def test_reported_queued_tokens_price_the_work_ahead_instead_of_a_mean_request():
+    # two waiting requests either way; at r0 they are long (900 tokens), at r1 short (60)
+    long_q = costed("r0", resident=frozenset({"a"}), queue_lengths=(2,), running=1, queued_tokens=900.0)
+    short_q = costed("r1", resident=frozenset({"a"}), queue_lengths=(2,), running=1, queued_tokens=60.0)
+    assert est_ttft(long_q, "a", tokens=50) == pytest.approx(0.02 + 0.9 + 0.05)
+    assert est_ttft(short_q, "a", tokens=50) == pytest.approx(0.02 + 0.06 + 0.05)
+    assert ids(rank([long_q, short_q], "a", AffinityConfig(load_slack=10)))[0] == "r1"
+    # the same depth without the report: a mean request each, a tie the tiers and hash break
+    unknown = [replace(long_q, queued_tokens=None), replace(short_q, queued_tokens=None)]
+    assert est_ttft(unknown[0], "a", tokens=50) == est_ttft(unknown[1], "a", tokens=50)
+    # per-class depth when the class is known and there are several queues (tokens are not per class)
+    multi = replace(long_q, queue_lengths=(1, 1))
+    assert multi.tokens_ahead(0) == pytest.approx(100) and multi.tokens_ahead(None) == pytest.approx(900)
+    assert ReplicaView.from_stats("r0", long_q.to_stats()) == long_q
+    for garbage in ("x", True, float("nan")):
+        assert ReplicaView.from_stats("r0", {"queued_tokens": garbage}).queued_tokens is None
+
+
+def test_tokens_sent_since_the_report_add_to_the_reported_queue():
+    router = AffinityRouter(AffinityConfig(load_slack=10))
+    router.update(costed("r0", queued_tokens=100.0), as_of=1.0)
+    router.assigned("r0", "a", now=2.0, key="k1", tokens=300.0)
+    router.assigned("r0", "a", now=2.0, key="k2")  # size unknown: the replica's mean (100)
+    assert router.view("r0").queued_tokens == pytest.approx(500.0)
+    router.completed("r0", "k1", now=3.0)
+    assert router.view("r0").queued_tokens == pytest.approx(200.0)
+    router.update(costed("r0", queued_tokens=0.0), as_of=4.0)  # measured after both were sent
+    assert router.view("r0").queued_tokens == 0.0

@@ -36,7 +36,8 @@ def test_adapter_of_tgi_and_openai_requests():
 
 def test_replica_view_from_a_router_metrics_text():
     stats = {
-        "requests": {"queued": 4, "running": 2, "running_adapters": ["a"], "waiting_adapters": ["a", "c"]},
+        "requests": {"queued": 4, "running": 2, "running_adapters": ["a"], "waiting_adapters": ["a", "c"],
+                     "queued_prompt_tokens": 321},
         "scheduler": {"lengths": [1, 2]},
         "cache": {"kv_pages": 10, "adapter_pages": 6, "resident_adapters": 2},
         "pool": {"num_pages": 100, "by_tenant": {"kv": 10, "adapter": 6}},
@@ -47,6 +48,10 @@ def test_replica_view_from_a_router_metrics_text():
     assert view.resident == {"a", "b"} and view.pending == {"c"}
     assert view.free_pages == 84 and view.running == 2
     assert view.queue_lengths == (1, 3)  # one waiting request not in a queue yet counts in the last
+    assert view.queued_tokens == 321
+    del stats["requests"]["queued_prompt_tokens"]  # an older router: not reported, not zero
+    older = RouterMetrics(lambda: stats, model_name="m").render().decode()
+    assert view_from_metrics("r0", older).queued_tokens is None
     out = routing_stats(view, True, 12.5)
     assert out["healthy"] is True and out["ts"] == 12.5 and out["resident"] == ["a", "b"]
 
@@ -75,6 +80,7 @@ class FakeMeta:
 @dataclass
 class FakePending:
     metadata: FakeMeta
+    args: tuple[Any, ...] = ()
 
 
 def make_router() -> AdapterAffinityRequestRouter:
@@ -265,3 +271,26 @@ def test_serve_ray_refuses_a_bad_affinity_setting(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as info:
         serve_ray_main(["--miss-weight", "-1"])
     assert info.value.code == 2 and "miss_weight >= 0" in capsys.readouterr().err
+
+
+def test_request_router_weighs_the_prompt_against_the_tokens_queued_at_each_replica():
+    costs = {"prefill_s_per_token": 0.001, "tokens_per_request": 50, "load_s": 0.01, "step_s": 0.02,
+             "healthy": True, "ts": 1.0}
+    # the same adapter resident on both, one request waiting on each: a long one at x, a short one at y
+    x = FakeReplica("x", {**costs, "resident": ["a"], "queue_lengths": [1], "queued_tokens": 800})
+    y = FakeReplica("y", {**costs, "resident": ["a"], "queue_lengths": [1], "queued_tokens": 20})
+    router = make_router()
+
+    def send(i: int, text: str) -> str:
+        body = json.dumps({"inputs": text, "parameters": {"adapter_id": "a"}}).encode()
+        pending = FakePending(FakeMeta("a", f"req-{i}"), ("POST", "/generate", {}, body))
+        first = asyncio.run(router.choose_replicas([x, y], pending))[0][0]
+        router.on_request_routed(pending, first.replica_id, None)
+        return first.name
+
+    assert send(0, "w " * 100) == "y"  # 20 queued tokens beat 800
+    assert router.affinity.view("y").queued_tokens == pytest.approx(20 + 50)  # 1st prompt = the mean
+    # a prompt twice the mean length counts twice the replicas' mean prompt (50 tokens) once sent
+    send(1, "w " * 200)
+    assert router.affinity.view("y").queued_tokens == pytest.approx(20 + 50 + 2 * 50, rel=0.05)
+    assert not router.tokens  # estimates are dropped once routed

@@ -123,7 +123,7 @@ class ReplicaView:
 COSTS = ("prefill_s_per_token", "tokens_per_request", "load_s", "step_s")
 
 
-DEFAULT_MISS_WEIGHT = 16.0
+DEFAULT_MISS_WEIGHT = 24.0
 
 
 @dataclass(frozen=True, slots=True)

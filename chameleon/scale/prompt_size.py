@@ -17,13 +17,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def prompt_chars(path: str, body: bytes) -> int | None:
-    """Characters of the prompt text in a TGI or OpenAI request body (None: not a body we read)."""
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """A request body as a JSON object (an empty body is {}); None when it is not one."""
     try:
         doc = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(doc, dict):
+    return doc if isinstance(doc, dict) else None
+
+
+def prompt_chars(path: str, body: bytes) -> int | None:
+    """Characters of the prompt text in a TGI or OpenAI request body (None: not a body we read)."""
+    doc = json_object(body)
+    if doc is None:
         return None
     route = path.split("?", 1)[0]
     if route.endswith("/chat/completions"):

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from chameleon.core.affinity import DEFAULT_MISS_WEIGHT
+from chameleon.scale.prompt_size import json_object
 from chameleon.scale.ray_router import AdapterAffinityRequestRouter
 from chameleon.scale.replica_proc import GroupSpec, LaunchedGroup
 from chameleon.scale.replica_stats import CostMeter, routing_stats, unhealthy_stats, view_from_metrics
@@ -63,11 +64,8 @@ def adapter_of(path: str, body: bytes, base_names: Sequence[str]) -> str | None:
     """The adapter a request asks for (None: base model, or not a generation request)."""
     if path not in TGI_ROUTES and path not in OPENAI_ROUTES:
         return None
-    try:
-        doc = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(doc, dict):
+    doc = json_object(body)
+    if doc is None:
         return None
     if path in OPENAI_ROUTES:
         model = doc.get("model")
@@ -81,11 +79,8 @@ def is_streaming(path: str, body: bytes) -> bool:
     """A streamed answer (SSE): its errors arrive after the status line, so it is never retried."""
     if path.startswith("/generate_stream"):
         return True
-    try:
-        doc = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(doc, dict) and doc.get("stream") is True
+    doc = json_object(body)
+    return doc is not None and doc.get("stream") is True
 
 
 class ChameleonReplica:

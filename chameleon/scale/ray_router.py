@@ -65,7 +65,7 @@ class AdapterAffinityRequestRouter(FIFOMixin, RequestRouter):
         key = pending_request.metadata.internal_request_id
         if key in self.tokens:  # Ray asks again when every replica it was offered was full
             return self.tokens[key]
-        args = getattr(pending_request, "args", None) or ()
+        args = pending_request.args
         chars = None
         if len(args) == 4 and isinstance(args[1], str) and isinstance(args[3], bytes):
             chars = prompt_chars(args[1], args[3])

@@ -163,8 +163,10 @@ class ServingLoop(BatchSteps):
         mem, sched = self._memory, self._scheduler
         running = sum(1 for lv in self._lives.values() if lv.batch_id is not None)
         by_state: dict[bool, set[str]] = {True: set(), False: set()}  # in a batch -> adapter ids
-        queued_tokens = sum(lv.core.input_tokens for lv in self._lives.values() if lv.batch_id is None)
+        queued_tokens = 0  # prompt tokens of the requests not in a batch yet
         for lv in self._lives.values():
+            if lv.batch_id is None:
+                queued_tokens += lv.core.input_tokens
             if lv.core.adapter_id is not None:
                 by_state[lv.batch_id is not None].add(lv.core.adapter_id)
         return {

@@ -132,6 +132,33 @@ def test_starved_head_that_does_not_fit_blocks_newer_work() -> None:
     assert ids(s2.schedule(1.5, ScheduleContext(mem2))) == [3]   # without blocking, newer work runs
 
 
+def test_waiting_lists_starved_requests_first_in_admission_order() -> None:
+    """waiting() is the prefetch order: the requests the next schedule() admits first (starved ones,
+    oldest first across queues, each queue's starved prefix) come before the round robin, and the
+    order matches what schedule() then admits."""
+    s = mlq([1000, 1000], [0.5], starve_factor=1.0, slo_s=1.0)
+    mem = memory(1000)
+    s.add(req(1, inp=100, out=800, t=0.0), 0.0)
+    assert ids(s.schedule(0.0, ScheduleContext(mem))) == [1]     # holds 900 of 1,000 pages
+    s.add(req(2, inp=60, out=60, t=0.1), 0.1)                     # q0: its quota has room, memory not
+    s.add(req(3, inp=100, out=780, t=0.2), 0.2)                   # q1
+    s.add(req(4, inp=40, out=40, t=0.3), 0.3)                     # q0
+    s.add(req(5, inp=40, out=40, t=1.4), 1.4)                     # q0, young
+    s.add(req(6, inp=100, out=800, t=1.45), 1.45)                 # q1, young
+    assert [r.id for r in s.waiting()] == [2, 3, 4, 6, 5]        # no schedule() since t=0: round robin
+    assert ids(s.schedule(1.5, ScheduleContext(mem))) == []      # 2, 3, 4 starved; 2 does not fit
+    assert [r.id for r in s.waiting()] == [2, 3, 4, 5, 6]        # starved by arrival, then round robin
+    assert [r.id for r in s.waiting(2)] == [2, 3]
+    s.finish(1, 2.0, 800)
+    mem.release(1, 2.0)
+    assert ids(s.schedule(2.0, ScheduleContext(mem)))[:2] == [2, 3]
+    off = mlq([1000, 1000], [0.5], starve_factor=0.0, slo_s=1.0)  # no bound: the round robin alone
+    for r in (req(7, inp=100, out=800, t=0.0), req(8, inp=40, out=40, t=0.1), req(9, inp=40, out=40, t=0.2)):
+        off.add(r, r.arrival)
+    off.schedule(5.0, ScheduleContext(memory(10)))
+    assert [r.id for r in off.waiting()] == [8, 7, 9]
+
+
 def test_reserved_need_is_counted_in_whole_pages() -> None:
     """need "reserved" charges the KV pages the request will hold (block 16: 17 tokens = 2 pages)."""
     cfg = MlqConfig(first_refresh_requests=None, t_refresh_s=1e9)

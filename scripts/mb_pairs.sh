@@ -30,4 +30,4 @@ for i in $(seq 1 "$REPEATS"); do
     grep "^$c  *$RATE" "$OUT/$n-$i.txt" | head -1 | sed "s/^/round $i: /"
   done
 done
-"$PYTHON" "$(dirname "$0")/mb_pairs_summary.py" "$OUT" "$REPEATS"
+"$PYTHON" "$(dirname "$0")/mb_pairs_summary.py" "$OUT" "$REPEATS" $CONFIGS

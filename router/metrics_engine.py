@@ -43,6 +43,8 @@ SCALARS: tuple[tuple[str, str, str, str, str], ...] = (
      "Times the MLQ stopped a queue on its memory quota"),
     ("scheduler", "starved", "chameleon_scheduler_starved", "counter",
      "Requests the MLQ admitted first under its starvation bound"),
+    ("scheduler", "backfills", "chameleon_scheduler_backfills", "counter",
+     "Requests the MLQ backfilled behind a starved head that did not fit"),
     ("scheduler", "prefill_bound_share", "chameleon_scheduler_prefill_bound_share", "gauge",
      "Recent share of MLQ steps stopped by the per-step prefill budget"),
     ("scheduler", "compute_fcfs", "chameleon_scheduler_compute_fcfs", "gauge",

@@ -31,11 +31,12 @@ def test_every_flag_has_help_and_reaches_mlqconfig(monkeypatch: pytest.MonkeyPat
     args = build_parser().parse_args([*ROUTER, "--mlq-k-max", "2", "--mlq-need", "predicted",
                                       "--mlq-starve-factor", "0", "--mlq-size-stat", "p90",
                                       "--mlq-refresh-s", "60", "--mlq-refresh-requests", "200",
-                                      "--mlq-prefill-share", "quota", "--mlq-compute-fcfs", "0"])
+                                      "--mlq-prefill-share", "quota", "--mlq-compute-fcfs", "0",
+                                      "--mlq-backfill", "4"])
     opts = dict(mlq_options(args))
     assert opts == {"slo_s": 3.0, "k_max": 2, "need": "predicted", "starve_factor": 0.0, "size_stat": "p90",
                     "t_refresh_s": 60.0, "refresh_requests": 200, "prefill_share": "quota",
-                    "compute_fcfs": 0.0}
+                    "compute_fcfs": 0.0, "backfill_lookahead": 4}
     monkeypatch.delenv("MLQ_SLO_S")
     assert mlq_options(build_parser().parse_args(ROUTER)) == ()
 

@@ -43,6 +43,10 @@ MLQ_FLAGS: tuple[MlqFlag, ...] = (
     MlqFlag("--mlq-compute-fcfs", "compute_fcfs", float, "admit in arrival order while at least this share "
             "of recent steps were stopped by the per-step prefill budget (compute binds, not memory); "
             "back to the queues below half of it; 0 = off; default 0.3"),
+    MlqFlag("--mlq-backfill", "backfill_lookahead", int, "while a starved head does not fit, offer this "
+            "many younger queued requests for backfilling: one goes now only if it cannot delay the head or "
+            "any request ahead of it (counted in steps, by max_new_tokens), its adapter is resident and its "
+            "queue's quota covers it; 0 = off; default 16"),
 )
 
 

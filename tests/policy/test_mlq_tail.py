@@ -113,30 +113,33 @@ def test_starved_head_goes_first_beyond_its_quota() -> None:
 
 
 def test_starved_head_that_does_not_fit_blocks_newer_work() -> None:
+    """Nothing newer goes while a starved head does not fit, except what backfilling proves harmless
+    (tests/policy/test_backfill.py): request 3 would outlive the head's shadow (50 steps) and holds more
+    than its surplus (50 pages)."""
     s = mlq([1000, 1000], [0.5], starve_factor=1.0, slo_s=1.0)
     mem = memory(1000)
-    s.add(req(1, inp=100, out=800, t=0.0), 0.0)
+    s.add(req(1, inp=850, out=50, t=0.0), 0.0)
     assert ids(s.schedule(0.0, ScheduleContext(mem))) == [1]     # holds 900 of 1,000 pages
-    s.add(req(2, inp=100, out=800, t=0.1), 0.1)
-    s.add(req(3, inp=5, out=5, t=1.5), 1.5)
+    s.add(req(2, inp=100, out=850, t=0.1), 0.1)                  # needs 950
+    s.add(req(3, inp=1, out=51, t=1.5), 1.5)                     # 52 pages for 51 steps
     assert ids(s.schedule(1.5, ScheduleContext(mem))) == []      # 2 is starved and does not fit: 3 waits
-    s.finish(1, 2.0, 800)
+    s.finish(1, 2.0, 50)
     mem.release(1, 2.0)
-    assert ids(s.schedule(2.0, ScheduleContext(mem))) == [2, 3]
+    assert ids(s.schedule(2.0, ScheduleContext(mem))) == [2]
     s2 = mlq([1000, 1000], [0.5], starve_factor=1.0, slo_s=1.0, starve_block=False)
     mem2 = memory(1000)
-    s2.add(req(1, inp=100, out=800, t=0.0), 0.0)
+    s2.add(req(1, inp=850, out=50, t=0.0), 0.0)
     s2.schedule(0.0, ScheduleContext(mem2))
-    s2.add(req(2, inp=100, out=800, t=0.1), 0.1)
-    s2.add(req(3, inp=5, out=5, t=1.5), 1.5)
+    s2.add(req(2, inp=100, out=850, t=0.1), 0.1)
+    s2.add(req(3, inp=1, out=51, t=1.5), 1.5)
     assert ids(s2.schedule(1.5, ScheduleContext(mem2))) == [3]   # without blocking, newer work runs
 
 
 def test_waiting_lists_starved_requests_first_in_admission_order() -> None:
     """waiting() is the prefetch order: the requests the next schedule() admits first (starved ones,
     oldest first across queues, each queue's starved prefix) come before the round robin, and the
-    order matches what schedule() then admits."""
-    s = mlq([1000, 1000], [0.5], starve_factor=1.0, slo_s=1.0)
+    order matches what schedule() then admits (backfilling off: it would admit 4 behind 2)."""
+    s = mlq([1000, 1000], [0.5], starve_factor=1.0, slo_s=1.0, backfill_lookahead=0)
     mem = memory(1000)
     s.add(req(1, inp=100, out=800, t=0.0), 0.0)
     assert ids(s.schedule(0.0, ScheduleContext(mem))) == [1]     # holds 900 of 1,000 pages

@@ -65,6 +65,10 @@ class MlqConfig:
     per-step prefill budget, not memory or a quota, stopped admission is at least compute_fcfs, the MLQ
     admits in arrival order (every queue head counts as starved) and `waiting()` is arrival order; it
     returns to the queues once the share falls below half of that. 0 disables the mode.
+    backfill_lookahead (beyond the paper, see `backfill`): while a starved head does not fit (with
+    starve_block), offer the next this-many queued requests (in `waiting()` order) for backfilling:
+    one goes now if its adapter is resident, its queue's quota covers it, and it cannot delay the
+    admission step of the head or of any request offered before it. 0 disables it.
     """
 
     t_refresh_s: float = 300.0
@@ -95,6 +99,7 @@ class MlqConfig:
     starve_block: bool = True
     compute_fcfs: float = 0.3
     compute_alpha: float = 0.02
+    backfill_lookahead: int = 16
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
@@ -125,5 +130,5 @@ class MlqConfig:
                              f"{self.compute_fcfs}, {self.compute_alpha}")
         if self.starve_factor < 0 or self.starve_floor_s < 0:
             raise ValueError("starve_factor and starve_floor_s must be >= 0 (starve_factor 0 = off)")
-        if self.bypass_lookahead < 0 or self.window_max_samples < 1:
-            raise ValueError("bypass_lookahead must be >= 0 and window_max_samples >= 1")
+        if self.bypass_lookahead < 0 or self.backfill_lookahead < 0 or self.window_max_samples < 1:
+            raise ValueError("bypass_lookahead and backfill_lookahead must be >= 0, window_max_samples >= 1")

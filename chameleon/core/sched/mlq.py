@@ -36,6 +36,7 @@ from chameleon.core.memory_manager import MemoryManager
 from chameleon.core.predictor import OutputPredictor
 from chameleon.core.request import Request
 from chameleon.core.sched.accounts import AdapterAccounts
+from chameleon.core.sched.backfill import Backfill
 from chameleon.core.sched.base import BatchBudget, Plan, ScheduleContext, Scheduler, SchedulerLimits
 from chameleon.core.sched.binding import BindingTracker
 from chameleon.core.sched.bypass import BypassTracker
@@ -58,6 +59,7 @@ class ChameleonScheduler(Scheduler):
         self.model = WrsModel(cfg.wrs_a, cfg.wrs_b, cfg.base_adapter_factor)
         self.window = SampleWindow(cfg.window_s, cfg.window_max_samples)
         self.bypass = BypassTracker(cfg.bypass_lookahead)
+        self.backfill = Backfill(cfg.backfill_lookahead if cfg.starve_block else 0)
         self.boundaries: list[float] = []
         self.ledger = QuotaLedger([1])  # replaced at the first schedule, once the capacity is known
         self.accounts = AdapterAccounts(cfg.adapter_charge == "shared")
@@ -332,6 +334,10 @@ class ChameleonScheduler(Scheduler):
             head = queues[q][0]
             need = self.need_in(q, head)
             if not self._admit(head, now, ctx, budget, plan):
+                if self.backfill.lookahead and not every:  # compute-bound: no idle memory to fill
+                    behind = self.waiting(self.backfill.lookahead + 1)
+                    self.backfill.fill(head, ctx.memory, self.running(), behind,
+                                       lambda r: self._admit_behind(r, now, ctx, budget, plan))
                 return not self.config.starve_block
             if every:
                 waits.observe(q, now - head.arrival)  # arrival order is this mode's normal admission
@@ -340,6 +346,23 @@ class ChameleonScheduler(Scheduler):
             self.shares.spend(q, head.input_tokens)
             self.charge_admitted(self._pop(q), q, [(q, need)])
         return not self.config.starve_block
+
+    def _admit_behind(self, req: Request, now: float, ctx: ScheduleContext, budget: BatchBudget,
+                      plan: Plan) -> bool:
+        """Backfill admission of a queued request behind a blocked starved head (backfill.py), under the
+        rules it would be admitted by without the block: a starved one whatever its queue's quota (as
+        `_admit_starved`), any other within its queue's own quota (as phase 1). Backfilling lifts the
+        block, not the quotas."""
+        q = self._where.get(req.id)
+        if q is None or q < 0:
+            return False
+        need = self.need_in(q, req)
+        charge = need if self.waits.starved(q, now - req.arrival) else self.ledger.own_charge(q, need)
+        if charge is None or not self._admit(req, now, ctx, budget, plan):
+            return False
+        self.shares.spend(q, req.input_tokens)
+        self.charge_admitted(self._pop(q, self._queues[q].index(req)), q, [(q, charge)])
+        return True
 
     def _phase1(self, now: float, ctx: ScheduleContext, budget: BatchBudget,
                 plan: Plan) -> tuple[list[list[int]], set[int]]:
@@ -495,6 +518,7 @@ class ChameleonScheduler(Scheduler):
         out = super().stats()
         out.update(queues=len(self._queues), boundaries=list(self.boundaries), lengths=self.queue_lengths(),
                    incoming=len(self._incoming), refreshes=self.refreshes, bypasses=self.bypass.total,
+                   backfills=self.backfill.total,
                    quotas=list(self.ledger.quotas), used=list(self.ledger.used), quota_stops=self.quota_stops,
                    starved=self.waits.starved_total, prefill_weights=list(self.shares.weights),
                    prefill_bound_share=self.binding.share, compute_fcfs=self.binding.compute_bound)

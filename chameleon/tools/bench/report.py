@@ -76,13 +76,13 @@ def format_runs(runs: Sequence[dict]) -> str:
 COUNTER_COLUMNS = (("evict", "evictions"), ("loads", "adapter_loads"), ("reload>=", "reloads_min"),
                    ("GB load", "adapter_bytes_loaded"), ("prefetch", "prefetches"),
                    ("quota st", "quota_stops"), ("bypass", "bypasses"), ("squash", "squashes"),
-                   ("starved", "starved"))
+                   ("starved", "starved"), ("backfill", "backfills"))
 
 
 def format_counters(runs: Sequence[dict]) -> str:
     """The router's memory and scheduler counters over each run (Prometheus deltas, chameleon/tools/bench/
     scrape.py): adapter evictions, loads, reloads (at least loads - adapters used), bytes loaded,
-    prefetches, MLQ quota stops, bypasses, squashes, starvation-bound admissions."""
+    prefetches, MLQ quota stops, bypasses, squashes, starvation-bound admissions, backfills."""
     head = f"{'config':<20} {'rps':>5} " + " ".join(f"{name:>8}" for name, _ in COUNTER_COLUMNS)
     lines = [head, "-" * len(head)]
     for r in runs:

@@ -11,7 +11,7 @@ COUNTERS = ("chameleon_cache_hits_total", "chameleon_cache_misses_total", "chame
             "chameleon_scheduler_squashes_total", "chameleon_scheduler_refreshes_total",
             "chameleon_cache_evictions_total", "chameleon_cache_prefetches_total",
             "chameleon_scheduler_bypasses_total", "chameleon_scheduler_quota_stops_total",
-            "chameleon_scheduler_starved_total")
+            "chameleon_scheduler_starved_total", "chameleon_scheduler_backfills_total")
 
 
 def parse_metrics(text: str, names: tuple[str, ...] = COUNTERS) -> dict[str, float]:
@@ -57,6 +57,7 @@ def delta(before: dict[str, float] | None, after: dict[str, float] | None) -> di
             "bypasses": d["chameleon_scheduler_bypasses_total"],
             "quota_stops": d["chameleon_scheduler_quota_stops_total"],
             "starved": d["chameleon_scheduler_starved_total"],
+            "backfills": d["chameleon_scheduler_backfills_total"],
             # MLQ queue-layout refreshes during the run and since the start: 0 since the start means
             # the Chameleon scheduler still had its one cold-start queue (FIFO order)
             "scheduler_refreshes": d["chameleon_scheduler_refreshes_total"],

@@ -46,7 +46,8 @@ MLQ_FLAGS: tuple[MlqFlag, ...] = (
     MlqFlag("--mlq-backfill", "backfill_lookahead", int, "while a starved head does not fit, offer this "
             "many younger queued requests for backfilling: one goes now only if it cannot delay the head or "
             "any request ahead of it (counted in steps, by max_new_tokens), its adapter is resident and its "
-            "queue's quota covers it; 0 = off; default 16"),
+            "queue's quota covers it; e.g. 16; default 0 = off (it lost live on the CPU demo: "
+            "benchmarks/README.md)"),
 )
 
 

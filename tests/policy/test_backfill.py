@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from chameleon.core.sched import ScheduleContext
+from chameleon.core.sched import MlqConfig, ScheduleContext
 from chameleon.core.sched.backfill import Profile, pages_taken
 from tests.policy.helpers import Engine, memory, req
 from tests.policy.test_mlq_tail import ids, mlq
@@ -39,7 +39,7 @@ def test_profile_of_running_requests() -> None:
 def _blocked(quotas: tuple[int, int] = (1000, 1000), **cfg):
     """Request 1 runs, holding 600 of 1,000 pages for 50 steps. Request 2 needs 700 and is starved at
     t=1.5: 400 pages are free, so its shadow is 50 steps, with 300 pages of surplus."""
-    s = mlq(list(quotas), [0.5], starve_factor=1.0, slo_s=1.0, **cfg)
+    s = mlq(list(quotas), [0.5], starve_factor=1.0, slo_s=1.0, **{"backfill_lookahead": 16, **cfg})
     mem = memory(1000)
     s.add(req(1, inp=550, out=50, t=0.0), 0.0)
     assert ids(s.schedule(0.0, ScheduleContext(mem))) == [1]
@@ -92,6 +92,7 @@ def test_backfill_stays_within_the_queue_quota() -> None:
 
 
 def test_backfill_off_blocks_as_before() -> None:
+    assert MlqConfig().backfill_lookahead == 0  # off by default (it lost live on the CPU demo)
     for cfg in (dict(backfill_lookahead=0), dict(starve_block=False, backfill_lookahead=16)):
         s, mem = _blocked(**cfg)
         s.add(req(6, inp=10, out=40, t=1.4), 1.4)
@@ -103,7 +104,7 @@ def test_the_head_is_admitted_by_its_shadow_step(seed: int) -> None:
     """Random overload on the policy-test engine (one token per step, requests run to max_new_tokens):
     every time backfilling runs behind a head, that head is admitted within its shadow."""
     rng = random.Random(seed)
-    s = mlq([4000, 4000], [0.3], starve_factor=1.0, slo_s=0.5)
+    s = mlq([4000, 4000], [0.3], starve_factor=1.0, slo_s=0.5, backfill_lookahead=16)
     mem = memory(3000)
     eng = Engine(s, mem, step_s=0.05)
     promised: dict[int, int] = {}  # head id -> the latest iteration its shadow allows

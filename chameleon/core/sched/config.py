@@ -68,7 +68,9 @@ class MlqConfig:
     backfill_lookahead (beyond the paper, see `backfill`): while a starved head does not fit (with
     starve_block), offer the next this-many queued requests (in `waiting()` order) for backfilling:
     one goes now if its adapter is resident, its queue's quota covers it, and it cannot delay the
-    admission step of the head or of any request offered before it. 0 disables it.
+    admission step of the head or of any request offered before it. 0 (default) disables it: simulated
+    it helps memory-bound overload, but live on the CPU demo it lost (benchmarks/README.md,
+    "Conservative backfilling"), so it stays opt-in until measured on a GPU.
     """
 
     t_refresh_s: float = 300.0
@@ -99,7 +101,7 @@ class MlqConfig:
     starve_block: bool = True
     compute_fcfs: float = 0.3
     compute_alpha: float = 0.02
-    backfill_lookahead: int = 16
+    backfill_lookahead: int = 0
 
     def __post_init__(self) -> None:
         if self.k_max < 1:

@@ -108,11 +108,11 @@ class Backfill:
         if self.lookahead <= 0:
             return
         prof = Profile.of(head, memory, running)
-        steps = max(1, head.max_new_tokens)
-        start = prof.earliest(pages_taken(head, memory), steps)
+        need, steps = pages_taken(head, memory), max(1, head.max_new_tokens)
+        start = prof.earliest(need, steps)
         if start <= 0 or start == math.inf:
             return  # not blocked on memory after all, or never fits beside what runs: nothing to protect
-        prof.take(int(start), pages_taken(head, memory), steps)
+        prof.take(int(start), need, steps)
         for scanned, cand in enumerate(candidates):
             if scanned >= self.lookahead:
                 break
@@ -124,4 +124,4 @@ class Backfill:
                 self.total += 1
                 prof.take(0, pages, steps)
             elif start < math.inf:
-                prof.take(int(start) if start > 0 else 0, pages, steps)  # reserved: protected from later ones
+                prof.take(int(start), pages, steps)  # booked: protected from later offers

@@ -27,8 +27,9 @@ def run(out: Path, config: str, rate: str, i: int) -> dict:
     return doc["runs"][0]
 
 
-def _line(label: str, stat: str, ratios: list[float]) -> str:
-    return (f"{label:<23} {stat:<4} {' '.join(f'{r:.2f}' for r in ratios):<36} "
+def _ratios(stat: str, ratios: list[float]) -> str:
+    """stat, the per-round ratios, their median and range."""
+    return (f"{stat:<4} {' '.join(f'{r:.2f}' for r in ratios):<36} "
             f"{statistics.median(ratios):>6.2f}x {min(ratios):>5.2f}-{max(ratios):.2f}x")
 
 
@@ -42,7 +43,8 @@ def main(out: Path, repeats: int, rates: list[str], slo_s: float, configs: list[
     print(f"{SUBJECT + ' vs':<23} {'stat':<4} {'per round':<36} {'median':>7} {'range':>12}")
     for base in (c for c in configs if c != SUBJECT):
         for stat in ("ttft_p99_s", "ttft_p50_s"):
-            print(_line(base, stat[5:8], [m[stat] / b[stat] for m, b in zip(mine, rows[base], strict=True)]))
+            print(f"{base:<23} " + _ratios(stat[5:8], [m[stat] / b[stat]
+                                                       for m, b in zip(mine, rows[base], strict=True)]))
     if len(rates) > 1 and BASE in configs:
         values = [float(r) for r in rates]
         thr = {c: [throughput_at_slo(values, [run(out, c, r, i)["ttft_p99_s"] for r in rates], slo_s)
@@ -52,9 +54,8 @@ def main(out: Path, repeats: int, rates: list[str], slo_s: float, configs: list[
         for c in configs:
             per = thr[c]
             print(f"{c:<23} {' '.join(f'{t.rps:.2f}' + ('' if t.bounded else '+') for t in per):<30} "
-                  + (_line("", "thr", [t.rps / b.rps if b.rps > 0 else float("inf")
-                                          for t, b in zip(per, thr[BASE], strict=True)])[24:]
-                     if c != BASE else ""))
+                  + (_ratios("thr", [t.rps / b.rps if b.rps > 0 else float("inf")
+                                      for t, b in zip(per, thr[BASE], strict=True)]) if c != BASE else ""))
     for c, rs in rows.items():
         print(f"{c:<23} median P99 {statistics.median(r['ttft_p99_s'] for r in rs):.2f} s, "
               f"P50 {statistics.median(r['ttft_p50_s'] for r in rs):.2f} s, "

@@ -130,11 +130,16 @@ class MemoryManager(ElasticMemory):
         adapter = 0 if req.adapter_id is None else self.adapters(req.adapter_id).pages
         return self.kv_pages_for(req) + adapter <= self.pool.capacity
 
+    def admission_pages(self, req: Request) -> int:
+        """Pages admitting `req` now takes from the free and reclaimable ones: its KV, and its adapter
+        unless resident."""
+        return self.kv_pages_for(req) + self._load_pages(req.adapter_id)
+
     def shortfall(self, req: Request, extra_pages: int = 0) -> int:
         """Pages `req` still lacks after evicting every idle entry, given `extra_pages` more free ones
         (<= 0: it fits)."""
-        need = self.kv_pages_for(req) + self._load_pages(req.adapter_id)
-        return need - (self.available() + self._reclaimable(req.adapter_id) + extra_pages)
+        usable = self.available() + self._reclaimable(req.adapter_id) + extra_pages
+        return self.admission_pages(req) - usable
 
     def can_admit(self, req: Request, extra_pages: int = 0) -> bool:
         """Would try_admit succeed (evicting idle entries as needed) with `extra_pages` more free pages?"""

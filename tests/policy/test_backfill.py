@@ -1,5 +1,6 @@
-"""Backfilling behind a blocked starved head (chameleon.core.sched.backfill): the shadow rule admits
-what cannot delay the head, refuses what could, and the head is admitted by its shadow step."""
+"""Backfilling behind a blocked starved head (chameleon.core.sched.backfill): the profile rule admits
+what cannot delay the head or a request offered before it, refuses what could, and the head is
+admitted by its booked step."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import random
 import pytest
 
 from chameleon.core.sched import MlqConfig, ScheduleContext
-from chameleon.core.sched.backfill import Profile, pages_taken
+from chameleon.core.sched.backfill import Profile
 from tests.policy.helpers import Engine, memory, req
 from tests.policy.test_mlq_tail import ids, mlq
 
@@ -33,7 +34,7 @@ def test_profile_of_running_requests() -> None:
     a.generated, b.generated, c.generated = 5, 15, 0            # a ends in 25 steps, b and c in 5
     prof = Profile.of(req(4, inp=20, max_new=30), mem, [a, b, c])
     assert (prof.at, prof.avail) == ([0, 5, 25], [20, 60, 100])
-    assert pages_taken(req(4, inp=20, max_new=30), mem) == 50
+    assert mem.admission_pages(req(4, inp=20, max_new=30)) == 50
 
 
 def _blocked(quotas: tuple[int, int] = (1000, 1000), **cfg):
@@ -100,9 +101,9 @@ def test_backfill_off_blocks_as_before() -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_the_head_is_admitted_by_its_shadow_step(seed: int) -> None:
+def test_the_head_is_admitted_by_its_booked_step(seed: int) -> None:
     """Random overload on the policy-test engine (one token per step, requests run to max_new_tokens):
-    every time backfilling runs behind a head, that head is admitted within its shadow."""
+    every time backfilling runs behind a head, that head is admitted by the step it was booked at."""
     rng = random.Random(seed)
     s = mlq([4000, 4000], [0.3], starve_factor=1.0, slo_s=0.5, backfill_lookahead=16)
     mem = memory(3000)
@@ -111,7 +112,8 @@ def test_the_head_is_admitted_by_its_shadow_step(seed: int) -> None:
     fill = s.backfill.fill
 
     def watched(head, memory_, running, candidates, admit):
-        start = Profile.of(head, memory_, running).earliest(pages_taken(head, memory_), head.max_new_tokens)
+        profile = Profile.of(head, memory_, running)
+        start = profile.earliest(memory_.admission_pages(head), head.max_new_tokens)
         if 0 < start < math.inf:
             promised[head.id] = min(promised.get(head.id, 1 << 30), eng.iteration + int(start))
         fill(head, memory_, running, candidates, admit)

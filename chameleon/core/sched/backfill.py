@@ -55,7 +55,7 @@ class Profile:
     def of(cls, head: Request, memory: MemoryManager, running: Sequence[Request]) -> Profile:
         """The head's view: what it could use now (its pages minus its shortfall) and the releases of
         `running` (KV, and an adapter whose last user it is) at their guaranteed end."""
-        now_pages = pages_taken(head, memory) - memory.shortfall(head)
+        now_pages = memory.admission_pages(head) - memory.shortfall(head)
         return cls(now_pages, ((max(0, r.max_new_tokens - r.generated), memory.releasable_pages(r.id))
                                for r in running))
 
@@ -87,13 +87,6 @@ class Profile:
             self.avail[k] -= pages
 
 
-def pages_taken(req: Request, memory: MemoryManager) -> int:
-    """Pages admitting `req` takes from the free and reclaimable ones: its KV, and its adapter unless
-    resident."""
-    load = 0 if memory.resident(req.adapter_id) else memory.adapters(req.adapter_id).pages  # type: ignore[arg-type]
-    return memory.kv_pages_for(req) + load
-
-
 class Backfill:
     """Admits younger requests behind a blocked head under the profile rule; counts them."""
 
@@ -108,7 +101,7 @@ class Backfill:
         if self.lookahead <= 0:
             return
         prof = Profile.of(head, memory, running)
-        need, steps = pages_taken(head, memory), max(1, head.max_new_tokens)
+        need, steps = memory.admission_pages(head), max(1, head.max_new_tokens)
         start = prof.earliest(need, steps)
         if start <= 0 or start == math.inf:
             return  # not blocked on memory after all, or never fits beside what runs: nothing to protect
@@ -118,9 +111,9 @@ class Backfill:
                 break
             if cand is head:
                 continue
-            pages, steps = pages_taken(cand, memory), max(1, cand.max_new_tokens)
+            pages, steps = memory.admission_pages(cand), max(1, cand.max_new_tokens)
             start = prof.earliest(pages, steps)
-            if start == 0 and memory.resident(cand.adapter_id) and memory.can_admit(cand) and admit(cand):
+            if start == 0 and memory.resident(cand.adapter_id) and admit(cand):
                 self.total += 1
                 prof.take(0, pages, steps)
             elif start < math.inf:

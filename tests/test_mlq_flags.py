@@ -32,11 +32,11 @@ def test_every_flag_has_help_and_reaches_mlqconfig(monkeypatch: pytest.MonkeyPat
                                       "--mlq-starve-factor", "0", "--mlq-size-stat", "p90",
                                       "--mlq-refresh-s", "60", "--mlq-refresh-requests", "200",
                                       "--mlq-prefill-share", "quota", "--mlq-compute-fcfs", "0",
-                                      "--mlq-backfill", "4"])
+                                      "--mlq-backfill", "4", "--mlq-backfill-evict", "on"])
     opts = dict(mlq_options(args))
     assert opts == {"slo_s": 3.0, "k_max": 2, "need": "predicted", "starve_factor": 0.0, "size_stat": "p90",
                     "t_refresh_s": 60.0, "refresh_requests": 200, "prefill_share": "quota",
-                    "compute_fcfs": 0.0, "backfill_lookahead": 4}
+                    "compute_fcfs": 0.0, "backfill_lookahead": 4, "backfill_evict": True}
     monkeypatch.delenv("MLQ_SLO_S")
     assert mlq_options(build_parser().parse_args(ROUTER)) == ()
 
@@ -47,6 +47,8 @@ def test_bad_values_are_usage_errors() -> None:
         mlq_options(args)
     with pytest.raises(SystemExit):
         build_parser().parse_args([*ROUTER, "--mlq-need", "sometimes"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*ROUTER, "--mlq-backfill-evict", "maybe"])
 
 
 def test_engine_config_and_policies_build_the_configured_scheduler(tmp_path: Path) -> None:
@@ -68,6 +70,9 @@ def test_launcher_forwards_the_mlq_flags_to_the_router(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setenv("MLQ_K_MAX", "2")
+    monkeypatch.setenv("MLQ_BACKFILL_EVICT", "off")
     args = parse_args(["--model-id", str(tmp_path), "--mlq-slo-s", "3"])
-    assert args.router_flags == ("--mlq-slo-s", "3.0", "--mlq-k-max", "2")
+    assert args.router_flags == ("--mlq-slo-s", "3.0", "--mlq-k-max", "2", "--mlq-backfill-evict", "False")
+    forwarded = build_parser().parse_args([*ROUTER, *args.router_flags])
+    assert dict(mlq_options(forwarded))["backfill_evict"] is False
     assert "--mlq-slo-s" not in args.shard_flags

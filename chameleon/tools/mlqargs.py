@@ -8,16 +8,27 @@ variable (e.g. MLQ_SLO_S) through `chameleon.tools.cliargs.EnvArgumentParser`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from chameleon.core.sched import MlqConfig
+
+
+def on_off(text: str) -> bool:
+    """A boolean flag's value: on/true/yes/1 or off/false/no/0."""
+    low = text.strip().lower()
+    if low in ("on", "true", "yes", "1"):
+        return True
+    if low in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
 class MlqFlag:
     flag: str
     field: str
-    kind: type
+    kind: Callable[[str], object]
     help: str
     choices: tuple[str, ...] | None = None
 
@@ -46,8 +57,10 @@ MLQ_FLAGS: tuple[MlqFlag, ...] = (
     MlqFlag("--mlq-backfill", "backfill_lookahead", int, "while a starved head does not fit, offer this "
             "many younger queued requests for backfilling: one goes now only if it cannot delay the head or "
             "any request ahead of it (counted in steps, by max_new_tokens), its adapter is resident and its "
-            "queue's quota covers it; e.g. 16; default 0 = off (it lost live on the CPU demo: "
-            "benchmarks/README.md)"),
+            "queue's quota covers it; default 16; 0 = off"),
+    MlqFlag("--mlq-backfill-evict", "backfill_evict", on_off, "on: a backfilled request may evict idle "
+            "cached adapters to fit; off (default): only free pages, the cache is never shrunk to "
+            "backfill"),
 )
 
 

@@ -79,6 +79,21 @@ def test_only_requests_whose_adapter_is_resident_are_backfilled() -> None:
     assert ids(s.schedule(1.5, ScheduleContext(mem))) == [4]
 
 
+def test_backfill_without_eviction_takes_only_free_pages() -> None:
+    """backfill_evict=False: a request that fits only by evicting an idle cached adapter is not
+    backfilled (the adapter would be reloaded later); one that fits the free pages is."""
+    for evict, expected in ((True, [3]), (False, [])):
+        s, mem = _blocked(backfill_evict=evict)
+        assert [aid for aid, _ in mem.prefetch(["r8-1"], 1.0)] == ["r8-1"]
+        free = mem.available()                                  # 400 minus the idle adapter's pages
+        s.add(req(3, inp=free - 39, out=40, t=1.4), 1.4)       # free + 1 pages, ends within the shadow
+        assert ids(s.schedule(1.5, ScheduleContext(mem))) == expected
+    s, mem = _blocked(backfill_evict=False)
+    assert [aid for aid, _ in mem.prefetch(["r8-1"], 1.0)] == ["r8-1"]
+    s.add(req(4, inp=10, out=40, t=1.4), 1.4)
+    assert ids(s.schedule(1.5, ScheduleContext(mem))) == [4] and mem.resident("r8-1")
+
+
 def test_backfill_stays_within_the_queue_quota() -> None:
     """Unless the request is starved itself: starved requests go whatever their queue's quota."""
     s, mem = _blocked(quotas=(700, 1000))                       # request 1 uses 600 of q0's 700
@@ -93,7 +108,7 @@ def test_backfill_stays_within_the_queue_quota() -> None:
 
 
 def test_backfill_off_blocks_as_before() -> None:
-    assert MlqConfig().backfill_lookahead == 0  # off by default (it lost live on the CPU demo)
+    assert MlqConfig().backfill_lookahead == 16 and not MlqConfig().backfill_evict  # on, free pages only
     for cfg in (dict(backfill_lookahead=0), dict(starve_block=False, backfill_lookahead=16)):
         s, mem = _blocked(**cfg)
         s.add(req(6, inp=10, out=40, t=1.4), 1.4)

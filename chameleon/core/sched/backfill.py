@@ -20,9 +20,12 @@ So a backfilled request never moves the start of one offered before it: the head
 request ahead of it in queue order keep the step at which memory would have let them in.
 Only requests whose adapter is resident (or the base model) are backfilled: a load stalls the batch's
 step (the shards serialize LoadAdapter with decode) and so delays everyone in time, which a count of
-steps does not see. Steps, not seconds: a larger batch makes steps somewhat slower but does not change
-how many steps a running request has left. Unlike the bypass (bypass.py) nothing is predicted and
-nothing is squashed: each bound is the request's own `max_new_tokens`.
+steps does not see. Unless `evict`, a backfilled request must also fit the free pages now: evicting
+idle cached adapters to backfill (which the profile counts as usable, as the head may) costs reloads
+later; live on the CPU demo that variant lost, free pages only did not. Steps, not seconds: a larger
+batch makes steps somewhat slower but does not change how many steps a running request has left.
+Unlike the bypass (bypass.py) nothing is predicted and nothing is squashed: each bound is the request's
+own `max_new_tokens`.
 Cost: only in steps where a starved head is blocked on memory; O(running log running) for the profile
 plus O(lookahead x pieces) for the offers.
 """
@@ -90,8 +93,8 @@ class Profile:
 class Backfill:
     """Admits younger requests behind a blocked head under the profile rule; counts them."""
 
-    def __init__(self, lookahead: int) -> None:
-        self.lookahead = lookahead
+    def __init__(self, lookahead: int, evict: bool = False) -> None:
+        self.lookahead, self.evict = lookahead, evict
         self.total = 0
 
     def fill(self, head: Request, memory: MemoryManager, running: Sequence[Request],
@@ -113,7 +116,8 @@ class Backfill:
                 continue
             pages, steps = memory.admission_pages(cand), max(1, cand.max_new_tokens)
             start = prof.earliest(pages, steps)
-            if start == 0 and memory.resident(cand.adapter_id) and admit(cand):
+            if (start == 0 and memory.resident(cand.adapter_id)
+                    and (self.evict or pages <= memory.available()) and admit(cand)):
                 self.total += 1
                 prof.take(0, pages, steps)
             elif start < math.inf:

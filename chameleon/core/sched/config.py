@@ -68,9 +68,13 @@ class MlqConfig:
     backfill_lookahead (beyond the paper, see `backfill`): while a starved head does not fit (with
     starve_block), offer the next this-many queued requests (in `waiting()` order) for backfilling:
     one goes now if its adapter is resident, its queue's quota covers it, and it cannot delay the
-    admission step of the head or of any request offered before it. 0 (default) disables it: simulated
-    it helps memory-bound overload, but live on the CPU demo it lost (benchmarks/README.md,
-    "Conservative backfilling"), so it stays opt-in until measured on a GPU.
+    admission step of the head or of any request offered before it. 0 disables it.
+    backfill_evict: may a backfilled request take pages by evicting idle cached adapters? False
+    (default): only free pages, so backfilling never shrinks the cache. With eviction it lost live on
+    the CPU demo (adapters evicted to backfill were reloaded; benchmarks/README.md, "Conservative
+    backfilling"); on free pages only it won in the simulator (4 of 28 class/seed pairs missing against
+    5) and in alternating live runs at the memory-bound preset's overload (P99 TTFT lower in 3 of 4
+    pairs).
     """
 
     t_refresh_s: float = 300.0
@@ -101,7 +105,8 @@ class MlqConfig:
     starve_block: bool = True
     compute_fcfs: float = 0.3
     compute_alpha: float = 0.02
-    backfill_lookahead: int = 0
+    backfill_lookahead: int = 16
+    backfill_evict: bool = False
 
     def __post_init__(self) -> None:
         if self.k_max < 1:

@@ -59,7 +59,7 @@ class ChameleonScheduler(Scheduler):
         self.model = WrsModel(cfg.wrs_a, cfg.wrs_b, cfg.base_adapter_factor)
         self.window = SampleWindow(cfg.window_s, cfg.window_max_samples)
         self.bypass = BypassTracker(cfg.bypass_lookahead)
-        self.backfill = Backfill(cfg.backfill_lookahead if cfg.starve_block else 0)
+        self.backfill = Backfill(cfg.backfill_lookahead if cfg.starve_block else 0, cfg.backfill_evict)
         self.boundaries: list[float] = []
         self.ledger = QuotaLedger([1])  # replaced at the first schedule, once the capacity is known
         self.accounts = AdapterAccounts(cfg.adapter_charge == "shared")

@@ -1,5 +1,7 @@
 """A `chameleon launch` subprocess for one configuration of a comparison: free ports, a private socket
-folder, its log in a file; ready when GET /health answers 200; stopped by SIGTERM (then SIGKILL)."""
+folder, its log in a file; ready when GET /health answers 200; stopped by SIGTERM (then SIGKILL). On
+Linux the launcher also gets SIGTERM if the benchmark dies without stopping it (killed, or SIGTERM'd
+mid-run), so no system outlives the benchmark that started it."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chameleon.tools.launch.plan import free_port
+from chameleon.tools.launch.procs import die_with_parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,8 @@ class System:
     grpc_port: int
     log: Path
     sock_dir: Path
+    name: str = "system"
+    startup_timeout_s: float = 600.0
     _closed: bool = field(default=False)
 
     @property
@@ -47,6 +52,18 @@ class System:
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def wait_ready(self) -> None:
+        """Wait until GET /health answers 200. A launcher that exits, or the startup timeout, stops the
+        system and raises RuntimeError with the tail of its log."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        while _health(self.http_port) != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                code = self.proc.returncode
+                why = f"exited with {code}" if code is not None else "timed out"
+                raise RuntimeError(f"chameleon launch ({self.name}) {why}; log {self.log}:\n{self.tail()}")
+            time.sleep(0.5)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the launcher (it drains the router and stops the shards), SIGKILL if it lingers."""
@@ -87,13 +104,14 @@ def launch_argv(spec: SystemSpec, scheduler: str, cache: str, http_port: int, gr
     return argv + list(spec.extra)
 
 
-def start(spec: SystemSpec, scheduler: str, cache: str, log: Path,
+def spawn(spec: SystemSpec, scheduler: str, cache: str, log: Path,
           env_drop: Sequence[str] = ("PORT", "GRPC_PORT", "MODEL_ID", "HOSTNAME", "SCHEDULER",
                                      "ADAPTER_CACHE", "NUM_SHARD"),
           wrap: Callable[[list[str]], list[str]] | None = None) -> System:
-    """Start the system and wait until it is healthy; a launcher that exits or a timeout raises
-    RuntimeError with the tail of its log. `wrap` rewrites the launcher's command line (e.g. to run it
-    inside a memory cgroup: chameleon/tools/bench/cgroup.py)."""
+    """Start the launcher without waiting for it (`System.wait_ready` waits). `wrap` rewrites its command
+    line (e.g. to run it inside a memory cgroup: chameleon/tools/bench/cgroup.py). Call it from a thread
+    that outlives the system (the main thread, or the event loop's): Linux sends the die-with-parent
+    SIGTERM when the thread that started the child exits, not only the process."""
     http_port, grpc_port = free_port(), free_port()
     sock_dir = Path(tempfile.mkdtemp(prefix="chb-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k not in env_drop}
@@ -101,13 +119,16 @@ def start(spec: SystemSpec, scheduler: str, cache: str, log: Path,
     if wrap is not None:
         argv = wrap(argv)
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    system = System(proc, http_port, grpc_port, log, sock_dir)
-    deadline = time.monotonic() + spec.startup_timeout_s
-    while _health(http_port) != 200:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            system.stop()
-            why = f"exited with {proc.returncode}" if proc.returncode is not None else "timed out"
-            raise RuntimeError(f"chameleon launch ({scheduler}/{cache}) {why}; log {log}:\n{system.tail()}")
-        time.sleep(0.5)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+    return System(proc, http_port, grpc_port, log, sock_dir, f"{scheduler}/{cache}", spec.startup_timeout_s)
+
+
+def start(spec: SystemSpec, scheduler: str, cache: str, log: Path,
+          env_drop: Sequence[str] = ("PORT", "GRPC_PORT", "MODEL_ID", "HOSTNAME", "SCHEDULER",
+                                     "ADAPTER_CACHE", "NUM_SHARD"),
+          wrap: Callable[[list[str]], list[str]] | None = None) -> System:
+    """`spawn`, then `wait_ready`: the system is healthy when this returns."""
+    system = spawn(spec, scheduler, cache, log, env_drop, wrap)
+    system.wait_ready()
     return system

@@ -58,8 +58,9 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM it when the launcher dies."""
+def die_with_parent() -> None:
+    """Runs in the child before exec (Popen's preexec_fn, Linux only): ask Linux to SIGTERM the child
+    when the thread that started it dies, however it dies."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -83,7 +84,7 @@ class Child:
         env = {**os.environ, **self.spec.env}
         self._popen = subprocess.Popen(
             list(self.spec.argv), env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         log.info("started %s", self.name, extra={"pid": self._popen.pid})
 
     def poll(self) -> int | None:

@@ -1,0 +1,64 @@
+"""A benchmark that dies mid-run does not leave the system it launched running: the launcher gets
+SIGTERM from the kernel when the benchmark process is killed (chameleon.tools.bench.system)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PARENT = """
+import asyncio, sys
+from pathlib import Path
+from chameleon.tools.bench import system
+pidfile, log, how = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+child = [sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+         "time.sleep(120)", pidfile]
+spec = system.SystemSpec(None, None, startup_timeout_s=120)
+if how == "start":  # soak's way; never healthy: start() waits until it is killed
+    system.start(spec, "fifo", "none", log, wrap=lambda argv: child)
+else:  # bench-compare's way: spawned from the event loop, the wait for health in a worker thread
+    async def main():
+        await asyncio.to_thread(system.spawn(spec, "fifo", "none", log, wrap=lambda argv: child).wait_ready)
+    asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (dead, not yet reaped by init) counts as gone
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.parametrize("how", ["start", "spawn-in-loop"])
+def test_the_launched_system_dies_with_a_killed_benchmark(tmp_path: Path, how: str) -> None:
+    pidfile = tmp_path / "child.pid"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-c", PARENT, str(pidfile), str(tmp_path / "log"), how]
+    parent = subprocess.Popen(argv, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert parent.poll() is None and time.monotonic() < deadline, "the system never started"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the kernel can clean up
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the launched system outlived the benchmark"
+    finally:
+        parent.kill()
+        if pidfile.exists() and pidfile.read_text() and _alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)

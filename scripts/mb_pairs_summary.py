@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from chameleon.sim.metrics import throughput_at_slo
+from chameleon.sim.metrics import SloThroughput, throughput_at_slo
 
 SUBJECT = "chameleon/chameleon"
 BASE = "fifo/none"
@@ -27,10 +27,24 @@ def run(out: Path, config: str, rate: str, i: int) -> dict:
     return doc["runs"][0]
 
 
-def _ratios(stat: str, ratios: list[float]) -> str:
-    """stat, the per-round ratios, their median and range."""
-    return (f"{stat:<4} {' '.join(f'{r:.2f}' for r in ratios):<36} "
-            f"{statistics.median(ratios):>6.2f}x {min(ratios):>5.2f}-{max(ratios):.2f}x")
+def _ratios(stat: str, ratios: list[float | None]) -> str:
+    """stat, the per-round ratios ('-' where a round has none), the median and range of the others."""
+    known = [r for r in ratios if r is not None]
+    spread = (f"{statistics.median(known):>6.2f}x {min(known):>5.2f}-{max(known):.2f}x" if known
+              else f"{'n/a':>7} {'':>12}")
+    return f"{stat:<4} {' '.join('-' if r is None else f'{r:.2f}' for r in ratios):<36} " + spread
+
+
+def _thr_text(t: SloThroughput, lowest: float) -> str:
+    """2.50 (crossed the SLO there), 6.00+ (met it at every rate), <3 (missed it at the lowest rate)."""
+    if t.rps == 0 and not t.bounded:
+        return f"<{lowest:g}"
+    return f"{t.rps:.2f}" + ("" if t.bounded else "+")
+
+
+def _thr_ratio(t: SloThroughput, base: SloThroughput) -> float | None:
+    """None where the baseline missed the SLO at the lowest rate: its throughput is only 'below that'."""
+    return None if base.rps <= 0 else t.rps / base.rps
 
 
 def main(out: Path, repeats: int, rates: list[str], slo_s: float, configs: list[str]) -> int:
@@ -50,12 +64,13 @@ def main(out: Path, repeats: int, rates: list[str], slo_s: float, configs: list[
         thr = {c: [throughput_at_slo(values, [run(out, c, r, i)["ttft_p99_s"] for r in rates], slo_s)
                    for i in rounds] for c in configs}
         print(f"throughput at the SLO over {', '.join(rates)} rps, x {BASE} in the same round "
-              "(+: met the SLO at every rate, so at least this)")
+              "(+: met the SLO at every rate, so at least this; <: missed it at the lowest rate, so no "
+              "ratio that round)")
         for c in configs:
             per = thr[c]
-            print(f"{c:<23} {' '.join(f'{t.rps:.2f}' + ('' if t.bounded else '+') for t in per):<30} "
-                  + (_ratios("thr", [t.rps / b.rps if b.rps > 0 else float("inf")
-                                      for t, b in zip(per, thr[BASE], strict=True)]) if c != BASE else ""))
+            print(f"{c:<23} {' '.join(_thr_text(t, min(values)) for t in per):<30} "
+                  + (_ratios("thr", [_thr_ratio(t, b) for t, b in zip(per, thr[BASE], strict=True)])
+                     if c != BASE else ""))
     for c, rs in rows.items():
         print(f"{c:<23} median P99 {statistics.median(r['ttft_p99_s'] for r in rs):.2f} s, "
               f"P50 {statistics.median(r['ttft_p50_s'] for r in rs):.2f} s, "

@@ -48,3 +48,19 @@ def test_throughput_at_the_slo_per_round(tmp_path: Path, capsys: pytest.CaptureF
     assert "x" not in base.split("3.00 3.00")[1]
     mine = next(line for line in out if line.startswith("chameleon/chameleon ") and "4.00+" in line)
     assert "1.33x" in mine
+
+
+def test_a_baseline_that_misses_at_the_lowest_rate_has_no_ratio(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # SLO 4 s. Round 1: fifo/none misses already at 3 rps; round 2: it crosses at 4.5 rps
+    p99 = {"fifo/none": {"3": (5.0, 2.0), "6": (9.0, 7.0)},
+           "chameleon/chameleon": {"3": (2.0, 2.0), "6": (6.0, 6.0)}}
+    for config, by_rate in p99.items():
+        for rate, per_round in by_rate.items():
+            for i, v in enumerate(per_round, 1):
+                _write(tmp_path, config, rate, i, v)
+    assert MAIN(tmp_path, 2, ["3", "6"], 4.0, list(p99)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("fifo/none ") and "<3 4.20" in line for line in out)
+    mine = next(line for line in out if line.startswith("chameleon/chameleon ") and " thr " in line)
+    assert "4.50 4.50" in mine and " - 1.07" in mine and "1.07x" in mine and "inf" not in mine

@@ -15,6 +15,14 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def boolean(text: str) -> bool:
+    """A boolean value as flags and environment variables spell it: on/true/yes/1, off/false/no/0."""
+    low = text.strip().lower()
+    if low not in _TRUE | _FALSE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use on/off or true/false)")
+    return low in _TRUE
+
+
 def env_name(action: argparse.Action) -> str | None:
     """`--max-new-tokens` -> `MAX_NEW_TOKENS`; positionals use their dest (`model_dir` -> `MODEL_DIR`)."""
     if action.nargs == 0 and action.default == argparse.SUPPRESS:  # --help, --version
@@ -65,10 +73,10 @@ class EnvArgumentParser(argparse.ArgumentParser):
 
     def _set_default(self, action: argparse.Action, raw: str, var: str) -> None:
         if action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false
-            low = raw.strip().lower()
-            if low not in _TRUE | _FALSE:
+            try:
+                value = boolean(raw)
+            except argparse.ArgumentTypeError:
                 self.error(f"environment variable {var}={raw!r} is not a boolean (use true/false)")
-            value = low in _TRUE
             action.default = value if action.const else not value
             return
         convert = action.type or (lambda s: s)

@@ -12,16 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chameleon.core.sched import MlqConfig
-
-
-def on_off(text: str) -> bool:
-    """A boolean flag's value: on/true/yes/1 or off/false/no/0."""
-    low = text.strip().lower()
-    if low in ("on", "true", "yes", "1"):
-        return True
-    if low in ("off", "false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+from chameleon.tools.cliargs import boolean
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +49,7 @@ MLQ_FLAGS: tuple[MlqFlag, ...] = (
             "many younger queued requests for backfilling: one goes now only if it cannot delay the head or "
             "any request ahead of it (counted in steps, by max_new_tokens), its adapter is resident and its "
             "queue's quota covers it; default 16; 0 = off"),
-    MlqFlag("--mlq-backfill-evict", "backfill_evict", on_off, "on: a backfilled request may evict idle "
+    MlqFlag("--mlq-backfill-evict", "backfill_evict", boolean, "on: a backfilled request may evict idle "
             "cached adapters to fit; off (default): only free pages, the cache is never shrunk to "
             "backfill"),
 )

@@ -101,8 +101,8 @@ class Backfill:
              candidates: Iterable[Request], admit: Callable[[Request], bool]) -> None:
         """Offer `candidates` (queue order after the head) to `admit` (which applies the step budget and
         memory and returns whether it admitted) where the profile allows them."""
-        if self.lookahead <= 0:
-            return
+        if self.lookahead <= 0 or (not self.evict and memory.available() <= 0):
+            return  # off, or no free page for anyone to take now
         prof = Profile.of(head, memory, running)
         need, steps = memory.admission_pages(head), max(1, head.max_new_tokens)
         start = prof.earliest(need, steps)

@@ -20,6 +20,9 @@ from pathlib import Path
 from chameleon.tools.launch.plan import free_port
 from chameleon.tools.launch.procs import die_with_parent
 
+# Environment variables the launcher would read as its flags; the benchmark sets those itself.
+ENV_DROP = ("PORT", "GRPC_PORT", "MODEL_ID", "HOSTNAME", "SCHEDULER", "ADAPTER_CACHE", "NUM_SHARD")
+
 
 @dataclass(frozen=True, slots=True)
 class SystemSpec:
@@ -105,8 +108,7 @@ def launch_argv(spec: SystemSpec, scheduler: str, cache: str, http_port: int, gr
 
 
 def spawn(spec: SystemSpec, scheduler: str, cache: str, log: Path,
-          env_drop: Sequence[str] = ("PORT", "GRPC_PORT", "MODEL_ID", "HOSTNAME", "SCHEDULER",
-                                     "ADAPTER_CACHE", "NUM_SHARD"),
+          env_drop: Sequence[str] = ENV_DROP,
           wrap: Callable[[list[str]], list[str]] | None = None) -> System:
     """Start the launcher without waiting for it (`System.wait_ready` waits). `wrap` rewrites its command
     line (e.g. to run it inside a memory cgroup: chameleon/tools/bench/cgroup.py). Call it from a thread
@@ -125,8 +127,7 @@ def spawn(spec: SystemSpec, scheduler: str, cache: str, log: Path,
 
 
 def start(spec: SystemSpec, scheduler: str, cache: str, log: Path,
-          env_drop: Sequence[str] = ("PORT", "GRPC_PORT", "MODEL_ID", "HOSTNAME", "SCHEDULER",
-                                     "ADAPTER_CACHE", "NUM_SHARD"),
+          env_drop: Sequence[str] = ENV_DROP,
           wrap: Callable[[list[str]], list[str]] | None = None) -> System:
     """`spawn`, then `wait_ready`: the system is healthy when this returns."""
     system = spawn(spec, scheduler, cache, log, env_drop, wrap)

@@ -1,7 +1,8 @@
 """One replica's `chameleon launch` process group (router + shard ranks), as a Ray replica runs it.
 
 The launcher supervises the group as it does outside Ray (a dead shard group is restarted and the
-router reconnects). It runs in its own session; `stop()` (the replica's shutdown) ends the whole group.
+router reconnects). It runs in its own session; `stop()` (the replica's shutdown) ends the whole group,
+and the launcher gets SIGTERM if the replica's process dies without stopping it (`popen_tied`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from chameleon.tools.launch.procs import popen_tied
 
 
 def free_port() -> int:
@@ -65,8 +68,8 @@ class LaunchedGroup:
         (self.workdir / "endpoint.json").write_text(json.dumps(endpoint) + "\n")
         env = {k: v for k, v in os.environ.items() if k not in ("PORT", "GRPC_PORT", "HOSTNAME")}
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.proc = popen_tied(self.argv(), stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
     def healthy(self, timeout_s: float = 3.0) -> bool:
         try:

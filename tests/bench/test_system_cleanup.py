@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pids import alive, wait_gone
+
 PARENT = """
 import asyncio, sys
 from pathlib import Path
@@ -29,18 +31,6 @@ else:  # bench-compare's way: spawned from the event loop, the wait for health i
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # a zombie (dead, not yet reaped by init) counts as gone
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:  # reaped between the two checks
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 @pytest.mark.parametrize("how", ["start", "spawn-in-loop"])
 def test_the_launched_system_dies_with_a_killed_benchmark(tmp_path: Path, how: str) -> None:
@@ -54,14 +44,11 @@ def test_the_launched_system_dies_with_a_killed_benchmark(tmp_path: Path, how: s
             assert parent.poll() is None and time.monotonic() < deadline, "the system never started"
             time.sleep(0.05)
         child = int(pidfile.read_text())
-        assert _alive(child)
+        assert alive(child)
         parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the kernel can clean up
         parent.wait()
-        deadline = time.monotonic() + 30
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(child), "the launched system outlived the benchmark"
+        assert wait_gone(child), "the launched system outlived the benchmark"
     finally:
         parent.kill()
-        if pidfile.exists() and pidfile.read_text() and _alive(int(pidfile.read_text())):
+        if pidfile.exists() and pidfile.read_text() and alive(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)

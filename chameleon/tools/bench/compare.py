@@ -189,7 +189,7 @@ async def _config(args, config: str, spec: system.SystemSpec, records: Sequence[
     log = args.log_dir / f"bench-compare-{sched}-{cache}.log"
     t0 = time.perf_counter()
     spec = with_slo(spec, sched, ctx.slo_s)
-    sysm = system.spawn(spec, sched, cache, log)  # from the loop's thread: it dies with the benchmark
+    sysm = system.spawn(spec, sched, cache, log)  # tied: it dies with the benchmark
     await asyncio.to_thread(sysm.wait_ready)
     print(f"[{config}] up in {time.perf_counter() - t0:.0f} s (log {log})", flush=True)
     try:

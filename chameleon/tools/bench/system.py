@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chameleon.tools.launch.plan import free_port
-from chameleon.tools.launch.procs import die_with_parent
+from chameleon.tools.launch.procs import popen_tied
 
 # Environment variables the launcher would read as its flags; the benchmark sets those itself.
 ENV_DROP = ("PORT", "GRPC_PORT", "MODEL_ID", "HOSTNAME", "SCHEDULER", "ADAPTER_CACHE", "NUM_SHARD")
@@ -111,9 +111,8 @@ def spawn(spec: SystemSpec, scheduler: str, cache: str, log: Path,
           env_drop: Sequence[str] = ENV_DROP,
           wrap: Callable[[list[str]], list[str]] | None = None) -> System:
     """Start the launcher without waiting for it (`System.wait_ready` waits). `wrap` rewrites its command
-    line (e.g. to run it inside a memory cgroup: chameleon/tools/bench/cgroup.py). Call it from a thread
-    that outlives the system (the main thread, or the event loop's): Linux sends the die-with-parent
-    SIGTERM when the thread that started the child exits, not only the process."""
+    line (e.g. to run it inside a memory cgroup: chameleon/tools/bench/cgroup.py). The launcher gets
+    SIGTERM if this process dies without stopping it (`popen_tied`), whichever thread calls this."""
     http_port, grpc_port = free_port(), free_port()
     sock_dir = Path(tempfile.mkdtemp(prefix="chb-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k not in env_drop}
@@ -121,8 +120,7 @@ def spawn(spec: SystemSpec, scheduler: str, cache: str, log: Path,
     if wrap is not None:
         argv = wrap(argv)
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+        proc = popen_tied(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     return System(proc, http_port, grpc_port, log, sock_dir, f"{scheduler}/{cache}", spec.startup_timeout_s)
 
 

@@ -11,12 +11,15 @@ import contextlib
 import ctypes
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 log = logging.getLogger("chameleon.tools.launch")
@@ -60,9 +63,59 @@ def describe_exit(code: int | None) -> str:
 
 def die_with_parent() -> None:
     """Runs in the child before exec (Popen's preexec_fn, Linux only): ask Linux to SIGTERM the child
-    when the thread that started it dies, however it dies."""
+    when the thread that started it dies, however it dies. Prefer `popen_tied`, which makes that thread
+    live as long as the process."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _Forker:
+    """One daemon thread, started on first use and never leaving while the process lives, that runs
+    every `popen_tied`. Linux sends PR_SET_PDEATHSIG's signal when the *thread* that forked the child
+    exits, so a child started from a short-lived thread (a worker pool's, an actor constructor's, an
+    asyncio.to_thread call's) would be killed with that thread; started from here, only when the whole
+    process dies."""
+
+    _lock = threading.Lock()
+    _jobs: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future]] | None = None
+
+    @classmethod
+    def run(cls, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        with cls._lock:
+            if cls._jobs is None:
+                cls._jobs = queue.SimpleQueue()
+                threading.Thread(target=cls._serve, args=(cls._jobs,), name="chameleon-forker",
+                                 daemon=True).start()
+            jobs = cls._jobs
+        done: Future[subprocess.Popen[bytes]] = Future()
+        jobs.put((make, done))
+        return done.result()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue) -> None:
+        while True:
+            make, done = jobs.get()
+            try:
+                done.set_result(make())
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                done.set_exception(exc)
+
+
+def popen_tied(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen(argv, **kwargs)` for a child that must not outlive this process: on Linux it
+    gets SIGTERM when this process dies, however it dies (SIGKILL, OOM kill, crash), from whichever
+    thread this is called. A parent that died between the fork and the request is caught too (the
+    child then exits before exec). Elsewhere: a plain Popen."""
+    if not sys.platform.startswith("linux"):
+        return subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload]
+    parent = os.getpid()
+
+    def tie() -> None:
+        die_with_parent()
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return _Forker.run(lambda: subprocess.Popen(list(argv), preexec_fn=tie, **kwargs))  # type: ignore[call-overload]
 
 
 class Child:
@@ -82,9 +135,7 @@ class Child:
 
     def start(self) -> None:
         env = {**os.environ, **self.spec.env}
-        self._popen = subprocess.Popen(
-            list(self.spec.argv), env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+        self._popen = popen_tied(self.spec.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         log.info("started %s", self.name, extra={"pid": self._popen.pid})
 
     def poll(self) -> int | None:

@@ -1,0 +1,27 @@
+"""Is a process alive? For the tests that kill a parent and check what became of its children."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # reaped between the two checks
+        return False
+
+
+def wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
+    """Poll until `pid` is gone; False if it still runs after `timeout_s` (a bound, not a timing)."""
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)

@@ -4,12 +4,14 @@ process). Real processes, SIGKILLed parents."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,27 @@ def test_a_child_outlives_the_thread_that_started_it() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def _start_in_fork(out: Queue) -> None:
+    child = popen_tied([sys.executable, "-c", "pass"])
+    out.put(child.wait(60))
+
+
+def test_a_forked_process_starts_its_own_forker() -> None:
+    """The parent's forker thread does not exist in a forked child: without a fresh one this hangs."""
+    popen_tied([sys.executable, "-c", "pass"]).wait(60)  # the parent's forker thread exists
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_start_in_fork, args=(out,))
+    proc.start()
+    try:
+        assert out.get(timeout=60) == 0
+    finally:
+        proc.join(60)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
 
 
 def test_a_start_error_reaches_the_caller() -> None:

@@ -91,6 +91,12 @@ class _Forker:
         jobs.put((make, done))
         return done.result()
 
+    @classmethod
+    def forget(cls) -> None:
+        """In a forked child: the parent's thread is not there; the next `run` starts a new one."""
+        cls._lock = threading.Lock()
+        cls._jobs = None
+
     @staticmethod
     def _serve(jobs: queue.SimpleQueue) -> None:
         while True:
@@ -99,6 +105,10 @@ class _Forker:
                 done.set_result(make())
             except BaseException as exc:  # handed to the caller, which re-raises it
                 done.set_exception(exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Forker.forget)
 
 
 def popen_tied(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:

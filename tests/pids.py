@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from pathlib import Path
 
 
 def alive(pid: int) -> bool:
@@ -25,3 +27,13 @@ def wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not alive(pid)
+
+
+def pid_written_by(path: Path, parent: subprocess.Popen, what: str, timeout_s: float = 60.0) -> int:
+    """The pid `parent` writes to `path` once its child started; fails if `parent` exits first or
+    nothing is written within `timeout_s` (a bound, not a timing)."""
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and path.read_text()):
+        assert parent.poll() is None and time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.05)
+    return int(path.read_text())

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.pids import alive, wait_gone
+from tests.pids import alive, pid_written_by, wait_gone
 
 PARENT = """
 import asyncio, sys
@@ -39,11 +38,7 @@ def test_the_launched_system_dies_with_a_killed_benchmark(tmp_path: Path, how: s
     argv = [sys.executable, "-c", PARENT, str(pidfile), str(tmp_path / "log"), how]
     parent = subprocess.Popen(argv, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not (pidfile.exists() and pidfile.read_text()):
-            assert parent.poll() is None and time.monotonic() < deadline, "the system never started"
-            time.sleep(0.05)
-        child = int(pidfile.read_text())
+        child = pid_written_by(pidfile, parent, "the system")
         assert alive(child)
         parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the kernel can clean up
         parent.wait()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from chameleon.tools.launch.procs import popen_tied
-from tests.pids import alive, wait_gone
+from tests.pids import alive, pid_written_by, wait_gone
 
 LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 pytestmark = [pytest.mark.slow, LINUX_ONLY]
@@ -92,11 +92,7 @@ def test_a_replica_group_dies_with_its_killed_replica_process(tmp_path: Path) ->
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "w"), str(marker)], env=env)
     child = None
     try:
-        deadline = time.monotonic() + 60
-        while not (marker.exists() and marker.read_text()):
-            assert parent.poll() is None and time.monotonic() < deadline, "the group never started"
-            time.sleep(0.05)
-        child = int(marker.read_text())
+        child = pid_written_by(marker, parent, "the group")
         time.sleep(0.5)  # a parent-death signal on the pool thread's exit would land by now
         assert alive(child), "the group died with the pool thread that started it"
         parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the kernel can clean up

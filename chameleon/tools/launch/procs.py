@@ -61,10 +61,10 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-def die_with_parent() -> None:
+def _die_with_parent() -> None:
     """Runs in the child before exec (Popen's preexec_fn, Linux only): ask Linux to SIGTERM the child
-    when the thread that started it dies, however it dies. Prefer `popen_tied`, which makes that thread
-    live as long as the process."""
+    when the thread that started it dies, however it dies (`popen_tied` makes that thread live as long
+    as the process)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -121,7 +121,7 @@ def popen_tied(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]
     parent = os.getpid()
 
     def tie() -> None:
-        die_with_parent()
+        _die_with_parent()
         if os.getppid() != parent:
             os._exit(1)
 
